@@ -1,0 +1,130 @@
+//! Everything that can go wrong on the request path, and the one place where it becomes an
+//! HTTP status and ALB's error page.
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::Full;
+use portico_invoke::InvokeError;
+
+/// Which side caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something ALB refuses.
+    Client,
+    /// The function failed or replied badly.
+    Target,
+    /// portico itself (shutting down, overloaded).
+    Portico,
+}
+
+/// A request that could not be answered by the target.
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    /// The body is over the Lambda target limit.
+    #[error("request body over the limit of {limit} bytes")]
+    RequestTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// WebSocket (or any) upgrade to a Lambda target.
+    #[error("upgrade requests are not supported by Lambda targets")]
+    UpgradeRefused,
+    /// The request body could not be read.
+    #[error("request body could not be read: {0}")]
+    BadBody(String),
+    /// The invocation did not take place.
+    #[error(transparent)]
+    Invoke(#[from] InvokeError),
+    /// The function ran and failed (raised, timed out, crashed).
+    #[error("function failed with {error_type}")]
+    FunctionFailed {
+        /// Lambda's error type.
+        error_type: String,
+    },
+    /// The reply is not a valid ALB response document.
+    #[error("invalid function reply: {0}")]
+    InvalidReply(String),
+    /// The reply JSON is over the 1 MB limit.
+    #[error("function reply of {size} bytes is over the limit of {limit} bytes")]
+    ReplyTooLarge {
+        /// Size of the reply.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl LbError {
+    /// The status ALB answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UpgradeRefused | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::Invoke(InvokeError::Throttled { .. } | InvokeError::ShuttingDown) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Invoke(InvokeError::RequestTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Invoke(InvokeError::NotFound(_) | InvokeError::InitFailed { .. })
+            | Self::FunctionFailed { .. }
+            | Self::InvalidReply(_)
+            | Self::ReplyTooLarge { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `error_reason` ALB writes in its access log for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::RequestTooLarge { .. } | Self::Invoke(InvokeError::RequestTooLarge { .. }) => {
+                "LambdaRequestTooLarge"
+            }
+            Self::UpgradeRefused | Self::BadBody(_) => "-",
+            Self::Invoke(InvokeError::Throttled { .. }) => "LambdaThrottling",
+            Self::Invoke(InvokeError::ShuttingDown) => "LambdaServiceException",
+            Self::Invoke(InvokeError::NotFound(_)) => "LambdaResourceNotFound",
+            Self::Invoke(InvokeError::InitFailed { .. }) | Self::FunctionFailed { .. } => {
+                "LambdaUnhandled"
+            }
+            Self::InvalidReply(_) => "LambdaInvalidResponse",
+            Self::ReplyTooLarge { .. } => "LambdaResponseTooLarge",
+        }
+    }
+
+    /// Who caused it.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::RequestTooLarge { .. } | Self::UpgradeRefused | Self::BadBody(_) => Side::Client,
+            Self::Invoke(InvokeError::RequestTooLarge { .. }) => Side::Client,
+            Self::Invoke(InvokeError::ShuttingDown) => Side::Portico,
+            _ => Side::Target,
+        }
+    }
+
+    /// The response the client gets.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        error_page(self.status())
+    }
+}
+
+/// ALB's error page for `status`: a short HTML document, `Server: awselb/2.0`.
+pub fn error_page(status: StatusCode) -> Response<Full<Bytes>> {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let body = format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n</body>\r\n</html>\r\n"
+    );
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::SERVER,
+        header::HeaderValue::from_static("awselb/2.0"),
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html"),
+    );
+    response
+}

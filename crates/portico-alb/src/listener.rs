@@ -1,0 +1,153 @@
+//! A load balancer listener: accepts connections, reads PROXY v2 when enabled, serves
+//! HTTP/1.1, and drains on shutdown.
+//!
+//! Shutdown sequence: stop accepting → ask every connection to finish its current request
+//! (hyper's graceful shutdown) → wait up to the drain timeout → report what was cut short.
+
+use crate::forward::{self, Context};
+use crate::target_group::LambdaTargetGroup;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use portico_invoke::Invoker;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Largest request head accepted (request line and headers together): ALB's 64 KB of
+/// headers plus its 16 KB request line. Larger heads get 431.
+pub const MAX_HEAD_BYTES: usize = 80 * 1024;
+
+/// How one listener behaves.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// The load balancer's name, for logs.
+    pub load_balancer: String,
+    /// Require a PROXY protocol v2 header on every connection.
+    pub proxy_protocol: bool,
+    /// How long an idle keep-alive connection, or a slow request head, may take.
+    pub idle_timeout: Duration,
+    /// How long in-flight requests get to finish at shutdown.
+    pub drain_timeout: Duration,
+    /// The default action's target group.
+    pub target_group: LambdaTargetGroup,
+}
+
+/// How long a connection may take to send its PROXY header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `listener` until `shutdown` fires, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    spec: ListenerSpec,
+    invoker: Arc<dyn Invoker>,
+    shutdown: CancellationToken,
+) {
+    let local = listener.local_addr().ok();
+    let ctx = Arc::new(Context {
+        target_group: spec.target_group.clone(),
+        invoker,
+        proto: "http",
+        port: local.map_or(0, |a| a.port()),
+    });
+    let spec = Arc::new(spec);
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                connections.spawn(connection(
+                    stream,
+                    peer,
+                    ctx.clone(),
+                    spec.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(spec.drain_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            load_balancer = spec.load_balancer,
+            cut_short = connections.len(),
+            "drain timeout: connections still open"
+        );
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    spec: Arc<ListenerSpec>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let client = if spec.proxy_protocol {
+        match portico_proxy_protocol::read_header(&mut stream, PROXY_HEADER_TIMEOUT).await {
+            Ok(Some(client)) => client,
+            Ok(None) => peer,
+            // A peer that closes before sending anything is a TCP health check, not an attack.
+            Err(error @ portico_proxy_protocol::ProxyHeaderError::Io(_)) => {
+                tracing::debug!(%peer, %error, "connection closed before a PROXY header");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%peer, %error, "connection refused: PROXY protocol v2 required");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let span = tracing::debug_span!("connection", %client, %peer);
+    serve_http(stream, client, ctx, spec, shutdown)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_http(
+    stream: TcpStream,
+    client: SocketAddr,
+    ctx: Arc<Context>,
+    spec: Arc<ListenerSpec>,
+    shutdown: CancellationToken,
+) {
+    let client_ip = client.ip();
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(forward::handle(&ctx, client_ip, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(spec.idle_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}

@@ -1,0 +1,141 @@
+//! TOML text to [`Config`], reporting every unknown key and type error with its path.
+//!
+//! serde stops at the first error of a value, so each named entry (`functions.hello`,
+//! `load_balancers.web`, the accelerator) is decoded on its own: one broken entry does not
+//! hide the problems of the others. Unknown keys are collected with `serde_ignored` rather
+//! than `deny_unknown_fields`, so that all of them are reported in one pass.
+
+use crate::error::{ConfigError, LoadError};
+use crate::model::Config;
+use crate::validate::validate;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Largest configuration file accepted, in bytes: a topology is text, not data.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads, decodes and validates the file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, LoadError> {
+    let read_err = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(LoadError::Invalid {
+            origin: path.display().to_string(),
+            errors: vec![ConfigError::new(
+                "",
+                format!("file is {len} bytes, over the limit of {MAX_CONFIG_BYTES}"),
+            )],
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Decodes and validates `text`; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<Config, LoadError> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| LoadError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+    let mut errors = Vec::new();
+    let config = decode_table(table, &mut errors);
+    errors.extend(validate(&config));
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(LoadError::Invalid {
+            origin: origin.to_owned(),
+            errors,
+        })
+    }
+}
+
+fn decode_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
+    let mut config = Config::default();
+    for (key, value) in table {
+        match key.as_str() {
+            "accelerator" => config.accelerator = decode_value(value, &key, errors),
+            "load_balancers" => config.load_balancers = decode_named(value, &key, errors),
+            "target_groups" => config.target_groups = decode_named(value, &key, errors),
+            "functions" => config.functions = decode_named(value, &key, errors),
+            _ => errors.push(ConfigError::new(key, "unknown key")),
+        }
+    }
+    config
+}
+
+/// Decodes a table of named entries, each on its own.
+fn decode_named<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, T> {
+    let toml::Value::Table(entries) = value else {
+        errors.push(ConfigError::new(path, "expected a table of named entries"));
+        return BTreeMap::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|(name, v)| {
+            let item = decode_value(v, &format!("{path}.{name}"), errors)?;
+            Some((name, item))
+        })
+        .collect()
+}
+
+/// Decodes one value, recording unknown keys and the first type error under `path`.
+fn decode_value<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(join(path, &ignored_path(&p)));
+    let ignored = serde_ignored::Deserializer::new(value, &mut on_unknown);
+    let result: Result<T, _> = serde_path_to_error::deserialize(ignored);
+    errors.extend(
+        unknown
+            .into_iter()
+            .map(|p| ConfigError::new(p, "unknown key")),
+    );
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let inner = if inner == "." { String::new() } else { inner };
+            errors.push(ConfigError::new(
+                join(path, &inner),
+                e.into_inner().message(),
+            ));
+            None
+        }
+    }
+}
+
+fn join(prefix: &str, rest: &str) -> String {
+    match (prefix.is_empty(), rest.is_empty()) {
+        (_, true) => prefix.to_owned(),
+        (true, false) => rest.to_owned(),
+        (false, false) if rest.starts_with('[') => format!("{prefix}{rest}"),
+        (false, false) => format!("{prefix}.{rest}"),
+    }
+}
+
+/// Formats a `serde_ignored` path the way the rest of our errors do: `a.b[0].c`.
+fn ignored_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        P::Map { parent, key } => join(&ignored_path(parent), key),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The typed topology: accelerator (edge), load balancers, target groups and functions.
+//!
+//! Every field documents its default. Names of things (`functions.hello`) are the keys of
+//! their tables; references between parts (`target_group = "hello"`) use those names and are
+//! checked by [`crate::validate`].
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// The whole topology described by one file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Config {
+    /// The edge: static IPs and where their traffic goes. Optional: without it, only the
+    /// load balancers' own listeners accept traffic.
+    #[serde(default)]
+    pub accelerator: Option<Accelerator>,
+    /// Load balancers by name.
+    #[serde(default)]
+    pub load_balancers: BTreeMap<String, LoadBalancer>,
+    /// Target groups by name.
+    #[serde(default)]
+    pub target_groups: BTreeMap<String, TargetGroup>,
+    /// Functions by name (the Lambda function name).
+    #[serde(default)]
+    pub functions: BTreeMap<String, Function>,
+}
+
+/// The accelerator: static addresses that never change, and the endpoints behind them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Accelerator {
+    /// A name for logs and status output. Default `portico`.
+    #[serde(default = "default_accelerator_name")]
+    pub name: String,
+    /// The static IP addresses. Every listener listens on every one of them.
+    pub static_ips: Vec<IpAddr>,
+    /// Listeners: the ports accepted on each static IP.
+    pub listeners: Vec<EdgeListener>,
+    /// Endpoint groups, one per region.
+    pub endpoint_groups: Vec<EndpointGroup>,
+}
+
+fn default_accelerator_name() -> String {
+    "portico".to_owned()
+}
+
+/// One accelerator listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct EdgeListener {
+    /// Transport protocol. Default `tcp`.
+    #[serde(default)]
+    pub protocol: EdgeProtocol,
+    /// The port on every static IP. `0` picks a free port (useful in tests).
+    pub port: Port,
+    /// How connections of one client are spread over endpoints. Default `none`.
+    #[serde(default)]
+    pub client_affinity: ClientAffinity,
+}
+
+/// Transport protocol of an accelerator listener.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeProtocol {
+    /// TCP streams.
+    #[default]
+    Tcp,
+}
+
+/// Client affinity, as Global Accelerator names it.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientAffinity {
+    /// Each connection is placed on its own (5-tuple hash).
+    #[default]
+    #[serde(alias = "none")]
+    None,
+    /// All connections from one client address go to the same endpoint.
+    #[serde(alias = "source_ip")]
+    SourceIp,
+}
+
+/// The endpoints of one region.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct EndpointGroup {
+    /// Region name, e.g. `eu-west-1` or `local`.
+    pub region: String,
+    /// Share of the traffic this group accepts, 0–100. Default 100.
+    #[serde(default = "default_traffic_dial")]
+    pub traffic_dial_percentage: u8,
+    /// Seconds between health checks of each endpoint. Default 30.
+    #[serde(default = "default_health_interval")]
+    pub health_check_interval_seconds: u32,
+    /// Consecutive results needed to change an endpoint's health. Default 3.
+    #[serde(default = "default_threshold_count")]
+    pub threshold_count: u32,
+    /// The endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+fn default_traffic_dial() -> u8 {
+    100
+}
+fn default_health_interval() -> u32 {
+    30
+}
+fn default_threshold_count() -> u32 {
+    3
+}
+
+/// One endpoint: a load balancer of this file, or any TCP address.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Endpoint {
+    /// Name of a load balancer in this file; its first listener receives the traffic.
+    #[serde(default)]
+    pub load_balancer: Option<String>,
+    /// A TCP address to forward to, for endpoints this file does not run.
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+    /// Relative weight within the group, 0–255 (0 sends nothing). Default 128.
+    #[serde(default = "default_weight")]
+    pub weight: u8,
+    /// Send a PROXY protocol v2 header so the endpoint sees the client's address.
+    /// Default: on for load balancers of this file, off for plain addresses.
+    #[serde(default)]
+    pub client_ip_preservation: Option<bool>,
+}
+
+fn default_weight() -> u8 {
+    128
+}
+
+/// An application load balancer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct LoadBalancer {
+    /// Its listeners.
+    pub listeners: Vec<LbListener>,
+    /// Seconds an idle client connection is kept open. Default 60 (as ALB).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u32,
+}
+
+fn default_idle_timeout() -> u32 {
+    60
+}
+
+/// One load balancer listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct LbListener {
+    /// Address to bind. Default `127.0.0.1`.
+    #[serde(default = "default_lb_address")]
+    pub address: IpAddr,
+    /// Port to bind. `0` picks a free port.
+    pub port: Port,
+    /// Application protocol. Default `http`.
+    #[serde(default)]
+    pub protocol: LbProtocol,
+    /// Expect a PROXY protocol v2 header on every connection, and refuse connections
+    /// without one. Default false.
+    #[serde(default)]
+    pub proxy_protocol_v2: bool,
+    /// What to do with a request.
+    pub default_action: Action,
+}
+
+fn default_lb_address() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// Application protocol of a load balancer listener.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LbProtocol {
+    /// HTTP/1.1 in clear text.
+    #[default]
+    #[serde(alias = "http")]
+    Http,
+}
+
+/// A listener action.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Action {
+    /// Send the request to a target group.
+    Forward {
+        /// Name of the target group.
+        target_group: String,
+    },
+}
+
+/// A target group.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TargetGroup {
+    /// What the targets are.
+    pub target_type: TargetType,
+    /// For `lambda`: the function's name.
+    pub function: String,
+    /// ALB's `lambda.multi_value_headers.enabled`. Default false.
+    #[serde(default)]
+    pub multi_value_headers_enabled: bool,
+}
+
+/// The kind of targets in a group.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetType {
+    /// One Lambda function.
+    Lambda,
+}
+
+/// A Lambda function.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Function {
+    /// The runtime. Default `provided`.
+    #[serde(default)]
+    pub runtime: FunctionRuntime,
+    /// Code directory holding an executable `bootstrap` (Lambda's layout). Relative paths are
+    /// relative to the config file.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// Or: the program to run and its arguments, instead of `code`/`bootstrap`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// `_HANDLER` for the runtime. Default `bootstrap`.
+    #[serde(default = "default_handler")]
+    pub handler: String,
+    /// Memory in MB, 128–10240. Default 128.
+    #[serde(default = "default_memory")]
+    pub memory_size_mb: u32,
+    /// Invocation timeout in seconds, 1–900. Default 3.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u32,
+    /// Most execution environments at once; none means only the global limit.
+    #[serde(default)]
+    pub reserved_concurrency: Option<u32>,
+    /// Environment variables for the function.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+}
+
+fn default_handler() -> String {
+    "bootstrap".to_owned()
+}
+fn default_memory() -> u32 {
+    128
+}
+fn default_timeout() -> u32 {
+    3
+}
+
+/// A function runtime.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum FunctionRuntime {
+    /// OS-only runtime: run `bootstrap`, which speaks the Runtime API itself.
+    #[default]
+    #[serde(rename = "provided", alias = "provided.al2", alias = "provided.al2023")]
+    Provided,
+}
+
+/// A TCP port; `0` asks the OS for a free one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Port(pub u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        u16::try_from(n)
+            .map(Port)
+            .map_err(|_| serde::de::Error::custom(format!("{n} is not a port (0-65535)")))
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

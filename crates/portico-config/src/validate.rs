@@ -1,0 +1,314 @@
+//! The rules a decoded [`Config`] must follow: ranges, names, references, address clashes.
+//!
+//! Every rule runs, so one call reports every problem. Limits follow AWS where AWS has one
+//! (function names, timeouts, memory, reserved environment variables, target group names).
+
+use crate::error::ConfigError;
+use crate::model::{Accelerator, Action, Config, Function, LoadBalancer, TargetGroup};
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+
+/// Lambda's timeout range, in seconds.
+pub const TIMEOUT_SECONDS: (u32, u32) = (1, 900);
+/// Lambda's memory range, in MB.
+pub const MEMORY_MB: (u32, u32) = (128, 10_240);
+
+/// Environment variables Lambda reserves; a function may not set them.
+const RESERVED_ENV: &[&str] = &[
+    "_HANDLER",
+    "_X_AMZN_TRACE_ID",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_LAMBDA_RUNTIME_API",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+];
+
+/// Every problem in `config`; empty when it is valid.
+pub fn validate(config: &Config) -> Vec<ConfigError> {
+    let mut v = Validator::default();
+    if let Some(acc) = &config.accelerator {
+        v.accelerator(acc, config);
+    }
+    for (name, lb) in &config.load_balancers {
+        v.load_balancer(name, lb, config);
+    }
+    for (name, tg) in &config.target_groups {
+        v.target_group(name, tg, config);
+    }
+    for (name, f) in &config.functions {
+        v.function(name, f);
+    }
+    v.bind_clashes(config);
+    v.errors
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, reason));
+    }
+
+    fn accelerator(&mut self, acc: &Accelerator, config: &Config) {
+        if acc.static_ips.is_empty() {
+            self.err(
+                "accelerator.static_ips",
+                "at least one static IP is required",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, ip) in acc.static_ips.iter().enumerate() {
+            if !seen.insert(ip) {
+                self.err(
+                    format!("accelerator.static_ips[{i}]"),
+                    format!("{ip} is listed twice"),
+                );
+            }
+        }
+        if acc.listeners.is_empty() {
+            self.err("accelerator.listeners", "at least one listener is required");
+        }
+        let mut ports = HashSet::new();
+        for (i, l) in acc.listeners.iter().enumerate() {
+            if l.port.0 != 0 && !ports.insert(l.port) {
+                self.err(
+                    format!("accelerator.listeners[{i}].port"),
+                    format!("port {} is used by another listener", l.port),
+                );
+            }
+        }
+        if acc.endpoint_groups.is_empty() {
+            self.err(
+                "accelerator.endpoint_groups",
+                "at least one endpoint group is required",
+            );
+        }
+        let mut regions = HashSet::new();
+        for (g, group) in acc.endpoint_groups.iter().enumerate() {
+            let gp = format!("accelerator.endpoint_groups[{g}]");
+            if !regions.insert(&group.region) {
+                self.err(
+                    format!("{gp}.region"),
+                    format!("region {:?} has two groups", group.region),
+                );
+            }
+            if group.traffic_dial_percentage > 100 {
+                self.err(
+                    format!("{gp}.traffic_dial_percentage"),
+                    format!("{} is over 100", group.traffic_dial_percentage),
+                );
+            }
+            if group.health_check_interval_seconds == 0 {
+                self.err(
+                    format!("{gp}.health_check_interval_seconds"),
+                    "must be at least 1",
+                );
+            }
+            if !(1..=10).contains(&group.threshold_count) {
+                self.err(
+                    format!("{gp}.threshold_count"),
+                    format!("{} is outside 1-10", group.threshold_count),
+                );
+            }
+            if group.endpoints.is_empty() {
+                self.err(
+                    format!("{gp}.endpoints"),
+                    "at least one endpoint is required",
+                );
+            }
+            for (e, ep) in group.endpoints.iter().enumerate() {
+                let ep_path = format!("{gp}.endpoints[{e}]");
+                match (&ep.load_balancer, &ep.address) {
+                    (Some(lb), None) => self.reference(
+                        format!("{ep_path}.load_balancer"),
+                        "load balancer",
+                        lb,
+                        &config.load_balancers,
+                    ),
+                    (None, Some(_)) => {}
+                    _ => self.err(ep_path, "set exactly one of `load_balancer` or `address`"),
+                }
+            }
+        }
+    }
+
+    fn load_balancer(&mut self, name: &str, lb: &LoadBalancer, config: &Config) {
+        let path = format!("load_balancers.{name}");
+        self.resource_name(&path, name, 32);
+        if lb.listeners.is_empty() {
+            self.err(
+                format!("{path}.listeners"),
+                "at least one listener is required",
+            );
+        }
+        if !(1..=4000).contains(&lb.idle_timeout_seconds) {
+            self.err(
+                format!("{path}.idle_timeout_seconds"),
+                format!("{} s is outside 1-4000 s", lb.idle_timeout_seconds),
+            );
+        }
+        for (i, l) in lb.listeners.iter().enumerate() {
+            let Action::Forward { target_group } = &l.default_action;
+            self.reference(
+                format!("{path}.listeners[{i}].default_action.target_group"),
+                "target group",
+                target_group,
+                &config.target_groups,
+            );
+        }
+    }
+
+    fn target_group(&mut self, name: &str, tg: &TargetGroup, config: &Config) {
+        let path = format!("target_groups.{name}");
+        self.resource_name(&path, name, 32);
+        self.reference(
+            format!("{path}.function"),
+            "function",
+            &tg.function,
+            &config.functions,
+        );
+    }
+
+    fn function(&mut self, name: &str, f: &Function) {
+        let path = format!("functions.{name}");
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            self.err(&path, "a function name is 1-64 letters, digits, `-` or `_`");
+        }
+        match (&f.code, &f.command) {
+            (Some(_), None) => {}
+            (None, Some(cmd)) if cmd.is_empty() => {
+                self.err(format!("{path}.command"), "must name a program")
+            }
+            (None, Some(_)) => {}
+            _ => self.err(
+                &path,
+                "set exactly one of `code` (a directory with `bootstrap`) or `command`",
+            ),
+        }
+        self.range(
+            format!("{path}.timeout_seconds"),
+            f.timeout_seconds,
+            TIMEOUT_SECONDS,
+            "s",
+        );
+        self.range(
+            format!("{path}.memory_size_mb"),
+            f.memory_size_mb,
+            MEMORY_MB,
+            "MB",
+        );
+        if f.reserved_concurrency == Some(0) {
+            // Lambda allows 0 to disable a function; portico has no use for a function that
+            // can never run, and a 0 here is almost always a typo.
+            self.err(format!("{path}.reserved_concurrency"), "must be at least 1");
+        }
+        for key in f.environment.keys() {
+            let kp = format!("{path}.environment.{key}");
+            let valid_name = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_name {
+                self.err(
+                    kp,
+                    "a variable name starts with a letter and has only letters, digits and `_`",
+                );
+            } else if RESERVED_ENV.contains(&key.as_str()) {
+                self.err(kp, "is reserved by Lambda and set by the runtime");
+            }
+        }
+        let env_bytes: usize = f.environment.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if env_bytes > 4096 {
+            self.err(
+                format!("{path}.environment"),
+                format!("{env_bytes} bytes is over Lambda's limit of 4 KB"),
+            );
+        }
+    }
+
+    /// Names of load balancers and target groups: ALB's rule, 1-`max` of letters, digits and
+    /// hyphens, not starting or ending with a hyphen.
+    fn resource_name(&mut self, path: &str, name: &str, max: usize) {
+        let ok = !name.is_empty()
+            && name.len() <= max
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !ok {
+            self.err(
+                path,
+                format!("a name is 1-{max} letters, digits or hyphens, not starting or ending with a hyphen"),
+            );
+        }
+    }
+
+    fn range(&mut self, path: String, value: u32, (min, max): (u32, u32), unit: &str) {
+        if value < min {
+            self.err(
+                path,
+                format!("{value} {unit} is below the minimum of {min} {unit}"),
+            );
+        } else if value > max {
+            self.err(
+                path,
+                format!("{value} {unit} is above the maximum of {max} {unit}"),
+            );
+        }
+    }
+
+    fn reference<T>(&mut self, path: String, kind: &str, name: &str, map: &BTreeMap<String, T>) {
+        if !map.contains_key(name) {
+            self.err(path, format!("no {kind} named {name:?}"));
+        }
+    }
+
+    /// Two listeners on the same fixed address and port can never both start.
+    fn bind_clashes(&mut self, config: &Config) {
+        let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        let mut claim = |v: &mut Self, addr: SocketAddr, path: String| {
+            if addr.port() == 0 {
+                return;
+            }
+            if let Some(first) = seen.get(&addr) {
+                v.err(path, format!("{addr} is already used by {first}"));
+            } else {
+                seen.insert(addr, path);
+            }
+        };
+        if let Some(acc) = &config.accelerator {
+            for (i, l) in acc.listeners.iter().enumerate() {
+                for ip in &acc.static_ips {
+                    claim(
+                        self,
+                        SocketAddr::new(*ip, l.port.0),
+                        format!("accelerator.listeners[{i}]"),
+                    );
+                }
+            }
+        }
+        for (name, lb) in &config.load_balancers {
+            for (i, l) in lb.listeners.iter().enumerate() {
+                let addr = SocketAddr::new(l.address, l.port.0);
+                claim(self, addr, format!("load_balancers.{name}.listeners[{i}]"));
+            }
+        }
+    }
+}

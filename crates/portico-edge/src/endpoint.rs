@@ -1,0 +1,59 @@
+//! Endpoint groups and endpoints as the edge uses them at run time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One endpoint: where connections are forwarded.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Relative weight in its group, 0–255; 0 takes it out of service.
+    pub weight: u8,
+    /// Send a PROXY protocol v2 header first.
+    pub proxy_protocol: bool,
+    healthy: AtomicBool,
+}
+
+impl Endpoint {
+    /// A new endpoint, healthy until a health check says otherwise.
+    pub fn new(address: SocketAddr, weight: u8, proxy_protocol: bool) -> Self {
+        Self {
+            address,
+            weight,
+            proxy_protocol,
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether the last health verdict was healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records a health verdict.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+}
+
+/// The endpoints of one region.
+#[derive(Debug, Clone)]
+pub struct EndpointGroup {
+    /// The region's name.
+    pub region: String,
+    /// Share of the connections offered to this group that it accepts, 0–100.
+    pub traffic_dial_percentage: u8,
+    /// Its endpoints.
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl EndpointGroup {
+    /// Endpoints that can take traffic: healthy and with a weight.
+    pub fn available(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.weight > 0 && e.is_healthy())
+    }
+}

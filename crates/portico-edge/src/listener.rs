@@ -1,0 +1,119 @@
+//! Accepting on a static address and forwarding each connection to an endpoint.
+//!
+//! Bytes are copied both ways; when one side finishes sending, the other side's write half
+//! is shut down and the copy goes on in the other direction (half-close), until both are
+//! done. Shutdown: stop accepting, let open connections finish for the drain time, then cut
+//! the rest.
+
+use crate::endpoint::EndpointGroup;
+use crate::selection::{Affinity, candidates};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long connecting to one endpoint may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the edge forwards to.
+#[derive(Debug)]
+pub struct Edge {
+    /// Endpoint groups in order of preference.
+    pub groups: Vec<EndpointGroup>,
+    /// Client affinity of the listener.
+    pub affinity: Affinity,
+    /// How long open connections may go on after shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// Forwards connections accepted on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: CancellationToken) {
+    let connections = TaskTracker::new();
+    let cut = CancellationToken::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let edge = edge.clone();
+                let cut = cut.clone();
+                connections.spawn(async move {
+                    tokio::select! {
+                        _ = forward(stream, client, &edge) => {}
+                        _ = cut.cancelled() => {}
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "edge accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(edge.drain_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            cut_short = connections.len(),
+            "edge drain timeout: closing open connections"
+        );
+        cut.cancel();
+        connections.wait().await;
+    }
+}
+
+async fn forward(mut inbound: TcpStream, client: SocketAddr, edge: &Edge) {
+    let Ok(local) = inbound.local_addr() else {
+        return;
+    };
+    let _ = inbound.set_nodelay(true);
+    let Some(mut outbound) = connect(client, local, edge).await else {
+        tracing::warn!(%client, %local, "no endpoint reachable; connection closed");
+        return;
+    };
+    match tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
+        Ok((up, down)) => tracing::debug!(%client, up, down, "connection done"),
+        Err(error) => tracing::debug!(%client, %error, "connection ended with an error"),
+    }
+}
+
+/// Connects to the best reachable endpoint and sends the PROXY header if it wants one.
+async fn connect(client: SocketAddr, local: SocketAddr, edge: &Edge) -> Option<TcpStream> {
+    for endpoint in candidates(&edge.groups, client, edge.affinity) {
+        let stream = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect(endpoint.address),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(endpoint = %endpoint.address, %error, "endpoint connect failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut stream = stream;
+        let _ = stream.set_nodelay(true);
+        if endpoint.proxy_protocol && !send_proxy_header(&mut stream, client, local).await {
+            continue;
+        }
+        return Some(stream);
+    }
+    None
+}
+
+async fn send_proxy_header(stream: &mut TcpStream, client: SocketAddr, local: SocketAddr) -> bool {
+    let Ok(header) = portico_proxy_protocol::encode_header(client, local) else {
+        return false;
+    };
+    stream.write_all(&header).await.is_ok()
+}

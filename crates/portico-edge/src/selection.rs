@@ -1,0 +1,216 @@
+//! Which endpoint a new connection goes to.
+//!
+//! Groups are tried in order of preference. A group takes the connection when it has an
+//! available endpoint and its traffic dial lets the connection through; the share it dials
+//! away goes on to the next group. If no group takes it, the connection goes to the first
+//! group with any available endpoint (a dial does not turn traffic away when nobody else can
+//! take it). If no endpoint anywhere is healthy, Global Accelerator fails open: every
+//! weighted endpoint is tried as if healthy.
+//!
+//! Within a group an endpoint is drawn by weight. With `SOURCE_IP` affinity the draw is
+//! made by rendezvous hashing of the client address, so a client keeps its endpoint while
+//! that endpoint stays available, and only the clients of a lost endpoint move.
+
+use crate::endpoint::{Endpoint, EndpointGroup};
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// How connections of one client are spread, as Global Accelerator names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    /// Each connection on its own.
+    None,
+    /// All connections of a client address to the same endpoint.
+    SourceIp,
+}
+
+/// Endpoints to try for a connection from `client`, best first (the rest are fallbacks if
+/// connecting to the first fails).
+pub fn candidates(
+    groups: &[EndpointGroup],
+    client: SocketAddr,
+    affinity: Affinity,
+) -> Vec<Arc<Endpoint>> {
+    let mut order = Vec::new();
+    let dialled = groups.iter().find(|g| {
+        g.available().next().is_some() && fastrand::u8(0..100) < g.traffic_dial_percentage
+    });
+    let first_available = groups.iter().find(|g| g.available().next().is_some());
+    if let Some(group) = dialled.or(first_available) {
+        order.extend(rank(group.available(), client.ip(), affinity));
+        for other in groups.iter().filter(|g| !std::ptr::eq(*g, group)) {
+            order.extend(rank(other.available(), client.ip(), affinity));
+        }
+    } else {
+        // Fail open: nothing is healthy, so try everything that has a weight.
+        for group in groups {
+            order.extend(rank(
+                group.endpoints.iter().filter(|e| e.weight > 0),
+                client.ip(),
+                affinity,
+            ));
+        }
+    }
+    order
+}
+
+/// Orders endpoints by a weighted random draw (or, with affinity, a weighted hash of the
+/// client address): weighted rendezvous hashing, score = -ln(u) / weight, lowest first.
+fn rank<'a>(
+    endpoints: impl Iterator<Item = &'a Arc<Endpoint>>,
+    client: IpAddr,
+    affinity: Affinity,
+) -> Vec<Arc<Endpoint>> {
+    let mut scored: Vec<(f64, Arc<Endpoint>)> = endpoints
+        .map(|e| {
+            let u = match affinity {
+                Affinity::None => fastrand::f64(),
+                Affinity::SourceIp => unit_hash(client, e.address),
+            };
+            // u in (0, 1]: -ln(u) is finite and >= 0.
+            let u = u.max(f64::MIN_POSITIVE);
+            (-u.ln() / f64::from(e.weight), e.clone())
+        })
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    scored.into_iter().map(|(_, e)| e).collect()
+}
+
+/// A stable hash of (client, endpoint) mapped into (0, 1].
+fn unit_hash(client: IpAddr, endpoint: SocketAddr) -> f64 {
+    // A fixed-key hasher: the same client maps to the same endpoint across restarts.
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    std::hash::Hash::hash(&client, &mut h);
+    std::hash::Hash::hash(&endpoint, &mut h);
+    ((h.finish() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(port: u16, weight: u8) -> Arc<Endpoint> {
+        Arc::new(Endpoint::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            weight,
+            true,
+        ))
+    }
+
+    fn group(region: &str, dial: u8, endpoints: Vec<Arc<Endpoint>>) -> EndpointGroup {
+        EndpointGroup {
+            region: region.into(),
+            traffic_dial_percentage: dial,
+            endpoints,
+        }
+    }
+
+    fn client(n: u8) -> SocketAddr {
+        SocketAddr::from(([203, 0, 113, n], 40000))
+    }
+
+    #[test]
+    fn weights_shape_the_spread() {
+        let g = [group("a", 100, vec![ep(1, 200), ep(2, 50), ep(3, 0)])];
+        let mut counts = [0u32; 3];
+        for i in 0..10_000 {
+            let first = &candidates(&g, client((i % 250) as u8), Affinity::None)[0];
+            counts[(first.address.port() - 1) as usize] += 1;
+        }
+        assert_eq!(counts[2], 0, "weight 0 gets nothing");
+        let share = f64::from(counts[0]) / 10_000.0;
+        assert!(
+            (0.75..0.85).contains(&share),
+            "weight 200 of 250 got {share}"
+        );
+    }
+
+    #[test]
+    fn unhealthy_endpoints_are_skipped_then_groups_fail_over() {
+        let a = ep(1, 100);
+        let b = ep(2, 100);
+        let g = [
+            group("near", 100, vec![a.clone()]),
+            group("far", 100, vec![b.clone()]),
+        ];
+        assert_eq!(
+            candidates(&g, client(1), Affinity::None)[0].address.port(),
+            1
+        );
+        a.set_healthy(false);
+        let c = candidates(&g, client(1), Affinity::None);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].address.port(), 2);
+    }
+
+    #[test]
+    fn fail_open_when_nothing_is_healthy() {
+        let a = ep(1, 100);
+        a.set_healthy(false);
+        let g = [group("only", 100, vec![a])];
+        assert_eq!(candidates(&g, client(1), Affinity::None).len(), 1);
+    }
+
+    #[test]
+    fn traffic_dial_sends_the_rest_to_the_next_group() {
+        let g = [
+            group("near", 25, vec![ep(1, 100)]),
+            group("far", 100, vec![ep(2, 100)]),
+        ];
+        let near = (0..10_000)
+            .filter(|_| candidates(&g, client(1), Affinity::None)[0].address.port() == 1)
+            .count();
+        assert!(
+            (2_000..3_000).contains(&near),
+            "dial 25 % took {near} of 10000"
+        );
+    }
+
+    #[test]
+    fn dial_zero_still_serves_when_no_other_group_can() {
+        let g = [group("only", 0, vec![ep(1, 100)])];
+        assert_eq!(
+            candidates(&g, client(1), Affinity::None)[0].address.port(),
+            1
+        );
+    }
+
+    #[test]
+    fn source_ip_affinity_is_sticky_and_moves_only_lost_clients() {
+        let eps: Vec<_> = (1..=4).map(|p| ep(p, 100)).collect();
+        let g = [group("a", 100, eps.clone())];
+        let before: Vec<u16> = (0..200)
+            .map(|n| {
+                candidates(&g, client(n), Affinity::SourceIp)[0]
+                    .address
+                    .port()
+            })
+            .collect();
+        let again: Vec<u16> = (0..200)
+            .map(|n| {
+                candidates(&g, client(n), Affinity::SourceIp)[0]
+                    .address
+                    .port()
+            })
+            .collect();
+        assert_eq!(before, again);
+        assert!(
+            before.iter().any(|&p| p != before[0]),
+            "clients spread over endpoints"
+        );
+        eps[0].set_healthy(false);
+        for n in 0..200u8 {
+            let now = candidates(&g, client(n), Affinity::SourceIp)[0]
+                .address
+                .port();
+            if before[n as usize] != 1 {
+                assert_eq!(now, before[n as usize], "client {n} moved without cause");
+            } else {
+                assert_ne!(now, 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The boundary between callers of functions and the runtime that runs them.
+//!
+//! The load balancer calls functions only through [`Invoker`]: in-process when the runtime
+//! lives in the same process, over the Invoke API when it lives on another node. Errors are
+//! split the way Lambda splits them: an [`InvokeError`] means the invocation did not happen
+//! (no such function, throttled, payload too large); a function that ran and failed (raised,
+//! timed out, crashed) is a successful call whose [`InvokeOutput::function_error`] is set,
+//! exactly like the Invoke API's `200` with `X-Amz-Function-Error: Unhandled`.
+
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, so that [`Invoker`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One synchronous (`RequestResponse`) invocation.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The function's name.
+    pub function: String,
+    /// The event, usually JSON.
+    pub payload: Bytes,
+    /// X-Ray trace header to hand to the function (`Lambda-Runtime-Trace-Id`).
+    pub trace_id: Option<String>,
+}
+
+/// What came back from a function that ran.
+#[derive(Debug, Clone)]
+pub struct InvokeOutput {
+    /// The request id the function saw.
+    pub request_id: String,
+    /// The function's response, or its error document when `function_error` is set.
+    pub payload: Bytes,
+    /// Set when the function failed: raised, timed out, crashed or replied too much.
+    pub function_error: Option<FunctionError>,
+}
+
+/// Why a function that ran did not produce a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionError {
+    /// Lambda's `errorType`, e.g. `Runtime.ExitError`, `Sandbox.Timedout`, or the function's own.
+    pub error_type: String,
+    /// Whether the failure was the function running out of time.
+    pub timed_out: bool,
+}
+
+/// Why an invocation did not take place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    /// No function by that name (`ResourceNotFoundException`).
+    #[error("function not found: {0}")]
+    NotFound(String),
+    /// The function is at its concurrency limit (`TooManyRequestsException`).
+    #[error("rate exceeded: function {function} is at its concurrency limit of {limit}")]
+    Throttled {
+        /// The function's name.
+        function: String,
+        /// The limit that was hit.
+        limit: usize,
+    },
+    /// The payload is over the synchronous limit (`RequestTooLargeException`).
+    #[error("request payload of {size} bytes exceeds the limit of {limit} bytes")]
+    RequestTooLarge {
+        /// Size of the payload sent.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The function could not be initialised (`Runtime.InitError` and friends); the caller
+    /// sees this like Lambda's `502` from the Invoke API.
+    #[error("function {function} failed to initialise: {error_type}: {message}")]
+    InitFailed {
+        /// The function's name.
+        function: String,
+        /// Lambda's error type, e.g. `Runtime.InitError` or `Runtime.ExitError`.
+        error_type: String,
+        /// What happened.
+        message: String,
+    },
+    /// The runtime is shutting down and takes no new invocations.
+    #[error("the function runtime is shutting down")]
+    ShuttingDown,
+}
+
+/// Something that runs functions.
+pub trait Invoker: Send + Sync + 'static {
+    /// Runs `invocation` to completion and returns the function's reply.
+    fn invoke(&self, invocation: Invocation) -> BoxFuture<'_, Result<InvokeOutput, InvokeError>>;
+}

@@ -1,0 +1,276 @@
+//! One execution environment: a function process, its Runtime API endpoint and its state.
+//!
+//! An environment handles one invocation at a time. It is reusable after a response or a
+//! reported error; after a timeout or a crash it is stopped and must be replaced, as Lambda
+//! replaces a sandbox it had to reset.
+
+use crate::exchange::{Exchange, Outcome, Pending, State};
+use crate::logs::{self, Report};
+use crate::process;
+use crate::runtime_api::{self, ApiContext, error_document};
+use crate::spec::FunctionSpec;
+use bytes::Bytes;
+use portico_invoke::{FunctionError, InvokeError, InvokeOutput};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A running execution environment.
+pub(crate) struct Environment {
+    spec: Arc<FunctionSpec>,
+    inbox: mpsc::Sender<Pending>,
+    state: watch::Receiver<State>,
+    /// Stops the process and the API server; fired on drop.
+    stop: CancellationToken,
+    pid: Option<u32>,
+    /// Reported on the first invocation only, as Lambda does for cold starts.
+    init_duration: Option<Duration>,
+    reusable: bool,
+}
+
+impl Drop for Environment {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Environment {
+    /// Starts an environment and waits for its init phase to finish (the first `/next`).
+    pub(crate) async fn start(
+        spec: Arc<FunctionSpec>,
+        tracker: &TaskTracker,
+        parent: &CancellationToken,
+    ) -> Result<Self, InvokeError> {
+        let started = Instant::now();
+        let init_failed = |error_type: &str, message: String| InvokeError::InitFailed {
+            function: spec.name.clone(),
+            error_type: error_type.to_owned(),
+            message,
+        };
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .map_err(|e| init_failed("Runtime.Unavailable", format!("runtime API bind: {e}")))?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|e| init_failed("Runtime.Unavailable", format!("runtime API address: {e}")))?;
+        let (exchange, inbox) = Exchange::new();
+        let exchange = Arc::new(exchange);
+        let stop = parent.child_token();
+        let reaped = CancellationToken::new();
+
+        let mut child = process::spawn(&spec, api_addr).map_err(|e| {
+            init_failed(
+                "Runtime.InvalidEntrypoint",
+                format!("cannot start {}: {e}", spec.program.display()),
+            )
+        })?;
+        let pid = child.id();
+        let ctx = Arc::new(ApiContext {
+            exchange: exchange.clone(),
+            function_arn: spec.arn(),
+        });
+        tracker.spawn(runtime_api::serve(listener, ctx, stop.clone()));
+        let name: Arc<str> = spec.name.as_str().into();
+        if let Some(out) = child.stdout.take() {
+            tracker.spawn(logs::capture(name.clone(), out, reaped.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tracker.spawn(logs::capture(name, err, reaped.clone()));
+        }
+        tracker.spawn(process::supervise(
+            child,
+            exchange.clone(),
+            stop.clone(),
+            reaped,
+        ));
+
+        let mut env = Self {
+            spec: spec.clone(),
+            inbox,
+            state: exchange.subscribe(),
+            stop,
+            pid,
+            init_duration: None,
+            reusable: true,
+        };
+        let mut watch = env.state.clone();
+        let settled =
+            tokio::time::timeout(spec.init_timeout, watch.wait_for(|s| *s != State::Starting))
+                .await
+                .map(|r| r.map(|state| state.clone()));
+        let state = match settled {
+            Ok(Ok(state)) => state,
+            Ok(Err(_)) => State::Exited {
+                status: "supervisor gone".into(),
+            },
+            Err(_) => {
+                return Err(init_failed(
+                    "Runtime.InitTimeout",
+                    format!(
+                        "init phase did not finish within {} s",
+                        spec.init_timeout.as_secs()
+                    ),
+                ));
+            }
+        };
+        match state {
+            State::Ready => {
+                env.init_duration = Some(started.elapsed());
+                Ok(env)
+            }
+            State::InitFailed {
+                error_type,
+                message,
+            } => Err(init_failed(&error_type, message)),
+            State::Exited { status } => Err(init_failed(
+                "Runtime.ExitError",
+                format!("Runtime exited with error: {status}"),
+            )),
+            State::Starting => Err(init_failed("Runtime.Unknown", "init did not settle".into())),
+        }
+    }
+
+    /// Whether this environment may take another invocation.
+    pub(crate) fn is_reusable(&self) -> bool {
+        self.reusable && matches!(*self.state.borrow(), State::Ready)
+    }
+
+    /// Runs one invocation. Function failures come back in [`InvokeOutput::function_error`].
+    pub(crate) async fn invoke(
+        &mut self,
+        payload: Bytes,
+        trace_id: Option<String>,
+    ) -> InvokeOutput {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let started = Instant::now();
+        logs::emit(
+            &self.spec.name,
+            &format!("START RequestId: {request_id} Version: $LATEST"),
+        );
+        let (reply, outcome) = oneshot::channel();
+        let pending = Pending {
+            request_id: request_id.clone(),
+            payload,
+            deadline_ms: deadline_ms(self.spec.timeout),
+            trace_id,
+            reply,
+        };
+        let ended = self.run(pending, outcome).await;
+        let output = self.conclude(&request_id, ended);
+        logs::emit(&self.spec.name, &format!("END RequestId: {request_id}"));
+        let report = Report {
+            request_id: &request_id,
+            duration: started.elapsed(),
+            memory_size_mb: self.spec.memory_size_mb,
+            max_memory_used_mb: self.pid.and_then(process::max_memory_used_mb),
+            init_duration: self.init_duration.take(),
+        };
+        logs::emit(&self.spec.name, &report.line());
+        output
+    }
+
+    async fn run(&mut self, pending: Pending, outcome: oneshot::Receiver<Outcome>) -> Ended {
+        if self.inbox.send(pending).await.is_err() {
+            return Ended::Exited(self.exit_status());
+        }
+        let mut state = self.state.clone();
+        let gone = state.wait_for(|s| matches!(s, State::Exited { .. } | State::InitFailed { .. }));
+        tokio::select! {
+            // A function that replies and then exits has replied: look at the reply first.
+            biased;
+            reply = outcome => match reply {
+                Ok(outcome) => Ended::Outcome(outcome),
+                Err(_) => Ended::Exited(self.exit_status()),
+            },
+            _ = gone => Ended::Exited(self.exit_status()),
+            _ = tokio::time::sleep(self.spec.timeout) => Ended::TimedOut,
+        }
+    }
+
+    fn conclude(&mut self, request_id: &str, ended: Ended) -> InvokeOutput {
+        let failed = |error_type: &str, body: Bytes, timed_out: bool| InvokeOutput {
+            request_id: request_id.to_owned(),
+            payload: body,
+            function_error: Some(FunctionError {
+                error_type: error_type.to_owned(),
+                timed_out,
+            }),
+        };
+        match ended {
+            Ended::Outcome(Outcome::Response(body)) => InvokeOutput {
+                request_id: request_id.to_owned(),
+                payload: body,
+                function_error: None,
+            },
+            Ended::Outcome(Outcome::Error { error_type, body }) => failed(&error_type, body, false),
+            Ended::TimedOut => {
+                self.retire();
+                let message = format!(
+                    "RequestId: {request_id} Error: Task timed out after {:.2} seconds",
+                    self.spec.timeout.as_secs_f64()
+                );
+                logs::emit(
+                    &self.spec.name,
+                    &format!("{} {message}", now_rfc3339_hint()),
+                );
+                failed(
+                    "Sandbox.Timedout",
+                    error_document("Sandbox.Timedout", &message),
+                    true,
+                )
+            }
+            Ended::Exited(status) => {
+                self.retire();
+                let message =
+                    format!("RequestId: {request_id} Error: Runtime exited with error: {status}");
+                logs::emit(&self.spec.name, &message);
+                failed(
+                    "Runtime.ExitError",
+                    error_document("Runtime.ExitError", &message),
+                    false,
+                )
+            }
+        }
+    }
+
+    /// Stops this environment; it will not be reused.
+    fn retire(&mut self) {
+        self.reusable = false;
+        self.stop.cancel();
+    }
+
+    fn exit_status(&self) -> String {
+        match &*self.state.borrow() {
+            State::Exited { status } => status.clone(),
+            State::InitFailed { error_type, .. } => format!("init failed ({error_type})"),
+            _ => "exited".to_owned(),
+        }
+    }
+}
+
+/// How an invocation ended, before it is turned into an [`InvokeOutput`].
+enum Ended {
+    Outcome(Outcome),
+    TimedOut,
+    Exited(String),
+}
+
+fn deadline_ms(timeout: Duration) -> u64 {
+    let deadline = SystemTime::now() + timeout;
+    deadline
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the epoch, for the timestamp Lambda puts before a timeout message.
+fn now_rfc3339_hint() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
+}

@@ -1,0 +1,144 @@
+//! The hand-off of invocations between the invoker side and the Runtime API side of one
+//! execution environment.
+//!
+//! The invoker puts a [`Pending`] in the inbox and waits on its reply channel; the function's
+//! `GET /next` takes it out and makes it the in-flight invocation; `POST …/response` or
+//! `…/error` completes it. The environment's [`State`] is published on a watch channel so
+//! that a waiting invoker also learns when the process dies or fails to initialise.
+
+use bytes::Bytes;
+use std::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How an invocation ended, as reported through the Runtime API.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// `POST /runtime/invocation/{id}/response`.
+    Response(Bytes),
+    /// `POST /runtime/invocation/{id}/error`, or a response over the size limit.
+    Error {
+        /// Lambda's `errorType`.
+        error_type: String,
+        /// The error document handed back to the caller.
+        body: Bytes,
+    },
+}
+
+/// An invocation handed to an environment.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) request_id: String,
+    pub(crate) payload: Bytes,
+    pub(crate) deadline_ms: u64,
+    pub(crate) trace_id: Option<String>,
+    pub(crate) reply: oneshot::Sender<Outcome>,
+}
+
+/// The invocation the function is working on.
+struct InFlight {
+    request_id: String,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// Life cycle of an execution environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Process started, init phase running (no `/next` yet).
+    Starting,
+    /// The function asked for work at least once.
+    Ready,
+    /// The function reported `/runtime/init/error`.
+    InitFailed { error_type: String, message: String },
+    /// The process is gone.
+    Exited { status: String },
+}
+
+/// Result of completing an invocation through the Runtime API.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Completion {
+    Accepted,
+    /// No invocation with that id is in flight (unknown or already completed).
+    UnknownRequest,
+}
+
+/// Shared between one environment's invoker side and its Runtime API server.
+pub(crate) struct Exchange {
+    inbox: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
+    in_flight: Mutex<Option<InFlight>>,
+    state: watch::Sender<State>,
+}
+
+impl Exchange {
+    /// A new exchange and the sender that feeds its inbox.
+    pub(crate) fn new() -> (Self, mpsc::Sender<Pending>) {
+        // One invocation at a time: the inbox never needs to hold more than one.
+        let (tx, rx) = mpsc::channel(1);
+        let exchange = Self {
+            inbox: tokio::sync::Mutex::new(rx),
+            in_flight: Mutex::new(None),
+            state: watch::Sender::new(State::Starting),
+        };
+        (exchange, tx)
+    }
+
+    /// Watches the environment's state.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<State> {
+        self.state.subscribe()
+    }
+
+    /// Records a state change. A dead or failed environment never comes back to life.
+    pub(crate) fn set_state(&self, next: State) {
+        self.state.send_if_modified(|s| {
+            let allowed = match (&*s, &next) {
+                (State::Exited { .. }, _) => false,
+                (State::InitFailed { .. }, State::Exited { .. }) => true,
+                (State::InitFailed { .. }, _) => false,
+                (State::Ready, State::Starting) => false,
+                (a, b) => a != b,
+            };
+            if allowed {
+                *s = next;
+            }
+            allowed
+        });
+    }
+
+    /// `GET /next`: waits for the next invocation and makes it the one in flight.
+    /// `None` when the environment is being torn down.
+    pub(crate) async fn next(&self) -> Option<Pending> {
+        self.set_state(State::Ready);
+        let mut inbox = self.inbox.lock().await;
+        inbox.recv().await
+    }
+
+    /// Marks `pending` as in flight, keeping its reply channel for the completion.
+    pub(crate) fn start(&self, request_id: String, reply: oneshot::Sender<Outcome>) {
+        let mut slot = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(InFlight { request_id, reply });
+    }
+
+    /// Whether `request_id` is the invocation in flight.
+    pub(crate) fn is_in_flight(&self, request_id: &str) -> bool {
+        let slot = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().is_some_and(|f| f.request_id == request_id)
+    }
+
+    /// Completes the in-flight invocation `request_id` with `outcome`.
+    pub(crate) fn complete(&self, request_id: &str, outcome: Outcome) -> Completion {
+        let taken = {
+            let mut slot = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                Some(f) if f.request_id == request_id => slot.take(),
+                _ => None,
+            }
+        };
+        match taken {
+            Some(f) => {
+                // The invoker may have given up (timeout); the outcome is then dropped.
+                let _ = f.reply.send(outcome);
+                Completion::Accepted
+            }
+            None => Completion::UnknownRequest,
+        }
+    }
+}

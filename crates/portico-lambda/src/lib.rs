@@ -1,0 +1,29 @@
+//! The function runtime: runs unmodified Lambda functions through the Lambda Runtime API.
+//!
+//! A function is any program that speaks the Runtime API (a `bootstrap` built with
+//! `lambda_runtime`, Python with `awslambdaric`, …). Each execution environment is one child
+//! process with a Runtime API endpoint of its own on loopback; it handles one invocation at a
+//! time and is reused for the next. A [`Runtime`] owns a pool of environments per function and
+//! implements [`portico_invoke::Invoker`].
+//!
+//! Layout:
+//! - [`spec`]: what the runtime needs to know about a function;
+//! - [`runtime`]: the set of functions, limits and shutdown (the `Invoker`);
+//! - `pool`: warm environments of one function, created on demand up to its concurrency;
+//! - `environment`: one execution environment: its process, its state, one invocation at a time;
+//! - `exchange`: the hand-off of an invocation between the invoker and the Runtime API;
+//! - `runtime_api`: the HTTP routes of the 2018-06-01 Runtime API;
+//! - `process`: spawning, signalling and reaping the function's process group;
+//! - `logs`: capturing function output and Lambda's START/END/REPORT lines.
+
+mod environment;
+mod exchange;
+mod logs;
+mod pool;
+mod process;
+pub mod runtime;
+mod runtime_api;
+pub mod spec;
+
+pub use runtime::{Runtime, RuntimeOptions};
+pub use spec::FunctionSpec;

@@ -1,0 +1,92 @@
+//! The execution environments of one function: warm ones reused, new ones created on
+//! demand, up to the function's reserved concurrency.
+
+use crate::environment::Environment;
+use crate::spec::FunctionSpec;
+use portico_invoke::{InvokeError, InvokeOutput};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Environments of one function.
+pub(crate) struct Pool {
+    spec: Arc<FunctionSpec>,
+    /// Warm environments, most recently used last (reused first, so the others can idle out).
+    idle: Mutex<Vec<Environment>>,
+    /// The function's reserved concurrency, when it has one.
+    reserved: Option<Arc<Semaphore>>,
+}
+
+impl Pool {
+    pub(crate) fn new(spec: FunctionSpec) -> Self {
+        let reserved = spec
+            .reserved_concurrency
+            .map(|n| Arc::new(Semaphore::new(n)));
+        Self {
+            spec: Arc::new(spec),
+            idle: Mutex::new(Vec::new()),
+            reserved,
+        }
+    }
+
+    pub(crate) fn spec(&self) -> &FunctionSpec {
+        &self.spec
+    }
+
+    /// Runs one invocation on a warm environment, or on a new one.
+    /// `global` is the runtime-wide concurrency limit.
+    pub(crate) async fn invoke(
+        &self,
+        payload: bytes::Bytes,
+        trace_id: Option<String>,
+        global: &Semaphore,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<InvokeOutput, InvokeError> {
+        let _reserved = match &self.reserved {
+            Some(sem) => Some(sem.try_acquire().map_err(|_| self.throttled(sem))?),
+            None => None,
+        };
+        let _global = global.try_acquire().map_err(|_| InvokeError::Throttled {
+            function: self.spec.name.clone(),
+            limit: global.available_permits(),
+        })?;
+        let warm = self.take_idle();
+        let mut env = match warm {
+            Some(env) => env,
+            None => Environment::start(self.spec.clone(), tracker, shutdown).await?,
+        };
+        let output = env.invoke(payload, trace_id).await;
+        if env.is_reusable() && !shutdown.is_cancelled() {
+            self.lock_idle().push(env);
+        }
+        Ok(output)
+    }
+
+    fn take_idle(&self) -> Option<Environment> {
+        let mut idle = self.lock_idle();
+        while let Some(env) = idle.pop() {
+            if env.is_reusable() {
+                return Some(env);
+            }
+        }
+        None
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Environment>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn throttled(&self, _sem: &Semaphore) -> InvokeError {
+        InvokeError::Throttled {
+            function: self.spec.name.clone(),
+            limit: self.spec.reserved_concurrency.unwrap_or(0),
+        }
+    }
+
+    /// Drops every idle environment (their processes are stopped).
+    pub(crate) fn clear(&self) {
+        self.lock_idle().clear();
+    }
+}

@@ -1,0 +1,176 @@
+//! Spawning a function's process with Lambda's environment, and ending it.
+//!
+//! Each execution environment runs in its own process group, so that ending it also ends
+//! whatever the function started. The supervisor task owns the child: it reaps it when it
+//! exits on its own, and terminates the whole group (SIGTERM, then SIGKILL after a grace
+//! period) when the environment is stopped.
+
+use crate::exchange::{Exchange, State};
+use crate::spec::FunctionSpec;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// How long a stopped function gets to exit after SIGTERM before SIGKILL.
+const TERMINATE_GRACE: Duration = Duration::from_millis(500);
+
+/// Lambda's `PATH` for OS-only runtimes, followed by the host's so that interpreters and
+/// tools installed here are found.
+const LAMBDA_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/opt/bin";
+
+/// Starts `spec`'s program with the Runtime API at `api`.
+pub(crate) fn spawn(spec: &FunctionSpec, api: SocketAddr) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.task_root)
+        .env_clear()
+        .envs(lambda_environment(spec, api))
+        .envs(&spec.environment)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn()
+}
+
+/// The variables Lambda sets for every function.
+fn lambda_environment(spec: &FunctionSpec, api: SocketAddr) -> Vec<(&'static str, String)> {
+    let task_root = spec.task_root.display().to_string();
+    let path = match std::env::var("PATH") {
+        Ok(host) if !host.is_empty() => format!("{LAMBDA_PATH}:{host}"),
+        _ => LAMBDA_PATH.to_owned(),
+    };
+    vec![
+        ("AWS_LAMBDA_RUNTIME_API", api.to_string()),
+        ("_HANDLER", spec.handler.clone()),
+        ("AWS_LAMBDA_FUNCTION_NAME", spec.name.clone()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+        (
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            spec.memory_size_mb.to_string(),
+        ),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/aws/lambda/{}", spec.name),
+        ),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", log_stream_name()),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
+        ("AWS_REGION", spec.region.clone()),
+        ("AWS_DEFAULT_REGION", spec.region.clone()),
+        ("LAMBDA_TASK_ROOT", task_root.clone()),
+        ("LAMBDA_RUNTIME_DIR", task_root.clone()),
+        (
+            "LD_LIBRARY_PATH",
+            format!("/lib64:/usr/lib64:{task_root}:{task_root}/lib:/opt/lib"),
+        ),
+        ("PATH", path),
+        ("TZ", ":UTC".to_owned()),
+        ("LANG", "en_US.UTF-8".to_owned()),
+    ]
+}
+
+/// `YYYY/MM/DD/[$LATEST]<32 hex>`, the shape of Lambda's log stream names.
+fn log_stream_name() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!(
+        "{y:04}/{m:02}/{d:02}/[$LATEST]{}",
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Owns `child` until it exits or `stop` fires; publishes the exit on `exchange`, then
+/// fires `reaped`.
+pub(crate) async fn supervise(
+    mut child: Child,
+    exchange: Arc<Exchange>,
+    stop: CancellationToken,
+    reaped: CancellationToken,
+) {
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = stop.cancelled() => terminate(&mut child, pgid).await,
+    };
+    // Whatever the function left running in its group goes with it.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let status = match status {
+        Ok(s) => describe_exit(s),
+        Err(e) => format!("wait failed: {e}"),
+    };
+    exchange.set_state(State::Exited { status });
+    reaped.cancel();
+}
+
+async fn terminate(child: &mut Child, pgid: Option<Pid>) -> std::io::Result<ExitStatus> {
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGTERM);
+        if let Ok(status) = tokio::time::timeout(TERMINATE_GRACE, child.wait()).await {
+            return status;
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let _ = child.start_kill();
+    child.wait().await
+}
+
+/// Lambda's wording: `exit status 1`, `signal: killed`.
+fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal().and_then(|s| Signal::try_from(s).ok()) {
+        Some(Signal::SIGKILL) => "signal: killed".to_owned(),
+        Some(Signal::SIGTERM) => "signal: terminated".to_owned(),
+        Some(Signal::SIGSEGV) => "signal: segmentation fault".to_owned(),
+        Some(Signal::SIGABRT) => "signal: aborted".to_owned(),
+        Some(other) => format!("signal: {}", other.as_str()),
+        None => "exited".to_owned(),
+    }
+}
+
+/// Peak resident memory of process `pid` in MB (`VmHWM`), when the OS tells.
+pub(crate) fn max_memory_used_mb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.div_ceil(1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+    }
+}

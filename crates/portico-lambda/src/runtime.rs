@@ -1,0 +1,102 @@
+//! The function runtime: every configured function, the global concurrency limit, and the
+//! shutdown sequence. Implements [`Invoker`].
+
+use crate::pool::Pool;
+use crate::spec::FunctionSpec;
+use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker};
+use std::collections::HashMap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Largest synchronous invocation payload: Lambda's 6 MB.
+pub const MAX_SYNC_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+
+/// Runtime-wide settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Most execution environments busy at once, across functions (Lambda's account limit).
+    pub max_concurrency: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 1000,
+        }
+    }
+}
+
+/// Runs functions in execution environments.
+pub struct Runtime {
+    pools: HashMap<String, Pool>,
+    global: Semaphore,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Runtime {
+    /// A runtime for `functions`; environments start on the first invocation.
+    pub fn new(functions: Vec<FunctionSpec>, options: RuntimeOptions) -> Self {
+        let pools = functions
+            .into_iter()
+            .map(|spec| (spec.name.clone(), Pool::new(spec)))
+            .collect();
+        Self {
+            pools,
+            global: Semaphore::new(options.max_concurrency),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// The functions this runtime runs.
+    pub fn functions(&self) -> impl Iterator<Item = &FunctionSpec> {
+        self.pools.values().map(Pool::spec)
+    }
+
+    /// Runs one invocation.
+    pub async fn invoke_function(
+        &self,
+        invocation: Invocation,
+    ) -> Result<InvokeOutput, InvokeError> {
+        if self.shutdown.is_cancelled() {
+            return Err(InvokeError::ShuttingDown);
+        }
+        let pool = self
+            .pools
+            .get(&invocation.function)
+            .ok_or_else(|| InvokeError::NotFound(invocation.function.clone()))?;
+        if invocation.payload.len() > MAX_SYNC_PAYLOAD_BYTES {
+            return Err(InvokeError::RequestTooLarge {
+                size: invocation.payload.len(),
+                limit: MAX_SYNC_PAYLOAD_BYTES,
+            });
+        }
+        pool.invoke(
+            invocation.payload,
+            invocation.trace_id,
+            &self.global,
+            &self.tracker,
+            &self.shutdown,
+        )
+        .await
+    }
+
+    /// Stops every execution environment and waits until every process is reaped.
+    /// Invocations still running fail as their process goes away.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        for pool in self.pools.values() {
+            pool.clear();
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl Invoker for Runtime {
+    fn invoke(&self, invocation: Invocation) -> BoxFuture<'_, Result<InvokeOutput, InvokeError>> {
+        Box::pin(self.invoke_function(invocation))
+    }
+}

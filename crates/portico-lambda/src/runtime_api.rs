@@ -1,0 +1,285 @@
+//! The Lambda Runtime API (2018-06-01) served to one execution environment.
+//!
+//! Routes, as Lambda documents them:
+//! - `GET  /2018-06-01/runtime/invocation/next` → the event, with the `Lambda-Runtime-*` headers;
+//! - `POST /2018-06-01/runtime/invocation/{id}/response` → 202;
+//! - `POST /2018-06-01/runtime/invocation/{id}/error` → 202;
+//! - `POST /2018-06-01/runtime/init/error` → 202.
+//!
+//! Errors are JSON `{"errorMessage", "errorType"}` documents: 400 for an unknown request id,
+//! 413 for a response over the payload limit, 404/405 for anything else.
+
+use crate::exchange::{Completion, Exchange, Outcome, State};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Largest response or error document a function may post: Lambda's 6 MB synchronous limit.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+const PREFIX: &str = "/2018-06-01/runtime/";
+
+/// What the API needs besides the exchange.
+pub(crate) struct ApiContext {
+    pub(crate) exchange: Arc<Exchange>,
+    pub(crate) function_arn: String,
+}
+
+/// Serves the Runtime API on `listener` until `cancel` fires. Connection tasks end with it.
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+            // Reap finished connections so the set does not grow with a chatty runtime.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "runtime API accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "runtime API connection ended");
+            }
+        });
+    }
+}
+
+type ApiResponse = Response<Full<Bytes>>;
+
+async fn route(ctx: &ApiContext, req: Request<Incoming>) -> ApiResponse {
+    let path = req.uri().path().to_owned();
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return error(StatusCode::NOT_FOUND, "UnknownRoute", "no such route");
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["invocation", "next"]) => next(ctx).await,
+        (&Method::POST, ["invocation", id, "response"]) => {
+            let id = (*id).to_owned();
+            response(ctx, &id, req).await
+        }
+        (&Method::POST, ["invocation", id, "error"]) => {
+            let id = (*id).to_owned();
+            invocation_error(ctx, &id, req).await
+        }
+        (&Method::POST, ["init", "error"]) => init_error(ctx, req).await,
+        (_, ["invocation", "next"])
+        | (_, ["invocation", _, "response" | "error"])
+        | (_, ["init", "error"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "method not allowed on this route",
+        ),
+        _ => error(StatusCode::NOT_FOUND, "UnknownRoute", "no such route"),
+    }
+}
+
+async fn next(ctx: &ApiContext) -> ApiResponse {
+    let Some(pending) = ctx.exchange.next().await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Runtime.Shutdown",
+            "the execution environment is shutting down; exit now",
+        );
+    };
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Lambda-Runtime-Aws-Request-Id", &pending.request_id)
+        .header("Lambda-Runtime-Deadline-Ms", pending.deadline_ms)
+        .header("Lambda-Runtime-Invoked-Function-Arn", &ctx.function_arn);
+    if let Some(trace) = &pending.trace_id {
+        builder = builder.header("Lambda-Runtime-Trace-Id", trace);
+    }
+    ctx.exchange.start(pending.request_id, pending.reply);
+    builder
+        .body(Full::new(pending.payload))
+        .unwrap_or_else(|_| internal())
+}
+
+async fn response(ctx: &ApiContext, id: &str, req: Request<Incoming>) -> ApiResponse {
+    if !ctx.exchange.is_in_flight(id) {
+        return invalid_request_id();
+    }
+    match read_body(req).await {
+        Ok(body) => complete(ctx, id, Outcome::Response(body)),
+        Err(BodyError::TooLarge) => {
+            let message = format!(
+                "Response payload size exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."
+            );
+            let body = error_document("Function.ResponseSizeTooLarge", &message);
+            ctx.exchange.complete(
+                id,
+                Outcome::Error {
+                    error_type: "Function.ResponseSizeTooLarge".into(),
+                    body,
+                },
+            );
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                &message,
+            )
+        }
+        Err(BodyError::Broken) => bad_body(),
+    }
+}
+
+async fn invocation_error(ctx: &ApiContext, id: &str, req: Request<Incoming>) -> ApiResponse {
+    if !ctx.exchange.is_in_flight(id) {
+        return invalid_request_id();
+    }
+    let header_type = error_type_header(&req);
+    match read_body(req).await {
+        Ok(body) => {
+            let (error_type, body) = function_error(header_type, body);
+            complete(ctx, id, Outcome::Error { error_type, body })
+        }
+        Err(BodyError::TooLarge) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "error document over the payload limit",
+        ),
+        Err(BodyError::Broken) => bad_body(),
+    }
+}
+
+async fn init_error(ctx: &ApiContext, req: Request<Incoming>) -> ApiResponse {
+    let header_type = error_type_header(&req);
+    let body = read_body(req).await.unwrap_or_default();
+    let (error_type, body) = function_error(header_type, body);
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("errorMessage")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    ctx.exchange.set_state(State::InitFailed {
+        error_type,
+        message,
+    });
+    accepted()
+}
+
+fn complete(ctx: &ApiContext, id: &str, outcome: Outcome) -> ApiResponse {
+    match ctx.exchange.complete(id, outcome) {
+        Completion::Accepted => accepted(),
+        Completion::UnknownRequest => invalid_request_id(),
+    }
+}
+
+fn error_type_header(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get("Lambda-Runtime-Function-Error-Type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The error type and document of a failed invocation: the header wins, then the document's
+/// own `errorType`; a body that is not a JSON object is wrapped into one.
+fn function_error(header_type: Option<String>, body: Bytes) -> (String, Bytes) {
+    let parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let body_type = parsed
+        .as_ref()
+        .and_then(|v| v.get("errorType"))
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
+    let error_type = header_type
+        .or(body_type)
+        .unwrap_or_else(|| "Runtime.Unknown".to_owned());
+    match parsed {
+        Some(serde_json::Value::Object(_)) => (error_type, body),
+        _ => {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let doc = error_document(&error_type, &text);
+            (error_type, doc)
+        }
+    }
+}
+
+/// A Lambda error document, `{"errorMessage": …, "errorType": …}`.
+pub(crate) fn error_document(error_type: &str, message: &str) -> Bytes {
+    let doc = serde_json::json!({ "errorMessage": message, "errorType": error_type });
+    Bytes::from(doc.to_string())
+}
+
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, BodyError> {
+    match Limited::new(req.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Broken),
+    }
+}
+
+fn accepted() -> ApiResponse {
+    json(
+        StatusCode::ACCEPTED,
+        Bytes::from_static(br#"{"status":"OK"}"#),
+    )
+}
+
+fn invalid_request_id() -> ApiResponse {
+    error(
+        StatusCode::BAD_REQUEST,
+        "InvalidRequestID",
+        "Invalid request ID: no invocation with this id is in progress",
+    )
+}
+
+fn bad_body() -> ApiResponse {
+    error(
+        StatusCode::BAD_REQUEST,
+        "InvalidRequest",
+        "the request body could not be read",
+    )
+}
+
+fn error(status: StatusCode, error_type: &str, message: &str) -> ApiResponse {
+    json(status, error_document(error_type, message))
+}
+
+fn json(status: StatusCode, body: Bytes) -> ApiResponse {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .unwrap_or_else(|_| internal())
+}
+
+fn internal() -> ApiResponse {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}

@@ -1,0 +1,48 @@
+//! What the runtime needs to know about one function, resolved from the configuration.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Account id used in ARNs: functions run here, not in an AWS account.
+pub const ACCOUNT_ID: &str = "000000000000";
+
+/// Lambda's init phase limit.
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A function, ready to run.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    /// The function's name.
+    pub name: String,
+    /// The program started for each execution environment (`bootstrap`).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Working directory and `LAMBDA_TASK_ROOT`.
+    pub task_root: PathBuf,
+    /// `_HANDLER`.
+    pub handler: String,
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, in MB.
+    pub memory_size_mb: u32,
+    /// How long one invocation may run.
+    pub timeout: Duration,
+    /// How long the init phase may take (until the first `/next`).
+    pub init_timeout: Duration,
+    /// Most environments at once; `None` leaves only the runtime's global limit.
+    pub reserved_concurrency: Option<usize>,
+    /// The user's environment variables.
+    pub environment: BTreeMap<String, String>,
+    /// `AWS_REGION`.
+    pub region: String,
+}
+
+impl FunctionSpec {
+    /// The function's ARN, as Lambda forms it.
+    pub fn arn(&self) -> String {
+        format!(
+            "arn:aws:lambda:{}:{ACCOUNT_ID}:function:{}",
+            self.region, self.name
+        )
+    }
+}

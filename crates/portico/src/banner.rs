@@ -1,0 +1,42 @@
+//! What `portico up` prints once everything is listening: the static addresses and the
+//! routes behind them, in a form a person reads at a glance.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+/// The facts gathered while binding, printed once at start.
+#[derive(Debug, Default)]
+pub(crate) struct Banner {
+    pub(crate) accelerator: Option<String>,
+    /// `(address, protocol)` of every static address and port.
+    pub(crate) static_addresses: Vec<(SocketAddr, &'static str)>,
+    /// One line per hop, already worded.
+    pub(crate) routes: Vec<String>,
+    /// Load balancer listeners: `(load balancer, address)`.
+    pub(crate) load_balancers: Vec<(String, SocketAddr)>,
+}
+
+impl Banner {
+    /// The text printed to stdout.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::from("portico is up\n");
+        if let Some(name) = &self.accelerator {
+            let _ = writeln!(out, "\n  accelerator {name:?}");
+            for (addr, proto) in &self.static_addresses {
+                let _ = writeln!(out, "    static address  {addr}  ({proto})");
+            }
+        }
+        let _ = writeln!(out, "\n  load balancers");
+        for (name, addr) in &self.load_balancers {
+            let _ = writeln!(out, "    load balancer {name}  http://{addr}");
+        }
+        let _ = writeln!(out, "\n  routes");
+        for route in &self.routes {
+            let _ = writeln!(out, "    {route}");
+        }
+        if let Some((addr, _)) = self.static_addresses.first() {
+            let _ = writeln!(out, "\n  try:  curl 'http://{addr}/hello?name=world'");
+        }
+        out
+    }
+}

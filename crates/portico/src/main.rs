@@ -1,0 +1,104 @@
+//! `portico`: serverless functions behind static IPs, in one binary.
+//!
+//! This file only parses arguments, sets up logging and hands over to a command; the tiers
+//! live in their own crates (`portico-edge`, `portico-alb`, `portico-lambda`).
+//!
+//! Layout:
+//! - `topology`: the validated config turned into what each tier runs;
+//! - `up`: `portico up`: binding, wiring the tiers together, and the shutdown sequence;
+//! - `banner`: what `portico up` prints at start (static addresses and routes);
+//! - `signals`: SIGINT/SIGTERM as a future.
+
+mod banner;
+mod signals;
+mod topology;
+mod up;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status for a configuration that cannot be used (sysexits' EX_USAGE... EX_DATAERR is 65;
+/// 64 is what our users' scripts have come to expect for "fix your input").
+const EXIT_BAD_CONFIG: u8 = 64;
+
+/// Serverless functions behind static IPs: edge, load balancer and Lambda runtime in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "portico", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the topology in FILE (or the embedded demo) until SIGINT or SIGTERM.
+    Up {
+        /// The topology file; without it, the embedded demo topology runs.
+        file: Option<PathBuf>,
+    },
+    /// Check FILE and print every error, each with its key path.
+    Validate {
+        /// The topology file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Validate { file } => match portico_config::load_file(&file) {
+            Ok(_) => {
+                println!("{}: valid", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Up { file } => {
+            let loaded = match &file {
+                Some(path) => {
+                    portico_config::load_file(path).map(|c| (c, topology::base_dir(path)))
+                }
+                None => portico_config::parse(topology::DEFAULT_CONFIG, "embedded default")
+                    .map(|c| (c, PathBuf::from("."))),
+            };
+            let (config, base_dir) = match loaded {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(error) => {
+                    eprintln!("cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(up::run(config, base_dir)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("portico: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,116 @@
+//! The validated configuration turned into what each tier runs.
+//!
+//! Pure conversions, no sockets: paths are resolved against the config file's directory,
+//! `{portico_bin_dir}` against the running binary's, and target groups get their ARNs.
+
+use portico_alb::LambdaTargetGroup;
+use portico_config::{Config, Function};
+use portico_lambda::FunctionSpec;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The embedded default topology (`portico up` without a file).
+pub(crate) const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// The region functions and target groups report.
+pub(crate) const REGION: &str = "us-east-1";
+
+/// The directory relative paths in `config_file` are resolved against.
+pub(crate) fn base_dir(config_file: &Path) -> PathBuf {
+    match config_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Every function of `config`, ready for the runtime.
+pub(crate) fn function_specs(config: &Config, base: &Path) -> Vec<FunctionSpec> {
+    config
+        .functions
+        .iter()
+        .map(|(name, f)| function_spec(name, f, base))
+        .collect()
+}
+
+fn function_spec(name: &str, f: &Function, base: &Path) -> FunctionSpec {
+    let (program, args, task_root) = match (&f.code, &f.command) {
+        (Some(code), _) => {
+            let dir = resolve(code, base);
+            (dir.join("bootstrap"), Vec::new(), dir)
+        }
+        (None, Some(cmd)) => {
+            let program = cmd.first().map(|p| resolve(p, base)).unwrap_or_default();
+            let root = program
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| base.to_owned());
+            (program, cmd.iter().skip(1).cloned().collect(), root)
+        }
+        // Validation guarantees one of the two.
+        (None, None) => (PathBuf::new(), Vec::new(), base.to_owned()),
+    };
+    FunctionSpec {
+        name: name.to_owned(),
+        program,
+        args,
+        task_root,
+        handler: f.handler.clone(),
+        memory_size_mb: f.memory_size_mb,
+        timeout: Duration::from_secs(u64::from(f.timeout_seconds)),
+        init_timeout: portico_lambda::spec::DEFAULT_INIT_TIMEOUT,
+        reserved_concurrency: f.reserved_concurrency.map(|n| n as usize),
+        environment: f.environment.clone(),
+        region: REGION.to_owned(),
+    }
+}
+
+/// Expands `{portico_bin_dir}` and makes relative paths relative to `base`.
+fn resolve(path: &str, base: &Path) -> PathBuf {
+    const BIN_DIR: &str = "{portico_bin_dir}";
+    if let Some(rest) = path.strip_prefix(BIN_DIR) {
+        let bin_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        return bin_dir.join(rest.trim_start_matches('/'));
+    }
+    let p = PathBuf::from(path);
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+/// The target group `name` of `config`, as the load balancer runs it.
+pub(crate) fn target_group(config: &Config, name: &str) -> Option<LambdaTargetGroup> {
+    let tg = config.target_groups.get(name)?;
+    Some(LambdaTargetGroup {
+        name: name.to_owned(),
+        arn: LambdaTargetGroup::arn_for(REGION, portico_lambda::spec::ACCOUNT_ID, name),
+        function: tg.function.clone(),
+        multi_value_headers: tg.multi_value_headers_enabled,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        portico_config::parse(DEFAULT_CONFIG, "embedded default").unwrap();
+    }
+
+    #[test]
+    fn paths_resolve() {
+        let base = Path::new("/etc/portico");
+        assert_eq!(resolve("fn", base), PathBuf::from("/etc/portico/fn"));
+        assert_eq!(resolve("/opt/fn", base), PathBuf::from("/opt/fn"));
+        let exe_dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            resolve("{portico_bin_dir}/hello", base),
+            exe_dir.join("hello")
+        );
+    }
+}

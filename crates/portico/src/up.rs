@@ -1,0 +1,221 @@
+//! `portico up`: bind every listener, wire edge → load balancer → runtime, run until a
+//! signal, then shut down in order.
+//!
+//! Load balancers are bound first: the edge's endpoints that name a load balancer need its
+//! bound address (a port of 0 in the file means "any free port", which tests rely on).
+//!
+//! Shutdown sequence: stop accepting on every listener → load balancer connections finish
+//! their current request (bounded by the drain time) and the edge's copies end with them →
+//! every function process is stopped and reaped.
+
+use crate::banner::Banner;
+use crate::{signals, topology};
+use anyhow::{Context, bail};
+use portico_config::{Action, ClientAffinity, Config};
+use portico_edge::health::{self, HealthCheck};
+use portico_edge::{Affinity, Edge, Endpoint, EndpointGroup};
+use portico_invoke::Invoker;
+use portico_lambda::{Runtime, RuntimeOptions};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long open connections get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound load balancer listener, as the edge needs to know it.
+struct BoundListener {
+    address: SocketAddr,
+    proxy_protocol: bool,
+}
+
+/// Runs `config` until SIGINT or SIGTERM.
+pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
+    let runtime = Arc::new(Runtime::new(
+        topology::function_specs(&config, &base),
+        RuntimeOptions::default(),
+    ));
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut banner = Banner::default();
+
+    let started = start(&config, runtime.clone(), &shutdown, &tasks, &mut banner).await;
+    if let Err(error) = started {
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        runtime.shutdown().await;
+        return Err(error);
+    }
+    print!("{}", banner.render());
+
+    let signal = signals::shutdown_requested()
+        .await
+        .context("installing signal handlers")?;
+    tracing::info!(
+        signal,
+        "shutting down: closing listeners, draining connections"
+    );
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("stopping function processes");
+    runtime.shutdown().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn start(
+    config: &Config,
+    runtime: Arc<Runtime>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+    banner: &mut Banner,
+) -> anyhow::Result<()> {
+    let invoker: Arc<dyn Invoker> = runtime;
+    let mut bound: BTreeMap<String, Vec<BoundListener>> = BTreeMap::new();
+    for (name, lb) in &config.load_balancers {
+        for (i, l) in lb.listeners.iter().enumerate() {
+            let listener = TcpListener::bind((l.address, l.port.0))
+                .await
+                .with_context(|| {
+                    format!(
+                        "load_balancers.{name}.listeners[{i}]: cannot bind {}:{}",
+                        l.address, l.port
+                    )
+                })?;
+            let address = listener.local_addr()?;
+            let Action::Forward { target_group } = &l.default_action;
+            let tg = topology::target_group(config, target_group)
+                .with_context(|| format!("no target group {target_group:?}"))?;
+            banner.load_balancers.push((name.clone(), address));
+            banner.routes.push(format!(
+                "load balancer {name} {address}{} -> target group {} (lambda) -> function {}",
+                if l.proxy_protocol_v2 {
+                    " (PROXY v2)"
+                } else {
+                    ""
+                },
+                tg.name,
+                tg.function
+            ));
+            let spec = portico_alb::ListenerSpec {
+                load_balancer: name.clone(),
+                proxy_protocol: l.proxy_protocol_v2,
+                idle_timeout: Duration::from_secs(u64::from(lb.idle_timeout_seconds)),
+                drain_timeout: DRAIN_TIMEOUT,
+                target_group: tg,
+            };
+            tasks.spawn(portico_alb::serve(
+                listener,
+                spec,
+                invoker.clone(),
+                shutdown.clone(),
+            ));
+            bound.entry(name.clone()).or_default().push(BoundListener {
+                address,
+                proxy_protocol: l.proxy_protocol_v2,
+            });
+        }
+    }
+    if let Some(acc) = &config.accelerator {
+        start_edge(acc, &bound, shutdown, tasks, banner).await?;
+    }
+    Ok(())
+}
+
+async fn start_edge(
+    acc: &portico_config::Accelerator,
+    bound: &BTreeMap<String, Vec<BoundListener>>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+    banner: &mut Banner,
+) -> anyhow::Result<()> {
+    banner.accelerator = Some(acc.name.clone());
+    let mut groups = Vec::new();
+    for g in &acc.endpoint_groups {
+        let mut endpoints = Vec::new();
+        for e in &g.endpoints {
+            let (address, proxy_default, label) = match (&e.load_balancer, e.address) {
+                (Some(lb), _) => {
+                    let Some(first) = bound.get(lb).and_then(|l| l.first()) else {
+                        bail!("endpoint names load balancer {lb:?}, which has no listener");
+                    };
+                    (
+                        first.address,
+                        first.proxy_protocol,
+                        format!("load balancer {lb} at {}", first.address),
+                    )
+                }
+                (None, Some(addr)) => (addr, false, format!("{addr}")),
+                (None, None) => bail!("endpoint without a target in region {}", g.region),
+            };
+            let proxy = e.client_ip_preservation.unwrap_or(proxy_default);
+            let endpoint = Arc::new(Endpoint::new(address, e.weight, proxy));
+            let interval = Duration::from_secs(u64::from(g.health_check_interval_seconds));
+            let check = HealthCheck {
+                interval,
+                timeout: interval.min(Duration::from_secs(5)),
+                threshold: g.threshold_count,
+            };
+            tasks.spawn(health::run(endpoint.clone(), check, shutdown.clone()));
+            banner.routes.push(format!(
+                "endpoint group {} (dial {} %) -> {label}, weight {}{}",
+                g.region,
+                g.traffic_dial_percentage,
+                e.weight,
+                if proxy { ", PROXY v2" } else { "" }
+            ));
+            endpoints.push(endpoint);
+        }
+        groups.push(EndpointGroup {
+            region: g.region.clone(),
+            traffic_dial_percentage: g.traffic_dial_percentage,
+            endpoints,
+        });
+    }
+    for l in &acc.listeners {
+        let affinity = match l.client_affinity {
+            ClientAffinity::None => Affinity::None,
+            ClientAffinity::SourceIp => Affinity::SourceIp,
+        };
+        let edge = Arc::new(Edge {
+            groups: groups.clone(),
+            affinity,
+            drain_timeout: DRAIN_TIMEOUT,
+        });
+        // With port 0, the first address picks a free port and the others reuse it: every
+        // static IP serves the same port, as the accelerator promises.
+        let mut port = l.port.0;
+        for ip in &acc.static_ips {
+            let listener = TcpListener::bind((*ip, port))
+                .await
+                .with_context(|| format!("accelerator: cannot bind static address {ip}:{port}"))?;
+            let address = listener.local_addr()?;
+            port = address.port();
+            banner.static_addresses.push((address, "tcp"));
+            tasks.spawn(portico_edge::serve(
+                listener,
+                edge.clone(),
+                shutdown.clone(),
+            ));
+        }
+        banner.routes.insert(
+            0,
+            format!(
+                "static addresses tcp :{port} -> endpoint groups {}",
+                groups
+                    .iter()
+                    .map(|g| g.region.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    Ok(())
+}
