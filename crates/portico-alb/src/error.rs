@@ -26,6 +26,18 @@ pub enum LbError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The request line is over ALB's limit.
+    #[error("request line over the limit of {limit} bytes")]
+    UriTooLong {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// A header, or all headers together, over ALB's limit.
+    #[error("request headers over the limit of {limit} bytes")]
+    HeaderTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// WebSocket (or any) upgrade to a Lambda target.
     #[error("upgrade requests are not supported by Lambda targets")]
     UpgradeRefused,
@@ -59,6 +71,8 @@ impl LbError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpgradeRefused | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::Invoke(InvokeError::Throttled { .. } | InvokeError::ShuttingDown) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -77,7 +91,10 @@ impl LbError {
             Self::RequestTooLarge { .. } | Self::Invoke(InvokeError::RequestTooLarge { .. }) => {
                 "LambdaRequestTooLarge"
             }
-            Self::UpgradeRefused | Self::BadBody(_) => "-",
+            Self::UriTooLong { .. }
+            | Self::HeaderTooLarge { .. }
+            | Self::UpgradeRefused
+            | Self::BadBody(_) => "-",
             Self::Invoke(InvokeError::Throttled { .. }) => "LambdaThrottling",
             Self::Invoke(InvokeError::ShuttingDown) => "LambdaServiceException",
             Self::Invoke(InvokeError::NotFound(_)) => "LambdaResourceNotFound",
@@ -92,7 +109,11 @@ impl LbError {
     /// Who caused it.
     pub fn side(&self) -> Side {
         match self {
-            Self::RequestTooLarge { .. } | Self::UpgradeRefused | Self::BadBody(_) => Side::Client,
+            Self::RequestTooLarge { .. }
+            | Self::UriTooLong { .. }
+            | Self::HeaderTooLarge { .. }
+            | Self::UpgradeRefused
+            | Self::BadBody(_) => Side::Client,
             Self::Invoke(InvokeError::RequestTooLarge { .. }) => Side::Client,
             Self::Invoke(InvokeError::ShuttingDown) => Side::Portico,
             _ => Side::Target,

@@ -16,6 +16,12 @@ use std::time::Instant;
 
 /// Largest request body a Lambda target accepts: 1 MB.
 pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
+/// ALB's limit on the request line (method, target, version): 16 KB.
+pub const MAX_REQUEST_LINE_BYTES: usize = 16 * 1024;
+/// ALB's limit on one header (name, `: `, value): 16 KB.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// ALB's limit on all headers together: 64 KB.
+pub const MAX_HEADERS_TOTAL_BYTES: usize = 64 * 1024;
 
 /// What every request of one listener shares.
 pub struct Context {
@@ -62,6 +68,7 @@ async fn forward(
     client: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, LbError> {
+    check_head(&req)?;
     if req.headers().contains_key(header::UPGRADE) {
         return Err(LbError::UpgradeRefused);
     }
@@ -124,4 +131,64 @@ async fn forward(
         });
     }
     reply::into_response(&output.payload, tg.multi_value_headers)
+}
+
+/// ALB's limits on the request head: 414 for a long request line, 431 for a long header or
+/// too many header bytes.
+fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1".len();
+    if line > MAX_REQUEST_LINE_BYTES {
+        return Err(LbError::UriTooLong {
+            limit: MAX_REQUEST_LINE_BYTES,
+        });
+    }
+    let mut total = 0;
+    for (name, value) in req.headers() {
+        let one = name.as_str().len() + 2 + value.len();
+        if one > MAX_HEADER_BYTES {
+            return Err(LbError::HeaderTooLarge {
+                limit: MAX_HEADER_BYTES,
+            });
+        }
+        total += one + 2;
+    }
+    if total > MAX_HEADERS_TOTAL_BYTES {
+        return Err(LbError::HeaderTooLarge {
+            limit: MAX_HEADERS_TOTAL_BYTES,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, headers: &[(&str, String)]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, v.as_str());
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn head_limits_are_albs() {
+        assert!(check_head(&req("/ok", &[("a", "b".into())])).is_ok());
+        let long_uri = format!("/{}", "a".repeat(MAX_REQUEST_LINE_BYTES));
+        let e = check_head(&req(&long_uri, &[])).unwrap_err();
+        assert_eq!(e.status(), 414);
+        let e = check_head(&req("/", &[("x", "v".repeat(MAX_HEADER_BYTES))])).unwrap_err();
+        assert_eq!(e.status(), 431);
+        let many: Vec<_> = (0..5)
+            .map(|i| (["a", "b", "c", "d", "e"][i], "v".repeat(15 * 1024)))
+            .collect();
+        let e = check_head(&req("/", &many)).unwrap_err();
+        assert_eq!(e.status(), 431);
+        let fits: Vec<_> = (0..4)
+            .map(|i| (["a", "b", "c", "d"][i], "v".repeat(15 * 1024)))
+            .collect();
+        assert!(check_head(&req("/", &fits)).is_ok());
+    }
 }

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// Largest request head accepted (request line and headers together): ALB's 64 KB of
-/// headers plus its 16 KB request line. Larger heads get 431.
-pub const MAX_HEAD_BYTES: usize = 80 * 1024;
+/// hyper's read buffer bound: a backstop against endless heads. It is approximate (hyper
+/// checks it only between reads), so ALB's exact limits are enforced in `forward`, and this
+/// is set above them so that those checks are the ones clients meet.
+pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 
 /// How one listener behaves.
 #[derive(Debug, Clone)]

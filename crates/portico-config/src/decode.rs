@@ -2,7 +2,8 @@
 //!
 //! serde stops at the first error of a value, so each named entry (`functions.hello`,
 //! `load_balancers.web`, the accelerator) is decoded on its own: one broken entry does not
-//! hide the problems of the others. Unknown keys are collected with `serde_ignored` rather
+//! hide the problems of the others. Within one entry, type errors after the first are not
+//! seen until it is fixed (serde cannot go on past a wrong type). Unknown keys are collected with `serde_ignored` rather
 //! than `deny_unknown_fields`, so that all of them are reported in one pass.
 
 use crate::error::{ConfigError, LoadError};

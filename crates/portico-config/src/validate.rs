@@ -83,15 +83,7 @@ impl Validator {
         if acc.listeners.is_empty() {
             self.err("accelerator.listeners", "at least one listener is required");
         }
-        let mut ports = HashSet::new();
-        for (i, l) in acc.listeners.iter().enumerate() {
-            if l.port.0 != 0 && !ports.insert(l.port) {
-                self.err(
-                    format!("accelerator.listeners[{i}].port"),
-                    format!("port {} is used by another listener", l.port),
-                );
-            }
-        }
+        // Two listeners on one port are reported by `bind_clashes`, with every address.
         if acc.endpoint_groups.is_empty() {
             self.err(
                 "accelerator.endpoint_groups",
@@ -294,11 +286,13 @@ impl Validator {
             }
         };
         if let Some(acc) = &config.accelerator {
+            // A repeated static IP is its own error; count each address once here.
+            let ips: std::collections::BTreeSet<_> = acc.static_ips.iter().collect();
             for (i, l) in acc.listeners.iter().enumerate() {
-                for ip in &acc.static_ips {
+                for ip in &ips {
                     claim(
                         self,
-                        SocketAddr::new(*ip, l.port.0),
+                        SocketAddr::new(**ip, l.port.0),
                         format!("accelerator.listeners[{i}]"),
                     );
                 }

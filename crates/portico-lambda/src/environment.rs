@@ -213,10 +213,7 @@ impl Environment {
                     "RequestId: {request_id} Error: Task timed out after {:.2} seconds",
                     self.spec.timeout.as_secs_f64()
                 );
-                logs::emit(
-                    &self.spec.name,
-                    &format!("{} {message}", now_rfc3339_hint()),
-                );
+                logs::emit(&self.spec.name, &message);
                 failed(
                     "Sandbox.Timedout",
                     error_document("Sandbox.Timedout", &message),
@@ -265,12 +262,4 @@ fn deadline_ms(timeout: Duration) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Seconds since the epoch, for the timestamp Lambda puts before a timeout message.
-fn now_rfc3339_hint() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
 }

@@ -98,11 +98,9 @@ async fn route(ctx: &ApiContext, req: Request<Incoming>) -> ApiResponse {
 
 async fn next(ctx: &ApiContext) -> ApiResponse {
     let Some(pending) = ctx.exchange.next().await else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Runtime.Shutdown",
-            "the execution environment is shutting down; exit now",
-        );
+        // The environment is being torn down. Lambda never answers `/next` with an error
+        // (official runtimes panic on one); the call stays open until the process is ended.
+        return std::future::pending().await;
     };
     let mut builder = Response::builder()
         .status(StatusCode::OK)

@@ -34,8 +34,10 @@ impl Banner {
         for route in &self.routes {
             let _ = writeln!(out, "    {route}");
         }
+        // A blank line always closes the routes, so a reader knows the banner is complete.
+        out.push('\n');
         if let Some((addr, _)) = self.static_addresses.first() {
-            let _ = writeln!(out, "\n  try:  curl 'http://{addr}/hello?name=world'");
+            let _ = writeln!(out, "  try:  curl 'http://{addr}/hello?name=world'\n");
         }
         out
     }

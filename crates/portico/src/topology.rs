@@ -64,7 +64,8 @@ fn function_spec(name: &str, f: &Function, base: &Path) -> FunctionSpec {
     }
 }
 
-/// Expands `{portico_bin_dir}` and makes relative paths relative to `base`.
+/// Expands `{portico_bin_dir}` and makes relative paths relative to `base`. A bare name
+/// (`python3`) is left for the `PATH` lookup, as a shell would.
 fn resolve(path: &str, base: &Path) -> PathBuf {
     const BIN_DIR: &str = "{portico_bin_dir}";
     if let Some(rest) = path.strip_prefix(BIN_DIR) {
@@ -75,7 +76,11 @@ fn resolve(path: &str, base: &Path) -> PathBuf {
         return bin_dir.join(rest.trim_start_matches('/'));
     }
     let p = PathBuf::from(path);
-    if p.is_absolute() { p } else { base.join(p) }
+    if p.is_absolute() || !path.contains('/') {
+        p
+    } else {
+        base.join(p)
+    }
 }
 
 /// The target group `name` of `config`, as the load balancer runs it.
@@ -101,7 +106,12 @@ mod tests {
     #[test]
     fn paths_resolve() {
         let base = Path::new("/etc/portico");
-        assert_eq!(resolve("fn", base), PathBuf::from("/etc/portico/fn"));
+        assert_eq!(
+            resolve("fn/bootstrap", base),
+            PathBuf::from("/etc/portico/fn/bootstrap")
+        );
+        assert_eq!(resolve("./fn", base), PathBuf::from("/etc/portico/./fn"));
+        assert_eq!(resolve("python3", base), PathBuf::from("python3"));
         assert_eq!(resolve("/opt/fn", base), PathBuf::from("/opt/fn"));
         let exe_dir = std::env::current_exe()
             .unwrap()

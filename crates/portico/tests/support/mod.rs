@@ -1,0 +1,230 @@
+//! Test support: start a real `portico up` with a config, talk to it with real curl.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The portico binary under test.
+pub fn portico_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portico"))
+}
+
+/// The demo function, built beside portico by the test command.
+pub fn hello_bin() -> PathBuf {
+    let path = portico_bin().with_file_name("hello");
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/test (it builds every binary first)",
+        path.display()
+    );
+    path
+}
+
+/// The real python3 executable (not a shim that needs the caller's environment).
+pub fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is installed by scripts/test");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("portico-test-{}-{tag}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `portico up`, stopped with SIGTERM on drop.
+pub struct Portico {
+    pub child: Child,
+    pub static_addresses: Vec<SocketAddr>,
+    pub load_balancers: Vec<(String, SocketAddr)>,
+    _scratch: Scratch,
+}
+
+impl Portico {
+    /// Starts `portico up` on `config` and waits for its banner.
+    pub fn start(config: &str) -> Self {
+        let scratch = Scratch::new("up");
+        let file = scratch.write("portico.toml", config);
+        let mut child = Command::new(portico_bin())
+            .args(["up", file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut static_addresses = Vec::new();
+        let mut load_balancers = Vec::new();
+        let mut in_routes = false;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["static", "address", addr, ..] => static_addresses.push(addr.parse().unwrap()),
+                ["load", "balancer", name, url] => load_balancers.push((
+                    name.to_string(),
+                    url.trim_start_matches("http://").parse().unwrap(),
+                )),
+                ["routes"] => in_routes = true,
+                [] if in_routes => break,
+                _ => {}
+            }
+        }
+        assert!(
+            !load_balancers.is_empty(),
+            "portico did not print its banner"
+        );
+        Self {
+            child,
+            static_addresses,
+            load_balancers,
+            _scratch: scratch,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        wait_bounded(&mut self.child, Duration::from_secs(20))
+            .expect("portico did not exit within 20 s of SIGTERM")
+    }
+}
+
+impl Drop for Portico {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
+
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// A response as curl saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `curl -i` with `args`; `source` sets the local address the request comes from.
+pub fn curl(source: Option<&str>, args: &[&str]) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "--max-time", "20"]);
+    if let Some(ip) = source {
+        cmd.args(["--interface", ip]);
+    }
+    let out = cmd
+        .args(args)
+        .output()
+        .expect("curl is installed by scripts/test");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// Pids of the processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, ppid, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        if rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok())
+            == Some(pid)
+        {
+            found.push(child);
+        }
+    }
+    found
+}
+
+pub fn is_alive(pid: i32) -> bool {
+    // A zombie has been reaped by nobody; count it as alive (not cleaned up).
+    Path::new(&format!("/proc/{pid}")).exists()
+}
