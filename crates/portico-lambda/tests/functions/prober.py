@@ -1,0 +1,64 @@
+"""A function that probes the Runtime API from inside an execution environment (stdlib only)
+and reports what it saw. The event's "action" says what to do; statuses of calls whose answer
+the invoker cannot see are kept and reported by the next "report" invocation."""
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+BASE = "http://%s/2018-06-01/runtime/" % os.environ["AWS_LAMBDA_RUNTIME_API"]
+seen = {}
+
+
+def call(method, path, body=None, headers=None):
+    req = urllib.request.Request(BASE + path, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def error_type(body):
+    try:
+        return json.loads(body).get("errorType")
+    except ValueError:
+        return None
+
+
+if os.environ.get("PROBE_INIT_ERROR"):
+    call("POST", "init/error", json.dumps({"errorMessage": "no config", "errorType": "InitBroke"}).encode(),
+         {"Lambda-Runtime-Function-Error-Type": "InitBroke"})
+    raise SystemExit(1)
+
+while True:
+    with urllib.request.urlopen(BASE + "invocation/next") as r:
+        rid = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        event = json.load(r)
+    action = event.get("action")
+    if action == "probe":
+        status, body = call("POST", "invocation/not-a-real-id/response", b"{}")
+        seen["unknown_id"] = [status, error_type(body)]
+        status, body = call("GET", "nope")
+        seen["unknown_route"] = [status, error_type(body)]
+        status, body = call("POST", "invocation/next", b"")
+        seen["wrong_method"] = [status, error_type(body)]
+        reply = {"headers": headers, "env": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "_HANDLER", "LAMBDA_", "TZ"))}}
+        status, _ = call("POST", "invocation/%s/response" % rid, json.dumps(reply).encode())
+        seen["first_response"] = status
+        status, body = call("POST", "invocation/%s/response" % rid, b"{}")
+        seen["second_response"] = [status, error_type(body)]
+    elif action == "big":
+        status, body = call("POST", "invocation/%s/response" % rid, b"x" * (7 * 1024 * 1024))
+        seen["big_response"] = [status, error_type(body)]
+    elif action == "sleep":
+        time.sleep(event.get("seconds", 1))
+        call("POST", "invocation/%s/response" % rid, b'"slept"')
+    elif action == "report":
+        call("POST", "invocation/%s/response" % rid, json.dumps({"seen": seen, "pid": os.getpid()}).encode())
+    else:
+        call("POST", "invocation/%s/error" % rid, b"not json at all",
+             {"Lambda-Runtime-Function-Error-Type": "Probe.Unknown"})

@@ -1,0 +1,218 @@
+//! The Runtime API and the execution model, against a real function process (Python,
+//! stdlib only) that probes the API from inside its environment.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use bytes::Bytes;
+use portico_invoke::{Invocation, InvokeError, InvokeOutput};
+use portico_lambda::{FunctionSpec, Runtime, RuntimeOptions};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn python() -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is installed by scripts/test");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn prober(name: &str, env: &[(&str, &str)], reserved: Option<usize>) -> FunctionSpec {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/functions"));
+    FunctionSpec {
+        name: name.into(),
+        program: python(),
+        args: vec![dir.join("prober.py").display().to_string()],
+        task_root: dir,
+        handler: "prober.handler".into(),
+        memory_size_mb: 256,
+        timeout: Duration::from_secs(5),
+        init_timeout: Duration::from_secs(10),
+        reserved_concurrency: reserved,
+        environment: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        region: "eu-west-1".into(),
+    }
+}
+
+async fn invoke(rt: &Runtime, function: &str, event: Value) -> Result<InvokeOutput, InvokeError> {
+    rt.invoke_function(Invocation {
+        function: function.into(),
+        payload: Bytes::from(event.to_string()),
+        trace_id: Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into()),
+    })
+    .await
+}
+
+fn json_of(out: &InvokeOutput) -> Value {
+    serde_json::from_slice(&out.payload).unwrap()
+}
+
+#[tokio::test]
+async fn runtime_api_headers_environment_and_misuse() {
+    let spec = prober("probe", &[("MY_SETTING", "on")], None);
+    let arn = spec.arn();
+    let rt = Runtime::new(vec![spec], RuntimeOptions::default());
+
+    let out = invoke(&rt, "probe", json!({"action": "probe"}))
+        .await
+        .unwrap();
+    assert!(out.function_error.is_none(), "{out:?}");
+    let reply = json_of(&out);
+    let h = &reply["headers"];
+    assert_eq!(h["lambda-runtime-aws-request-id"], out.request_id);
+    assert_eq!(h["lambda-runtime-invoked-function-arn"], arn);
+    assert_eq!(
+        h["lambda-runtime-trace-id"],
+        "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"
+    );
+    let deadline: u64 = h["lambda-runtime-deadline-ms"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        deadline > now && deadline <= now + 5_000,
+        "deadline {deadline} vs now {now}"
+    );
+    let env = &reply["env"];
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_NAME"], "probe");
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_VERSION"], "$LATEST");
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"], "256");
+    assert_eq!(env["AWS_LAMBDA_LOG_GROUP_NAME"], "/aws/lambda/probe");
+    assert_eq!(env["AWS_REGION"], "eu-west-1");
+    assert_eq!(env["_HANDLER"], "prober.handler");
+    assert_eq!(env["TZ"], ":UTC");
+    assert!(
+        env["AWS_LAMBDA_LOG_STREAM_NAME"]
+            .as_str()
+            .unwrap()
+            .contains("/[$LATEST]")
+    );
+    assert!(
+        env["LAMBDA_TASK_ROOT"]
+            .as_str()
+            .unwrap()
+            .ends_with("tests/functions")
+    );
+
+    // The oversized response is refused with 413 and fails that invocation only.
+    let big = invoke(&rt, "probe", json!({"action": "big"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        big.function_error.unwrap().error_type,
+        "Function.ResponseSizeTooLarge"
+    );
+    // A non-JSON error document is wrapped, its type taken from the header.
+    let odd = invoke(&rt, "probe", json!({"action": "?"})).await.unwrap();
+    assert_eq!(
+        odd.function_error.as_ref().unwrap().error_type,
+        "Probe.Unknown"
+    );
+    assert_eq!(json_of(&odd)["errorMessage"], "not json at all");
+
+    let report = json_of(
+        &invoke(&rt, "probe", json!({"action": "report"}))
+            .await
+            .unwrap(),
+    );
+    let seen = &report["seen"];
+    assert_eq!(seen["unknown_id"], json!([400, "InvalidRequestID"]));
+    assert_eq!(seen["unknown_route"], json!([404, "UnknownRoute"]));
+    assert_eq!(seen["wrong_method"], json!([405, "MethodNotAllowed"]));
+    assert_eq!(seen["first_response"], 202);
+    assert_eq!(seen["second_response"], json!([400, "InvalidRequestID"]));
+    assert_eq!(seen["big_response"], json!([413, "RequestEntityTooLarge"]));
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn init_error_is_reported_like_lambda() {
+    let rt = Runtime::new(
+        vec![prober("broken", &[("PROBE_INIT_ERROR", "1")], None)],
+        RuntimeOptions::default(),
+    );
+    let err = invoke(&rt, "broken", json!({})).await.unwrap_err();
+    let InvokeError::InitFailed {
+        error_type,
+        message,
+        ..
+    } = err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(error_type, "InitBroke");
+    assert_eq!(message, "no config");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_program_is_an_init_failure() {
+    let mut spec = prober("ghost", &[], None);
+    spec.program = PathBuf::from("/nonexistent/bootstrap");
+    let rt = Runtime::new(vec![spec], RuntimeOptions::default());
+    let err = invoke(&rt, "ghost", json!({})).await.unwrap_err();
+    assert!(
+        matches!(&err, InvokeError::InitFailed { error_type, .. } if error_type == "Runtime.InvalidEntrypoint"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_functions_and_oversized_payloads_are_refused_before_running() {
+    let rt = Runtime::new(vec![prober("p", &[], None)], RuntimeOptions::default());
+    let err = invoke(&rt, "nope", json!({})).await.unwrap_err();
+    assert_eq!(err, InvokeError::NotFound("nope".into()));
+    let huge = rt
+        .invoke_function(Invocation {
+            function: "p".into(),
+            payload: Bytes::from(vec![b'x'; 6 * 1024 * 1024 + 1]),
+            trace_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(huge, InvokeError::RequestTooLarge { .. }),
+        "{huge:?}"
+    );
+}
+
+#[tokio::test]
+async fn reserved_concurrency_throttles_the_excess() {
+    let rt = Arc::new(Runtime::new(
+        vec![prober("one", &[], Some(1))],
+        RuntimeOptions::default(),
+    ));
+    let slow = {
+        let rt = rt.clone();
+        tokio::spawn(
+            async move { invoke(&rt, "one", json!({"action": "sleep", "seconds": 1})).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = invoke(&rt, "one", json!({"action": "report"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, InvokeError::Throttled { limit: 1, .. }),
+        "{err:?}"
+    );
+    assert!(slow.await.unwrap().unwrap().function_error.is_none());
+    // The slot is free again.
+    assert!(
+        invoke(&rt, "one", json!({"action": "report"}))
+            .await
+            .is_ok()
+    );
+    rt.shutdown().await;
+}
