@@ -1,8 +1,9 @@
 //! A load balancer listener: accepts connections, reads PROXY v2 when enabled, serves
 //! HTTP/1.1, and drains on shutdown.
 //!
-//! Shutdown sequence: stop accepting → ask every connection to finish its current request
-//! (hyper's graceful shutdown) → wait up to the drain timeout → report what was cut short.
+//! Shutdown sequence (with `portico_accept`): stop accepting → ask every connection to finish
+//! its current request (hyper's graceful shutdown) → wait up to the drain timeout → cut the
+//! rest and report how many.
 
 use crate::forward::{self, Context};
 use crate::target_group::LambdaTargetGroup;
@@ -14,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// hyper's read buffer bound: a backstop against endless heads. It is approximate (hyper
@@ -55,39 +55,15 @@ pub async fn serve(
         port: local.map_or(0, |a| a.port()),
     });
     let spec = Arc::new(spec);
-    let connections = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                connections.spawn(connection(
-                    stream,
-                    peer,
-                    ctx.clone(),
-                    spec.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    drop(listener);
-    connections.close();
-    if tokio::time::timeout(spec.drain_timeout, connections.wait())
-        .await
-        .is_err()
-    {
+    let drained = portico_accept::serve(listener, &shutdown, spec.drain_timeout, |stream, peer| {
+        connection(stream, peer, ctx.clone(), spec.clone(), shutdown.clone())
+    })
+    .await;
+    if drained.cut_short > 0 {
         tracing::warn!(
             load_balancer = spec.load_balancer,
-            cut_short = connections.len(),
-            "drain timeout: connections still open"
+            cut_short = drained.cut_short,
+            "drain timeout: open connections were cut"
         );
     }
 }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How long connecting to one endpoint may take before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,42 +30,17 @@ pub struct Edge {
 
 /// Forwards connections accepted on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: CancellationToken) {
-    let connections = TaskTracker::new();
-    let cut = CancellationToken::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, client)) => {
-                let edge = edge.clone();
-                let cut = cut.clone();
-                connections.spawn(async move {
-                    tokio::select! {
-                        _ = forward(stream, client, &edge) => {}
-                        _ = cut.cancelled() => {}
-                    }
-                });
-            }
-            Err(error) => {
-                tracing::warn!(%error, "edge accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    drop(listener);
-    connections.close();
-    if tokio::time::timeout(edge.drain_timeout, connections.wait())
-        .await
-        .is_err()
-    {
+    let drained =
+        portico_accept::serve(listener, &shutdown, edge.drain_timeout, |stream, client| {
+            let edge = edge.clone();
+            async move { forward(stream, client, &edge).await }
+        })
+        .await;
+    if drained.cut_short > 0 {
         tracing::warn!(
-            cut_short = connections.len(),
-            "edge drain timeout: closing open connections"
+            cut_short = drained.cut_short,
+            "edge drain timeout: open connections were cut"
         );
-        cut.cancel();
-        connections.wait().await;
     }
 }
 

@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Largest response or error document a function may post: Lambda's 6 MB synchronous limit.
@@ -34,25 +34,11 @@ pub(crate) struct ApiContext {
 
 /// Serves the Runtime API on `listener` until `cancel` fires. Connection tasks end with it.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: CancellationToken) {
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted,
-            // Reap finished connections so the set does not grow with a chatty runtime.
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "runtime API accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    // The function is being stopped: its API calls have nothing to drain into.
+    portico_accept::serve(listener, &cancel, Duration::ZERO, |stream, _| {
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        connections.spawn(async move {
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(&ctx, req).await) }
@@ -62,8 +48,9 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: C
             if let Err(error) = conn.await {
                 tracing::debug!(%error, "runtime API connection ended");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 type ApiResponse = Response<Full<Bytes>>;
