@@ -126,12 +126,27 @@ impl Validator {
             for (e, ep) in group.endpoints.iter().enumerate() {
                 let ep_path = format!("{gp}.endpoints[{e}]");
                 match (&ep.load_balancer, &ep.address) {
-                    (Some(lb), None) => self.reference(
-                        format!("{ep_path}.load_balancer"),
-                        "load balancer",
-                        lb,
-                        &config.load_balancers,
-                    ),
+                    (Some(lb), None) => {
+                        self.reference(
+                            format!("{ep_path}.load_balancer"),
+                            "load balancer",
+                            lb,
+                            &config.load_balancers,
+                        );
+                        let expects_proxy = config
+                            .load_balancers
+                            .get(lb)
+                            .and_then(|l| l.listeners.first())
+                            .map(|l| l.proxy_protocol_v2);
+                        if ep.client_ip_preservation == Some(true) && expects_proxy == Some(false) {
+                            self.err(
+                                format!("{ep_path}.client_ip_preservation"),
+                                format!(
+                                    "load balancer {lb:?} does not expect a PROXY v2 header; set its listener's proxy_protocol_v2 = true"
+                                ),
+                            );
+                        }
+                    }
                     (None, Some(_)) => {}
                     _ => self.err(ep_path, "set exactly one of `load_balancer` or `address`"),
                 }
