@@ -9,6 +9,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The runtime-wide concurrency limit (Lambda's account limit).
+pub(crate) struct GlobalLimit {
+    pub(crate) permits: Semaphore,
+    pub(crate) limit: usize,
+}
+
 /// Environments of one function.
 pub(crate) struct Pool {
     spec: Arc<FunctionSpec>,
@@ -35,23 +41,22 @@ impl Pool {
     }
 
     /// Runs one invocation on a warm environment, or on a new one.
-    /// `global` is the runtime-wide concurrency limit.
     pub(crate) async fn invoke(
         &self,
         payload: bytes::Bytes,
         trace_id: Option<String>,
-        global: &Semaphore,
+        global: &GlobalLimit,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Result<InvokeOutput, InvokeError> {
-        let _reserved = match &self.reserved {
-            Some(sem) => Some(sem.try_acquire().map_err(|_| self.throttled(sem))?),
-            None => None,
+        let _reserved = match (&self.reserved, self.spec.reserved_concurrency) {
+            (Some(sem), Some(limit)) => Some(sem.try_acquire().map_err(|_| self.throttled(limit))?),
+            _ => None,
         };
-        let _global = global.try_acquire().map_err(|_| InvokeError::Throttled {
-            function: self.spec.name.clone(),
-            limit: global.available_permits(),
-        })?;
+        let _global = global
+            .permits
+            .try_acquire()
+            .map_err(|_| self.throttled(global.limit))?;
         let warm = self.take_idle();
         let mut env = match warm {
             Some(env) => env,
@@ -78,10 +83,10 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn throttled(&self, _sem: &Semaphore) -> InvokeError {
+    fn throttled(&self, limit: usize) -> InvokeError {
         InvokeError::Throttled {
             function: self.spec.name.clone(),
-            limit: self.spec.reserved_concurrency.unwrap_or(0),
+            limit,
         }
     }
 

@@ -1,7 +1,7 @@
 //! The function runtime: every configured function, the global concurrency limit, and the
 //! shutdown sequence. Implements [`Invoker`].
 
-use crate::pool::Pool;
+use crate::pool::{GlobalLimit, Pool};
 use crate::spec::FunctionSpec;
 use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker};
 use std::collections::HashMap;
@@ -30,7 +30,7 @@ impl Default for RuntimeOptions {
 /// Runs functions in execution environments.
 pub struct Runtime {
     pools: HashMap<String, Pool>,
-    global: Semaphore,
+    global: GlobalLimit,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -44,7 +44,10 @@ impl Runtime {
             .collect();
         Self {
             pools,
-            global: Semaphore::new(options.max_concurrency),
+            global: GlobalLimit {
+                permits: Semaphore::new(options.max_concurrency),
+                limit: options.max_concurrency,
+            },
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }

@@ -216,3 +216,30 @@ async fn reserved_concurrency_throttles_the_excess() {
     );
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_global_limit_throttles_across_functions_and_names_the_limit() {
+    let rt = Arc::new(Runtime::new(
+        vec![prober("a", &[], None), prober("b", &[], None)],
+        RuntimeOptions { max_concurrency: 1 },
+    ));
+    let slow = {
+        let rt = rt.clone();
+        tokio::spawn(
+            async move { invoke(&rt, "a", json!({"action": "sleep", "seconds": 1})).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = invoke(&rt, "b", json!({"action": "report"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        InvokeError::Throttled {
+            function: "b".into(),
+            limit: 1
+        }
+    );
+    assert!(slow.await.unwrap().is_ok());
+    rt.shutdown().await;
+}

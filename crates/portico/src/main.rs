@@ -18,8 +18,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Exit status for a configuration that cannot be used (sysexits' EX_USAGE... EX_DATAERR is 65;
-/// 64 is what our users' scripts have come to expect for "fix your input").
+/// Exit status for a configuration that cannot be used: sysexits' `EX_USAGE`, returned before
+/// any port is bound.
 const EXIT_BAD_CONFIG: u8 = 64;
 
 /// Serverless functions behind static IPs: edge, load balancer and Lambda runtime in one binary.
