@@ -1,15 +1,19 @@
 //! The accept loop every portico listener shares.
 //!
 //! Accept errors (out of file descriptors and the like) back off instead of spinning or
-//! ending the loop. Each connection runs in a tracked task. When `shutdown` fires the
+//! ending the loop. Each connection runs in a tracked task, and at most `max_connections`
+//! run at once: at the cap the loop stops accepting, so new connections wait in the kernel's
+//! backlog until one finishes (backpressure instead of unbounded memory). When `shutdown` fires the
 //! listener closes, open connections get `drain` to finish on their own (each handler sees
 //! the same `shutdown` token and can finish gracefully), and whatever is still open after
 //! that is cut. When this function returns, no connection task of the listener is left.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,12 +27,21 @@ pub struct Drained {
     pub cut_short: usize,
 }
 
+/// How a listener accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections handled at once.
+    pub max_connections: usize,
+    /// How long open connections get to finish after shutdown before they are cut.
+    pub drain: Duration,
+}
+
 /// Runs `handle` for every connection accepted on `listener` until `shutdown` fires, then
-/// drains for at most `drain` and cuts the rest.
+/// drains for at most `limits.drain` and cuts the rest.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     shutdown: &CancellationToken,
-    drain: Duration,
+    limits: Limits,
     mut handle: F,
 ) -> Drained
 where
@@ -37,7 +50,14 @@ where
 {
     let connections = TaskTracker::new();
     let cut = CancellationToken::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        // The semaphore is never closed, so this always holds a permit.
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -51,6 +71,7 @@ where
                         _ = connection => {}
                         _ = cut.cancelled() => {}
                     }
+                    drop(slot);
                 });
             }
             Err(error) => {
@@ -62,7 +83,7 @@ where
     drop(listener);
     connections.close();
     let mut cut_short = 0;
-    if tokio::time::timeout(drain, connections.wait())
+    if tokio::time::timeout(limits.drain, connections.wait())
         .await
         .is_err()
     {
@@ -77,6 +98,13 @@ where
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn limits(max_connections: usize, drain_ms: u64) -> Limits {
+        Limits {
+            max_connections,
+            drain: Duration::from_millis(drain_ms),
+        }
+    }
 
     async fn bound() -> (TcpListener, SocketAddr) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -94,7 +122,7 @@ mod tests {
                 serve(
                     listener,
                     &shutdown,
-                    Duration::from_secs(1),
+                    limits(100, 1000),
                     |mut s, _| async move {
                         let _ = s.write_all(b"hi").await;
                     },
@@ -118,7 +146,7 @@ mod tests {
         let server = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                serve(listener, &shutdown, Duration::from_millis(50), |_, _| {
+                serve(listener, &shutdown, limits(100, 50), |_, _| {
                     std::future::pending::<()>()
                 })
                 .await
@@ -128,5 +156,33 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         shutdown.cancel();
         assert_eq!(server.await.unwrap(), Drained { cut_short: 1 });
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_new_connections_wait_for_a_free_slot() {
+        let (listener, addr) = bound().await;
+        let shutdown = CancellationToken::new();
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                // Greets, then holds the connection until the client closes it.
+                serve(listener, &shutdown, limits(1, 50), |mut s, _| async move {
+                    let _ = s.write_all(b"hi").await;
+                    let _ = s.read(&mut [0; 1]).await;
+                })
+                .await
+            });
+        }
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0; 2];
+        first.read_exact(&mut buf).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let waited =
+            tokio::time::timeout(Duration::from_millis(200), second.read_exact(&mut buf)).await;
+        assert!(waited.is_err(), "second connection served beyond the cap");
+        drop(first);
+        second.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi");
+        shutdown.cancel();
     }
 }

@@ -33,6 +33,8 @@ pub struct ListenerSpec {
     pub idle_timeout: Duration,
     /// How long in-flight requests get to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
     /// The default action's target group.
     pub target_group: LambdaTargetGroup,
 }
@@ -55,7 +57,11 @@ pub async fn serve(
         port: local.map_or(0, |a| a.port()),
     });
     let spec = Arc::new(spec);
-    let drained = portico_accept::serve(listener, &shutdown, spec.drain_timeout, |stream, peer| {
+    let limits = portico_accept::Limits {
+        max_connections: spec.max_connections,
+        drain: spec.drain_timeout,
+    };
+    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, peer| {
         connection(stream, peer, ctx.clone(), spec.clone(), shutdown.clone())
     })
     .await;

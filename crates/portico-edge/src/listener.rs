@@ -26,16 +26,21 @@ pub struct Edge {
     pub affinity: Affinity,
     /// How long open connections may go on after shutdown.
     pub drain_timeout: Duration,
+    /// Most client connections open at once on one static address.
+    pub max_connections: usize,
 }
 
 /// Forwards connections accepted on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: CancellationToken) {
-    let drained =
-        portico_accept::serve(listener, &shutdown, edge.drain_timeout, |stream, client| {
-            let edge = edge.clone();
-            async move { forward(stream, client, &edge).await }
-        })
-        .await;
+    let limits = portico_accept::Limits {
+        max_connections: edge.max_connections,
+        drain: edge.drain_timeout,
+    };
+    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, client| {
+        let edge = edge.clone();
+        async move { forward(stream, client, &edge).await }
+    })
+    .await;
     if drained.cut_short > 0 {
         tracing::warn!(
             cut_short = drained.cut_short,

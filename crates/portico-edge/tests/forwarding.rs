@@ -49,6 +49,7 @@ async fn edge(endpoints: Vec<Arc<Endpoint>>) -> (SocketAddr, CancellationToken) 
         }],
         affinity: Affinity::None,
         drain_timeout: Duration::from_secs(1),
+        max_connections: 64,
     });
     tokio::spawn(portico_edge::serve(listener, edge, shutdown.clone()));
     (addr, shutdown)

@@ -26,6 +26,9 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 
 const PREFIX: &str = "/2018-06-01/runtime/";
 
+/// Most Runtime API connections one environment may hold open at once.
+const MAX_API_CONNECTIONS: usize = 16;
+
 /// What the API needs besides the exchange.
 pub(crate) struct ApiContext {
     pub(crate) exchange: Arc<Exchange>,
@@ -34,8 +37,13 @@ pub(crate) struct ApiContext {
 
 /// Serves the Runtime API on `listener` until `cancel` fires. Connection tasks end with it.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: CancellationToken) {
-    // The function is being stopped: its API calls have nothing to drain into.
-    portico_accept::serve(listener, &cancel, Duration::ZERO, |stream, _| {
+    // A runtime needs a connection or two; the function is being stopped when `cancel`
+    // fires, so its API calls have nothing to drain into.
+    let limits = portico_accept::Limits {
+        max_connections: MAX_API_CONNECTIONS,
+        drain: Duration::ZERO,
+    };
+    portico_accept::serve(listener, &cancel, limits, |stream, _| {
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         async move {

@@ -28,6 +28,9 @@ use tokio_util::task::TaskTracker;
 /// How long open connections get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most client connections open at once on one listener (edge address or load balancer).
+const MAX_CONNECTIONS: usize = 10_000;
+
 /// A bound load balancer listener, as the edge needs to know it.
 struct BoundListener {
     address: SocketAddr,
@@ -109,6 +112,7 @@ async fn start(
                 proxy_protocol: l.proxy_protocol_v2,
                 idle_timeout: Duration::from_secs(u64::from(lb.idle_timeout_seconds)),
                 drain_timeout: DRAIN_TIMEOUT,
+                max_connections: MAX_CONNECTIONS,
                 target_group: tg,
             };
             tasks.spawn(portico_alb::serve(
@@ -188,6 +192,7 @@ async fn start_edge(
             groups: groups.clone(),
             affinity,
             drain_timeout: DRAIN_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
         });
         // With port 0, the first address picks a free port and the others reuse it: every
         // static IP serves the same port, as the accelerator promises.
