@@ -65,6 +65,11 @@ fn decode_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
             "load_balancers" => config.load_balancers = decode_named(value, &key, errors),
             "target_groups" => config.target_groups = decode_named(value, &key, errors),
             "functions" => config.functions = decode_named(value, &key, errors),
+            "invoke_api" => {
+                if let Some(api) = decode_value(value, &key, errors) {
+                    config.invoke_api = api;
+                }
+            }
             _ => errors.push(ConfigError::new(key, "unknown key")),
         }
     }

@@ -25,6 +25,41 @@ pub struct Config {
     /// Functions by name (the Lambda function name).
     #[serde(default)]
     pub functions: BTreeMap<String, Function>,
+    /// The Lambda Invoke API, for the AWS CLI and SDKs (`--endpoint-url`).
+    #[serde(default)]
+    pub invoke_api: InvokeApi,
+}
+
+/// Where the Lambda Invoke API listens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct InvokeApi {
+    /// Serve it at all. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address to bind. Default `127.0.0.1`: the API has no authentication of its own, so it
+    /// is reachable from this machine only unless you say otherwise.
+    #[serde(default = "default_lb_address")]
+    pub address: IpAddr,
+    /// Port to bind. Default 9001; `0` picks a free port.
+    #[serde(default = "default_invoke_api_port")]
+    pub port: Port,
+}
+
+impl Default for InvokeApi {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: default_lb_address(),
+            port: default_invoke_api_port(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_invoke_api_port() -> Port {
+    Port(9001)
 }
 
 /// The accelerator: static addresses that never change, and the endpoints behind them.

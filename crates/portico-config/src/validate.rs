@@ -319,5 +319,13 @@ impl Validator {
                 claim(self, addr, format!("load_balancers.{name}.listeners[{i}]"));
             }
         }
+        if config.invoke_api.enabled {
+            let api = &config.invoke_api;
+            claim(
+                self,
+                SocketAddr::new(api.address, api.port.0),
+                "invoke_api".to_owned(),
+            );
+        }
     }
 }

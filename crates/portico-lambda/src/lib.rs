@@ -13,11 +13,13 @@
 //! - `environment`: one execution environment: its process, its state, one invocation at a time;
 //! - `exchange`: the hand-off of an invocation between the invoker and the Runtime API;
 //! - `runtime_api`: the HTTP routes of the 2018-06-01 Runtime API;
+//! - [`invoke_api`]: the Lambda Invoke API (2015-03-31) for the AWS CLI and SDKs;
 //! - `process`: spawning, signalling and reaping the function's process group;
 //! - `logs`: capturing function output and Lambda's START/END/REPORT lines.
 
 mod environment;
 mod exchange;
+pub mod invoke_api;
 mod logs;
 mod pool;
 mod process;

@@ -58,6 +58,23 @@ impl Runtime {
         self.pools.values().map(Pool::spec)
     }
 
+    /// The function named `name`.
+    pub fn spec(&self, name: &str) -> Option<&FunctionSpec> {
+        self.pools.get(name).map(Pool::spec)
+    }
+
+    /// The ARN function `name` has, or would have, in this runtime.
+    pub fn arn_for(&self, name: &str) -> String {
+        let region = self
+            .functions()
+            .next()
+            .map_or("us-east-1", |f| f.region.as_str());
+        format!(
+            "arn:aws:lambda:{region}:{}:function:{name}",
+            crate::spec::ACCOUNT_ID
+        )
+    }
+
     /// Runs one invocation.
     pub async fn invoke_function(
         &self,

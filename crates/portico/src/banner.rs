@@ -14,6 +14,8 @@ pub(crate) struct Banner {
     pub(crate) routes: Vec<String>,
     /// Load balancer listeners: `(load balancer, address)`.
     pub(crate) load_balancers: Vec<(String, SocketAddr)>,
+    /// Where the Lambda Invoke API listens, when it is enabled.
+    pub(crate) invoke_api: Option<SocketAddr>,
 }
 
 impl Banner {
@@ -30,6 +32,10 @@ impl Banner {
         for (name, addr) in &self.load_balancers {
             let _ = writeln!(out, "    load balancer {name}  http://{addr}");
         }
+        if let Some(addr) = self.invoke_api {
+            let _ = writeln!(out, "\n  Lambda Invoke API (aws lambda --endpoint-url)");
+            let _ = writeln!(out, "    invoke api  http://{addr}");
+        }
         let _ = writeln!(out, "\n  routes");
         for route in &self.routes {
             let _ = writeln!(out, "    {route}");
@@ -37,7 +43,13 @@ impl Banner {
         // A blank line always closes the routes, so a reader knows the banner is complete.
         out.push('\n');
         if let Some((addr, _)) = self.static_addresses.first() {
-            let _ = writeln!(out, "  try:  curl 'http://{addr}/hello?name=world'\n");
+            let _ = writeln!(out, "  try:  curl 'http://{addr}/hello?name=world'");
+        }
+        if let Some(api) = self.invoke_api {
+            let _ = writeln!(
+                out,
+                "        aws lambda invoke --endpoint-url http://{api} --function-name echo --payload '{{\"hi\":1}}' --cli-binary-format raw-in-base64-out /dev/stdout   # AWS CLI v2"
+            );
         }
         out
     }

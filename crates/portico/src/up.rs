@@ -80,7 +80,24 @@ async fn start(
     tasks: &TaskTracker,
     banner: &mut Banner,
 ) -> anyhow::Result<()> {
-    let invoker: Arc<dyn Invoker> = runtime;
+    let invoker: Arc<dyn Invoker> = runtime.clone();
+    if config.invoke_api.enabled {
+        let api = &config.invoke_api;
+        let listener = TcpListener::bind((api.address, api.port.0))
+            .await
+            .with_context(|| format!("invoke_api: cannot bind {}:{}", api.address, api.port))?;
+        banner.invoke_api = Some(listener.local_addr()?);
+        let limits = portico_lambda::invoke_api::ApiLimits {
+            max_connections: MAX_CONNECTIONS,
+            drain: DRAIN_TIMEOUT,
+        };
+        tasks.spawn(portico_lambda::invoke_api::serve(
+            listener,
+            runtime,
+            limits,
+            shutdown.clone(),
+        ));
+    }
     let mut bound: BTreeMap<String, Vec<BoundListener>> = BTreeMap::new();
     for (name, lb) in &config.load_balancers {
         for (i, l) in lb.listeners.iter().enumerate() {

@@ -34,6 +34,9 @@ function = "hello"
 
 [functions.hello]
 command = ["{}"]
+
+[invoke_api]
+port = 0
 "#,
         hello_bin().display()
     )
@@ -129,6 +132,9 @@ command = ["{}", "{script}"]
 timeout_seconds = 1
 [functions.hello]
 command = ["{}"]
+
+[invoke_api]
+enabled = false
 "#,
         python(),
         hello_bin().display()

@@ -24,6 +24,17 @@ pub fn hello_bin() -> PathBuf {
     path
 }
 
+/// The `lambda_runtime` echo function, built beside portico by the test command.
+pub fn echo_bin() -> PathBuf {
+    let path = portico_bin().with_file_name("echo");
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/test (it builds every binary first)",
+        path.display()
+    );
+    path
+}
+
 /// The real python3 executable (not a shim that needs the caller's environment).
 pub fn python() -> String {
     let out = Command::new("python3")
@@ -64,48 +75,53 @@ pub struct Portico {
     pub child: Child,
     pub static_addresses: Vec<SocketAddr>,
     pub load_balancers: Vec<(String, SocketAddr)>,
+    pub invoke_api: Option<SocketAddr>,
     _scratch: Scratch,
 }
 
 impl Portico {
-    /// Starts `portico up` on `config` and waits for its banner.
+    /// Starts `portico up` on `config` and waits for its banner. The child is owned (and so
+    /// terminated on drop) before anything can fail, so a failed start never leaves a
+    /// process holding the test runner's output open.
     pub fn start(config: &str) -> Self {
         let scratch = Scratch::new("up");
         let file = scratch.write("portico.toml", config);
-        let mut child = Command::new(portico_bin())
+        let child = Command::new(portico_bin())
             .args(["up", file.to_str().unwrap()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut static_addresses = Vec::new();
-        let mut load_balancers = Vec::new();
+        let mut portico = Self {
+            child,
+            static_addresses: Vec::new(),
+            load_balancers: Vec::new(),
+            invoke_api: None,
+            _scratch: scratch,
+        };
+        let stdout = portico.child.stdout.take().unwrap();
         let mut in_routes = false;
         for line in BufReader::new(stdout).lines() {
             let line = line.unwrap();
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
-                ["static", "address", addr, ..] => static_addresses.push(addr.parse().unwrap()),
-                ["load", "balancer", name, url] => load_balancers.push((
+                ["static", "address", addr, ..] => {
+                    portico.static_addresses.push(addr.parse().unwrap())
+                }
+                ["load", "balancer", name, url] => portico.load_balancers.push((
                     name.to_string(),
                     url.trim_start_matches("http://").parse().unwrap(),
                 )),
+                ["invoke", "api", url] => {
+                    portico.invoke_api = Some(url.trim_start_matches("http://").parse().unwrap())
+                }
                 ["routes"] => in_routes = true,
                 [] if in_routes => break,
                 _ => {}
             }
         }
-        assert!(
-            !load_balancers.is_empty(),
-            "portico did not print its banner"
-        );
-        Self {
-            child,
-            static_addresses,
-            load_balancers,
-            _scratch: scratch,
-        }
+        assert!(in_routes, "portico did not print its banner");
+        portico
     }
 
     pub fn pid(&self) -> i32 {

@@ -1,0 +1,177 @@
+//! The Lambda Invoke API against real clients: the AWS CLI (v1, from PyPI) and boto3, invoking a function
+//! written with the official `lambda_runtime` crate.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::process::{Command, Output};
+use support::*;
+
+fn config() -> String {
+    format!(
+        r#"
+[functions.echo]
+command = ["{}"]
+memory_size_mb = 256
+timeout_seconds = 5
+environment = {{ STAGE = "test" }}
+
+[functions.hello]
+command = ["{}"]
+
+[invoke_api]
+port = 0
+"#,
+        echo_bin().display(),
+        hello_bin().display()
+    )
+}
+
+/// An AWS client command with throwaway credentials: the Invoke API accepts any signature.
+fn aws_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+}
+
+fn aws(endpoint: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "awscli", "--endpoint-url", endpoint, "lambda"])
+        .args(args);
+    aws_env(&mut cmd)
+        .output()
+        .expect("awscli is installed by scripts/test")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "aws failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn aws_cli_invokes_lists_and_gets_functions() {
+    let portico = Portico::start(&config());
+    let endpoint = format!("http://{}", portico.invoke_api.unwrap());
+    let scratch = Scratch::new("aws");
+    let outfile = scratch.0.join("out.json");
+    let outfile = outfile.to_str().unwrap();
+
+    let out = aws(
+        &endpoint,
+        &[
+            "invoke",
+            "--function-name",
+            "echo",
+            "--payload",
+            r#"{"hello":"world"}"#,
+            outfile,
+        ],
+    );
+    let meta = stdout_json(&out);
+    assert_eq!(meta["StatusCode"], 200);
+    assert_eq!(meta["ExecutedVersion"], "$LATEST");
+    assert!(meta.get("FunctionError").is_none(), "{meta}");
+    let reply: Value = serde_json::from_slice(&std::fs::read(outfile).unwrap()).unwrap();
+    assert_eq!(reply["echo"], json!({"hello": "world"}));
+    assert_eq!(reply["function_name"], "echo");
+    assert_eq!(
+        reply["function_arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:echo"
+    );
+
+    let out = aws(
+        &endpoint,
+        &[
+            "invoke",
+            "--function-name",
+            "echo",
+            "--payload",
+            r#"{"fail":"boom"}"#,
+            outfile,
+        ],
+    );
+    let meta = stdout_json(&out);
+    assert_eq!(meta["StatusCode"], 200);
+    assert_eq!(meta["FunctionError"], "Unhandled");
+    let reply: Value = serde_json::from_slice(&std::fs::read(outfile).unwrap()).unwrap();
+    assert_eq!(reply["errorMessage"], "boom");
+
+    let listed = stdout_json(&aws(&endpoint, &["list-functions"]));
+    let names: Vec<&str> = listed["Functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["FunctionName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "hello"]);
+
+    let got = stdout_json(&aws(
+        &endpoint,
+        &["get-function", "--function-name", "echo"],
+    ));
+    let c = &got["Configuration"];
+    assert_eq!(
+        c["FunctionArn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:echo"
+    );
+    assert_eq!(
+        (c["MemorySize"].as_u64(), c["Timeout"].as_u64()),
+        (Some(256), Some(5))
+    );
+    assert_eq!(c["Environment"]["Variables"]["STAGE"], "test");
+
+    let out = aws(&endpoint, &["invoke", "--function-name", "nope", outfile]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ResourceNotFoundException") && stderr.contains("function:nope"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn boto3_sees_aws_shaped_answers() {
+    let portico = Portico::start(&config());
+    let endpoint = format!("http://{}", portico.invoke_api.unwrap());
+    let script = r#"
+import json, sys, boto3, botocore
+c = boto3.client("lambda", endpoint_url=sys.argv[1], config=botocore.config.Config(retries={"max_attempts": 1}))
+out = {}
+r = c.invoke(FunctionName="arn:aws:lambda:us-east-1:000000000000:function:echo", Payload=b'{"n": 1}')
+out["arn_invoke"] = [r["StatusCode"], json.loads(r["Payload"].read())["echo"]]
+out["dry_run"] = c.invoke(FunctionName="echo", InvocationType="DryRun")["StatusCode"]
+def code(**kw):
+    try:
+        c.invoke(**kw)
+        return None
+    except botocore.exceptions.ClientError as e:
+        return [e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]]
+out["bad_json"] = code(FunctionName="echo", Payload=b"{not json")
+out["qualifier"] = code(FunctionName="echo", Qualifier="prod", Payload=b"{}")
+out["missing"] = code(FunctionName="ghost", Payload=b"{}")
+out["too_large"] = code(FunctionName="echo", Payload=b'"' + b"x" * (6 * 1024 * 1024) + b'"')
+print(json.dumps(out))
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, &endpoint]);
+    let out = aws_env(&mut cmd).output().unwrap();
+    let seen = stdout_json(&out);
+    assert_eq!(seen["arn_invoke"], json!([200, {"n": 1}]));
+    assert_eq!(seen["dry_run"], 204);
+    assert_eq!(
+        seen["bad_json"],
+        json!([400, "InvalidRequestContentException"])
+    );
+    assert_eq!(seen["qualifier"], json!([404, "ResourceNotFoundException"]));
+    assert_eq!(seen["missing"], json!([404, "ResourceNotFoundException"]));
+    assert_eq!(seen["too_large"], json!([413, "RequestTooLargeException"]));
+}
