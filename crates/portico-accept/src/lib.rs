@@ -7,6 +7,9 @@
 //! listener closes, open connections get `drain` to finish on their own (each handler sees
 //! the same `shutdown` token and can finish gracefully), and whatever is still open after
 //! that is cut. When this function returns, no connection task of the listener is left.
+//!
+//! [`serve_http1`] is the other half for HTTP listeners: one connection served by hyper until
+//! it ends, finishing its current request gracefully when shutdown begins.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +19,34 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The error type hyper's service bounds ask for.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves one HTTP/1 connection with `service` until it ends. When `shutdown` fires, the
+/// connection finishes the request in progress and closes (hyper's graceful shutdown).
+pub async fn serve_http1<S, B>(
+    builder: &hyper::server::conn::http1::Builder,
+    stream: TcpStream,
+    service: S,
+    shutdown: &CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
 
 /// Pause after a failed accept, so that a full file table does not become a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

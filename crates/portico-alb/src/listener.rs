@@ -7,7 +7,7 @@
 
 use crate::forward::{self, Context};
 use crate::target_group::LambdaTargetGroup;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use portico_invoke::Invoker;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -117,20 +117,12 @@ async fn serve_http(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(forward::handle(&ctx, client_ip, req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(spec.idle_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(error) = result {
+        .max_buf_size(MAX_HEAD_BYTES);
+    if let Err(error) = portico_accept::serve_http1(&builder, stream, service, &shutdown).await {
         tracing::debug!(%error, "connection ended with an error");
     }
 }

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use portico_invoke::{Invocation, InvokeError};
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -57,17 +56,9 @@ pub async fn serve(
                 let runtime = runtime.clone();
                 async move { Ok::<_, Infallible>(route(&runtime, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(error) = result {
+            let builder = hyper::server::conn::http1::Builder::new();
+            let served = portico_accept::serve_http1(&builder, stream, service, &shutdown).await;
+            if let Err(error) = served {
                 tracing::debug!(%error, "invoke API connection ended");
             }
         }
