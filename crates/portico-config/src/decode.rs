@@ -65,6 +65,11 @@ fn decode_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
             "load_balancers" => config.load_balancers = decode_named(value, &key, errors),
             "target_groups" => config.target_groups = decode_named(value, &key, errors),
             "functions" => config.functions = decode_named(value, &key, errors),
+            "runtime" => {
+                if let Some(settings) = decode_value(value, &key, errors) {
+                    config.runtime = settings;
+                }
+            }
             "invoke_api" => {
                 if let Some(api) = decode_value(value, &key, errors) {
                     config.invoke_api = api;

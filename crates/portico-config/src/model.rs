@@ -28,6 +28,37 @@ pub struct Config {
     /// The Lambda Invoke API, for the AWS CLI and SDKs (`--endpoint-url`).
     #[serde(default)]
     pub invoke_api: InvokeApi,
+    /// Settings of the function runtime as a whole.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
+}
+
+/// Settings of the function runtime as a whole.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RuntimeSettings {
+    /// Most execution environments busy at once across all functions (Lambda's account
+    /// concurrency). Default 1000.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Seconds a warm execution environment may sit unused before it is stopped. Default 600.
+    #[serde(default = "default_environment_idle")]
+    pub environment_idle_timeout_seconds: u32,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrency: default_max_concurrency(),
+            environment_idle_timeout_seconds: default_environment_idle(),
+        }
+    }
+}
+
+fn default_max_concurrency() -> u32 {
+    1000
+}
+fn default_environment_idle() -> u32 {
+    600
 }
 
 /// Where the Lambda Invoke API listens.

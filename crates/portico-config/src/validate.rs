@@ -50,6 +50,15 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     for (name, f) in &config.functions {
         v.function(name, f);
     }
+    if config.runtime.max_concurrency == 0 {
+        v.err("runtime.max_concurrency", "must be at least 1");
+    }
+    if config.runtime.environment_idle_timeout_seconds == 0 {
+        v.err(
+            "runtime.environment_idle_timeout_seconds",
+            "must be at least 1",
+        );
+    }
     v.bind_clashes(config);
     v.errors
 }

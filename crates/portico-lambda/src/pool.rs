@@ -5,6 +5,7 @@ use crate::environment::Environment;
 use crate::spec::FunctionSpec;
 use portico_invoke::{InvokeError, InvokeOutput};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,8 +19,9 @@ pub(crate) struct GlobalLimit {
 /// Environments of one function.
 pub(crate) struct Pool {
     spec: Arc<FunctionSpec>,
-    /// Warm environments, most recently used last (reused first, so the others can idle out).
-    idle: Mutex<Vec<Environment>>,
+    /// Warm environments with the time each went idle, most recently used last (reused
+    /// first, so the others can idle out).
+    idle: Mutex<Vec<(Environment, Instant)>>,
     /// The function's reserved concurrency, when it has one.
     reserved: Option<Arc<Semaphore>>,
 }
@@ -64,14 +66,14 @@ impl Pool {
         };
         let output = env.invoke(payload, trace_id).await;
         if env.is_reusable() && !shutdown.is_cancelled() {
-            self.lock_idle().push(env);
+            self.lock_idle().push((env, Instant::now()));
         }
         Ok(output)
     }
 
     fn take_idle(&self) -> Option<Environment> {
         let mut idle = self.lock_idle();
-        while let Some(env) = idle.pop() {
+        while let Some((env, _)) = idle.pop() {
             if env.is_reusable() {
                 return Some(env);
             }
@@ -79,7 +81,21 @@ impl Pool {
         None
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Environment>> {
+    /// Stops the environments idle for longer than `idle_timeout`; returns how many.
+    pub(crate) fn retire_idle(&self, idle_timeout: Duration) -> usize {
+        let retired: Vec<(Environment, Instant)> = {
+            let mut idle = self.lock_idle();
+            let (keep, retire) = idle
+                .drain(..)
+                .partition(|(env, since)| env.is_reusable() && since.elapsed() < idle_timeout);
+            *idle = keep;
+            retire
+        };
+        // Dropped outside the lock: dropping an environment stops its process.
+        retired.len()
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<(Environment, Instant)>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -5,6 +5,8 @@ use crate::pool::{GlobalLimit, Pool};
 use crate::spec::FunctionSpec;
 use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,50 +19,60 @@ pub const MAX_SYNC_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
 pub struct RuntimeOptions {
     /// Most execution environments busy at once, across functions (Lambda's account limit).
     pub max_concurrency: usize,
+    /// How long a warm environment may sit unused before it is stopped.
+    pub idle_timeout: Duration,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
         Self {
             max_concurrency: 1000,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
 
 /// Runs functions in execution environments.
 pub struct Runtime {
-    pools: HashMap<String, Pool>,
+    pools: HashMap<String, Arc<Pool>>,
     global: GlobalLimit,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl Runtime {
-    /// A runtime for `functions`; environments start on the first invocation.
+    /// A runtime for `functions`; environments start on the first invocation. Called inside
+    /// a tokio runtime, it also starts the task that retires idle environments.
     pub fn new(functions: Vec<FunctionSpec>, options: RuntimeOptions) -> Self {
-        let pools = functions
+        let pools: HashMap<String, Arc<Pool>> = functions
             .into_iter()
-            .map(|spec| (spec.name.clone(), Pool::new(spec)))
+            .map(|spec| (spec.name.clone(), Arc::new(Pool::new(spec))))
             .collect();
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let all: Vec<Arc<Pool>> = pools.values().cloned().collect();
+            tracker.spawn(retire_idle(all, options.idle_timeout, shutdown.clone()));
+        }
         Self {
             pools,
             global: GlobalLimit {
                 permits: Semaphore::new(options.max_concurrency),
                 limit: options.max_concurrency,
             },
-            tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            tracker,
+            shutdown,
         }
     }
 
     /// The functions this runtime runs.
     pub fn functions(&self) -> impl Iterator<Item = &FunctionSpec> {
-        self.pools.values().map(Pool::spec)
+        self.pools.values().map(|p| p.spec())
     }
 
     /// The function named `name`.
     pub fn spec(&self, name: &str) -> Option<&FunctionSpec> {
-        self.pools.get(name).map(Pool::spec)
+        self.pools.get(name).map(|p| p.spec())
     }
 
     /// The ARN function `name` has, or would have, in this runtime.
@@ -112,6 +124,27 @@ impl Runtime {
         }
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+/// Stops environments idle for longer than `idle_timeout`, checking a few times per timeout.
+async fn retire_idle(pools: Vec<Arc<Pool>>, idle_timeout: Duration, shutdown: CancellationToken) {
+    let every = (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        for pool in &pools {
+            let retired = pool.retire_idle(idle_timeout);
+            if retired > 0 {
+                tracing::info!(
+                    function = pool.spec().name,
+                    retired,
+                    "idle execution environments stopped"
+                );
+            }
+        }
     }
 }
 

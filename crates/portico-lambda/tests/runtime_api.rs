@@ -221,7 +221,10 @@ async fn reserved_concurrency_throttles_the_excess() {
 async fn the_global_limit_throttles_across_functions_and_names_the_limit() {
     let rt = Arc::new(Runtime::new(
         vec![prober("a", &[], None), prober("b", &[], None)],
-        RuntimeOptions { max_concurrency: 1 },
+        RuntimeOptions {
+            max_concurrency: 1,
+            ..RuntimeOptions::default()
+        },
     ));
     let slow = {
         let rt = rt.clone();
@@ -241,5 +244,40 @@ async fn the_global_limit_throttles_across_functions_and_names_the_limit() {
         }
     );
     assert!(slow.await.unwrap().is_ok());
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_environments_are_retired_and_the_next_call_starts_a_new_one() {
+    let options = RuntimeOptions {
+        idle_timeout: Duration::from_millis(500),
+        ..RuntimeOptions::default()
+    };
+    let rt = Runtime::new(vec![prober("idle", &[], None)], options);
+    let pid = |out: &InvokeOutput| json_of(out)["pid"].as_i64().unwrap();
+    let first = pid(&invoke(&rt, "idle", json!({"action": "report"}))
+        .await
+        .unwrap());
+    // Warm reuse while it is used.
+    assert_eq!(
+        pid(&invoke(&rt, "idle", json!({"action": "report"}))
+            .await
+            .unwrap()),
+        first
+    );
+    // Left alone, the process is stopped (polled: readiness, not timing).
+    let mut gone = false;
+    for _ in 0..500 {
+        if !std::path::Path::new(&format!("/proc/{first}")).exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "idle environment {first} was not retired");
+    let second = pid(&invoke(&rt, "idle", json!({"action": "report"}))
+        .await
+        .unwrap());
+    assert_ne!(second, first);
     rt.shutdown().await;
 }

@@ -41,7 +41,12 @@ struct BoundListener {
 pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(
         topology::function_specs(&config, &base),
-        RuntimeOptions::default(),
+        RuntimeOptions {
+            max_concurrency: config.runtime.max_concurrency as usize,
+            idle_timeout: Duration::from_secs(u64::from(
+                config.runtime.environment_idle_timeout_seconds,
+            )),
+        },
     ));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
