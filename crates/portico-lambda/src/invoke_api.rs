@@ -2,8 +2,9 @@
 //! `--endpoint-url`.
 //!
 //! - `POST /2015-03-31/functions/{name}/invocations`: `X-Amz-Invocation-Type` `RequestResponse`
-//!   (200, the function's reply; `X-Amz-Function-Error: Unhandled` when it failed), `DryRun`
-//!   (204); `Event` is not served yet and is refused with `InvalidParameterValueException`.
+//!   (200, the function's reply; `X-Amz-Function-Error: Unhandled` when it failed), `Event`
+//!   (202; queued, run in the background and retried twice on failure, payload up to 1 MB)
+//!   and `DryRun` (204).
 //! - `GET /2015-03-31/functions/`: ListFunctions; `GET /2015-03-31/functions/{name}`:
 //!   GetFunction.
 //!
@@ -142,11 +143,7 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse
     match invocation_type.as_str() {
         "RequestResponse" => request_response(rt, spec, payload).await,
         "DryRun" => executed(StatusCode::NO_CONTENT, Bytes::new(), None),
-        "Event" => error(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameterValueException",
-            "InvocationType Event is not supported by this portico version yet",
-        ),
+        "Event" => event(rt, spec, payload),
         other => error(
             StatusCode::BAD_REQUEST,
             "InvalidParameterValueException",
@@ -184,6 +181,29 @@ async fn request_response(rt: &Runtime, spec: &FunctionSpec, payload: Bytes) -> 
         Err(InvokeError::Throttled { .. }) => throttled(),
         Err(InvokeError::RequestTooLarge { .. }) => request_too_large(),
         Err(InvokeError::ShuttingDown) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceException",
+            "The function runtime is shutting down",
+        ),
+    }
+}
+
+fn event(rt: &Runtime, spec: &FunctionSpec, payload: Bytes) -> ApiResponse {
+    let invocation = Invocation {
+        function: spec.name.clone(),
+        payload,
+        trace_id: None,
+    };
+    match rt.invoke_event(invocation) {
+        Ok(()) => executed(StatusCode::ACCEPTED, Bytes::new(), None),
+        Err(InvokeError::NotFound(name)) => not_found(&name, rt),
+        Err(InvokeError::RequestTooLarge { limit, .. }) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLargeException",
+            &format!("Request must be smaller than {limit} bytes for the InvokeFunction operation"),
+        ),
+        Err(InvokeError::Throttled { .. }) => throttled(),
+        Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceException",
             "The function runtime is shutting down",

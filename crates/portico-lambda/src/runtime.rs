@@ -13,6 +13,8 @@ use tokio_util::task::TaskTracker;
 
 /// Largest synchronous invocation payload: Lambda's 6 MB.
 pub const MAX_SYNC_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+/// Largest asynchronous (`Event`) invocation payload: 1 MB, as the Invoke API documents.
+pub const MAX_ASYNC_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// Runtime-wide settings.
 #[derive(Debug, Clone)]
@@ -21,6 +23,12 @@ pub struct RuntimeOptions {
     pub max_concurrency: usize,
     /// How long a warm environment may sit unused before it is stopped.
     pub idle_timeout: Duration,
+    /// Waits before the retries of a failed asynchronous invocation: Lambda retries twice,
+    /// one minute and then two minutes later.
+    pub async_retry_delays: Vec<Duration>,
+    /// Most asynchronous invocations queued or running at once; beyond it, `Event`
+    /// invocations are refused as throttled rather than held in unbounded memory.
+    pub max_queued_events: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -28,6 +36,8 @@ impl Default for RuntimeOptions {
         Self {
             max_concurrency: 1000,
             idle_timeout: Duration::from_secs(600),
+            async_retry_delays: vec![Duration::from_secs(60), Duration::from_secs(120)],
+            max_queued_events: 100_000,
         }
     }
 }
@@ -35,7 +45,9 @@ impl Default for RuntimeOptions {
 /// Runs functions in execution environments.
 pub struct Runtime {
     pools: HashMap<String, Arc<Pool>>,
-    global: GlobalLimit,
+    global: Arc<GlobalLimit>,
+    queued: Arc<Semaphore>,
+    async_retry_delays: Arc<[Duration]>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -56,10 +68,12 @@ impl Runtime {
         }
         Self {
             pools,
-            global: GlobalLimit {
+            global: Arc::new(GlobalLimit {
                 permits: Semaphore::new(options.max_concurrency),
                 limit: options.max_concurrency,
-            },
+            }),
+            queued: Arc::new(Semaphore::new(options.max_queued_events)),
+            async_retry_delays: options.async_retry_delays.into(),
             tracker,
             shutdown,
         }
@@ -115,6 +129,46 @@ impl Runtime {
         .await
     }
 
+    /// Queues an asynchronous (`Event`) invocation and returns at once. The function runs in
+    /// the background; when it fails it is retried after each of the configured delays, as
+    /// Lambda retries twice; then the event is dropped with a warning.
+    pub fn invoke_event(&self, invocation: Invocation) -> Result<(), InvokeError> {
+        if self.shutdown.is_cancelled() {
+            return Err(InvokeError::ShuttingDown);
+        }
+        let pool = self
+            .pools
+            .get(&invocation.function)
+            .cloned()
+            .ok_or_else(|| InvokeError::NotFound(invocation.function.clone()))?;
+        if invocation.payload.len() > MAX_ASYNC_PAYLOAD_BYTES {
+            return Err(InvokeError::RequestTooLarge {
+                size: invocation.payload.len(),
+                limit: MAX_ASYNC_PAYLOAD_BYTES,
+            });
+        }
+        let slot = self
+            .queued
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| InvokeError::Throttled {
+                function: invocation.function.clone(),
+                limit: self.queued.available_permits(),
+            })?;
+        let delivery = Delivery {
+            pool,
+            global: self.global.clone(),
+            tracker: self.tracker.clone(),
+            shutdown: self.shutdown.clone(),
+            delays: self.async_retry_delays.clone(),
+        };
+        self.tracker.spawn(async move {
+            delivery.run(invocation).await;
+            drop(slot);
+        });
+        Ok(())
+    }
+
     /// Stops every execution environment and waits until every process is reaped.
     /// Invocations still running fail as their process goes away.
     pub async fn shutdown(&self) {
@@ -124,6 +178,58 @@ impl Runtime {
         }
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+/// One asynchronous invocation on its way: the first attempt and Lambda's retries.
+struct Delivery {
+    pool: Arc<Pool>,
+    global: Arc<GlobalLimit>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    delays: Arc<[Duration]>,
+}
+
+impl Delivery {
+    async fn run(self, invocation: Invocation) {
+        let function = &self.pool.spec().name;
+        for attempt in 0..=self.delays.len() {
+            let result = self
+                .pool
+                .invoke(
+                    invocation.payload.clone(),
+                    invocation.trace_id.clone(),
+                    &self.global,
+                    &self.tracker,
+                    &self.shutdown,
+                )
+                .await;
+            let failure = match result {
+                Ok(out) => out.function_error.map(|e| e.error_type),
+                Err(error) => Some(error.to_string()),
+            };
+            let Some(failure) = failure else { return };
+            let Some(delay) = self.delays.get(attempt) else {
+                tracing::warn!(
+                    function,
+                    attempts = attempt + 1,
+                    failure,
+                    "asynchronous invocation dropped after its retries"
+                );
+                return;
+            };
+            tracing::info!(
+                function,
+                attempt = attempt + 1,
+                failure,
+                retry_in_ms = delay.as_millis() as u64,
+                "asynchronous invocation failed; retrying"
+            );
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(*delay) => {}
+            }
+        }
     }
 }
 

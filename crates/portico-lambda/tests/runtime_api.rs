@@ -281,3 +281,73 @@ async fn idle_environments_are_retired_and_the_next_call_starts_a_new_one() {
     assert_ne!(second, first);
     rt.shutdown().await;
 }
+
+/// Lines in `path`, or 0 while it does not exist.
+fn attempts(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+async fn wait_for_attempts(path: &std::path::Path, n: usize) {
+    for _ in 0..500 {
+        if attempts(path) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{} attempts never happened (saw {})", n, attempts(path));
+}
+
+#[tokio::test]
+async fn event_invocations_are_retried_twice_then_dropped() {
+    let options = RuntimeOptions {
+        async_retry_delays: vec![Duration::from_millis(50), Duration::from_millis(50)],
+        ..RuntimeOptions::default()
+    };
+    let rt = Runtime::new(vec![prober("flaky", &[], None)], options);
+    let dir = std::env::temp_dir().join(format!("portico-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let event = |log: &std::path::Path, fails: u32| Invocation {
+        function: "flaky".into(),
+        payload: Bytes::from(json!({"action": "flaky", "log": log, "fails": fails}).to_string()),
+        trace_id: None,
+    };
+
+    // Fails twice, succeeds on the last retry.
+    let recovers = dir.join("recovers");
+    rt.invoke_event(event(&recovers, 2)).unwrap();
+    wait_for_attempts(&recovers, 3).await;
+
+    // Never succeeds: three attempts in all, then dropped.
+    let hopeless = dir.join("hopeless");
+    rt.invoke_event(event(&hopeless, 100)).unwrap();
+    wait_for_attempts(&hopeless, 3).await;
+    // Well past the retry delays, nothing more happened to either.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((attempts(&recovers), attempts(&hopeless)), (3, 3));
+
+    let too_big = Invocation {
+        function: "flaky".into(),
+        payload: Bytes::from(vec![b' '; 1024 * 1024 + 1]),
+        trace_id: None,
+    };
+    assert!(matches!(
+        rt.invoke_event(too_big),
+        Err(InvokeError::RequestTooLarge {
+            limit: 1_048_576,
+            ..
+        })
+    ));
+    let ghost = Invocation {
+        function: "ghost".into(),
+        payload: Bytes::from_static(b"{}"),
+        trace_id: None,
+    };
+    assert_eq!(
+        rt.invoke_event(ghost),
+        Err(InvokeError::NotFound("ghost".into()))
+    );
+    rt.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

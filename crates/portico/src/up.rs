@@ -46,6 +46,7 @@ pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(u64::from(
                 config.runtime.environment_idle_timeout_seconds,
             )),
+            ..RuntimeOptions::default()
         },
     ));
     let shutdown = CancellationToken::new();

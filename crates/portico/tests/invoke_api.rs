@@ -149,6 +149,8 @@ out = {}
 r = c.invoke(FunctionName="arn:aws:lambda:us-east-1:000000000000:function:echo", Payload=b'{"n": 1}')
 out["arn_invoke"] = [r["StatusCode"], json.loads(r["Payload"].read())["echo"]]
 out["dry_run"] = c.invoke(FunctionName="echo", InvocationType="DryRun")["StatusCode"]
+out["event"] = c.invoke(FunctionName="echo", InvocationType="Event", Payload=b'{"async": true}')["StatusCode"]
+out["event_too_large"] = None
 def code(**kw):
     try:
         c.invoke(**kw)
@@ -159,6 +161,7 @@ out["bad_json"] = code(FunctionName="echo", Payload=b"{not json")
 out["qualifier"] = code(FunctionName="echo", Qualifier="prod", Payload=b"{}")
 out["missing"] = code(FunctionName="ghost", Payload=b"{}")
 out["too_large"] = code(FunctionName="echo", Payload=b'"' + b"x" * (6 * 1024 * 1024) + b'"')
+out["event_too_large"] = code(FunctionName="echo", InvocationType="Event", Payload=b'"' + b"x" * (1024 * 1024) + b'"')
 print(json.dumps(out))
 "#;
     let mut cmd = Command::new("python3");
@@ -167,6 +170,11 @@ print(json.dumps(out))
     let seen = stdout_json(&out);
     assert_eq!(seen["arn_invoke"], json!([200, {"n": 1}]));
     assert_eq!(seen["dry_run"], 204);
+    assert_eq!(seen["event"], 202);
+    assert_eq!(
+        seen["event_too_large"],
+        json!([413, "RequestTooLargeException"])
+    );
     assert_eq!(
         seen["bad_json"],
         json!([400, "InvalidRequestContentException"])

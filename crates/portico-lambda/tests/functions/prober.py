@@ -57,6 +57,17 @@ while True:
     elif action == "sleep":
         time.sleep(event.get("seconds", 1))
         call("POST", "invocation/%s/response" % rid, b'"slept"')
+    elif action == "flaky":
+        # One line per attempt in a file, so attempts are counted across processes; fails
+        # until the attempt after the first `fails`.
+        with open(event["log"], "a") as f:
+            f.write("attempt\n")
+        with open(event["log"]) as f:
+            attempts = len(f.readlines())
+        if attempts <= event["fails"]:
+            call("POST", "invocation/%s/error" % rid, json.dumps({"errorMessage": "flaky", "errorType": "Flaky"}).encode())
+        else:
+            call("POST", "invocation/%s/response" % rid, b'"ok"')
     elif action == "report":
         call("POST", "invocation/%s/response" % rid, json.dumps({"seen": seen, "pid": os.getpid()}).encode())
     else:
