@@ -57,6 +57,23 @@ fn stdout_json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `aws lambda invoke` of the echo function: what the CLI printed, and what it wrote to `outfile`.
+fn cli_invoke(endpoint: &str, payload: &str, outfile: &str) -> (Value, Value) {
+    let out = aws(
+        endpoint,
+        &[
+            "invoke",
+            "--function-name",
+            "echo",
+            "--payload",
+            payload,
+            outfile,
+        ],
+    );
+    let reply = serde_json::from_slice(&std::fs::read(outfile).unwrap()).unwrap();
+    (stdout_json(&out), reply)
+}
+
 #[test]
 fn aws_cli_invokes_lists_and_gets_functions() {
     let portico = Portico::start(&config());
@@ -65,22 +82,10 @@ fn aws_cli_invokes_lists_and_gets_functions() {
     let outfile = scratch.0.join("out.json");
     let outfile = outfile.to_str().unwrap();
 
-    let out = aws(
-        &endpoint,
-        &[
-            "invoke",
-            "--function-name",
-            "echo",
-            "--payload",
-            r#"{"hello":"world"}"#,
-            outfile,
-        ],
-    );
-    let meta = stdout_json(&out);
+    let (meta, reply) = cli_invoke(&endpoint, r#"{"hello":"world"}"#, outfile);
     assert_eq!(meta["StatusCode"], 200);
     assert_eq!(meta["ExecutedVersion"], "$LATEST");
     assert!(meta.get("FunctionError").is_none(), "{meta}");
-    let reply: Value = serde_json::from_slice(&std::fs::read(outfile).unwrap()).unwrap();
     assert_eq!(reply["echo"], json!({"hello": "world"}));
     assert_eq!(reply["function_name"], "echo");
     assert_eq!(
@@ -88,21 +93,9 @@ fn aws_cli_invokes_lists_and_gets_functions() {
         "arn:aws:lambda:us-east-1:000000000000:function:echo"
     );
 
-    let out = aws(
-        &endpoint,
-        &[
-            "invoke",
-            "--function-name",
-            "echo",
-            "--payload",
-            r#"{"fail":"boom"}"#,
-            outfile,
-        ],
-    );
-    let meta = stdout_json(&out);
+    let (meta, reply) = cli_invoke(&endpoint, r#"{"fail":"boom"}"#, outfile);
     assert_eq!(meta["StatusCode"], 200);
     assert_eq!(meta["FunctionError"], "Unhandled");
-    let reply: Value = serde_json::from_slice(&std::fs::read(outfile).unwrap()).unwrap();
     assert_eq!(reply["errorMessage"], "boom");
 
     let listed = stdout_json(&aws(&endpoint, &["list-functions"]));
