@@ -6,14 +6,39 @@ use crate::spec::FunctionSpec;
 use portico_invoke::{InvokeError, InvokeOutput};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The runtime-wide concurrency limit (Lambda's account limit).
-pub(crate) struct GlobalLimit {
-    pub(crate) permits: Semaphore,
-    pub(crate) limit: usize,
+/// A semaphore and the size it was made with, so that a refusal can name the limit.
+pub(crate) struct Limit {
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Limit {
+    pub(crate) fn new(size: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// A permit, or the size of the limit that is full.
+    pub(crate) fn try_acquire(&self) -> Result<OwnedSemaphorePermit, usize> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.size)
+    }
+}
+
+/// What every invocation shares: the runtime-wide concurrency limit (Lambda's account
+/// limit), the owner of the environments' tasks, and the shutdown signal.
+pub(crate) struct Shared {
+    pub(crate) global: Limit,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// Environments of one function.
@@ -23,14 +48,12 @@ pub(crate) struct Pool {
     /// first, so the others can idle out).
     idle: Mutex<Vec<(Environment, Instant)>>,
     /// The function's reserved concurrency, when it has one.
-    reserved: Option<Arc<Semaphore>>,
+    reserved: Option<Limit>,
 }
 
 impl Pool {
     pub(crate) fn new(spec: FunctionSpec) -> Self {
-        let reserved = spec
-            .reserved_concurrency
-            .map(|n| Arc::new(Semaphore::new(n)));
+        let reserved = spec.reserved_concurrency.map(Limit::new);
         Self {
             spec: Arc::new(spec),
             idle: Mutex::new(Vec::new()),
@@ -47,25 +70,25 @@ impl Pool {
         &self,
         payload: bytes::Bytes,
         trace_id: Option<String>,
-        global: &GlobalLimit,
-        tracker: &TaskTracker,
-        shutdown: &CancellationToken,
+        shared: &Shared,
     ) -> Result<InvokeOutput, InvokeError> {
-        let _reserved = match (&self.reserved, self.spec.reserved_concurrency) {
-            (Some(sem), Some(limit)) => Some(sem.try_acquire().map_err(|_| self.throttled(limit))?),
-            _ => None,
+        let _reserved = match &self.reserved {
+            Some(limit) => Some(limit.try_acquire().map_err(|size| self.throttled(size))?),
+            None => None,
         };
-        let _global = global
-            .permits
+        let _global = shared
+            .global
             .try_acquire()
-            .map_err(|_| self.throttled(global.limit))?;
+            .map_err(|size| self.throttled(size))?;
         let warm = self.take_idle();
         let mut env = match warm {
             Some(env) => env,
-            None => Environment::start(self.spec.clone(), tracker, shutdown).await?,
+            None => {
+                Environment::start(self.spec.clone(), &shared.tracker, &shared.shutdown).await?
+            }
         };
         let output = env.invoke(payload, trace_id).await;
-        if env.is_reusable() && !shutdown.is_cancelled() {
+        if env.is_reusable() && !shared.shutdown.is_cancelled() {
             self.lock_idle().push((env, Instant::now()));
         }
         Ok(output)

@@ -1,13 +1,12 @@
 //! The function runtime: every configured function, the global concurrency limit, and the
 //! shutdown sequence. Implements [`Invoker`].
 
-use crate::pool::{GlobalLimit, Pool};
+use crate::pool::{Limit, Pool, Shared};
 use crate::spec::FunctionSpec;
 use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,11 +44,9 @@ impl Default for RuntimeOptions {
 /// Runs functions in execution environments.
 pub struct Runtime {
     pools: HashMap<String, Arc<Pool>>,
-    global: Arc<GlobalLimit>,
-    queued: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    queued: Limit,
     async_retry_delays: Arc<[Duration]>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
 }
 
 impl Runtime {
@@ -60,22 +57,23 @@ impl Runtime {
             .into_iter()
             .map(|spec| (spec.name.clone(), Arc::new(Pool::new(spec))))
             .collect();
-        let tracker = TaskTracker::new();
-        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            global: Limit::new(options.max_concurrency),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
         if tokio::runtime::Handle::try_current().is_ok() {
             let all: Vec<Arc<Pool>> = pools.values().cloned().collect();
-            tracker.spawn(retire_idle(all, options.idle_timeout, shutdown.clone()));
+            let shutdown = shared.shutdown.clone();
+            shared
+                .tracker
+                .spawn(retire_idle(all, options.idle_timeout, shutdown));
         }
         Self {
             pools,
-            global: Arc::new(GlobalLimit {
-                permits: Semaphore::new(options.max_concurrency),
-                limit: options.max_concurrency,
-            }),
-            queued: Arc::new(Semaphore::new(options.max_queued_events)),
+            shared,
+            queued: Limit::new(options.max_queued_events),
             async_retry_delays: options.async_retry_delays.into(),
-            tracker,
-            shutdown,
         }
     }
 
@@ -95,10 +93,7 @@ impl Runtime {
             .functions()
             .next()
             .map_or("us-east-1", |f| f.region.as_str());
-        format!(
-            "arn:aws:lambda:{region}:{}:function:{name}",
-            crate::spec::ACCOUNT_ID
-        )
+        crate::spec::function_arn(region, name)
     }
 
     /// Runs one invocation.
@@ -106,7 +101,7 @@ impl Runtime {
         &self,
         invocation: Invocation,
     ) -> Result<InvokeOutput, InvokeError> {
-        if self.shutdown.is_cancelled() {
+        if self.shared.shutdown.is_cancelled() {
             return Err(InvokeError::ShuttingDown);
         }
         let pool = self
@@ -119,21 +114,15 @@ impl Runtime {
                 limit: MAX_SYNC_PAYLOAD_BYTES,
             });
         }
-        pool.invoke(
-            invocation.payload,
-            invocation.trace_id,
-            &self.global,
-            &self.tracker,
-            &self.shutdown,
-        )
-        .await
+        pool.invoke(invocation.payload, invocation.trace_id, &self.shared)
+            .await
     }
 
     /// Queues an asynchronous (`Event`) invocation and returns at once. The function runs in
     /// the background; when it fails it is retried after each of the configured delays, as
     /// Lambda retries twice; then the event is dropped with a warning.
     pub fn invoke_event(&self, invocation: Invocation) -> Result<(), InvokeError> {
-        if self.shutdown.is_cancelled() {
+        if self.shared.shutdown.is_cancelled() {
             return Err(InvokeError::ShuttingDown);
         }
         let pool = self
@@ -149,20 +138,17 @@ impl Runtime {
         }
         let slot = self
             .queued
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| InvokeError::Throttled {
+            .try_acquire()
+            .map_err(|limit| InvokeError::Throttled {
                 function: invocation.function.clone(),
-                limit: self.queued.available_permits(),
+                limit,
             })?;
         let delivery = Delivery {
             pool,
-            global: self.global.clone(),
-            tracker: self.tracker.clone(),
-            shutdown: self.shutdown.clone(),
+            shared: self.shared.clone(),
             delays: self.async_retry_delays.clone(),
         };
-        self.tracker.spawn(async move {
+        self.shared.tracker.spawn(async move {
             delivery.run(invocation).await;
             drop(slot);
         });
@@ -172,21 +158,19 @@ impl Runtime {
     /// Stops every execution environment and waits until every process is reaped.
     /// Invocations still running fail as their process goes away.
     pub async fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.shared.shutdown.cancel();
         for pool in self.pools.values() {
             pool.clear();
         }
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
     }
 }
 
 /// One asynchronous invocation on its way: the first attempt and Lambda's retries.
 struct Delivery {
     pool: Arc<Pool>,
-    global: Arc<GlobalLimit>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+    shared: Arc<Shared>,
     delays: Arc<[Duration]>,
 }
 
@@ -199,9 +183,7 @@ impl Delivery {
                 .invoke(
                     invocation.payload.clone(),
                     invocation.trace_id.clone(),
-                    &self.global,
-                    &self.tracker,
-                    &self.shutdown,
+                    &self.shared,
                 )
                 .await;
             let failure = match result {
@@ -226,7 +208,7 @@ impl Delivery {
                 "asynchronous invocation failed; retrying"
             );
             tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shared.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(*delay) => {}
             }
         }

@@ -37,12 +37,14 @@ pub struct FunctionSpec {
     pub region: String,
 }
 
+/// The ARN of function `name` in `region`, as Lambda forms it.
+pub fn function_arn(region: &str, name: &str) -> String {
+    format!("arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{name}")
+}
+
 impl FunctionSpec {
-    /// The function's ARN, as Lambda forms it.
+    /// The function's ARN.
     pub fn arn(&self) -> String {
-        format!(
-            "arn:aws:lambda:{}:{ACCOUNT_ID}:function:{}",
-            self.region, self.name
-        )
+        function_arn(&self.region, &self.name)
     }
 }

@@ -351,3 +351,27 @@ async fn event_invocations_are_retried_twice_then_dropped() {
     rt.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_full_event_queue_refuses_and_names_its_limit() {
+    let options = RuntimeOptions {
+        max_queued_events: 1,
+        ..RuntimeOptions::default()
+    };
+    let rt = Runtime::new(vec![prober("queued", &[], None)], options);
+    let sleep = || Invocation {
+        function: "queued".into(),
+        payload: Bytes::from(json!({"action": "sleep", "seconds": 1}).to_string()),
+        trace_id: None,
+    };
+    rt.invoke_event(sleep()).unwrap();
+    let err = rt.invoke_event(sleep()).unwrap_err();
+    assert_eq!(
+        err,
+        InvokeError::Throttled {
+            function: "queued".into(),
+            limit: 1
+        }
+    );
+    rt.shutdown().await;
+}
