@@ -31,10 +31,8 @@ pub struct ListenerSpec {
     pub proxy_protocol: bool,
     /// How long an idle keep-alive connection, or a slow request head, may take.
     pub idle_timeout: Duration,
-    /// How long in-flight requests get to finish at shutdown.
-    pub drain_timeout: Duration,
-    /// Most client connections open at once.
-    pub max_connections: usize,
+    /// Connection cap, and how long in-flight requests get to finish at shutdown.
+    pub limits: portico_accept::Limits,
     /// The default action's target group.
     pub target_group: LambdaTargetGroup,
 }
@@ -57,11 +55,7 @@ pub async fn serve(
         port: local.map_or(0, |a| a.port()),
     });
     let spec = Arc::new(spec);
-    let limits = portico_accept::Limits {
-        max_connections: spec.max_connections,
-        drain: spec.drain_timeout,
-    };
-    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, peer| {
+    let drained = portico_accept::serve(listener, &shutdown, spec.limits, |stream, peer| {
         connection(stream, peer, ctx.clone(), spec.clone(), shutdown.clone())
     })
     .await;

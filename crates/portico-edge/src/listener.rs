@@ -24,19 +24,13 @@ pub struct Edge {
     pub groups: Vec<EndpointGroup>,
     /// Client affinity of the listener.
     pub affinity: Affinity,
-    /// How long open connections may go on after shutdown.
-    pub drain_timeout: Duration,
-    /// Most client connections open at once on one static address.
-    pub max_connections: usize,
+    /// Connection cap and drain time of each static address.
+    pub limits: portico_accept::Limits,
 }
 
 /// Forwards connections accepted on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: CancellationToken) {
-    let limits = portico_accept::Limits {
-        max_connections: edge.max_connections,
-        drain: edge.drain_timeout,
-    };
-    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, client| {
+    let drained = portico_accept::serve(listener, &shutdown, edge.limits, |stream, client| {
         let edge = edge.clone();
         async move { forward(stream, client, &edge).await }
     })

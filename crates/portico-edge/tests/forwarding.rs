@@ -48,8 +48,10 @@ async fn edge(endpoints: Vec<Arc<Endpoint>>) -> (SocketAddr, CancellationToken) 
             endpoints,
         }],
         affinity: Affinity::None,
-        drain_timeout: Duration::from_secs(1),
-        max_connections: 64,
+        limits: portico_accept::Limits {
+            max_connections: 64,
+            drain: Duration::from_secs(1),
+        },
     });
     tokio::spawn(portico_edge::serve(listener, edge, shutdown.clone()));
     (addr, shutdown)

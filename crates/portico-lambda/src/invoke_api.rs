@@ -22,33 +22,19 @@ use portico_invoke::{Invocation, InvokeError};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "/2015-03-31/functions";
 
-/// How the API accepts connections.
-#[derive(Debug, Clone, Copy)]
-pub struct ApiLimits {
-    /// Most connections at once.
-    pub max_connections: usize,
-    /// How long in-flight invocations get to finish at shutdown.
-    pub drain: Duration,
-}
-
 /// Serves the Invoke API for `runtime` on `listener` until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
     runtime: Arc<Runtime>,
-    limits: ApiLimits,
+    limits: portico_accept::Limits,
     shutdown: CancellationToken,
 ) {
-    let accept = portico_accept::Limits {
-        max_connections: limits.max_connections,
-        drain: limits.drain,
-    };
-    let drained = portico_accept::serve(listener, &shutdown.clone(), accept, |stream, _| {
+    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, _| {
         let _ = stream.set_nodelay(true);
         let runtime = runtime.clone();
         let shutdown = shutdown.clone();
@@ -119,7 +105,9 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse
         .await
     {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return request_too_large(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return request_too_large(MAX_SYNC_PAYLOAD_BYTES);
+        }
         Err(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -164,27 +152,7 @@ async fn request_response(rt: &Runtime, spec: &FunctionSpec, payload: Bytes) -> 
             out.payload,
             out.function_error.map(|_| "Unhandled"),
         ),
-        // A function that cannot start is a failed invocation, as Lambda reports it.
-        Err(InvokeError::InitFailed {
-            error_type,
-            message,
-            ..
-        }) => {
-            let doc = json!({ "errorType": error_type, "errorMessage": message });
-            executed(
-                StatusCode::OK,
-                Bytes::from(doc.to_string()),
-                Some("Unhandled"),
-            )
-        }
-        Err(InvokeError::NotFound(name)) => not_found(&name, rt),
-        Err(InvokeError::Throttled { .. }) => throttled(),
-        Err(InvokeError::RequestTooLarge { .. }) => request_too_large(),
-        Err(InvokeError::ShuttingDown) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceException",
-            "The function runtime is shutting down",
-        ),
+        Err(error) => refused(rt, error),
     }
 }
 
@@ -196,14 +164,30 @@ fn event(rt: &Runtime, spec: &FunctionSpec, payload: Bytes) -> ApiResponse {
     };
     match rt.invoke_event(invocation) {
         Ok(()) => executed(StatusCode::ACCEPTED, Bytes::new(), None),
-        Err(InvokeError::NotFound(name)) => not_found(&name, rt),
-        Err(InvokeError::RequestTooLarge { limit, .. }) => error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestTooLargeException",
-            &format!("Request must be smaller than {limit} bytes for the InvokeFunction operation"),
-        ),
-        Err(InvokeError::Throttled { .. }) => throttled(),
-        Err(_) => error(
+        Err(error) => refused(rt, error),
+    }
+}
+
+/// The answer to an invocation that did not run: AWS's exception for each refusal. A
+/// function that could not start is a failed invocation, as Lambda reports it.
+fn refused(rt: &Runtime, refusal: InvokeError) -> ApiResponse {
+    match refusal {
+        InvokeError::InitFailed {
+            error_type,
+            message,
+            ..
+        } => {
+            let doc = json!({ "errorType": error_type, "errorMessage": message });
+            executed(
+                StatusCode::OK,
+                Bytes::from(doc.to_string()),
+                Some("Unhandled"),
+            )
+        }
+        InvokeError::NotFound(name) => not_found(&name, rt),
+        InvokeError::Throttled { .. } => throttled(),
+        InvokeError::RequestTooLarge { limit, .. } => request_too_large(limit),
+        InvokeError::ShuttingDown => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceException",
             "The function runtime is shutting down",
@@ -297,13 +281,11 @@ fn throttled() -> ApiResponse {
     )
 }
 
-fn request_too_large() -> ApiResponse {
+fn request_too_large(limit: usize) -> ApiResponse {
     error(
         StatusCode::PAYLOAD_TOO_LARGE,
         "RequestTooLargeException",
-        &format!(
-            "Request must be smaller than {MAX_SYNC_PAYLOAD_BYTES} bytes for the InvokeFunction operation"
-        ),
+        &format!("Request must be smaller than {limit} bytes for the InvokeFunction operation"),
     )
 }
 

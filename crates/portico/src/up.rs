@@ -25,11 +25,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long open connections get to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Most client connections open at once on one listener (edge address or load balancer).
-const MAX_CONNECTIONS: usize = 10_000;
+/// Every listener (edge address, load balancer, Invoke API): at most 10 000 connections at
+/// once, and 10 s for open connections to finish after a shutdown signal.
+const LISTENER_LIMITS: portico_accept::Limits = portico_accept::Limits {
+    max_connections: 10_000,
+    drain: Duration::from_secs(10),
+};
 
 /// A bound load balancer listener, as the edge needs to know it.
 struct BoundListener {
@@ -93,14 +94,10 @@ async fn start(
             .await
             .with_context(|| format!("invoke_api: cannot bind {}:{}", api.address, api.port))?;
         banner.invoke_api = Some(listener.local_addr()?);
-        let limits = portico_lambda::invoke_api::ApiLimits {
-            max_connections: MAX_CONNECTIONS,
-            drain: DRAIN_TIMEOUT,
-        };
         tasks.spawn(portico_lambda::invoke_api::serve(
             listener,
             runtime,
-            limits,
+            LISTENER_LIMITS,
             shutdown.clone(),
         ));
     }
@@ -134,8 +131,7 @@ async fn start(
                 load_balancer: name.clone(),
                 proxy_protocol: l.proxy_protocol_v2,
                 idle_timeout: Duration::from_secs(u64::from(lb.idle_timeout_seconds)),
-                drain_timeout: DRAIN_TIMEOUT,
-                max_connections: MAX_CONNECTIONS,
+                limits: LISTENER_LIMITS,
                 target_group: tg,
             };
             tasks.spawn(portico_alb::serve(
@@ -214,8 +210,7 @@ async fn start_edge(
         let edge = Arc::new(Edge {
             groups: groups.clone(),
             affinity,
-            drain_timeout: DRAIN_TIMEOUT,
-            max_connections: MAX_CONNECTIONS,
+            limits: LISTENER_LIMITS,
         });
         // With port 0, the first address picks a free port and the others reuse it: every
         // static IP serves the same port, as the accelerator promises.
