@@ -123,6 +123,7 @@ async fn forward(
             function: tg.function.clone(),
             payload: Bytes::from(event),
             trace_id: Some(trace_id),
+            ..Invocation::default()
         })
         .await?;
     if let Some(failure) = output.function_error {

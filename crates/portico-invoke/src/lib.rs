@@ -14,8 +14,8 @@ use std::pin::Pin;
 /// A boxed future, so that [`Invoker`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One synchronous (`RequestResponse`) invocation.
-#[derive(Debug, Clone)]
+/// One invocation of a function.
+#[derive(Debug, Clone, Default)]
 pub struct Invocation {
     /// The function's name.
     pub function: String,
@@ -23,6 +23,14 @@ pub struct Invocation {
     pub payload: Bytes,
     /// X-Ray trace header to hand to the function (`Lambda-Runtime-Trace-Id`).
     pub trace_id: Option<String>,
+    /// The caller's client context as JSON (`Lambda-Runtime-Client-Context`); the Invoke API
+    /// receives it base64-encoded in `X-Amz-Client-Context`.
+    pub client_context: Option<String>,
+    /// The caller's Amazon Cognito identity as JSON (`Lambda-Runtime-Cognito-Identity`).
+    pub cognito_identity: Option<String>,
+    /// Whether the caller wants the end of the invocation's log back
+    /// ([`InvokeOutput::log_tail`]), as `X-Amz-Log-Type: Tail` asks.
+    pub tail_logs: bool,
 }
 
 /// What came back from a function that ran.
@@ -34,6 +42,9 @@ pub struct InvokeOutput {
     pub payload: Bytes,
     /// Set when the function failed: raised, timed out, crashed or replied too much.
     pub function_error: Option<FunctionError>,
+    /// The last 4 KB of the invocation's log (`START` to `REPORT`), when
+    /// [`Invocation::tail_logs`] asked for it.
+    pub log_tail: Option<String>,
 }
 
 /// Why a function that ran did not produce a response.

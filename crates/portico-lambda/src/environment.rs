@@ -5,12 +5,12 @@
 //! replaces a sandbox it had to reset.
 
 use crate::exchange::{Exchange, Outcome, Pending, State};
-use crate::logs::{self, Report};
+use crate::logs::{self, LogBook, Output, Report, Sink, SyncRequest};
 use crate::process;
 use crate::runtime_api::{self, ApiContext, error_document};
 use crate::spec::FunctionSpec;
 use bytes::Bytes;
-use portico_invoke::{FunctionError, InvokeError, InvokeOutput};
+use portico_invoke::{FunctionError, Invocation, InvokeError, InvokeOutput};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +27,10 @@ pub(crate) struct Environment {
     /// Stops the process and the API server; fired on drop.
     stop: CancellationToken,
     pid: Option<u32>,
+    /// Where this environment's log lines go.
+    sink: Arc<Sink>,
+    /// Asks the output capture to catch up with the pipe.
+    sync_output: mpsc::Sender<SyncRequest>,
     /// Reported on the first invocation only, as Lambda does for cold starts.
     init_duration: Option<Duration>,
     reusable: bool,
@@ -42,6 +46,7 @@ impl Environment {
     /// Starts an environment and waits for its init phase to finish (the first `/next`).
     pub(crate) async fn start(
         spec: Arc<FunctionSpec>,
+        book: Arc<LogBook>,
         tracker: &TaskTracker,
         parent: &CancellationToken,
     ) -> Result<Self, InvokeError> {
@@ -62,7 +67,7 @@ impl Environment {
         let stop = parent.child_token();
         let reaped = CancellationToken::new();
 
-        let mut child = process::spawn(&spec, api_addr).map_err(|e| {
+        let (child, output) = process::spawn(&spec, api_addr).map_err(|e| {
             init_failed(
                 "Runtime.InvalidEntrypoint",
                 format!("cannot start {}: {e}", spec.program.display()),
@@ -74,13 +79,14 @@ impl Environment {
             function_arn: spec.arn(),
         });
         tracker.spawn(runtime_api::serve(listener, ctx, stop.clone()));
-        let name: Arc<str> = spec.name.as_str().into();
-        if let Some(out) = child.stdout.take() {
-            tracker.spawn(logs::capture(name.clone(), out, reaped.clone()));
-        }
-        if let Some(err) = child.stderr.take() {
-            tracker.spawn(logs::capture(name, err, reaped.clone()));
-        }
+        let sink = Arc::new(Sink::new(book));
+        let (sync_output, syncs) = mpsc::channel(1);
+        tracker.spawn(logs::capture(
+            sink.clone(),
+            Output::new(output),
+            syncs,
+            reaped.clone(),
+        ));
         tracker.spawn(process::supervise(
             child,
             exchange.clone(),
@@ -94,6 +100,8 @@ impl Environment {
             state: exchange.subscribe(),
             stop,
             pid,
+            sink,
+            sync_output,
             init_duration: None,
             reusable: true,
         };
@@ -140,28 +148,26 @@ impl Environment {
     }
 
     /// Runs one invocation. Function failures come back in [`InvokeOutput::function_error`].
-    pub(crate) async fn invoke(
-        &mut self,
-        payload: Bytes,
-        trace_id: Option<String>,
-    ) -> InvokeOutput {
+    pub(crate) async fn invoke(&mut self, invocation: Invocation) -> InvokeOutput {
         let request_id = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
-        logs::emit(
-            &self.spec.name,
-            &format!("START RequestId: {request_id} Version: $LATEST"),
-        );
+        self.sink.begin(&request_id, invocation.tail_logs);
+        self.sink
+            .line(&format!("START RequestId: {request_id} Version: $LATEST"));
         let (reply, outcome) = oneshot::channel();
         let pending = Pending {
             request_id: request_id.clone(),
-            payload,
+            payload: invocation.payload,
             deadline_ms: deadline_ms(self.spec.timeout),
-            trace_id,
+            trace_id: invocation.trace_id,
+            client_context: invocation.client_context,
+            cognito_identity: invocation.cognito_identity,
             reply,
         };
         let ended = self.run(pending, outcome).await;
-        let output = self.conclude(&request_id, ended);
-        logs::emit(&self.spec.name, &format!("END RequestId: {request_id}"));
+        self.catch_up_output().await;
+        let mut output = self.conclude(&request_id, ended);
+        self.sink.line(&format!("END RequestId: {request_id}"));
         let report = Report {
             request_id: &request_id,
             duration: started.elapsed(),
@@ -169,8 +175,18 @@ impl Environment {
             max_memory_used_mb: self.pid.and_then(process::max_memory_used_mb),
             init_duration: self.init_duration.take(),
         };
-        logs::emit(&self.spec.name, &report.line());
+        self.sink.line(&report.line());
+        output.log_tail = self.sink.end();
         output
+    }
+
+    /// Waits until every line the function wrote so far is in the log, so that none lands
+    /// after `END`. A process that is gone has nothing more to wait for.
+    async fn catch_up_output(&self) {
+        let (done, caught_up) = oneshot::channel();
+        if self.sync_output.send(done).await.is_ok() {
+            let _ = caught_up.await;
+        }
     }
 
     async fn run(&mut self, pending: Pending, outcome: oneshot::Receiver<Outcome>) -> Ended {
@@ -199,12 +215,14 @@ impl Environment {
                 error_type: error_type.to_owned(),
                 timed_out,
             }),
+            log_tail: None,
         };
         match ended {
             Ended::Outcome(Outcome::Response(body)) => InvokeOutput {
                 request_id: request_id.to_owned(),
                 payload: body,
                 function_error: None,
+                log_tail: None,
             },
             Ended::Outcome(Outcome::Error { error_type, body }) => failed(&error_type, body, false),
             Ended::TimedOut => {
@@ -213,7 +231,7 @@ impl Environment {
                     "RequestId: {request_id} Error: Task timed out after {:.2} seconds",
                     self.spec.timeout.as_secs_f64()
                 );
-                logs::emit(&self.spec.name, &message);
+                self.sink.line(&message);
                 failed(
                     "Sandbox.Timedout",
                     error_document("Sandbox.Timedout", &message),
@@ -224,7 +242,7 @@ impl Environment {
                 self.retire();
                 let message =
                     format!("RequestId: {request_id} Error: Runtime exited with error: {status}");
-                logs::emit(&self.spec.name, &message);
+                self.sink.line(&message);
                 failed(
                     "Runtime.ExitError",
                     error_document("Runtime.ExitError", &message),

@@ -31,6 +31,8 @@ pub(crate) struct Pending {
     pub(crate) payload: Bytes,
     pub(crate) deadline_ms: u64,
     pub(crate) trace_id: Option<String>,
+    pub(crate) client_context: Option<String>,
+    pub(crate) cognito_identity: Option<String>,
     pub(crate) reply: oneshot::Sender<Outcome>,
 }
 

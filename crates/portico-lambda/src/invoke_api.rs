@@ -5,17 +5,26 @@
 //!   (200, the function's reply; `X-Amz-Function-Error: Unhandled` when it failed), `Event`
 //!   (202; queued, run in the background and retried twice on failure, payload up to 1 MB)
 //!   and `DryRun` (204).
+//!   `X-Amz-Log-Type: Tail` returns the end of the invocation's log in `X-Amz-Log-Result`;
+//!   `X-Amz-Client-Context` (base64 JSON) reaches the function as its client context.
 //! - `GET /2015-03-31/functions/`: ListFunctions; `GET /2015-03-31/functions/{name}`:
 //!   GetFunction.
+//! - `GET /portico/v1/functions/{name}/logs[?follow=true]`: portico's own route, the
+//!   function's recent log as text, one `TIMESTAMP<TAB>LINE` per line; with `follow`, the
+//!   response stays open and new lines are streamed (`portico logs`).
 //!
 //! Errors are AWS's: a JSON body `{"Type": "User", "message": …}` and the exception's name in
 //! `x-amzn-ErrorType`, which the SDKs read. Request signatures (SigV4) are accepted unchecked.
 //! The function name may be a name, a full ARN or a partial ARN, as Lambda allows.
 
+use crate::logs::{LogBook, LogLine};
 use crate::runtime::{MAX_SYNC_PAYLOAD_BYTES, Runtime};
 use crate::spec::FunctionSpec;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use portico_invoke::{Invocation, InvokeError};
@@ -27,6 +36,18 @@ use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "/2015-03-31/functions";
 
+/// portico's own routes, beside the AWS ones.
+const PORTICO_PREFIX: &str = "/portico/v1/functions";
+
+/// Largest `X-Amz-Client-Context`, base64-encoded: Lambda's 3,583 bytes.
+const MAX_CLIENT_CONTEXT_BYTES: usize = 3583;
+
+/// What every request needs.
+struct Api {
+    runtime: Arc<Runtime>,
+    shutdown: CancellationToken,
+}
+
 /// Serves the Invoke API for `runtime` on `listener` until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
@@ -34,14 +55,18 @@ pub async fn serve(
     limits: portico_accept::Limits,
     shutdown: CancellationToken,
 ) {
+    let api = Arc::new(Api {
+        runtime,
+        shutdown: shutdown.clone(),
+    });
     let drained = portico_accept::serve(listener, &shutdown, limits, |stream, _| {
         let _ = stream.set_nodelay(true);
-        let runtime = runtime.clone();
+        let api = api.clone();
         let shutdown = shutdown.clone();
         async move {
             let service = hyper::service::service_fn(move |req| {
-                let runtime = runtime.clone();
-                async move { Ok::<_, Infallible>(route(&runtime, req).await) }
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(route(&api, req).await) }
             });
             let builder = hyper::server::conn::http1::Builder::new();
             let served = portico_accept::serve_http1(&builder, stream, service, &shutdown).await;
@@ -56,10 +81,21 @@ pub async fn serve(
     }
 }
 
-type ApiResponse = Response<Full<Bytes>>;
+type ApiResponse = Response<BoxBody<Bytes, Infallible>>;
 
-async fn route(rt: &Runtime, req: Request<Incoming>) -> ApiResponse {
+async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
+    let rt = &*api.runtime;
     let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix(PORTICO_PREFIX) {
+        let follow = query_param(&req, "follow").is_some_and(|v| v == "true" || v == "1");
+        return match (req.method(), rest.trim_start_matches('/').split_once('/')) {
+            (&Method::GET, Some((name, "logs"))) => match rt.logs(&function_name(name)) {
+                Some(book) => logs(book, follow, &api.shutdown),
+                None => not_found(&function_name(name), rt),
+            },
+            _ => unknown_operation(),
+        };
+    }
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return unknown_operation();
     };
@@ -100,6 +136,28 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse
     let invocation_type = header_str(&req, "x-amz-invocation-type")
         .unwrap_or("RequestResponse")
         .to_owned();
+    let tail_logs = match header_str(&req, "x-amz-log-type").unwrap_or("None") {
+        "None" => false,
+        "Tail" => true,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                &format!("Invalid LogType {other:?}: expected None or Tail"),
+            );
+        }
+    };
+    let client_context = match header_str(&req, "x-amz-client-context").map(client_context) {
+        None => None,
+        Some(Ok(json)) => Some(json),
+        Some(Err(message)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                &message,
+            );
+        }
+    };
     let payload = match Limited::new(req.into_body(), MAX_SYNC_PAYLOAD_BYTES)
         .collect()
         .await
@@ -128,10 +186,18 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse
             &format!("Could not parse request body into json: {e}"),
         );
     }
+    let invocation = Invocation {
+        function: spec.name.clone(),
+        payload,
+        client_context,
+        // The log tail is for synchronous invocations only.
+        tail_logs: tail_logs && invocation_type == "RequestResponse",
+        ..Invocation::default()
+    };
     match invocation_type.as_str() {
-        "RequestResponse" => request_response(rt, spec, payload).await,
+        "RequestResponse" => request_response(rt, invocation).await,
         "DryRun" => executed(StatusCode::NO_CONTENT, Bytes::new(), None),
-        "Event" => event(rt, spec, payload),
+        "Event" => event(rt, invocation),
         other => error(
             StatusCode::BAD_REQUEST,
             "InvalidParameterValueException",
@@ -140,28 +206,42 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse
     }
 }
 
-async fn request_response(rt: &Runtime, spec: &FunctionSpec, payload: Bytes) -> ApiResponse {
-    let invocation = Invocation {
-        function: spec.name.clone(),
-        payload,
-        trace_id: None,
-    };
+/// The JSON text of an `X-Amz-Client-Context` header (base64-encoded JSON), compacted so
+/// that it fits in a header again.
+fn client_context(encoded: &str) -> Result<String, String> {
+    if encoded.len() > MAX_CLIENT_CONTEXT_BYTES {
+        return Err(format!(
+            "Client context must be at most {MAX_CLIENT_CONTEXT_BYTES} bytes, base64-encoded"
+        ));
+    }
+    let invalid = || "Client context must be a valid Base64-encoded JSON object.".to_owned();
+    let decoded = BASE64.decode(encoded.trim()).map_err(|_| invalid())?;
+    match serde_json::from_slice::<Value>(&decoded) {
+        Ok(value @ Value::Object(_)) => Ok(value.to_string()),
+        _ => Err(invalid()),
+    }
+}
+
+async fn request_response(rt: &Runtime, invocation: Invocation) -> ApiResponse {
     match rt.invoke_function(invocation).await {
-        Ok(out) => executed(
-            StatusCode::OK,
-            out.payload,
-            out.function_error.map(|_| "Unhandled"),
-        ),
+        Ok(out) => {
+            let mut response = executed(
+                StatusCode::OK,
+                out.payload,
+                out.function_error.map(|_| "Unhandled"),
+            );
+            if let Some(tail) = out.log_tail {
+                if let Ok(value) = http::HeaderValue::try_from(BASE64.encode(tail)) {
+                    response.headers_mut().insert("X-Amz-Log-Result", value);
+                }
+            }
+            response
+        }
         Err(error) => refused(rt, error),
     }
 }
 
-fn event(rt: &Runtime, spec: &FunctionSpec, payload: Bytes) -> ApiResponse {
-    let invocation = Invocation {
-        function: spec.name.clone(),
-        payload,
-        trace_id: None,
-    };
+fn event(rt: &Runtime, invocation: Invocation) -> ApiResponse {
     match rt.invoke_event(invocation) {
         Ok(()) => executed(StatusCode::ACCEPTED, Bytes::new(), None),
         Err(error) => refused(rt, error),
@@ -204,7 +284,68 @@ fn executed(status: StatusCode, body: Bytes, function_error: Option<&str>) -> Ap
     if let Some(kind) = function_error {
         builder = builder.header("X-Amz-Function-Error", kind);
     }
-    builder.body(Full::new(body)).unwrap_or_else(|_| internal())
+    builder.body(full(body)).unwrap_or_else(|_| internal())
+}
+
+/// A function's log as text; with `follow`, new lines are streamed until the client goes
+/// away or the server shuts down.
+fn logs(book: &Arc<LogBook>, follow: bool, shutdown: &CancellationToken) -> ApiResponse {
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    // Subscribed before the snapshot is taken, so that no line falls in between.
+    let mut live = book.follow();
+    let recent = book.recent();
+    let mut text = String::new();
+    for line in &recent {
+        text.push_str(&log_text(line));
+    }
+    if !follow {
+        return builder
+            .body(full(Bytes::from(text)))
+            .unwrap_or_else(|_| internal());
+    }
+    let mut seen = recent.last().map_or(0, |l| l.seq);
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(16);
+    let shutdown = shutdown.clone();
+    let function = book.function().to_owned();
+    tokio::spawn(async move {
+        if tx.send_data(Bytes::from(text)).await.is_err() {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = live.recv() => next,
+            };
+            let chunk = match next {
+                Ok(line) if line.seq <= seen => continue,
+                Ok(line) => {
+                    seen = line.seq;
+                    log_text(&line)
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    format!(
+                        "[portico] {missed} lines of {function} were skipped: reading too slowly\n"
+                    )
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send_data(Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    builder.body(body.boxed()).unwrap_or_else(|_| internal())
+}
+
+/// `2026-11-25T10:00:00.123Z<TAB>text<LF>`.
+fn log_text(line: &LogLine) -> String {
+    format!("{}\t{}\n", crate::process::rfc3339(line.at), line.text)
+}
+
+fn full(body: Bytes) -> BoxBody<Bytes, Infallible> {
+    Full::new(body).boxed()
 }
 
 fn list_functions(rt: &Runtime) -> ApiResponse {
@@ -311,7 +452,7 @@ fn with_error_type(status: StatusCode, error_type: &str, body: Value) -> ApiResp
         .header(header::CONTENT_TYPE, "application/json")
         .header("x-amzn-ErrorType", error_type)
         .header("x-amzn-RequestId", uuid::Uuid::new_v4().to_string())
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(full(Bytes::from(body.to_string())))
         .unwrap_or_else(|_| internal())
 }
 
@@ -319,12 +460,12 @@ fn ok_json(body: Value) -> ApiResponse {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(full(Bytes::from(body.to_string())))
         .unwrap_or_else(|_| internal())
 }
 
 fn internal() -> ApiResponse {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     r
 }

@@ -15,17 +15,19 @@
 //! - `runtime_api`: the HTTP routes of the 2018-06-01 Runtime API;
 //! - [`invoke_api`]: the Lambda Invoke API (2015-03-31) for the AWS CLI and SDKs;
 //! - `process`: spawning, signalling and reaping the function's process group;
-//! - `logs`: capturing function output and Lambda's START/END/REPORT lines.
+//! - [`logs`]: capturing function output, Lambda's START/END/REPORT lines, each function's
+//!   recent log and its followers.
 
 mod environment;
 mod exchange;
 pub mod invoke_api;
-mod logs;
+pub mod logs;
 mod pool;
 mod process;
 pub mod runtime;
 mod runtime_api;
 pub mod spec;
 
+pub use logs::{LogBook, LogLine};
 pub use runtime::{Runtime, RuntimeOptions};
 pub use spec::FunctionSpec;

@@ -1,53 +1,290 @@
 //! Function output and Lambda's per-invocation log lines.
 //!
-//! Every line a function writes to stdout or stderr becomes a log event tagged with the
-//! function's name. Around each invocation the runtime writes Lambda's own
-//! `START`, `END` and `REPORT` lines, so logs read like CloudWatch's.
+//! A function's stdout and stderr share one pipe, as they share one log stream in Lambda, so
+//! their lines keep the order the function wrote them in. Every line becomes a log event
+//! tagged with the function's name and the request id being served, goes into the function's
+//! [`LogBook`] (recent lines and live followers, for `portico logs`), and, when the caller
+//! asked for it (`X-Amz-Log-Type: Tail`), into the invocation's 4 KB tail. Around each
+//! invocation the runtime writes Lambda's own `START`, `END` and `REPORT` lines.
+//!
+//! Before an invocation ends, the capture task is synchronised with the pipe: it reads every
+//! byte the function wrote before it replied (the count comes from `FIONREAD`), so that a
+//! function's last lines never land after its `END`.
 
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Longest line kept as one event; longer lines are split. CloudWatch's event limit.
-const MAX_LINE_BYTES: u64 = 256 * 1024;
+const MAX_LINE_BYTES: usize = 256 * 1024;
 
 /// How long output is still read after the process was reaped (a grandchild may hold the pipe).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
-/// Emits one log line of `function`.
-pub(crate) fn emit(function: &str, line: &str) {
-    tracing::info!(target: "portico::function", function, "{line}");
+/// Size of the log tail returned in `X-Amz-Log-Result`: Lambda's last 4 KB.
+pub const LOG_TAIL_BYTES: usize = 4 * 1024;
+
+/// Recent lines a [`LogBook`] keeps, by total size of their text.
+const BOOK_BYTES: usize = 1024 * 1024;
+
+/// Lines a slow follower may fall behind before it misses some.
+const FOLLOW_BACKLOG: usize = 4096;
+
+/// One line of a function's log.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// Position in the function's log, from 1; gaps mean lines were missed.
+    pub seq: u64,
+    /// When the line was written.
+    pub at: SystemTime,
+    /// The invocation being served when it was written, if any.
+    pub request_id: Option<Arc<str>>,
+    /// The line, without its line break.
+    pub text: String,
 }
 
-/// Reads `stream` line by line into the log until it closes, or shortly after `reaped`.
-pub(crate) async fn capture(
+/// The recent log of one function and its live followers: what `portico logs` shows.
+pub struct LogBook {
     function: Arc<str>,
-    stream: impl AsyncRead + Unpin,
+    recent: Mutex<Recent>,
+    next_seq: AtomicU64,
+    live: broadcast::Sender<Arc<LogLine>>,
+}
+
+#[derive(Default)]
+struct Recent {
+    lines: VecDeque<Arc<LogLine>>,
+    bytes: usize,
+}
+
+impl LogBook {
+    /// An empty log for `function`.
+    pub fn new(function: &str) -> Self {
+        Self {
+            function: function.into(),
+            recent: Mutex::new(Recent::default()),
+            next_seq: AtomicU64::new(1),
+            live: broadcast::Sender::new(FOLLOW_BACKLOG),
+        }
+    }
+
+    /// The function this log belongs to.
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// The lines still kept, oldest first.
+    pub fn recent(&self) -> Vec<Arc<LogLine>> {
+        self.lock().lines.iter().cloned().collect()
+    }
+
+    /// New lines as they are written. Subscribe before reading [`Self::recent`] and skip
+    /// lines whose `seq` was already seen, and nothing falls in between.
+    pub fn follow(&self) -> broadcast::Receiver<Arc<LogLine>> {
+        self.live.subscribe()
+    }
+
+    /// Emits `text` as a log event and keeps it.
+    fn record(&self, request_id: Option<Arc<str>>, text: String) {
+        tracing::info!(
+            target: "portico::function",
+            function = &*self.function,
+            request_id = request_id.as_deref().unwrap_or(""),
+            "{text}"
+        );
+        let line = Arc::new(LogLine {
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            at: SystemTime::now(),
+            request_id,
+            text,
+        });
+        {
+            let mut recent = self.lock();
+            recent.bytes += line.text.len();
+            recent.lines.push_back(line.clone());
+            while recent.bytes > BOOK_BYTES {
+                match recent.lines.pop_front() {
+                    Some(old) => recent.bytes -= old.text.len(),
+                    None => break,
+                }
+            }
+        }
+        // Nobody following is not an error.
+        let _ = self.live.send(line);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where one execution environment's log lines go: its function's [`LogBook`], tagged with
+/// the invocation in progress, and that invocation's tail when one was asked for.
+pub(crate) struct Sink {
+    book: Arc<LogBook>,
+    current: Mutex<Current>,
+}
+
+#[derive(Default)]
+struct Current {
+    request_id: Option<Arc<str>>,
+    tail: Option<String>,
+}
+
+impl Sink {
+    pub(crate) fn new(book: Arc<LogBook>) -> Self {
+        Self {
+            book,
+            current: Mutex::new(Current::default()),
+        }
+    }
+
+    /// Starts attributing lines to `request_id`, collecting its tail if `tail` is set.
+    pub(crate) fn begin(&self, request_id: &str, tail: bool) {
+        let mut current = self.lock();
+        current.request_id = Some(request_id.into());
+        current.tail = tail.then(String::new);
+    }
+
+    /// Stops attributing lines to the invocation; returns its tail, if one was collected.
+    pub(crate) fn end(&self) -> Option<String> {
+        let mut current = self.lock();
+        current.request_id = None;
+        current.tail.take()
+    }
+
+    /// Writes one line.
+    pub(crate) fn line(&self, text: &str) {
+        let request_id = {
+            let mut current = self.lock();
+            if let Some(tail) = current.tail.as_mut() {
+                push_bounded(tail, text, LOG_TAIL_BYTES);
+            }
+            current.request_id.clone()
+        };
+        self.book.record(request_id, text.to_owned());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Appends `line` and a line break to `tail`, then keeps only its last `limit` bytes (cut at
+/// a character boundary).
+fn push_bounded(tail: &mut String, line: &str, limit: usize) {
+    tail.push_str(line);
+    tail.push('\n');
+    if tail.len() > limit {
+        let mut cut = tail.len() - limit;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail.drain(..cut);
+    }
+}
+
+/// Asks the capture task to read everything written so far; answered when it has.
+pub(crate) type SyncRequest = oneshot::Sender<()>;
+
+/// The output pipe of one environment, read by [`capture`].
+pub(crate) struct Output {
+    pipe: pipe::Receiver,
+    /// Bytes read so far.
+    consumed: u64,
+    /// The start of a line not finished yet.
+    partial: Vec<u8>,
+}
+
+impl Output {
+    pub(crate) fn new(pipe: pipe::Receiver) -> Self {
+        Self {
+            pipe,
+            consumed: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Reads one chunk into the sink; `false` at end of stream or on a read error.
+    async fn read_some(&mut self, sink: &Sink) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.consumed += n as u64;
+                self.take(&chunk[..n], sink);
+                true
+            }
+        }
+    }
+
+    /// Splits `bytes` into lines; a line longer than [`MAX_LINE_BYTES`] is cut into pieces.
+    fn take(&mut self, mut bytes: &[u8], sink: &Sink) {
+        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+            self.partial.extend_from_slice(&bytes[..end]);
+            self.flush(sink);
+            bytes = &bytes[end + 1..];
+        }
+        self.partial.extend_from_slice(bytes);
+        while self.partial.len() >= MAX_LINE_BYTES {
+            let rest = self.partial.split_off(MAX_LINE_BYTES);
+            self.flush(sink);
+            self.partial = rest;
+        }
+    }
+
+    /// Writes out the unfinished line, if any.
+    fn flush(&mut self, sink: &Sink) {
+        if self.partial.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.partial);
+        sink.line(text.trim_end_matches('\r'));
+        self.partial.clear();
+    }
+
+    /// Reads every byte already in the pipe, then writes out an unfinished line.
+    async fn catch_up(&mut self, sink: &Sink) {
+        let waiting = rustix::io::ioctl_fionread(&self.pipe).unwrap_or(0);
+        let target = self.consumed + waiting;
+        while self.consumed < target {
+            if !self.read_some(sink).await {
+                break;
+            }
+        }
+        self.flush(sink);
+    }
+}
+
+/// Reads `output` into `sink` until the pipe closes, or shortly after `reaped`; answers
+/// sync requests in between.
+pub(crate) async fn capture(
+    sink: Arc<Sink>,
+    mut output: Output,
+    mut syncs: mpsc::Receiver<SyncRequest>,
     reaped: CancellationToken,
 ) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
     let give_up = async {
         reaped.cancelled().await;
         tokio::time::sleep(DRAIN_AFTER_EXIT).await;
     };
     tokio::pin!(give_up);
     loop {
-        buf.clear();
-        let mut limited = (&mut reader).take(MAX_LINE_BYTES);
-        let read = tokio::select! {
-            read = limited.read_until(b'\n', &mut buf) => read,
-            _ = &mut give_up => break,
-        };
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                emit(&function, line.trim_end_matches(['\n', '\r']));
+        tokio::select! {
+            more = output.read_some(&sink) => if !more { break },
+            Some(done) = syncs.recv() => {
+                output.catch_up(&sink).await;
+                let _ = done.send(());
             }
+            _ = &mut give_up => break,
         }
     }
+    output.flush(&sink);
 }
 
 /// Figures for a `REPORT` line.
@@ -97,5 +334,50 @@ mod tests {
             r.line(),
             "REPORT RequestId: id-1\tDuration: 1234.56 ms\tBilled Duration: 1235 ms\tMemory Size: 128 MB\tMax Memory Used: 20 MB\tInit Duration: 4.56 ms"
         );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes_on_a_character_boundary() {
+        let mut tail = String::new();
+        push_bounded(&mut tail, "first line", 16);
+        assert_eq!(tail, "first line\n");
+        push_bounded(&mut tail, "ééé", 16);
+        assert_eq!(tail, "rst line\nééé\n");
+        let mut tail = "éé\n".to_owned();
+        // Cutting 3 bytes would split the second "é": 4 go.
+        push_bounded(&mut tail, "xxxx", 7);
+        assert_eq!(tail, "\nxxxx\n");
+        push_bounded(&mut tail, &"x".repeat(40), 16);
+        assert_eq!(tail, format!("{}\n", "x".repeat(15)));
+    }
+
+    #[test]
+    fn lines_are_split_kept_and_attributed() {
+        let book = Arc::new(LogBook::new("f"));
+        let sink = Sink::new(book.clone());
+        sink.begin("req-1", true);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (r, w) = std::io::pipe().unwrap();
+            drop(w);
+            let mut out = Output::new(pipe::Receiver::from_owned_fd(r.into()).unwrap());
+            out.take(b"one\ntwo\r\nthr", &sink);
+            out.take(b"ee\n", &sink);
+            out.take(&vec![b'y'; MAX_LINE_BYTES + 10], &sink);
+            out.flush(&sink);
+        });
+        let tail = sink.end().unwrap();
+        let lines = book.recent();
+        let texts: Vec<usize> = lines.iter().map(|l| l.text.len()).collect();
+        assert_eq!(texts, vec![3, 3, 5, MAX_LINE_BYTES, 10]);
+        assert_eq!(lines[2].text, "three");
+        assert_eq!(lines[0].request_id.as_deref(), Some("req-1"));
+        assert_eq!(lines[0].seq + 4, lines[4].seq);
+        assert!(tail.len() <= LOG_TAIL_BYTES && tail.ends_with("yyyyyyyyyy\n"));
+        sink.line("after");
+        assert_eq!(book.recent().last().unwrap().request_id, None);
     }
 }

@@ -2,8 +2,9 @@
 //! demand, up to the function's reserved concurrency.
 
 use crate::environment::Environment;
+use crate::logs::LogBook;
 use crate::spec::FunctionSpec;
-use portico_invoke::{InvokeError, InvokeOutput};
+use portico_invoke::{Invocation, InvokeError, InvokeOutput};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -49,12 +50,15 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<(Environment, Instant)>>,
     /// The function's reserved concurrency, when it has one.
     reserved: Option<Limit>,
+    /// The function's log, written by all its environments.
+    book: Arc<LogBook>,
 }
 
 impl Pool {
     pub(crate) fn new(spec: FunctionSpec) -> Self {
         let reserved = spec.reserved_concurrency.map(Limit::new);
         Self {
+            book: Arc::new(LogBook::new(&spec.name)),
             spec: Arc::new(spec),
             idle: Mutex::new(Vec::new()),
             reserved,
@@ -65,11 +69,14 @@ impl Pool {
         &self.spec
     }
 
+    pub(crate) fn logs(&self) -> &Arc<LogBook> {
+        &self.book
+    }
+
     /// Runs one invocation on a warm environment, or on a new one.
     pub(crate) async fn invoke(
         &self,
-        payload: bytes::Bytes,
-        trace_id: Option<String>,
+        invocation: Invocation,
         shared: &Shared,
     ) -> Result<InvokeOutput, InvokeError> {
         let _reserved = match &self.reserved {
@@ -84,10 +91,16 @@ impl Pool {
         let mut env = match warm {
             Some(env) => env,
             None => {
-                Environment::start(self.spec.clone(), &shared.tracker, &shared.shutdown).await?
+                Environment::start(
+                    self.spec.clone(),
+                    self.book.clone(),
+                    &shared.tracker,
+                    &shared.shutdown,
+                )
+                .await?
             }
         };
-        let output = env.invoke(payload, trace_id).await;
+        let output = env.invoke(invocation).await;
         if env.is_reusable() && !shared.shutdown.is_cancelled() {
             self.lock_idle().push((env, Instant::now()));
         }

@@ -24,8 +24,13 @@ const TERMINATE_GRACE: Duration = Duration::from_millis(500);
 /// tools installed here are found.
 const LAMBDA_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/opt/bin";
 
-/// Starts `spec`'s program with the Runtime API at `api`.
-pub(crate) fn spawn(spec: &FunctionSpec, api: SocketAddr) -> std::io::Result<Child> {
+/// Starts `spec`'s program with the Runtime API at `api`. Its stdout and stderr both go to
+/// the returned pipe, as both go to one log stream in Lambda.
+pub(crate) fn spawn(
+    spec: &FunctionSpec,
+    api: SocketAddr,
+) -> std::io::Result<(Child, tokio::net::unix::pipe::Receiver)> {
+    let (reader, writer) = std::io::pipe()?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.task_root)
@@ -33,11 +38,15 @@ pub(crate) fn spawn(spec: &FunctionSpec, api: SocketAddr) -> std::io::Result<Chi
         .envs(lambda_environment(spec, api))
         .envs(&spec.environment)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(writer.try_clone()?))
+        .stderr(Stdio::from(writer))
         .process_group(0)
         .kill_on_drop(true);
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    // `cmd` holds the parent's copies of the write end; they must go for EOF to come.
+    drop(cmd);
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())?;
+    Ok((child, reader))
 }
 
 /// The variables Lambda sets for every function.
@@ -86,6 +95,21 @@ fn log_stream_name() -> String {
     format!(
         "{y:04}/{m:02}/{d:02}/[$LATEST]{}",
         uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// `time` as an RFC 3339 UTC timestamp with milliseconds, `2026-11-25T10:00:00.123Z`.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let day = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60,
+        since.subsec_millis()
     )
 }
 
@@ -172,5 +196,7 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_065_096_789);
+        assert_eq!(rfc3339(t), "2025-11-25T10:04:56.789Z");
     }
 }

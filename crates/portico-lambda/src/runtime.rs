@@ -1,6 +1,7 @@
 //! The function runtime: every configured function, the global concurrency limit, and the
 //! shutdown sequence. Implements [`Invoker`].
 
+use crate::logs::LogBook;
 use crate::pool::{Limit, Pool, Shared};
 use crate::spec::FunctionSpec;
 use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker};
@@ -87,6 +88,11 @@ impl Runtime {
         self.pools.get(name).map(|p| p.spec())
     }
 
+    /// The log of function `name`.
+    pub fn logs(&self, name: &str) -> Option<&Arc<LogBook>> {
+        self.pools.get(name).map(|p| p.logs())
+    }
+
     /// The ARN function `name` has, or would have, in this runtime.
     pub fn arn_for(&self, name: &str) -> String {
         let region = self
@@ -114,8 +120,7 @@ impl Runtime {
                 limit: MAX_SYNC_PAYLOAD_BYTES,
             });
         }
-        pool.invoke(invocation.payload, invocation.trace_id, &self.shared)
-            .await
+        pool.invoke(invocation, &self.shared).await
     }
 
     /// Queues an asynchronous (`Event`) invocation and returns at once. The function runs in
@@ -178,14 +183,7 @@ impl Delivery {
     async fn run(self, invocation: Invocation) {
         let function = &self.pool.spec().name;
         for attempt in 0..=self.delays.len() {
-            let result = self
-                .pool
-                .invoke(
-                    invocation.payload.clone(),
-                    invocation.trace_id.clone(),
-                    &self.shared,
-                )
-                .await;
+            let result = self.pool.invoke(invocation.clone(), &self.shared).await;
             let failure = match result {
                 Ok(out) => out.function_error.map(|e| e.error_type),
                 Err(error) => Some(error.to_string()),

@@ -103,8 +103,15 @@ async fn next(ctx: &ApiContext) -> ApiResponse {
         .header("Lambda-Runtime-Aws-Request-Id", &pending.request_id)
         .header("Lambda-Runtime-Deadline-Ms", pending.deadline_ms)
         .header("Lambda-Runtime-Invoked-Function-Arn", &ctx.function_arn);
-    if let Some(trace) = &pending.trace_id {
-        builder = builder.header("Lambda-Runtime-Trace-Id", trace);
+    let optional = [
+        ("Lambda-Runtime-Trace-Id", &pending.trace_id),
+        ("Lambda-Runtime-Client-Context", &pending.client_context),
+        ("Lambda-Runtime-Cognito-Identity", &pending.cognito_identity),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            builder = builder.header(name, value);
+        }
     }
     ctx.exchange.start(pending.request_id, pending.reply);
     builder

@@ -45,6 +45,11 @@ async fn invoke(rt: &Runtime, function: &str, event: Value) -> Result<InvokeOutp
         function: function.into(),
         payload: Bytes::from(event.to_string()),
         trace_id: Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into()),
+        client_context: Some(r#"{"custom":{"k":"v"}}"#.into()),
+        cognito_identity: Some(
+            r#"{"cognitoIdentityId":"id-1","cognitoIdentityPoolId":"pool-1"}"#.into(),
+        ),
+        tail_logs: true,
     })
     .await
 }
@@ -70,6 +75,14 @@ async fn runtime_api_headers_environment_and_misuse() {
     assert_eq!(
         h["lambda-runtime-trace-id"],
         "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"
+    );
+    assert_eq!(
+        h["lambda-runtime-client-context"],
+        r#"{"custom":{"k":"v"}}"#
+    );
+    assert_eq!(
+        h["lambda-runtime-cognito-identity"],
+        r#"{"cognitoIdentityId":"id-1","cognitoIdentityPoolId":"pool-1"}"#
     );
     let deadline: u64 = h["lambda-runtime-deadline-ms"]
         .as_str()
@@ -177,7 +190,7 @@ async fn unknown_functions_and_oversized_payloads_are_refused_before_running() {
         .invoke_function(Invocation {
             function: "p".into(),
             payload: Bytes::from(vec![b'x'; 6 * 1024 * 1024 + 1]),
-            trace_id: None,
+            ..Invocation::default()
         })
         .await
         .unwrap_err();
@@ -311,7 +324,7 @@ async fn event_invocations_are_retried_twice_then_dropped() {
     let event = |log: &std::path::Path, fails: u32| Invocation {
         function: "flaky".into(),
         payload: Bytes::from(json!({"action": "flaky", "log": log, "fails": fails}).to_string()),
-        trace_id: None,
+        ..Invocation::default()
     };
 
     // Fails twice, succeeds on the last retry.
@@ -330,7 +343,7 @@ async fn event_invocations_are_retried_twice_then_dropped() {
     let too_big = Invocation {
         function: "flaky".into(),
         payload: Bytes::from(vec![b' '; 1024 * 1024 + 1]),
-        trace_id: None,
+        ..Invocation::default()
     };
     assert!(matches!(
         rt.invoke_event(too_big),
@@ -342,7 +355,7 @@ async fn event_invocations_are_retried_twice_then_dropped() {
     let ghost = Invocation {
         function: "ghost".into(),
         payload: Bytes::from_static(b"{}"),
-        trace_id: None,
+        ..Invocation::default()
     };
     assert_eq!(
         rt.invoke_event(ghost),
@@ -362,7 +375,7 @@ async fn a_full_event_queue_refuses_and_names_its_limit() {
     let sleep = || Invocation {
         function: "queued".into(),
         payload: Bytes::from(json!({"action": "sleep", "seconds": 1}).to_string()),
-        trace_id: None,
+        ..Invocation::default()
     };
     rt.invoke_event(sleep()).unwrap();
     let err = rt.invoke_event(sleep()).unwrap_err();
@@ -372,6 +385,66 @@ async fn a_full_event_queue_refuses_and_names_its_limit() {
             function: "queued".into(),
             limit: 1
         }
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn output_of_both_streams_is_framed_by_start_and_end_and_tailed() {
+    let rt = Runtime::new(vec![prober("chat", &[], None)], RuntimeOptions::default());
+    for _ in 0..3 {
+        let out = invoke(&rt, "chat", json!({"action": "chatter", "lines": 6}))
+            .await
+            .unwrap();
+        assert!(out.function_error.is_none(), "{out:?}");
+        let id = &out.request_id;
+        let tail = out.log_tail.unwrap();
+        let lines: Vec<&str> = tail.lines().collect();
+        assert_eq!(lines[0], format!("START RequestId: {id} Version: $LATEST"));
+        for i in 0..6 {
+            assert_eq!(lines[1 + i], format!("line {i} of {id}"), "{tail}");
+        }
+        assert_eq!(lines[7], "no line break");
+        assert_eq!(lines[8], format!("END RequestId: {id}"));
+        assert!(lines[9].starts_with(&format!("REPORT RequestId: {id}\tDuration: ")));
+        assert_eq!(lines.len(), 10, "{tail}");
+    }
+
+    let book = rt.logs("chat").unwrap();
+    let recent = book.recent();
+    // Three invocations of ten lines each, all tagged with their request id.
+    assert_eq!(recent.len(), 30);
+    assert!(recent.iter().all(|l| l.request_id.is_some()));
+    assert!(recent.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+
+    // Without Tail, nothing comes back.
+    let out = rt
+        .invoke_function(Invocation {
+            function: "chat".into(),
+            payload: Bytes::from(json!({"action": "chatter"}).to_string()),
+            ..Invocation::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.log_tail, None);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_log_tail_is_the_last_4_kb() {
+    let rt = Runtime::new(vec![prober("chat", &[], None)], RuntimeOptions::default());
+    let out = invoke(&rt, "chat", json!({"action": "chatter", "lines": 500}))
+        .await
+        .unwrap();
+    let tail = out.log_tail.unwrap();
+    assert!(tail.len() <= 4096 && tail.len() > 3900, "{}", tail.len());
+    assert!(tail.contains("line 499 of"));
+    assert!(
+        tail.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("REPORT")
     );
     rt.shutdown().await;
 }

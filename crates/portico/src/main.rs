@@ -7,9 +7,11 @@
 //! - `topology`: the validated config turned into what each tier runs;
 //! - `up`: `portico up`: binding, wiring the tiers together, and the shutdown sequence;
 //! - `banner`: what `portico up` prints at start (static addresses and routes);
-//! - `signals`: SIGINT/SIGTERM as a future.
+//! - `signals`: SIGINT/SIGTERM as a future;
+//! - `client`: `portico invoke` and `portico logs`, talking to a running portico.
 
 mod banner;
+mod client;
 mod signals;
 mod topology;
 mod up;
@@ -42,6 +44,47 @@ enum Command {
         /// The topology file.
         file: PathBuf,
     },
+    /// Invoke FUNCTION on a running portico and print its reply.
+    Invoke {
+        /// The function's name or ARN.
+        function: String,
+        /// The event, as JSON. Default `{}`.
+        #[arg(long)]
+        payload: Option<String>,
+        /// Also print the end of the invocation's log (up to 4 KB) to stderr.
+        #[arg(long)]
+        tail: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print FUNCTION's recent log lines from a running portico.
+    Logs {
+        /// The function's name.
+        function: String,
+        /// Keep printing new lines as they are written.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which running portico a client command talks to.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The Invoke API's URL, e.g. `http://127.0.0.1:9001`.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// The topology file the running portico was started with (for its `[invoke_api]`);
+    /// default: the embedded demo.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl Target {
+    fn api(&self) -> anyhow::Result<std::net::SocketAddr> {
+        client::endpoint(self.endpoint.as_deref(), self.config.as_deref())
+    }
 }
 
 fn main() -> ExitCode {
@@ -73,23 +116,46 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(error) => {
-                    eprintln!("cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(up::run(config, base_dir)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("portico: {error:#}");
-                    ExitCode::FAILURE
-                }
+            run_async(up::run(config, base_dir))
+        }
+        Command::Invoke {
+            function,
+            payload,
+            tail,
+            target,
+        } => run_async(async move {
+            let invoked =
+                client::invoke(target.api()?, &function, payload.as_deref(), tail).await?;
+            if invoked.function_failed {
+                anyhow::bail!("the invocation failed");
             }
+            Ok(())
+        }),
+        Command::Logs {
+            function,
+            follow,
+            target,
+        } => run_async(async move { client::logs(target.api()?, &function, follow).await }),
+    }
+}
+
+/// Runs `work` on a multi-threaded tokio runtime; an error is printed and fails the process.
+fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("portico: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

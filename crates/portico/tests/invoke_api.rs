@@ -122,6 +122,48 @@ fn aws_cli_invokes_lists_and_gets_functions() {
     );
     assert_eq!(c["Environment"]["Variables"]["STAGE"], "test");
 
+    // The log tail and the client context (base64 JSON on the wire, JSON for the function).
+    let out = aws(
+        &endpoint,
+        &[
+            "invoke",
+            "--function-name",
+            "echo",
+            "--log-type",
+            "Tail",
+            "--client-context",
+            "eyJjdXN0b20iOnsidXNlciI6ImFkYSJ9fQ==", // {"custom":{"user":"ada"}}
+            outfile,
+        ],
+    );
+    let meta = stdout_json(&out);
+    let reply: Value = serde_json::from_slice(&std::fs::read(outfile).unwrap()).unwrap();
+    assert_eq!(reply["client_context"], json!({"user": "ada"}));
+    let id = reply["request_id"].as_str().unwrap();
+    let log = base64_decode(meta["LogResult"].as_str().unwrap());
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], format!("START RequestId: {id} Version: $LATEST"));
+    assert_eq!(lines[1], format!("echo: handling {id}"));
+    assert_eq!(lines[2], format!("END RequestId: {id}"));
+    assert!(lines[3].starts_with(&format!("REPORT RequestId: {id}\tDuration: ")));
+
+    let out = aws(
+        &endpoint,
+        &[
+            "invoke",
+            "--function-name",
+            "echo",
+            "--client-context",
+            "bm90IGpzb24=", // "not json"
+            outfile,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("InvalidRequestContentException"),
+        "{stderr}"
+    );
+
     let out = aws(&endpoint, &["invoke", "--function-name", "nope", outfile]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -129,6 +171,95 @@ fn aws_cli_invokes_lists_and_gets_functions() {
         stderr.contains("ResourceNotFoundException") && stderr.contains("function:nope"),
         "{stderr}"
     );
+}
+
+fn base64_decode(text: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
+            text,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn portico_invoke_and_logs_talk_to_a_running_portico() {
+    let portico = Portico::start(&config());
+    let endpoint = format!("http://{}", portico.invoke_api.unwrap());
+    let cli = |args: &[&str]| {
+        Command::new(portico_bin())
+            .args(args)
+            .args(["--endpoint", &endpoint])
+            .output()
+            .unwrap()
+    };
+
+    let out = cli(&["invoke", "echo", "--payload", r#"{"n":7}"#, "--tail"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["echo"], json!({"n": 7}));
+    let id = reply["request_id"].as_str().unwrap().to_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("START RequestId: {id}")),
+        "{stderr}"
+    );
+
+    let out = cli(&["invoke", "echo", "--payload", r#"{"fail":"nope"}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["errorMessage"], "nope");
+
+    let out = cli(&["invoke", "ghost"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ResourceNotFoundException"));
+    let out = cli(&["invoke", "echo", "--payload", "{not json"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--payload must be JSON"));
+
+    // The log so far: both invocations, each framed by START and REPORT.
+    let out = cli(&["logs", "echo"]);
+    assert!(out.status.success());
+    let log = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(log.matches("\tSTART RequestId: ").count(), 2, "{log}");
+    assert!(log.contains(&format!("\techo: handling {id}\n")), "{log}");
+    assert_eq!(log.matches("\tREPORT RequestId: ").count(), 2, "{log}");
+
+    // --follow: the recent lines at once, then new ones as they come.
+    let mut follow = Command::new(portico_bin())
+        .args(["logs", "echo", "--follow", "--endpoint", &endpoint])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let old: Vec<String> = (0..log.lines().count()).map(|_| next()).collect();
+    assert_eq!(old.join("\n") + "\n", log);
+    let out = cli(&["invoke", "echo", "--payload", r#"{"n":8}"#]);
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_id = reply["request_id"].as_str().unwrap().to_owned();
+    assert!(next().ends_with(&format!("\tSTART RequestId: {new_id} Version: $LATEST")));
+    assert!(next().ends_with(&format!("\techo: handling {new_id}")));
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    let out = cli(&["logs", "ghost"]);
+    assert!(!out.status.success());
 }
 
 #[test]

@@ -68,6 +68,16 @@ while True:
             call("POST", "invocation/%s/error" % rid, json.dumps({"errorMessage": "flaky", "errorType": "Flaky"}).encode())
         else:
             call("POST", "invocation/%s/response" % rid, b'"ok"')
+    elif action == "chatter":
+        # Lines on both streams, right before the reply: none may land after END.
+        import sys
+        for i in range(event.get("lines", 3)):
+            stream = sys.stdout if i % 2 == 0 else sys.stderr
+            stream.write("line %d of %s\n" % (i, rid))
+            stream.flush()
+        sys.stdout.write("no line break")
+        sys.stdout.flush()
+        call("POST", "invocation/%s/response" % rid, b'"chatted"')
     elif action == "report":
         call("POST", "invocation/%s/response" % rid, json.dumps({"seen": seen, "pid": os.getpid()}).encode())
     else:

@@ -1,0 +1,167 @@
+//! `portico invoke` and `portico logs`: the command-line side of a running portico's Invoke
+//! API.
+//!
+//! The API's address comes from `--endpoint`, or from the `[invoke_api]` section of the
+//! topology file given with `--config` (the embedded demo's when neither is given).
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use tokio::net::TcpStream;
+
+/// Where the Invoke API of a running portico listens.
+pub(crate) fn endpoint(
+    endpoint: Option<&str>,
+    config: Option<&Path>,
+) -> anyhow::Result<SocketAddr> {
+    if let Some(url) = endpoint {
+        let authority = url
+            .strip_prefix("http://")
+            .unwrap_or(url)
+            .trim_end_matches('/');
+        return authority
+            .parse()
+            .with_context(|| format!("--endpoint {url:?}: expected http://ADDRESS:PORT"));
+    }
+    let config = match config {
+        Some(path) => portico_config::load_file(path)?,
+        None => portico_config::parse(crate::topology::DEFAULT_CONFIG, "embedded default")?,
+    };
+    let api = &config.invoke_api;
+    if !api.enabled {
+        bail!("the topology has its Invoke API disabled ([invoke_api] enabled = false)");
+    }
+    if api.port.0 == 0 {
+        bail!("the topology's Invoke API port is chosen at start (0): pass --endpoint");
+    }
+    // A wildcard bind is reached on loopback.
+    let ip = match api.address {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Ok(SocketAddr::new(ip, api.port.0))
+}
+
+/// What `portico invoke` prints and how it ends.
+pub(crate) struct Invoked {
+    /// The function failed (`X-Amz-Function-Error`).
+    pub(crate) function_failed: bool,
+}
+
+/// Invokes `function` synchronously with `payload` and writes its reply to stdout, and with
+/// `tail` the end of its log to stderr.
+pub(crate) async fn invoke(
+    api: SocketAddr,
+    function: &str,
+    payload: Option<&str>,
+    tail: bool,
+) -> anyhow::Result<Invoked> {
+    let payload = payload.unwrap_or("{}");
+    serde_json::from_str::<serde::de::IgnoredAny>(payload).context("--payload must be JSON")?;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/2015-03-31/functions/{function}/invocations"))
+        .header(http::header::HOST, api.to_string())
+        .header("X-Amz-Invocation-Type", "RequestResponse")
+        .header("X-Amz-Log-Type", if tail { "Tail" } else { "None" })
+        .body(Full::new(Bytes::from(payload.to_owned())))?;
+    let response = send(api, request).await?;
+    let status = response.status();
+    let function_error = response
+        .headers()
+        .get("X-Amz-Function-Error")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let log = response
+        .headers()
+        .get("X-Amz-Log-Result")
+        .and_then(|v| BASE64.decode(v.as_bytes()).ok());
+    let refusal = refusal(&response);
+    let body = response.into_body().collect().await?.to_bytes();
+    if status != StatusCode::OK {
+        bail!("{refusal}{}", message(&body));
+    }
+    if let Some(log) = log {
+        std::io::stderr().write_all(&log)?;
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&body)?;
+    out.write_all(b"\n")?;
+    if let Some(kind) = &function_error {
+        eprintln!("portico: function {function} failed ({kind})");
+    }
+    Ok(Invoked {
+        function_failed: function_error.is_some(),
+    })
+}
+
+/// Writes `function`'s recent log to stdout; with `follow`, keeps writing new lines until
+/// the server goes away.
+pub(crate) async fn logs(api: SocketAddr, function: &str, follow: bool) -> anyhow::Result<()> {
+    let request = Request::builder()
+        .uri(format!(
+            "/portico/v1/functions/{function}/logs{}",
+            if follow { "?follow=true" } else { "" }
+        ))
+        .header(http::header::HOST, api.to_string())
+        .body(Full::new(Bytes::new()))?;
+    let response = send(api, request).await?;
+    let status = response.status();
+    let refusal = refusal(&response);
+    let mut body = response.into_body();
+    if status != StatusCode::OK {
+        let text = body.collect().await?.to_bytes();
+        bail!("{refusal}{}", message(&text));
+    }
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&data)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// `STATUS ExceptionName: ` of an AWS error answer.
+fn refusal(response: &http::Response<Incoming>) -> String {
+    let kind = response
+        .headers()
+        .get("x-amzn-ErrorType")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("error");
+    format!("{} {kind}: ", response.status().as_u16())
+}
+
+/// The `message` of an AWS error document, or the body as text.
+fn message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|doc| doc.get("message")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim_end().to_owned())
+}
+
+async fn send(
+    api: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<http::Response<Incoming>> {
+    let stream = TcpStream::connect(api)
+        .await
+        .with_context(|| format!("cannot reach the Invoke API at {api}: is portico up?"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, "invoke API connection ended");
+        }
+    });
+    Ok(sender.send_request(request).await?)
+}
