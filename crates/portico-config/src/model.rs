@@ -280,16 +280,19 @@ pub struct Function {
     /// The runtime. Default `provided`.
     #[serde(default)]
     pub runtime: FunctionRuntime,
-    /// Code directory holding an executable `bootstrap` (Lambda's layout). Relative paths are
-    /// relative to the config file.
+    /// The function's code: a directory or a `.zip` deployment package (Lambda's layout:
+    /// `bootstrap` at the top for `provided`, the handler's module for the others). Relative
+    /// paths are relative to the config file.
     #[serde(default)]
     pub code: Option<String>,
-    /// Or: the program to run and its arguments, instead of `code`/`bootstrap`.
+    /// Or, for `provided` only: the program to run and its arguments, instead of
+    /// `code`/`bootstrap`.
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// `_HANDLER` for the runtime. Default `bootstrap`.
-    #[serde(default = "default_handler")]
-    pub handler: String,
+    /// `_HANDLER`: `module.function` for Python and Node.js (required there); default
+    /// `bootstrap` for `provided`.
+    #[serde(default)]
+    pub handler: Option<String>,
     /// Memory in MB, 128–10240. Default 128.
     #[serde(default = "default_memory")]
     pub memory_size_mb: u32,
@@ -304,9 +307,6 @@ pub struct Function {
     pub environment: BTreeMap<String, String>,
 }
 
-fn default_handler() -> String {
-    "bootstrap".to_owned()
-}
 fn default_memory() -> u32 {
     128
 }
@@ -314,13 +314,83 @@ fn default_timeout() -> u32 {
     3
 }
 
-/// A function runtime.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+impl Function {
+    /// `_HANDLER`: the configured one, or `bootstrap` for `provided`.
+    pub fn handler(&self) -> &str {
+        self.handler.as_deref().unwrap_or("bootstrap")
+    }
+}
+
+/// A function runtime, by Lambda's identifier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum FunctionRuntime {
-    /// OS-only runtime: run `bootstrap`, which speaks the Runtime API itself.
+    /// OS-only runtime (`provided`, `provided.al2`, `provided.al2023`): run `bootstrap`,
+    /// which speaks the Runtime API itself.
     #[default]
-    #[serde(rename = "provided", alias = "provided.al2", alias = "provided.al2023")]
     Provided,
+    /// `python3.N`, run through the official `awslambdaric` client.
+    Python {
+        /// `N`.
+        minor: u8,
+    },
+    /// `nodejsN.x`, run through the official `aws-lambda-ric` client.
+    Nodejs {
+        /// `N`.
+        major: u8,
+    },
+}
+
+/// Python versions Lambda has runtimes for.
+pub const PYTHON_MINORS: std::ops::RangeInclusive<u8> = 9..=14;
+/// Node.js versions Lambda has runtimes for.
+pub const NODEJS_MAJORS: [u8; 4] = [18, 20, 22, 24];
+
+impl FunctionRuntime {
+    /// Parses Lambda's runtime identifier.
+    pub fn parse(id: &str) -> Option<Self> {
+        if matches!(id, "provided" | "provided.al2" | "provided.al2023") {
+            return Some(Self::Provided);
+        }
+        if let Some(minor) = id.strip_prefix("python3.") {
+            let minor: u8 = minor.parse().ok()?;
+            return PYTHON_MINORS
+                .contains(&minor)
+                .then_some(Self::Python { minor });
+        }
+        let major: u8 = id
+            .strip_prefix("nodejs")?
+            .strip_suffix(".x")?
+            .parse()
+            .ok()?;
+        NODEJS_MAJORS
+            .contains(&major)
+            .then_some(Self::Nodejs { major })
+    }
+}
+
+impl fmt::Display for FunctionRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Provided => f.write_str("provided"),
+            Self::Python { minor } => write!(f, "python3.{minor}"),
+            Self::Nodejs { major } => write!(f, "nodejs{major}.x"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FunctionRuntime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let id = String::deserialize(d)?;
+        Self::parse(&id).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown runtime {id:?}: expected provided, provided.al2, provided.al2023, \
+                 python3.{}-python3.{} or nodejs{{{}}}.x",
+                PYTHON_MINORS.start(),
+                PYTHON_MINORS.end(),
+                NODEJS_MAJORS.map(|m| m.to_string()).join(",")
+            ))
+        })
+    }
 }
 
 /// A TCP port; `0` asks the OS for a free one.

@@ -4,7 +4,9 @@
 //! (function names, timeouts, memory, reserved environment variables, target group names).
 
 use crate::error::ConfigError;
-use crate::model::{Accelerator, Action, Config, Function, LoadBalancer, TargetGroup};
+use crate::model::{
+    Accelerator, Action, Config, Function, FunctionRuntime, LoadBalancer, TargetGroup,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
@@ -210,16 +212,40 @@ impl Validator {
         {
             self.err(&path, "a function name is 1-64 letters, digits, `-` or `_`");
         }
-        match (&f.code, &f.command) {
-            (Some(_), None) => {}
-            (None, Some(cmd)) if cmd.is_empty() => {
+        match (f.runtime, &f.code, &f.command) {
+            (_, Some(code), None) if code.is_empty() => self.err(
+                format!("{path}.code"),
+                "must name a directory or a .zip file",
+            ),
+            (_, Some(_), None) => {}
+            (FunctionRuntime::Provided, None, Some(cmd)) if cmd.is_empty() => {
                 self.err(format!("{path}.command"), "must name a program")
             }
-            (None, Some(_)) => {}
-            _ => self.err(
+            (FunctionRuntime::Provided, None, Some(_)) => {}
+            (FunctionRuntime::Provided, _, _) => self.err(
                 &path,
-                "set exactly one of `code` (a directory with `bootstrap`) or `command`",
+                "set exactly one of `code` (a directory or .zip with `bootstrap`) or `command`",
             ),
+            (runtime, _, Some(_)) => self.err(
+                format!("{path}.command"),
+                format!("is for the provided runtime; {runtime} runs `code` with its handler"),
+            ),
+            (runtime, None, None) => self.err(
+                format!("{path}.code"),
+                format!("{runtime} needs `code`: a directory or a .zip file"),
+            ),
+        }
+        if f.runtime != FunctionRuntime::Provided {
+            let valid = f.handler.as_deref().is_some_and(|h| {
+                h.rsplit_once('.')
+                    .is_some_and(|(module, function)| !module.is_empty() && !function.is_empty())
+            });
+            if !valid {
+                self.err(
+                    format!("{path}.handler"),
+                    format!("{} needs a handler `module.function`", f.runtime),
+                );
+            }
         }
         self.range(
             format!("{path}.timeout_seconds"),

@@ -62,7 +62,7 @@ fn defaults_are_lambdas() {
     let c = parse("[functions.f]\ncommand = [\"/bin/true\"]\n", "t").unwrap();
     let f = &c.functions["f"];
     assert_eq!(
-        (f.timeout_seconds, f.memory_size_mb, f.handler.as_str()),
+        (f.timeout_seconds, f.memory_size_mb, f.handler()),
         (3, 128, "bootstrap")
     );
 }

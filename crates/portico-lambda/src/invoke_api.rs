@@ -370,7 +370,7 @@ fn configuration(spec: &FunctionSpec) -> Value {
     json!({
         "FunctionName": spec.name,
         "FunctionArn": spec.arn(),
-        "Runtime": "provided",
+        "Runtime": spec.runtime,
         "Handler": spec.handler,
         "MemorySize": spec.memory_size_mb,
         "Timeout": spec.timeout.as_secs(),

@@ -14,6 +14,8 @@
 //! - `exchange`: the hand-off of an invocation between the invoker and the Runtime API;
 //! - `runtime_api`: the HTTP routes of the 2018-06-01 Runtime API;
 //! - [`invoke_api`]: the Lambda Invoke API (2015-03-31) for the AWS CLI and SDKs;
+//! - [`launch`]: how a function of each runtime (`provided`, `python3.N`, `nodejsN.x`) starts;
+//! - [`package`]: `.zip` deployment packages, unpacked once into a content-keyed cache;
 //! - `process`: spawning, signalling and reaping the function's process group;
 //! - [`logs`]: capturing function output, Lambda's START/END/REPORT lines, each function's
 //!   recent log and its followers.
@@ -21,7 +23,9 @@
 mod environment;
 mod exchange;
 pub mod invoke_api;
+pub mod launch;
 pub mod logs;
+pub mod package;
 mod pool;
 mod process;
 pub mod runtime;

@@ -36,6 +36,7 @@ pub(crate) fn spawn(
         .current_dir(&spec.task_root)
         .env_clear()
         .envs(lambda_environment(spec, api))
+        .envs(spec.runtime_environment.iter().map(|(k, v)| (k, v)))
         .envs(&spec.environment)
         .stdin(Stdio::null())
         .stdout(Stdio::from(writer.try_clone()?))

@@ -23,6 +23,10 @@ pub struct FunctionSpec {
     pub task_root: PathBuf,
     /// `_HANDLER`.
     pub handler: String,
+    /// Lambda's runtime identifier, e.g. `provided.al2023` or `python3.12`.
+    pub runtime: String,
+    /// Variables the runtime needs (e.g. `PYTHONPATH`), set before the user's own.
+    pub runtime_environment: Vec<(String, String)>,
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, in MB.
     pub memory_size_mb: u32,
     /// How long one invocation may run.

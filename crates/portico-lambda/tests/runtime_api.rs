@@ -28,6 +28,8 @@ fn prober(name: &str, env: &[(&str, &str)], reserved: Option<usize>) -> Function
         args: vec![dir.join("prober.py").display().to_string()],
         task_root: dir,
         handler: "prober.handler".into(),
+        runtime: "provided".into(),
+        runtime_environment: Vec::new(),
         memory_size_mb: 256,
         timeout: Duration::from_secs(5),
         init_timeout: Duration::from_secs(10),

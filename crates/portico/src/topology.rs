@@ -1,11 +1,13 @@
 //! The validated configuration turned into what each tier runs.
 //!
-//! Pure conversions, no sockets: paths are resolved against the config file's directory,
-//! `{portico_bin_dir}` against the running binary's, and target groups get their ARNs.
+//! No sockets: paths are resolved against the config file's directory, `{portico_bin_dir}`
+//! against the running binary's, target groups get their ARNs, `.zip` packages are unpacked
+//! into the code cache and each runtime's interpreter is found.
 
+use anyhow::Context;
 use portico_alb::LambdaTargetGroup;
-use portico_config::{Config, Function};
-use portico_lambda::FunctionSpec;
+use portico_config::{Config, Function, FunctionRuntime};
+use portico_lambda::{FunctionSpec, launch};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,44 +26,74 @@ pub(crate) fn base_dir(config_file: &Path) -> PathBuf {
 }
 
 /// Every function of `config`, ready for the runtime.
-pub(crate) fn function_specs(config: &Config, base: &Path) -> Vec<FunctionSpec> {
+pub(crate) fn function_specs(config: &Config, base: &Path) -> anyhow::Result<Vec<FunctionSpec>> {
+    let cache = portico_lambda::package::default_cache_dir();
     config
         .functions
         .iter()
-        .map(|(name, f)| function_spec(name, f, base))
+        .map(|(name, f)| {
+            function_spec(name, f, base, &cache).with_context(|| format!("function {name}"))
+        })
         .collect()
 }
 
-fn function_spec(name: &str, f: &Function, base: &Path) -> FunctionSpec {
-    let (program, args, task_root) = match (&f.code, &f.command) {
-        (Some(code), _) => {
-            let dir = resolve(code, base);
-            (dir.join("bootstrap"), Vec::new(), dir)
-        }
-        (None, Some(cmd)) => {
-            let program = cmd.first().map(|p| resolve(p, base)).unwrap_or_default();
-            let root = program
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| base.to_owned());
-            (program, cmd.iter().skip(1).cloned().collect(), root)
-        }
+fn function_spec(
+    name: &str,
+    f: &Function,
+    base: &Path,
+    cache: &Path,
+) -> anyhow::Result<FunctionSpec> {
+    let task_root = match (&f.code, &f.command) {
+        (Some(code), _) => code_dir(&resolve(code, base), cache)?,
+        (None, Some(cmd)) => cmd
+            .first()
+            .and_then(|p| resolve(p, base).parent().map(Path::to_path_buf))
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| base.to_owned()),
         // Validation guarantees one of the two.
-        (None, None) => (PathBuf::new(), Vec::new(), base.to_owned()),
+        (None, None) => base.to_owned(),
     };
-    FunctionSpec {
+    let launch = match (f.runtime, &f.command) {
+        (FunctionRuntime::Provided, Some(cmd)) => launch::Launch {
+            program: cmd.first().map(|p| resolve(p, base)).unwrap_or_default(),
+            args: cmd.iter().skip(1).cloned().collect(),
+            environment: Vec::new(),
+        },
+        (FunctionRuntime::Provided, None) => launch::Launch {
+            program: task_root.join("bootstrap"),
+            args: Vec::new(),
+            environment: Vec::new(),
+        },
+        (FunctionRuntime::Python { minor }, _) => launch::python(minor, f.handler(), &task_root)?,
+        (FunctionRuntime::Nodejs { major }, _) => launch::nodejs(major, f.handler(), &task_root)?,
+    };
+    Ok(FunctionSpec {
         name: name.to_owned(),
-        program,
-        args,
+        program: launch.program,
+        args: launch.args,
         task_root,
-        handler: f.handler.clone(),
+        handler: f.handler().to_owned(),
+        runtime: f.runtime.to_string(),
+        runtime_environment: launch.environment,
         memory_size_mb: f.memory_size_mb,
         timeout: Duration::from_secs(u64::from(f.timeout_seconds)),
         init_timeout: portico_lambda::spec::DEFAULT_INIT_TIMEOUT,
         reserved_concurrency: f.reserved_concurrency.map(|n| n as usize),
         environment: f.environment.clone(),
         region: REGION.to_owned(),
+    })
+}
+
+/// The directory a function's code is in: `code` itself, or the unpacked `.zip` it names.
+fn code_dir(code: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
+    if code.is_file()
+        && code
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("zip"))
+    {
+        return Ok(portico_lambda::package::unpack(code, cache)?);
     }
+    Ok(code.to_owned())
 }
 
 /// Expands `{portico_bin_dir}` and makes relative paths relative to `base`. A bare name

@@ -41,7 +41,7 @@ struct BoundListener {
 /// Runs `config` until SIGINT or SIGTERM.
 pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(
-        topology::function_specs(&config, &base),
+        topology::function_specs(&config, &base)?,
         RuntimeOptions {
             max_concurrency: config.runtime.max_concurrency as usize,
             idle_timeout: Duration::from_secs(u64::from(

@@ -1,0 +1,168 @@
+//! How a function of each Lambda runtime is started.
+//!
+//! - `provided`: the code's `bootstrap` (or a configured command) speaks the Runtime API itself.
+//! - `python3.N`: the official runtime interface client, `python -m awslambdaric HANDLER`, with
+//!   the code directory as working directory and on `PYTHONPATH`. The interpreter is
+//!   `python3.N` when the machine has it, else `python3`; it is resolved once, at start, to
+//!   the real executable (so that pyenv shims and virtualenvs work in Lambda's cleared
+//!   environment), and a missing `awslambdaric` is reported then, not at the first request.
+//! - `nodejsN.x`: the official `aws-lambda-ric` client with the handler, from the code's own
+//!   `node_modules` or a global install.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The program, arguments and runtime-specific variables that start one function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Variables the runtime needs besides Lambda's own (the user's come after these).
+    pub environment: Vec<(String, String)>,
+}
+
+/// Why a runtime cannot start functions on this machine.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// No interpreter for the runtime was found.
+    #[error("{runtime}: none of {tried} was found on PATH")]
+    NoInterpreter {
+        /// The runtime, e.g. `python3.12`.
+        runtime: String,
+        /// The programs looked for.
+        tried: String,
+    },
+    /// The interpreter is there but the runtime interface client is not.
+    #[error("{runtime}: {interpreter} cannot load {client}; install it with `{install}`")]
+    NoClient {
+        /// The runtime.
+        runtime: String,
+        /// The interpreter that was asked.
+        interpreter: String,
+        /// The client, e.g. `awslambdaric`.
+        client: &'static str,
+        /// The command that installs it.
+        install: &'static str,
+    },
+}
+
+/// The launch of a `python3.{minor}` function with `handler` in `task_root`.
+pub fn python(minor: u8, handler: &str, task_root: &Path) -> Result<Launch, LaunchError> {
+    let runtime = format!("python3.{minor}");
+    let candidates = [runtime.clone(), "python3".to_owned()];
+    let probe = "import sys, awslambdaric; print(sys.executable)";
+    let mut unusable = None;
+    for candidate in &candidates {
+        let out = match Command::new(candidate).args(["-c", probe]).output() {
+            Ok(out) => out,
+            Err(_) => continue,
+        };
+        let executable = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || executable.is_empty() {
+            unusable.get_or_insert_with(|| candidate.clone());
+            continue;
+        }
+        if candidate != &runtime {
+            tracing::warn!(
+                runtime,
+                interpreter = executable,
+                "no {runtime} on this machine; running the function with python3"
+            );
+        }
+        let root = task_root.display().to_string();
+        return Ok(Launch {
+            program: PathBuf::from(executable),
+            args: vec!["-m".into(), "awslambdaric".into(), handler.to_owned()],
+            environment: vec![("PYTHONPATH".into(), root)],
+        });
+    }
+    Err(match unusable {
+        Some(interpreter) => LaunchError::NoClient {
+            runtime,
+            interpreter,
+            client: "awslambdaric",
+            install: "python3 -m pip install awslambdaric",
+        },
+        None => LaunchError::NoInterpreter {
+            runtime,
+            tried: candidates.join(", "),
+        },
+    })
+}
+
+/// The launch of a `nodejs{major}.x` function with `handler` in `task_root`.
+pub fn nodejs(major: u8, handler: &str, task_root: &Path) -> Result<Launch, LaunchError> {
+    let runtime = format!("nodejs{major}.x");
+    if Command::new("node").arg("--version").output().is_err() {
+        return Err(LaunchError::NoInterpreter {
+            runtime,
+            tried: "node".into(),
+        });
+    }
+    let local = task_root.join("node_modules/.bin/aws-lambda-ric");
+    let client = if local.exists() {
+        Some(local)
+    } else {
+        find_on_path("aws-lambda-ric")
+    };
+    let Some(client) = client else {
+        return Err(LaunchError::NoClient {
+            runtime,
+            interpreter: "node".into(),
+            client: "aws-lambda-ric",
+            install: "npm install aws-lambda-ric",
+        });
+    };
+    Ok(Launch {
+        program: client,
+        args: vec![handler.to_owned()],
+        environment: vec![(
+            "NODE_PATH".into(),
+            task_root.join("node_modules").display().to_string(),
+        )],
+    })
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_resolves_the_real_interpreter() {
+        // scripts/test installs awslambdaric.
+        let launch = python(12, "app.handler", Path::new("/var/task")).unwrap();
+        assert!(launch.program.is_absolute(), "{launch:?}");
+        assert!(
+            !launch.program.to_string_lossy().contains("shims"),
+            "{launch:?}"
+        );
+        assert_eq!(launch.args, ["-m", "awslambdaric", "app.handler"]);
+        assert_eq!(
+            launch.environment,
+            [("PYTHONPATH".to_owned(), "/var/task".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_missing_client_names_the_install_command() {
+        let err = LaunchError::NoClient {
+            runtime: "python3.12".into(),
+            interpreter: "python3".into(),
+            client: "awslambdaric",
+            install: "python3 -m pip install awslambdaric",
+        };
+        assert_eq!(
+            err.to_string(),
+            "python3.12: python3 cannot load awslambdaric; install it with `python3 -m pip install awslambdaric`"
+        );
+    }
+}

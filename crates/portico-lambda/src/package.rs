@@ -1,0 +1,316 @@
+//! `.zip` deployment packages, unpacked once into a cache keyed by their content.
+//!
+//! A package is unpacked into `CACHE/<sha256 of the zip>/`. The unpacking goes to a
+//! temporary directory next to it that is renamed into place when complete, so a crash
+//! halfway never leaves a broken tree behind, and a package already unpacked is not unpacked
+//! again, however many times portico starts. Lambda's limit on the unzipped size (250 MB) is
+//! enforced while unpacking, so a zip bomb stops at the limit; entries that would land
+//! outside the directory (`../`, absolute paths) are refused; Unix permissions (the
+//! executable bit of `bootstrap`) are kept.
+
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Lambda's limit on a deployment package's unzipped size.
+pub const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
+
+/// Why a package could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    /// The zip file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The package.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The file is not a valid zip archive.
+    #[error("{path} is not a valid zip archive: {source}")]
+    Invalid {
+        /// The package.
+        path: PathBuf,
+        /// What the zip reader said.
+        source: zip::result::ZipError,
+    },
+    /// An entry's name would put it outside the code directory.
+    #[error("{path}: entry {entry:?} would be written outside the code directory")]
+    UnsafeEntry {
+        /// The package.
+        path: PathBuf,
+        /// The entry's name.
+        entry: String,
+    },
+    /// Unzipped, the package is over Lambda's limit.
+    #[error("{path}: unzipped size is over Lambda's limit of {limit} bytes")]
+    TooLarge {
+        /// The package.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
+    /// The cache directory could not be written.
+    #[error("cannot unpack into {dir}: {source}")]
+    Cache {
+        /// Where the package was being unpacked.
+        dir: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+}
+
+/// Unpacks the zip at `package` into `cache` (once) and returns the directory holding its
+/// files.
+pub fn unpack(package: &Path, cache: &Path) -> Result<PathBuf, PackageError> {
+    unpack_limited(package, cache, MAX_UNZIPPED_BYTES)
+}
+
+fn unpack_limited(package: &Path, cache: &Path, limit: u64) -> Result<PathBuf, PackageError> {
+    let read_err = |source| PackageError::Read {
+        path: package.to_owned(),
+        source,
+    };
+    let digest = {
+        let mut file = File::open(package).map_err(read_err)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(read_err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        hasher.finalize()
+    };
+    let key: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let target = cache.join(&key);
+    if target.is_dir() {
+        return Ok(target);
+    }
+    let cache_err = |dir: &Path| {
+        let dir = dir.to_owned();
+        move |source| PackageError::Cache { dir, source }
+    };
+    fs::create_dir_all(cache).map_err(cache_err(cache))?;
+    let staging = cache.join(format!(".{key}.{}.partial", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir(&staging).map_err(cache_err(&staging))?;
+    let extracted = extract(package, &staging, limit);
+    if let Err(error) = extracted {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(error);
+    }
+    match fs::rename(&staging, &target) {
+        Ok(()) => Ok(target),
+        // Another portico unpacked the same package first: theirs is as good as ours.
+        Err(_) if target.is_dir() => {
+            let _ = fs::remove_dir_all(&staging);
+            Ok(target)
+        }
+        Err(source) => {
+            let _ = fs::remove_dir_all(&staging);
+            Err(PackageError::Cache {
+                dir: target,
+                source,
+            })
+        }
+    }
+}
+
+fn extract(package: &Path, into: &Path, limit: u64) -> Result<(), PackageError> {
+    let file = File::open(package).map_err(|source| PackageError::Read {
+        path: package.to_owned(),
+        source,
+    })?;
+    let invalid = |source| PackageError::Invalid {
+        path: package.to_owned(),
+        source,
+    };
+    let mut archive = zip::ZipArchive::new(file).map_err(invalid)?;
+    let mut written: u64 = 0;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(invalid)?;
+        let unsafe_entry = |entry: &zip::read::ZipFile<'_, File>| PackageError::UnsafeEntry {
+            path: package.to_owned(),
+            entry: entry.name().to_owned(),
+        };
+        let Some(relative) = entry.enclosed_name() else {
+            return Err(unsafe_entry(&entry));
+        };
+        if entry.is_symlink() {
+            return Err(unsafe_entry(&entry));
+        }
+        let dest = into.join(relative);
+        let cache_err = |source| PackageError::Cache {
+            dir: dest.clone(),
+            source,
+        };
+        if entry.is_dir() {
+            fs::create_dir_all(&dest).map_err(cache_err)?;
+            continue;
+        }
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(cache_err)?;
+        }
+        let mut out = File::create(&dest).map_err(cache_err)?;
+        // One byte more than the budget left tells an entry over the limit from one at it.
+        let budget = limit - written;
+        let copied =
+            io::copy(&mut (&mut entry).take(budget + 1), &mut out).map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidData => invalid(zip::result::ZipError::Io(e)),
+                _ => cache_err(e),
+            })?;
+        if copied > budget {
+            return Err(PackageError::TooLarge {
+                path: package.to_owned(),
+                limit,
+            });
+        }
+        written += copied;
+        if let Some(mode) = entry.unix_mode() {
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode & 0o777))
+                .map_err(cache_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where packages are unpacked: `$XDG_CACHE_HOME/portico/code`, `~/.cache/portico/code`, or
+/// the temporary directory when neither is set.
+pub fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|home| PathBuf::from(home).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("portico").join("code")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "portico-package-{tag}-{}-{}",
+                std::process::id(),
+                unique()
+            ));
+            fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    fn unique() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    fn zip_of(path: &Path, entries: &[(&str, &[u8], u32)]) {
+        let mut w = zip::ZipWriter::new(File::create(path).unwrap());
+        for (name, data, mode) in entries {
+            let opts = SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored)
+                .unix_permissions(*mode);
+            w.start_file(*name, opts).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn unpacks_once_keeps_modes_and_reuses_the_cache() {
+        let d = Dir::new("ok");
+        let zip = d.0.join("fn.zip");
+        zip_of(
+            &zip,
+            &[
+                ("bootstrap", b"#!/bin/sh\n", 0o755),
+                ("lib/data.txt", b"data", 0o644),
+            ],
+        );
+        let cache = d.0.join("cache");
+        let dir = unpack(&zip, &cache).unwrap();
+        let mode = fs::metadata(dir.join("bootstrap"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(fs::read(dir.join("lib/data.txt")).unwrap(), b"data");
+        // Same content, same directory; nothing is unpacked again.
+        fs::write(dir.join("marker"), b"").unwrap();
+        assert_eq!(unpack(&zip, &cache).unwrap(), dir);
+        assert!(dir.join("marker").exists());
+        // No staging directory is left behind.
+        let entries: Vec<_> = fs::read_dir(&cache).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn bad_packages_are_refused_and_leave_nothing() {
+        let d = Dir::new("bad");
+        let cache = d.0.join("cache");
+
+        let garbage = d.0.join("garbage.zip");
+        fs::write(&garbage, b"this is not a zip file").unwrap();
+        assert!(matches!(
+            unpack(&garbage, &cache),
+            Err(PackageError::Invalid { .. })
+        ));
+
+        let missing = d.0.join("missing.zip");
+        assert!(matches!(
+            unpack(&missing, &cache),
+            Err(PackageError::Read { .. })
+        ));
+
+        let escape = d.0.join("escape.zip");
+        zip_of(&escape, &[("../evil", b"x", 0o644)]);
+        let err = unpack(&escape, &cache).unwrap_err();
+        assert!(
+            matches!(&err, PackageError::UnsafeEntry { entry, .. } if entry == "../evil"),
+            "{err}"
+        );
+        assert!(!d.0.join("evil").exists());
+
+        let big = d.0.join("big.zip");
+        zip_of(
+            &big,
+            &[("a", &[0u8; 600], 0o644), ("b", &[0u8; 600], 0o644)],
+        );
+        let err = unpack_limited(&big, &cache, 1000).unwrap_err();
+        assert!(
+            matches!(err, PackageError::TooLarge { limit: 1000, .. }),
+            "{err}"
+        );
+        // At the limit exactly is fine.
+        let at = d.0.join("at.zip");
+        zip_of(&at, &[("a", &[0u8; 500], 0o644), ("b", &[0u8; 500], 0o644)]);
+        unpack_limited(&at, &cache, 1000).unwrap();
+
+        let left: Vec<_> = fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(!left[0].starts_with('.'));
+    }
+}

@@ -1,0 +1,45 @@
+"""A Python function run by the official awslambdaric client: it reports what Lambda's
+context and environment told it, answers the load balancer like an ALB target, and fails on
+request."""
+
+import json
+import logging
+import os
+
+import helper  # A second module of the package: the code directory is importable.
+
+logger = logging.getLogger()
+logger.setLevel(logging.INFO)
+COLD = {"start": True}
+
+
+def handler(event, context):
+    cold = COLD["start"]
+    COLD["start"] = False
+    print("handling", context.aws_request_id)
+    logger.info("logged through logging")
+    if event.get("fail"):
+        raise ValueError(event["fail"])
+    report = {
+        "request_id": context.aws_request_id,
+        "function_name": context.function_name,
+        "memory_limit_in_mb": context.memory_limit_in_mb,
+        "invoked_function_arn": context.invoked_function_arn,
+        "remaining_ms_positive": context.get_remaining_time_in_millis() > 0,
+        "client_context": getattr(context.client_context, "custom", None),
+        "handler": os.environ.get("_HANDLER"),
+        "task_root": os.environ.get("LAMBDA_TASK_ROOT"),
+        "cwd": os.getcwd(),
+        "helper": helper.NAME,
+        "cold": cold,
+        "event": event,
+    }
+    if "requestContext" in event:  # Called by the load balancer.
+        return {
+            "statusCode": 201,
+            "statusDescription": "201 Created",
+            "headers": {"content-type": "application/json", "x-runtime": "python"},
+            "body": json.dumps(report),
+            "isBase64Encoded": False,
+        }
+    return report

@@ -1,0 +1,202 @@
+//! Lambda runtimes other than `provided`, run by their official clients: a Python function
+//! through `awslambdaric`, shipped as a `.zip` deployment package, behind the load balancer
+//! and through the Invoke API.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use support::*;
+
+fn pyapp_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/functions/pyapp"
+    ))
+}
+
+/// Zips the files of `dir` into `zip` with Python's zipfile (stdlib).
+fn zip_dir(dir: &Path, zip: &Path) {
+    let script = "import os, sys, zipfile\n\
+        src, dst = sys.argv[1], sys.argv[2]\n\
+        with zipfile.ZipFile(dst, 'w', zipfile.ZIP_DEFLATED) as z:\n\
+        \x20   for name in sorted(os.listdir(src)):\n\
+        \x20       if name.endswith('.py'): z.write(os.path.join(src, name), name)\n";
+    let status = Command::new(python())
+        .args(["-c", script, dir.to_str().unwrap(), zip.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Invokes `function` through the Invoke API with curl; returns the reply, the function
+/// error header and the decoded log tail.
+fn invoke(api: &str, function: &str, payload: &Value) -> (Value, Option<String>, String) {
+    let reply = curl(
+        None,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "X-Amz-Log-Type: Tail",
+            "-H",
+            "X-Amz-Client-Context: eyJjdXN0b20iOnsidXNlciI6ImFkYSJ9fQ==",
+            "--data-binary",
+            &payload.to_string(),
+            &format!("http://{api}/2015-03-31/functions/{function}/invocations"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let tail = reply
+        .header("X-Amz-Log-Result")
+        .map(|b64| {
+            let out = Command::new(python())
+                .args([
+                    "-c",
+                    "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
+                    b64,
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .unwrap_or_default();
+    (
+        reply.json(),
+        reply.header("X-Amz-Function-Error").map(str::to_owned),
+        tail,
+    )
+}
+
+#[test]
+fn a_python_zip_package_runs_under_awslambdaric() {
+    let scratch = Scratch::new("py");
+    let zip = scratch.0.join("pyapp.zip");
+    zip_dir(&pyapp_dir(), &zip);
+    let config = format!(
+        r#"
+[load_balancers.web]
+listeners = [{{ address = "127.0.0.1", port = 0, default_action = {{ type = "forward", target_group = "py" }} }}]
+
+[target_groups.py]
+target_type = "lambda"
+function = "py"
+
+[functions.py]
+runtime = "python3.11"
+code = "{zip}"
+handler = "app.handler"
+memory_size_mb = 512
+
+[functions.broken]
+runtime = "python3.11"
+code = "{dir}"
+handler = "broken.handler"
+
+[functions.no_module]
+runtime = "python3.11"
+code = "{dir}"
+handler = "nowhere.handler"
+
+[invoke_api]
+port = 0
+"#,
+        zip = zip.display(),
+        dir = pyapp_dir().display(),
+    );
+    let portico = Portico::start(&config);
+    let api = portico.invoke_api.unwrap().to_string();
+
+    let (reply, error, tail) = invoke(&api, "py", &json!({"n": 1}));
+    assert_eq!(error, None, "{reply}");
+    let id = reply["request_id"].as_str().unwrap();
+    assert_eq!(reply["function_name"], "py");
+    assert_eq!(reply["memory_limit_in_mb"], "512");
+    assert_eq!(
+        reply["invoked_function_arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:py"
+    );
+    assert_eq!(reply["remaining_ms_positive"], true);
+    assert_eq!(reply["client_context"], json!({"user": "ada"}));
+    assert_eq!(reply["handler"], "app.handler");
+    assert_eq!(reply["helper"], "helper");
+    assert_eq!(reply["cold"], true);
+    assert_eq!(reply["event"], json!({"n": 1}));
+    // The code runs from the unpacked package, in the content-keyed cache.
+    let task_root = reply["task_root"].as_str().unwrap();
+    assert_eq!(reply["cwd"], task_root);
+    assert!(task_root.contains("portico/code/"), "{task_root}");
+    assert!(Path::new(task_root).join("app.py").exists());
+    // print() and logging both reach the log, framed by START/END/REPORT.
+    assert!(
+        tail.starts_with(&format!("START RequestId: {id} Version: $LATEST\n")),
+        "{tail}"
+    );
+    assert!(tail.contains(&format!("handling {id}\n")), "{tail}");
+    assert!(tail.contains("logged through logging"), "{tail}");
+    assert!(tail.contains(&format!("END RequestId: {id}\n")), "{tail}");
+    assert!(
+        tail.contains(&format!("REPORT RequestId: {id}\t")),
+        "{tail}"
+    );
+    assert!(tail.contains("\tInit Duration: "), "{tail}");
+
+    // Warm: the same process answers.
+    let (reply, _, tail) = invoke(&api, "py", &json!({"n": 2}));
+    assert_eq!(reply["cold"], false);
+    assert!(!tail.contains("Init Duration"), "{tail}");
+
+    // A raised exception is the function's error, named by Python's type.
+    let (reply, error, _) = invoke(&api, "py", &json!({"fail": "bad input"}));
+    assert_eq!(error.as_deref(), Some("Unhandled"));
+    assert_eq!(reply["errorType"], "ValueError");
+    assert_eq!(reply["errorMessage"], "bad input");
+    assert!(reply["stackTrace"].is_array(), "{reply}");
+
+    // The environment survives its handler's exception.
+    let (reply, error, _) = invoke(&api, "py", &json!({"n": 3}));
+    assert_eq!(error, None);
+    assert_eq!(reply["cold"], false);
+
+    // A module that fails at import is an init error, reported as the client reports it.
+    let (reply, error, _) = invoke(&api, "broken", &json!({}));
+    assert_eq!(error.as_deref(), Some("Unhandled"));
+    assert_eq!(reply["errorType"], "RuntimeError", "{reply}");
+    assert_eq!(reply["errorMessage"], "broken at import", "{reply}");
+    let (reply, error, _) = invoke(&api, "no_module", &json!({}));
+    assert_eq!(error.as_deref(), Some("Unhandled"));
+    assert_eq!(reply["errorType"], "Runtime.ImportModuleError", "{reply}");
+
+    // Behind the load balancer: an ALB event in, an ALB response out.
+    let (_, lb) = &portico.load_balancers[0];
+    let reply = curl(None, &[&format!("http://{lb}/orders?id=7")]);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.header("x-runtime"), Some("python"));
+    let body = reply.json();
+    assert_eq!(body["event"]["path"], "/orders");
+    assert_eq!(body["event"]["queryStringParameters"], json!({"id": "7"}));
+}
+
+#[test]
+fn a_broken_zip_package_stops_start_with_a_clear_error() {
+    let scratch = Scratch::new("badzip");
+    let zip = scratch.write("fn.zip", "this is not a zip archive");
+    let config = format!(
+        "[functions.f]\ncode = \"{}\"\n[invoke_api]\nport = 0\n",
+        zip.display()
+    );
+    let file = scratch.write("portico.toml", &config);
+    let out = Command::new(portico_bin())
+        .args(["up", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("function f") && stderr.contains("is not a valid zip archive"),
+        "{stderr}"
+    );
+}
