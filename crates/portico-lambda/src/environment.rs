@@ -6,6 +6,7 @@
 
 use crate::exchange::{Exchange, Outcome, Pending, State};
 use crate::logs::{self, LogBook, Output, Report, Sink, SyncRequest};
+use crate::memory::MemoryLimit;
 use crate::process;
 use crate::runtime_api::{self, ApiContext, error_document};
 use crate::spec::FunctionSpec;
@@ -27,10 +28,15 @@ pub(crate) struct Environment {
     /// Stops the process and the API server; fired on drop.
     stop: CancellationToken,
     pid: Option<u32>,
+    /// The memory limit; shared with the supervisor, which keeps it until the process is
+    /// reaped (a cgroup can only go once it is empty).
+    memory: Option<Arc<MemoryLimit>>,
     /// Where this environment's log lines go.
     sink: Arc<Sink>,
     /// Asks the output capture to catch up with the pipe.
     sync_output: mpsc::Sender<SyncRequest>,
+    /// Peak memory of a process that is gone, for its last `REPORT`.
+    peak_mb: Option<u64>,
     /// Reported on the first invocation only, as Lambda does for cold starts.
     init_duration: Option<Duration>,
     reusable: bool,
@@ -74,6 +80,7 @@ impl Environment {
             )
         })?;
         let pid = child.id();
+        let memory = pid.map(|pid| Arc::new(MemoryLimit::apply(pid, spec.memory_size_mb)));
         let ctx = Arc::new(ApiContext {
             exchange: exchange.clone(),
             function_arn: spec.arn(),
@@ -92,6 +99,7 @@ impl Environment {
             exchange.clone(),
             stop.clone(),
             reaped,
+            memory.clone(),
         ));
 
         let mut env = Self {
@@ -100,16 +108,27 @@ impl Environment {
             state: exchange.subscribe(),
             stop,
             pid,
+            memory,
             sink,
             sync_output,
+            peak_mb: None,
             init_duration: None,
             reusable: true,
         };
         let mut watch = env.state.clone();
-        let settled =
-            tokio::time::timeout(spec.init_timeout, watch.wait_for(|s| *s != State::Starting))
-                .await
-                .map(|r| r.map(|state| state.clone()));
+        let settled = tokio::select! {
+            settled = tokio::time::timeout(
+                spec.init_timeout,
+                watch.wait_for(|s| *s != State::Starting),
+            ) => settled.map(|r| r.map(|state| state.clone())),
+            _ = over_limit(&env.memory) => {
+                env.kill_now();
+                return Err(init_failed(
+                    "Runtime.OutOfMemory",
+                    "Runtime exited with error: signal: killed".to_owned(),
+                ));
+            }
+        };
         let state = match settled {
             Ok(Ok(state)) => state,
             Ok(Err(_)) => State::Exited {
@@ -135,7 +154,11 @@ impl Environment {
                 message,
             } => Err(init_failed(&error_type, message)),
             State::Exited { status } => Err(init_failed(
-                "Runtime.ExitError",
+                if env.oom_killed() {
+                    "Runtime.OutOfMemory"
+                } else {
+                    "Runtime.ExitError"
+                },
                 format!("Runtime exited with error: {status}"),
             )),
             State::Starting => Err(init_failed("Runtime.Unknown", "init did not settle".into())),
@@ -164,7 +187,14 @@ impl Environment {
             cognito_identity: invocation.cognito_identity,
             reply,
         };
-        let ended = self.run(pending, outcome).await;
+        let mut ended = self.run(pending, outcome).await;
+        // A spike between two samples still shows in the peak: the function went over even
+        // if it replied, and Lambda would have killed it.
+        if let Some(peak) = self.memory.as_ref().and_then(|m| m.went_over()) {
+            ended = Ended::OutOfMemory {
+                peak_mb: Some(peak),
+            };
+        }
         self.catch_up_output().await;
         let mut output = self.conclude(&request_id, ended);
         self.sink.line(&format!("END RequestId: {request_id}"));
@@ -172,7 +202,7 @@ impl Environment {
             request_id: &request_id,
             duration: started.elapsed(),
             memory_size_mb: self.spec.memory_size_mb,
-            max_memory_used_mb: self.pid.and_then(process::max_memory_used_mb),
+            max_memory_used_mb: self.peak_mb.or_else(|| self.memory.as_ref()?.peak_mb()),
             init_duration: self.init_duration.take(),
         };
         self.sink.line(&report.line());
@@ -204,6 +234,7 @@ impl Environment {
             },
             _ = gone => Ended::Exited(self.exit_status()),
             _ = tokio::time::sleep(self.spec.timeout) => Ended::TimedOut,
+            peak = over_limit(&self.memory) => Ended::OutOfMemory { peak_mb: Some(peak) },
         }
     }
 
@@ -238,6 +269,24 @@ impl Environment {
                     true,
                 )
             }
+            Ended::Exited(_) if self.oom_killed() => {
+                self.conclude(request_id, Ended::OutOfMemory { peak_mb: None })
+            }
+            Ended::OutOfMemory { peak_mb } => {
+                self.kill_now();
+                // The process is gone: its last sample is the figure for `REPORT`.
+                self.peak_mb = peak_mb.or_else(|| self.memory.as_ref()?.peak_mb());
+                let message = format!(
+                    "RequestId: {request_id} Error: Runtime exited with error: signal: killed"
+                );
+                self.sink.line(&message);
+                self.sink.line("Runtime.OutOfMemory");
+                failed(
+                    "Runtime.OutOfMemory",
+                    error_document("Runtime.OutOfMemory", &message),
+                    false,
+                )
+            }
             Ended::Exited(status) => {
                 self.retire();
                 let message =
@@ -250,6 +299,20 @@ impl Environment {
                 )
             }
         }
+    }
+
+    /// Kills the process group at once (no SIGTERM first), as the OOM killer would, and
+    /// retires the environment.
+    fn kill_now(&mut self) {
+        if let Some(pid) = self.pid {
+            process::kill_group(pid);
+        }
+        self.retire();
+    }
+
+    /// Whether the kernel killed the process for going over its memory.
+    fn oom_killed(&self) -> bool {
+        self.memory.as_ref().is_some_and(|m| m.oom_killed())
     }
 
     /// Stops this environment; it will not be reused.
@@ -272,6 +335,18 @@ enum Ended {
     Outcome(Outcome),
     TimedOut,
     Exited(String),
+    /// Over the memory limit; with the peak seen, when the watchdog saw it.
+    OutOfMemory {
+        peak_mb: Option<u64>,
+    },
+}
+
+/// Resolves with the peak memory seen once the environment is over its memory limit.
+async fn over_limit(memory: &Option<Arc<MemoryLimit>>) -> u64 {
+    match memory {
+        Some(memory) => memory.exceeded().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn deadline_ms(timeout: Duration) -> u64 {

@@ -16,6 +16,7 @@
 //! - [`invoke_api`]: the Lambda Invoke API (2015-03-31) for the AWS CLI and SDKs;
 //! - [`launch`]: how a function of each runtime (`provided`, `python3.N`, `nodejsN.x`) starts;
 //! - [`package`]: `.zip` deployment packages, unpacked once into a content-keyed cache;
+//! - `memory`: the memory limit of an environment (cgroup v2, else a watchdog and an rlimit);
 //! - `process`: spawning, signalling and reaping the function's process group;
 //! - [`logs`]: capturing function output, Lambda's START/END/REPORT lines, each function's
 //!   recent log and its followers.
@@ -25,6 +26,7 @@ mod exchange;
 pub mod invoke_api;
 pub mod launch;
 pub mod logs;
+mod memory;
 pub mod package;
 mod pool;
 mod process;

@@ -128,13 +128,14 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Owns `child` until it exits or `stop` fires; publishes the exit on `exchange`, then
-/// fires `reaped`.
-pub(crate) async fn supervise(
+/// Owns `child` until it exits or `stop` fires; drops `until_reaped` once it is reaped,
+/// publishes the exit on `exchange`, then fires `reaped`.
+pub(crate) async fn supervise<Guard: Send>(
     mut child: Child,
     exchange: Arc<Exchange>,
     stop: CancellationToken,
     reaped: CancellationToken,
+    until_reaped: Guard,
 ) {
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let status = tokio::select! {
@@ -149,8 +150,14 @@ pub(crate) async fn supervise(
         Ok(s) => describe_exit(s),
         Err(e) => format!("wait failed: {e}"),
     };
+    drop(until_reaped);
     exchange.set_state(State::Exited { status });
     reaped.cancel();
+}
+
+/// Kills process group `pgid` with SIGKILL.
+pub(crate) fn kill_group(pgid: u32) {
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
 }
 
 async fn terminate(child: &mut Child, pgid: Option<Pid>) -> std::io::Result<ExitStatus> {
@@ -178,14 +185,6 @@ fn describe_exit(status: ExitStatus) -> String {
         Some(other) => format!("signal: {}", other.as_str()),
         None => "exited".to_owned(),
     }
-}
-
-/// Peak resident memory of process `pid` in MB (`VmHWM`), when the OS tells.
-pub(crate) fn max_memory_used_mb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb.div_ceil(1024))
 }
 
 #[cfg(test)]

@@ -450,3 +450,67 @@ async fn the_log_tail_is_the_last_4_kb() {
     );
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_function_over_its_memory_size_is_killed_and_reported_as_out_of_memory() {
+    let mut spec = prober("hog", &[], None);
+    spec.memory_size_mb = 128;
+    let rt = Runtime::new(vec![spec], RuntimeOptions::default());
+
+    // Within the limit: fine, and the REPORT's peak says so.
+    let out = invoke(&rt, "hog", json!({"action": "hog", "mb": 32}))
+        .await
+        .unwrap();
+    assert!(out.function_error.is_none(), "{out:?}");
+    let first_pid = json_of(
+        &invoke(&rt, "hog", json!({"action": "report"}))
+            .await
+            .unwrap(),
+    )["pid"]
+        .clone();
+
+    // Held over the limit: killed mid-invocation.
+    let out = invoke(&rt, "hog", json!({"action": "hog", "mb": 200, "hold": 5}))
+        .await
+        .unwrap();
+    let failure = out.function_error.clone().unwrap();
+    assert_eq!(failure.error_type, "Runtime.OutOfMemory");
+    let doc = json_of(&out);
+    assert_eq!(doc["errorType"], "Runtime.OutOfMemory");
+    assert_eq!(
+        doc["errorMessage"],
+        format!(
+            "RequestId: {} Error: Runtime exited with error: signal: killed",
+            out.request_id
+        )
+    );
+    let tail = out.log_tail.unwrap();
+    let report = tail.lines().find(|l| l.starts_with("REPORT")).unwrap();
+    let used: u64 = report
+        .split("Max Memory Used: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(used > 128, "{report}");
+    assert!(report.contains("Memory Size: 128 MB"), "{report}");
+
+    // Over only for a moment, replying before the next sample: the peak still shows it.
+    let out = invoke(&rt, "hog", json!({"action": "hog", "mb": 200, "hold": 0}))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.function_error.map(|e| e.error_type).as_deref(),
+        Some("Runtime.OutOfMemory")
+    );
+
+    // The environment was replaced; the function goes on.
+    let report = json_of(
+        &invoke(&rt, "hog", json!({"action": "report"}))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(report["pid"], first_pid);
+    rt.shutdown().await;
+}

@@ -78,6 +78,12 @@ while True:
         sys.stdout.write("no line break")
         sys.stdout.flush()
         call("POST", "invocation/%s/response" % rid, b'"chatted"')
+    elif action == "hog":
+        # Touches every byte, so the memory is resident, then holds it a moment.
+        hog = b"x" * (event["mb"] * 1024 * 1024)
+        time.sleep(event.get("hold", 0.2))
+        call("POST", "invocation/%s/response" % rid, json.dumps(len(hog)).encode())
+        del hog
     elif action == "report":
         call("POST", "invocation/%s/response" % rid, json.dumps({"seen": seen, "pid": os.getpid()}).encode())
     else:

@@ -1,0 +1,206 @@
+//! The memory limit of an execution environment (the function's memory size).
+//!
+//! Lambda runs each environment in a container whose memory is capped at the function's
+//! memory size; a function that goes over is killed, and its invocation fails with
+//! `Runtime.OutOfMemory`. portico gets the same behaviour in two ways:
+//!
+//! - **cgroup v2**, where the machine allows it (a unified hierarchy with the memory
+//!   controller that portico may delegate to): each environment gets its own cgroup with
+//!   `memory.max` set to the memory size and swap off, and the kernel's OOM killer enforces it;
+//!   `memory.events` tells an OOM kill from any other death.
+//! - **elsewhere**, a watchdog samples the process's peak resident memory (`VmHWM`, which no
+//!   short spike escapes) while it initialises and while it serves an invocation, and kills it
+//!   once it is over the size; an `RLIMIT_DATA` of twice the size backs it up against an
+//!   allocation too large to wait for the next sample.
+//!
+//! Either way, resident memory is what counts, as in Lambda: memory reserved but never
+//! touched is free.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How often the watchdog samples a busy environment's memory.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+const MIB: u64 = 1024 * 1024;
+
+/// The cgroup v2 directory environments' cgroups are made in, when usable; found once.
+fn cgroup_parent() -> Option<&'static Path> {
+    static PARENT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PARENT
+        .get_or_init(|| match delegate_cgroup() {
+            Ok(dir) => {
+                tracing::info!(cgroup = %dir.display(), "memory limits enforced with cgroup v2");
+                Some(dir)
+            }
+            Err(reason) => {
+                tracing::info!(
+                    reason,
+                    "memory limits enforced by sampling peak memory (no usable cgroup v2)"
+                );
+                None
+            }
+        })
+        .as_deref()
+}
+
+/// Makes portico's own cgroup able to hold one child cgroup per environment with the memory
+/// controller on. A cgroup with processes cannot hand controllers to children, so portico
+/// first moves itself into a `portico` leaf beside them.
+fn delegate_cgroup() -> Result<PathBuf, String> {
+    let root = Path::new("/sys/fs/cgroup");
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let relative = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("not on a unified (v2) hierarchy")?;
+    let dir = root.join(relative.trim_start_matches('/'));
+    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers"))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        return Err("the memory controller is not available to portico's cgroup".into());
+    }
+    let enabled =
+        std::fs::read_to_string(dir.join("cgroup.subtree_control")).map_err(|e| e.to_string())?;
+    if !enabled.split_whitespace().any(|c| c == "memory") {
+        let leaf = dir.join("portico");
+        std::fs::create_dir_all(&leaf).map_err(|e| format!("{}: {e}", leaf.display()))?;
+        std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|e| format!("moving portico into {}: {e}", leaf.display()))?;
+        std::fs::write(dir.join("cgroup.subtree_control"), "+memory")
+            .map_err(|e| format!("enabling the memory controller: {e}"))?;
+    }
+    Ok(dir)
+}
+
+/// The memory limit of one environment's process.
+pub(crate) struct MemoryLimit {
+    pid: u32,
+    limit_mb: u64,
+    cgroup: Option<PathBuf>,
+}
+
+impl MemoryLimit {
+    /// Puts process `pid` under a limit of `limit_mb`.
+    pub(crate) fn apply(pid: u32, limit_mb: u32) -> Self {
+        let limit_mb = u64::from(limit_mb);
+        let cgroup = cgroup_parent().and_then(|parent| match own_cgroup(parent, pid, limit_mb) {
+            Ok(dir) => Some(dir),
+            Err(error) => {
+                tracing::warn!(%error, pid, "no cgroup for this environment; sampling its memory");
+                None
+            }
+        });
+        if cgroup.is_none() {
+            // The backstop for an allocation faster than the watchdog.
+            let bytes = limit_mb * 2 * MIB;
+            let limit = rustix::process::Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            };
+            if let Some(target) = rustix::process::Pid::from_raw(pid as i32) {
+                if let Err(error) =
+                    rustix::process::prlimit(Some(target), rustix::process::Resource::Data, limit)
+                {
+                    tracing::warn!(%error, pid, "cannot set RLIMIT_DATA");
+                }
+            }
+        }
+        Self {
+            pid,
+            limit_mb,
+            cgroup,
+        }
+    }
+
+    /// Resolves with the peak seen once the process is over its limit (never, when the
+    /// kernel enforces it).
+    pub(crate) async fn exceeded(&self) -> u64 {
+        if self.cgroup.is_some() {
+            return std::future::pending().await;
+        }
+        let mut every = tokio::time::interval(SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match self.peak_mb() {
+                Some(used) if used > self.limit_mb => return used,
+                _ => {}
+            }
+        }
+    }
+
+    /// The peak, if the process went over its limit at some point (watchdog mode only; the
+    /// kernel does not let a process over).
+    pub(crate) fn went_over(&self) -> Option<u64> {
+        if self.cgroup.is_some() {
+            return None;
+        }
+        self.peak_mb().filter(|used| *used > self.limit_mb)
+    }
+
+    /// Whether the kernel killed the process for memory (cgroup v2 only).
+    pub(crate) fn oom_killed(&self) -> bool {
+        let Some(dir) = &self.cgroup else {
+            return false;
+        };
+        std::fs::read_to_string(dir.join("memory.events"))
+            .ok()
+            .and_then(|events| {
+                events
+                    .lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+            .is_some_and(|n| n > 0)
+    }
+
+    /// Peak memory used, in MB: the cgroup's peak, or the process's `VmHWM`.
+    pub(crate) fn peak_mb(&self) -> Option<u64> {
+        if let Some(dir) = &self.cgroup {
+            if let Some(bytes) = std::fs::read_to_string(dir.join("memory.peak"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
+                return Some(bytes.div_ceil(MIB));
+            }
+        }
+        max_memory_used_mb(self.pid)
+    }
+}
+
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.cgroup {
+            // Empty once the process group is gone; a straggler only leaves an empty
+            // directory behind.
+            if let Err(error) = std::fs::remove_dir(dir) {
+                tracing::debug!(%error, cgroup = %dir.display(), "cgroup not removed");
+            }
+        }
+    }
+}
+
+fn own_cgroup(parent: &Path, pid: u32, limit_mb: u64) -> std::io::Result<PathBuf> {
+    let dir = parent.join(format!("portico-env-{pid}"));
+    std::fs::create_dir_all(&dir)?;
+    let configured = std::fs::write(dir.join("memory.max"), (limit_mb * MIB).to_string())
+        .and_then(|()| std::fs::write(dir.join("memory.swap.max"), "0").or(Ok(())))
+        .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
+    match configured {
+        Ok(()) => Ok(dir),
+        Err(error) => {
+            let _ = std::fs::remove_dir(&dir);
+            Err(error)
+        }
+    }
+}
+
+/// Peak resident memory of process `pid` in MB (`VmHWM`), when the OS tells.
+pub(crate) fn max_memory_used_mb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.div_ceil(1024))
+}
