@@ -16,6 +16,8 @@ pub(crate) struct Banner {
     pub(crate) load_balancers: Vec<(String, SocketAddr)>,
     /// Where the Lambda Invoke API listens, when it is enabled.
     pub(crate) invoke_api: Option<SocketAddr>,
+    /// A function to show in the example commands.
+    pub(crate) example_function: Option<String>,
 }
 
 impl Banner {
@@ -45,10 +47,14 @@ impl Banner {
         if let Some((addr, _)) = self.static_addresses.first() {
             let _ = writeln!(out, "  try:  curl 'http://{addr}/hello?name=world'");
         }
-        if let Some(api) = self.invoke_api {
+        if let (Some(api), Some(function)) = (self.invoke_api, &self.example_function) {
             let _ = writeln!(
                 out,
-                "        aws lambda invoke --endpoint-url http://{api} --function-name echo --payload '{{\"hi\":1}}' --cli-binary-format raw-in-base64-out /dev/stdout   # AWS CLI v2"
+                "        portico invoke {function} --payload '{{\"hi\":1}}' --endpoint http://{api}"
+            );
+            let _ = writeln!(
+                out,
+                "        aws lambda invoke --endpoint-url http://{api} --function-name {function} --payload '{{\"hi\":1}}' --cli-binary-format raw-in-base64-out /dev/stdout   # AWS CLI v2"
             );
         }
         out

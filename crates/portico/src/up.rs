@@ -52,7 +52,16 @@ pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
     ));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let mut banner = Banner::default();
+    let mut banner = Banner {
+        // The demo's echo function is made for direct invocations; else any will do.
+        example_function: config
+            .functions
+            .keys()
+            .find(|name| *name == "echo")
+            .or_else(|| config.functions.keys().next())
+            .cloned(),
+        ..Banner::default()
+    };
 
     let started = start(&config, runtime.clone(), &shutdown, &tasks, &mut banner).await;
     if let Err(error) = started {

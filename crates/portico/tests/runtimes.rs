@@ -200,3 +200,70 @@ fn a_broken_zip_package_stops_start_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_nodejs_function_runs_under_aws_lambda_ric() {
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("node is not on this machine: the nodejs runtime is not tested here");
+        return;
+    }
+    let ric = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.test-deps/node/node_modules"
+    ));
+    assert!(
+        ric.join(".bin/aws-lambda-ric").exists(),
+        "aws-lambda-ric missing: scripts/test installs it"
+    );
+    // The code directory, as a user ships it: the handler and its node_modules.
+    let scratch = Scratch::new("node");
+    let code = scratch.0.join("code");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/functions/nodeapp/index.js"
+        ),
+        code.join("index.js"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(ric.canonicalize().unwrap(), code.join("node_modules")).unwrap();
+    let config = format!(
+        r#"
+[functions.node]
+runtime = "nodejs20.x"
+code = "{}"
+handler = "index.handler"
+memory_size_mb = 256
+
+[invoke_api]
+port = 0
+"#,
+        code.display()
+    );
+    let portico = Portico::start(&config);
+    let api = portico.invoke_api.unwrap().to_string();
+
+    let (reply, error, tail) = invoke(&api, "node", &json!({"n": 1}));
+    assert_eq!(error, None, "{reply}");
+    let id = reply["request_id"].as_str().unwrap();
+    assert_eq!(reply["function_name"], "node");
+    assert_eq!(reply["memory_limit_in_mb"], "256");
+    assert_eq!(
+        reply["invoked_function_arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:node"
+    );
+    assert_eq!(reply["remaining_ms_positive"], true);
+    assert_eq!(reply["handler"], "index.handler");
+    assert_eq!(reply["cold"], true);
+    assert!(tail.contains(&format!("\tINFO\thandling {id}\n")), "{tail}");
+
+    let (reply, error, _) = invoke(&api, "node", &json!({"fail": "no"}));
+    assert_eq!(error.as_deref(), Some("Unhandled"));
+    assert_eq!(reply["errorType"], "TypeError");
+    assert_eq!(reply["errorMessage"], "no");
+
+    let (reply, error, _) = invoke(&api, "node", &json!({"n": 2}));
+    assert_eq!(error, None);
+    assert_eq!(reply["cold"], false);
+}
