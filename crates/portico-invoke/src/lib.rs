@@ -62,13 +62,15 @@ pub enum InvokeError {
     /// No function by that name (`ResourceNotFoundException`).
     #[error("function not found: {0}")]
     NotFound(String),
-    /// The function is at its concurrency limit (`TooManyRequestsException`).
-    #[error("rate exceeded: function {function} is at its concurrency limit of {limit}")]
+    /// The function is at a concurrency limit (`TooManyRequestsException`).
+    #[error("rate exceeded: function {function} is at its {} of {limit}", reason.describe())]
     Throttled {
         /// The function's name.
         function: String,
         /// The limit that was hit.
         limit: usize,
+        /// Which limit it was.
+        reason: ThrottleReason,
     },
     /// The payload is over the synchronous limit (`RequestTooLargeException`).
     #[error("request payload of {size} bytes exceeds the limit of {limit} bytes")]
@@ -92,6 +94,36 @@ pub enum InvokeError {
     /// The runtime is shutting down and takes no new invocations.
     #[error("the function runtime is shutting down")]
     ShuttingDown,
+}
+
+/// Which limit throttled an invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleReason {
+    /// The function's reserved concurrency.
+    ReservedConcurrency,
+    /// The runtime-wide concurrency (Lambda's account limit).
+    AccountConcurrency,
+    /// The queue of asynchronous invocations is full.
+    EventQueue,
+}
+
+impl ThrottleReason {
+    /// The `Reason` Lambda puts in its `TooManyRequestsException`.
+    pub fn aws_reason(self) -> &'static str {
+        match self {
+            Self::ReservedConcurrency => "ReservedFunctionConcurrentInvocationLimitExceeded",
+            Self::AccountConcurrency => "ConcurrentInvocationLimitExceeded",
+            Self::EventQueue => "FunctionInvocationRateLimitExceeded",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::ReservedConcurrency => "reserved concurrency",
+            Self::AccountConcurrency => "global concurrency limit",
+            Self::EventQueue => "queue of asynchronous invocations",
+        }
+    }
 }
 
 /// Something that runs functions.

@@ -27,7 +27,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use portico_invoke::{Invocation, InvokeError};
+use portico_invoke::{Invocation, InvokeError, ThrottleReason};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -265,7 +265,7 @@ fn refused(rt: &Runtime, refusal: InvokeError) -> ApiResponse {
             )
         }
         InvokeError::NotFound(name) => not_found(&name, rt),
-        InvokeError::Throttled { .. } => throttled(),
+        InvokeError::Throttled { reason, .. } => throttled(reason),
         InvokeError::RequestTooLarge { limit, .. } => request_too_large(limit),
         InvokeError::ShuttingDown => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -409,9 +409,9 @@ fn not_found(name: &str, rt: &Runtime) -> ApiResponse {
     )
 }
 
-fn throttled() -> ApiResponse {
+fn throttled(reason: ThrottleReason) -> ApiResponse {
     let body = json!({
-        "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+        "Reason": reason.aws_reason(),
         "Type": "User",
         "message": "Rate Exceeded.",
     });

@@ -4,7 +4,7 @@
 use crate::environment::Environment;
 use crate::logs::LogBook;
 use crate::spec::FunctionSpec;
-use portico_invoke::{Invocation, InvokeError, InvokeOutput};
+use portico_invoke::{Invocation, InvokeError, InvokeOutput, ThrottleReason};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -80,13 +80,17 @@ impl Pool {
         shared: &Shared,
     ) -> Result<InvokeOutput, InvokeError> {
         let _reserved = match &self.reserved {
-            Some(limit) => Some(limit.try_acquire().map_err(|size| self.throttled(size))?),
+            Some(limit) => Some(
+                limit
+                    .try_acquire()
+                    .map_err(|size| self.throttled(size, ThrottleReason::ReservedConcurrency))?,
+            ),
             None => None,
         };
         let _global = shared
             .global
             .try_acquire()
-            .map_err(|size| self.throttled(size))?;
+            .map_err(|size| self.throttled(size, ThrottleReason::AccountConcurrency))?;
         let warm = self.take_idle();
         let mut env = match warm {
             Some(env) => env,
@@ -135,10 +139,11 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn throttled(&self, limit: usize) -> InvokeError {
+    fn throttled(&self, limit: usize, reason: ThrottleReason) -> InvokeError {
         InvokeError::Throttled {
             function: self.spec.name.clone(),
             limit,
+            reason,
         }
     }
 

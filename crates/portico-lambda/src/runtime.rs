@@ -4,7 +4,7 @@
 use crate::logs::LogBook;
 use crate::pool::{Limit, Pool, Shared};
 use crate::spec::FunctionSpec;
-use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker};
+use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker, ThrottleReason};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +147,7 @@ impl Runtime {
             .map_err(|limit| InvokeError::Throttled {
                 function: invocation.function.clone(),
                 limit,
+                reason: ThrottleReason::EventQueue,
             })?;
         let delivery = Delivery {
             pool,

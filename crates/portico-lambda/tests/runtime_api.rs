@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use bytes::Bytes;
-use portico_invoke::{Invocation, InvokeError, InvokeOutput};
+use portico_invoke::{Invocation, InvokeError, InvokeOutput, ThrottleReason};
 use portico_lambda::{FunctionSpec, Runtime, RuntimeOptions};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -219,7 +219,14 @@ async fn reserved_concurrency_throttles_the_excess() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, InvokeError::Throttled { limit: 1, .. }),
+        matches!(
+            err,
+            InvokeError::Throttled {
+                limit: 1,
+                reason: ThrottleReason::ReservedConcurrency,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(slow.await.unwrap().unwrap().function_error.is_none());
@@ -255,7 +262,8 @@ async fn the_global_limit_throttles_across_functions_and_names_the_limit() {
         err,
         InvokeError::Throttled {
             function: "b".into(),
-            limit: 1
+            limit: 1,
+            reason: ThrottleReason::AccountConcurrency,
         }
     );
     assert!(slow.await.unwrap().is_ok());
@@ -385,7 +393,8 @@ async fn a_full_event_queue_refuses_and_names_its_limit() {
         err,
         InvokeError::Throttled {
             function: "queued".into(),
-            limit: 1
+            limit: 1,
+            reason: ThrottleReason::EventQueue,
         }
     );
     rt.shutdown().await;

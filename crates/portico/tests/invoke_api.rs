@@ -307,3 +307,77 @@ print(json.dumps(out))
     assert_eq!(seen["missing"], json!([404, "ResourceNotFoundException"]));
     assert_eq!(seen["too_large"], json!([413, "RequestTooLargeException"]));
 }
+
+#[test]
+fn parallel_invocations_run_up_to_the_limit_and_the_rest_are_throttled() {
+    const LIMIT: usize = 5;
+    const CALLS: usize = 12;
+    let config = format!(
+        r#"
+[functions.sleepy]
+runtime = "python3.11"
+code = "{}"
+handler = "app.handler"
+reserved_concurrency = {LIMIT}
+timeout_seconds = 10
+
+[invoke_api]
+port = 0
+"#,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/functions/pyapp")
+    );
+    let portico = Portico::start(&config);
+    let endpoint = format!("http://{}", portico.invoke_api.unwrap());
+    // All calls start together (a barrier), each sleeps 2 s once running.
+    let script = r#"
+import json, sys, threading, boto3, botocore
+calls = int(sys.argv[2])
+c = boto3.client("lambda", endpoint_url=sys.argv[1], config=botocore.config.Config(
+    retries={"max_attempts": 1}, max_pool_connections=calls, read_timeout=30))
+barrier = threading.Barrier(calls)
+results = [None] * calls
+def call(i):
+    barrier.wait()
+    try:
+        r = c.invoke(FunctionName="sleepy", Payload=b'{"sleep": 2}')
+        results[i] = {"status": r["StatusCode"], "reply": json.loads(r["Payload"].read())}
+    except botocore.exceptions.ClientError as e:
+        results[i] = {"status": e.response["ResponseMetadata"]["HTTPStatusCode"],
+                      "code": e.response["Error"]["Code"],
+                      "reason": e.response.get("Reason") or json.loads(e.response.get("Error", {}).get("Message", "null") or "null")}
+threads = [threading.Thread(target=call, args=(i,)) for i in range(calls)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(results))
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, &endpoint, &CALLS.to_string()]);
+    let out = aws_env(&mut cmd).output().unwrap();
+    let results = stdout_json(&out);
+    let results = results.as_array().unwrap();
+    let ran: Vec<&Value> = results.iter().filter(|r| r["status"] == 200).collect();
+    let throttled: Vec<&Value> = results.iter().filter(|r| r["status"] == 429).collect();
+    assert_eq!(ran.len(), LIMIT, "{results:?}");
+    assert_eq!(throttled.len(), CALLS - LIMIT, "{results:?}");
+    assert!(
+        throttled
+            .iter()
+            .all(|r| r["code"] == "TooManyRequestsException"
+                && r["reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded")
+    );
+    // The ones that ran did so at the same time, each in its own environment.
+    let pids: std::collections::HashSet<u64> = ran
+        .iter()
+        .map(|r| r["reply"]["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), LIMIT);
+    let latest_start = ran
+        .iter()
+        .map(|r| r["reply"]["started"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    let earliest_end = ran
+        .iter()
+        .map(|r| r["reply"]["ended"].as_f64().unwrap())
+        .fold(f64::MAX, f64::min);
+    assert!(latest_start < earliest_end, "{results:?}");
+}

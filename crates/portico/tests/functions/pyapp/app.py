@@ -5,6 +5,7 @@ request."""
 import json
 import logging
 import os
+import time
 
 import helper  # A second module of the package: the code directory is importable.
 
@@ -20,6 +21,10 @@ def handler(event, context):
     logger.info("logged through logging")
     if event.get("fail"):
         raise ValueError(event["fail"])
+    if "sleep" in event:
+        started = time.time()
+        time.sleep(event["sleep"])
+        return {"pid": os.getpid(), "started": started, "ended": time.time()}
     report = {
         "request_id": context.aws_request_id,
         "function_name": context.function_name,
