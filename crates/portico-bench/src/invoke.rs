@@ -1,0 +1,235 @@
+//! The function runtime against `cargo lambda watch`: the same `lambda_runtime` function
+//! (`examples/echo`, release build), invoked through each one's Lambda Invoke API.
+//!
+//! Measured, for each system in turn:
+//! - warm latency: one connection, requests back to back, p50 and p99;
+//! - throughput: `concurrency` connections for `duration`, and portico's scaling from one
+//!   connection to `concurrency`;
+//! - cold start: from spawning the server to the first successful response, median of
+//!   `cold_runs` starts.
+
+use crate::load::{self, Figures, Target};
+use crate::servers::{Server, free_port};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// Options of `portico-bench invoke`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Options {
+    /// Connections for the throughput run; default: the number of cores.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Seconds each throughput run lasts.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Requests in each warm-latency run.
+    #[arg(long, default_value_t = 3000)]
+    requests: usize,
+    /// Server starts measured for the cold start.
+    #[arg(long, default_value_t = 5)]
+    cold_runs: usize,
+    /// The portico binary.
+    #[arg(long)]
+    portico: Option<PathBuf>,
+    /// The function binary portico runs.
+    #[arg(long)]
+    function: Option<PathBuf>,
+    /// Measure only this system (`portico` or `cargo-lambda`), without ratios.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+const PAYLOAD: &str = r#"{"order":{"id":42,"items":["a","b","c"],"note":"benchmark"}}"#;
+const FUNCTION: &str = "echo";
+
+/// One system under test: how to start it and where it answers.
+struct System {
+    name: &'static str,
+    command: Box<dyn Fn(u16) -> Command>,
+}
+
+pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let concurrency = options.concurrency.unwrap_or(cores);
+    let portico = options
+        .portico
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/portico"));
+    let function = options
+        .function
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/echo"));
+    let scratch = std::env::temp_dir().join(format!("portico-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+
+    let config_dir = scratch.clone();
+    let systems = [
+        System {
+            name: "portico",
+            command: Box::new(move |port| {
+                let config = config_dir.join(format!("portico-{port}.toml"));
+                let text = format!(
+                    "[functions.{FUNCTION}]\ncommand = [\"{}\"]\nmemory_size_mb = 1024\n\
+                     [invoke_api]\nport = {port}\n",
+                    function.display()
+                );
+                // A write failure shows as the server never answering.
+                let _ = std::fs::write(&config, text);
+                let mut cmd = Command::new(&portico);
+                cmd.arg("up").arg(config).env("RUST_LOG", "warn");
+                cmd
+            }),
+        },
+        System {
+            name: "cargo-lambda",
+            command: Box::new(move |port| {
+                let mut cmd = Command::new("cargo");
+                cmd.args([
+                    "lambda",
+                    "watch",
+                    "--release",
+                    "--ignore-changes",
+                    "--quiet",
+                ])
+                .args(["-p", FUNCTION, "-A", "127.0.0.1", "-P", &port.to_string()])
+                .args(["--concurrency", &concurrency.to_string()])
+                .current_dir(&root)
+                .env("RUST_LOG", "warn");
+                cmd
+            }),
+        },
+    ];
+
+    println!(
+        "function runtime: {FUNCTION} (lambda_runtime, release) through the Lambda Invoke API; \
+         {cores} cores, {concurrency} connections for throughput"
+    );
+    let mut results = Vec::new();
+    for system in &systems {
+        if options
+            .only
+            .as_deref()
+            .is_some_and(|only| only != system.name)
+        {
+            continue;
+        }
+        eprintln!("measuring {} …", system.name);
+        results.push(measure(system, &options, concurrency).await?);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    report(&results, &options, concurrency);
+    Ok(())
+}
+
+struct Measured {
+    name: &'static str,
+    warm: Figures,
+    single: Figures,
+    loaded: Figures,
+    cold: Duration,
+}
+
+fn target(port: u16) -> Target {
+    Target {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        path: format!("/2015-03-31/functions/{FUNCTION}/invocations"),
+        body: Bytes::from_static(PAYLOAD.as_bytes()),
+    }
+}
+
+async fn measure(
+    system: &System,
+    options: &Options,
+    concurrency: usize,
+) -> anyhow::Result<Measured> {
+    // Cold starts: a fresh server each time.
+    let mut colds = Vec::new();
+    for _ in 0..options.cold_runs.max(1) {
+        let port = free_port()?;
+        let mut server = Server::start(&mut (system.command)(port))?;
+        colds.push(
+            server
+                .ready(&target(port), Duration::from_secs(300))
+                .await?,
+        );
+    }
+    colds.sort_unstable();
+    let cold = colds[colds.len() / 2];
+
+    let port = free_port()?;
+    let mut server = Server::start(&mut (system.command)(port))?;
+    let target = target(port);
+    server.ready(&target, Duration::from_secs(300)).await?;
+    // Warm every environment the throughput run will use.
+    load::run(&target, concurrency, Duration::from_secs(2), None).await?;
+    let warm = load::run(&target, 1, Duration::from_secs(600), Some(options.requests)).await?;
+    let duration = Duration::from_secs(options.duration);
+    let single = load::run(&target, 1, duration, None).await?;
+    let loaded = load::run(&target, concurrency, duration, None).await?;
+    drop(server);
+    Ok(Measured {
+        name: system.name,
+        warm,
+        single,
+        loaded,
+        cold,
+    })
+}
+
+fn report(results: &[Measured], options: &Options, concurrency: usize) {
+    println!();
+    println!(
+        "{:<14} {:>10} {:>10} {:>12} {:>12} {:>8} {:>12}",
+        "system",
+        "p50 µs",
+        "p99 µs",
+        "req/s (1)",
+        &format!("req/s ({concurrency})"),
+        "errors",
+        "cold ms"
+    );
+    for m in results {
+        println!(
+            "{:<14} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>8} {:>12.1}",
+            m.name,
+            m.warm.quantile_us(0.5),
+            m.warm.quantile_us(0.99),
+            m.single.rps(),
+            m.loaded.rps(),
+            m.warm.errors + m.single.errors + m.loaded.errors,
+            m.cold.as_secs_f64() * 1000.0,
+        );
+    }
+    if let [ours, theirs] = results {
+        println!();
+        println!("ratios ({} vs {}):", ours.name, theirs.name);
+        println!(
+            "  warm p50 latency    {:>6.2}x lower",
+            theirs.warm.quantile_us(0.5) / ours.warm.quantile_us(0.5)
+        );
+        println!(
+            "  warm p99 latency    {:>6.2}x lower",
+            theirs.warm.quantile_us(0.99) / ours.warm.quantile_us(0.99)
+        );
+        println!(
+            "  throughput ({concurrency} conn) {:>6.2}x higher",
+            ours.loaded.rps() / theirs.loaded.rps()
+        );
+        println!(
+            "  cold start          {:>6.2}x faster",
+            theirs.cold.as_secs_f64() / ours.cold.as_secs_f64()
+        );
+        println!(
+            "  portico scaling 1 -> {concurrency} connections: {:.2}x",
+            ours.loaded.rps() / ours.single.rps()
+        );
+    }
+    println!(
+        "\n(warm: {} sequential requests; throughput: {} s per run; cold: median of {} starts)",
+        options.requests, options.duration, options.cold_runs
+    );
+}

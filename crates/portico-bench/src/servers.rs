@@ -1,0 +1,71 @@
+//! The systems under test as child processes: started in their own process group, readied
+//! by polling until they answer, and stopped with everything they started.
+
+use crate::load::{self, Target};
+use anyhow::bail;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running system under test.
+pub(crate) struct Server {
+    child: Child,
+}
+
+impl Server {
+    /// Starts `cmd` in a process group of its own, its output discarded.
+    pub(crate) fn start(cmd: &mut Command) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        Ok(Self { child })
+    }
+
+    /// Waits until `target` answers a request with 200, up to `limit`; returns how long it
+    /// took from the call.
+    pub(crate) async fn ready(
+        &mut self,
+        target: &Target,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if load::once(target).await.is_ok() {
+                return Ok(started.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the server exited before answering: {status}");
+            }
+            if started.elapsed() > limit {
+                bail!("no answer from {} within {limit:?}", target.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on loopback.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
