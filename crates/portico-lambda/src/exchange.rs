@@ -88,6 +88,11 @@ impl Exchange {
         self.state.subscribe()
     }
 
+    /// The current state.
+    pub(crate) fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
     /// Records a state change. A dead or failed environment never comes back to life.
     pub(crate) fn set_state(&self, next: State) {
         self.state.send_if_modified(|s| {

@@ -7,7 +7,8 @@
 //! - `POST /2018-06-01/runtime/init/error` → 202.
 //!
 //! Errors are JSON `{"errorMessage", "errorType"}` documents: 400 for an unknown request id,
-//! 413 for a response over the payload limit, 404/405 for anything else.
+//! 403 (`InvalidStateTransition`) for an init error once init is over, 413 for a response
+//! over the payload limit, 404/405 for anything else.
 
 use crate::exchange::{Completion, Exchange, Outcome, State};
 use bytes::Bytes;
@@ -167,6 +168,14 @@ async fn invocation_error(ctx: &ApiContext, id: &str, req: Request<Incoming>) ->
 }
 
 async fn init_error(ctx: &ApiContext, req: Request<Incoming>) -> ApiResponse {
+    if ctx.exchange.state() != State::Starting {
+        // Lambda's answer to an init error after init: the state machine refuses it.
+        return error(
+            StatusCode::FORBIDDEN,
+            "InvalidStateTransition",
+            "State transition from Ready to InitError failed for runtime: init is over",
+        );
+    }
     let header_type = error_type_header(&req);
     let body = read_body(req).await.unwrap_or_default();
     let (error_type, body) = function_error(header_type, body);

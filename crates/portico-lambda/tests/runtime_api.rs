@@ -145,6 +145,11 @@ async fn runtime_api_headers_environment_and_misuse() {
     assert_eq!(seen["unknown_id"], json!([400, "InvalidRequestID"]));
     assert_eq!(seen["unknown_route"], json!([404, "UnknownRoute"]));
     assert_eq!(seen["wrong_method"], json!([405, "MethodNotAllowed"]));
+    // Init is over: an init error now is refused, and the environment carries on.
+    assert_eq!(
+        seen["late_init_error"],
+        json!([403, "InvalidStateTransition"])
+    );
     assert_eq!(seen["first_response"], 202);
     assert_eq!(seen["second_response"], json!([400, "InvalidRequestID"]));
     assert_eq!(seen["big_response"], json!([413, "RequestEntityTooLarge"]));

@@ -46,6 +46,8 @@ while True:
         seen["unknown_route"] = [status, error_type(body)]
         status, body = call("POST", "invocation/next", b"")
         seen["wrong_method"] = [status, error_type(body)]
+        status, body = call("POST", "init/error", b'{"errorMessage": "late", "errorType": "Late"}')
+        seen["late_init_error"] = [status, error_type(body)]
         reply = {"headers": headers, "env": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "_HANDLER", "LAMBDA_", "TZ"))}}
         status, _ = call("POST", "invocation/%s/response" % rid, json.dumps(reply).encode())
         seen["first_response"] = status
