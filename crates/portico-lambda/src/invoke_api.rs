@@ -7,6 +7,8 @@
 //!   and `DryRun` (204).
 //!   `X-Amz-Log-Type: Tail` returns the end of the invocation's log in `X-Amz-Log-Result`;
 //!   `X-Amz-Client-Context` (base64 JSON) reaches the function as its client context.
+//! - `POST /2014-11-13/functions/{name}/invoke-async`: the deprecated InvokeAsync, `Event`
+//!   with its 256 KB payload limit.
 //! - `GET /2015-03-31/functions/`: ListFunctions; `GET /2015-03-31/functions/{name}`:
 //!   GetFunction.
 //! - `GET /portico/v1/functions/{name}/logs[?follow=true]`: portico's own route, the
@@ -35,6 +37,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "/2015-03-31/functions";
+
+/// The deprecated InvokeAsync operation's prefix.
+const LEGACY_ASYNC_PREFIX: &str = "/2014-11-13/functions";
+
+/// InvokeAsync's payload limit: 256 KB (Invoke's `Event` type takes up to 1 MB).
+pub const MAX_LEGACY_ASYNC_PAYLOAD_BYTES: usize = 256 * 1024;
 
 /// portico's own routes, beside the AWS ones.
 const PORTICO_PREFIX: &str = "/portico/v1/functions";
@@ -93,6 +101,14 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
                 Some(book) => logs(book, follow, &api.shutdown),
                 None => not_found(&function_name(name), rt),
             },
+            _ => unknown_operation(),
+        };
+    }
+    if let Some(rest) = path.strip_prefix(LEGACY_ASYNC_PREFIX) {
+        return match (req.method(), rest.trim_matches('/').split_once('/')) {
+            (&Method::POST, Some((name, "invoke-async"))) => {
+                invoke_async(rt, &function_name(name), req).await
+            }
             _ => unknown_operation(),
         };
     }
@@ -158,39 +174,15 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse
             );
         }
     };
-    let payload = match Limited::new(req.into_body(), MAX_SYNC_PAYLOAD_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return request_too_large(MAX_SYNC_PAYLOAD_BYTES);
-        }
-        Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContentException",
-                "Could not read the request body",
-            );
-        }
+    let payload = match read_payload(req, MAX_SYNC_PAYLOAD_BYTES).await {
+        Ok(payload) => payload,
+        Err(response) => return response,
     };
-    let payload = if payload.is_empty() {
-        Bytes::from_static(b"{}")
-    } else {
-        payload
-    };
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequestContentException",
-            &format!("Could not parse request body into json: {e}"),
-        );
-    }
     let invocation = Invocation {
         function: spec.name.clone(),
         payload,
-        client_context,
-        // The log tail is for synchronous invocations only.
+        // Lambda passes the client context and the log tail for synchronous invocations only.
+        client_context: client_context.filter(|_| invocation_type == "RequestResponse"),
         tail_logs: tail_logs && invocation_type == "RequestResponse",
         ..Invocation::default()
     };
@@ -204,6 +196,62 @@ async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse
             &format!("Invalid InvocationType {other:?}: expected RequestResponse, Event or DryRun"),
         ),
     }
+}
+
+/// The deprecated InvokeAsync: an `Event` invocation with a 256 KB payload limit, answered
+/// `202 {"Status": 202}`.
+async fn invoke_async(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse {
+    let Some(spec) = rt.spec(name) else {
+        return not_found(name, rt);
+    };
+    let payload = match read_payload(req, MAX_LEGACY_ASYNC_PAYLOAD_BYTES).await {
+        Ok(payload) => payload,
+        Err(response) => return response,
+    };
+    let invocation = Invocation {
+        function: spec.name.clone(),
+        payload,
+        ..Invocation::default()
+    };
+    match rt.invoke_event(invocation) {
+        Ok(()) => Response::builder()
+            .status(StatusCode::ACCEPTED)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(Bytes::from_static(br#"{"Status":202}"#)))
+            .unwrap_or_else(|_| internal()),
+        Err(error) => refused(rt, error),
+    }
+}
+
+/// The request body as a JSON payload (`{}` when empty), or the error answer: over `limit`,
+/// unreadable or not JSON.
+async fn read_payload(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiResponse> {
+    let payload = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(request_too_large(limit));
+        }
+        Err(_) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                "Could not read the request body",
+            ));
+        }
+    };
+    let payload = if payload.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        payload
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            &format!("Could not parse request body into json: {e}"),
+        ));
+    }
+    Ok(payload)
 }
 
 /// The JSON text of an `X-Amz-Client-Context` header (base64-encoded JSON), compacted so

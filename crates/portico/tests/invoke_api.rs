@@ -286,6 +286,15 @@ out["qualifier"] = code(FunctionName="echo", Qualifier="prod", Payload=b"{}")
 out["missing"] = code(FunctionName="ghost", Payload=b"{}")
 out["too_large"] = code(FunctionName="echo", Payload=b'"' + b"x" * (6 * 1024 * 1024) + b'"')
 out["event_too_large"] = code(FunctionName="echo", InvocationType="Event", Payload=b'"' + b"x" * (1024 * 1024) + b'"')
+out["event_under_1mb"] = c.invoke(FunctionName="echo", InvocationType="Event", Payload=b'"' + b"x" * (300 * 1024) + b'"')["StatusCode"]
+out["invoke_async"] = c.invoke_async(FunctionName="echo", InvokeArgs=b'{"legacy": true}')["Status"]
+def async_code(**kw):
+    try:
+        c.invoke_async(**kw)
+        return None
+    except botocore.exceptions.ClientError as e:
+        return [e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]]
+out["invoke_async_too_large"] = async_code(FunctionName="echo", InvokeArgs=b'"' + b"x" * (256 * 1024) + b'"')
 print(json.dumps(out))
 "#;
     let mut cmd = Command::new("python3");
@@ -306,6 +315,13 @@ print(json.dumps(out))
     assert_eq!(seen["qualifier"], json!([404, "ResourceNotFoundException"]));
     assert_eq!(seen["missing"], json!([404, "ResourceNotFoundException"]));
     assert_eq!(seen["too_large"], json!([413, "RequestTooLargeException"]));
+    // Invoke's Event type takes 1 MB; the deprecated InvokeAsync keeps its 256 KB.
+    assert_eq!(seen["event_under_1mb"], 202);
+    assert_eq!(seen["invoke_async"], 202);
+    assert_eq!(
+        seen["invoke_async_too_large"],
+        json!([413, "RequestTooLargeException"])
+    );
 }
 
 #[test]
