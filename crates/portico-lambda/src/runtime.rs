@@ -29,6 +29,13 @@ pub struct RuntimeOptions {
     /// Most asynchronous invocations queued or running at once; beyond it, `Event`
     /// invocations are refused as throttled rather than held in unbounded memory.
     pub max_queued_events: usize,
+    /// How long an asynchronous invocation may wait to run: Lambda's maximum event age,
+    /// six hours. An event still throttled after it is dropped.
+    pub max_event_age: Duration,
+    /// The first and the longest wait before an asynchronous invocation that was throttled
+    /// is tried again; Lambda backs off exponentially from one second to five minutes, and
+    /// throttles do not count against the retries.
+    pub throttle_backoff: (Duration, Duration),
 }
 
 impl Default for RuntimeOptions {
@@ -38,6 +45,8 @@ impl Default for RuntimeOptions {
             idle_timeout: Duration::from_secs(600),
             async_retry_delays: vec![Duration::from_secs(60), Duration::from_secs(120)],
             max_queued_events: 100_000,
+            max_event_age: Duration::from_secs(6 * 3600),
+            throttle_backoff: (Duration::from_secs(1), Duration::from_secs(300)),
         }
     }
 }
@@ -48,6 +57,8 @@ pub struct Runtime {
     shared: Arc<Shared>,
     queued: Limit,
     async_retry_delays: Arc<[Duration]>,
+    max_event_age: Duration,
+    throttle_backoff: (Duration, Duration),
 }
 
 impl Runtime {
@@ -75,6 +86,8 @@ impl Runtime {
             shared,
             queued: Limit::new(options.max_queued_events),
             async_retry_delays: options.async_retry_delays.into(),
+            max_event_age: options.max_event_age,
+            throttle_backoff: options.throttle_backoff,
         }
     }
 
@@ -125,7 +138,8 @@ impl Runtime {
 
     /// Queues an asynchronous (`Event`) invocation and returns at once. The function runs in
     /// the background; when it fails it is retried after each of the configured delays, as
-    /// Lambda retries twice; then the event is dropped with a warning.
+    /// Lambda retries twice; then the event is dropped with a warning. While the function is
+    /// throttled the event waits, backing off, up to the maximum event age.
     pub fn invoke_event(&self, invocation: Invocation) -> Result<(), InvokeError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(InvokeError::ShuttingDown);
@@ -153,6 +167,8 @@ impl Runtime {
             pool,
             shared: self.shared.clone(),
             delays: self.async_retry_delays.clone(),
+            max_age: self.max_event_age,
+            backoff: self.throttle_backoff,
         };
         self.shared.tracker.spawn(async move {
             delivery.run(invocation).await;
@@ -178,19 +194,40 @@ struct Delivery {
     pool: Arc<Pool>,
     shared: Arc<Shared>,
     delays: Arc<[Duration]>,
+    max_age: Duration,
+    backoff: (Duration, Duration),
 }
 
 impl Delivery {
     async fn run(self, invocation: Invocation) {
         let function = &self.pool.spec().name;
-        for attempt in 0..=self.delays.len() {
+        let queued = tokio::time::Instant::now();
+        let mut wait = self.backoff.0;
+        let mut attempt = 0;
+        loop {
             let result = self.pool.invoke(invocation.clone(), &self.shared).await;
             let failure = match result {
                 Ok(out) => out.function_error.map(|e| e.error_type),
+                Err(InvokeError::Throttled { .. }) => {
+                    // Not an attempt: the event waits for capacity, backing off.
+                    if queued.elapsed() + wait > self.max_age {
+                        tracing::warn!(
+                            function,
+                            "asynchronous invocation dropped: still throttled at its maximum age"
+                        );
+                        return;
+                    }
+                    if !self.pause(wait).await {
+                        return;
+                    }
+                    wait = (wait * 2).min(self.backoff.1);
+                    continue;
+                }
+                Err(InvokeError::ShuttingDown) => return,
                 Err(error) => Some(error.to_string()),
             };
             let Some(failure) = failure else { return };
-            let Some(delay) = self.delays.get(attempt) else {
+            let Some(delay) = self.delays.get(attempt).copied() else {
                 tracing::warn!(
                     function,
                     attempts = attempt + 1,
@@ -206,10 +243,18 @@ impl Delivery {
                 retry_in_ms = delay.as_millis() as u64,
                 "asynchronous invocation failed; retrying"
             );
-            tokio::select! {
-                _ = self.shared.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(*delay) => {}
+            if !self.pause(delay).await {
+                return;
             }
+            attempt += 1;
+        }
+    }
+
+    /// Sleeps for `wait`; `false` when the runtime shuts down first.
+    async fn pause(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = self.shared.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
         }
     }
 }

@@ -528,3 +528,69 @@ async fn a_function_over_its_memory_size_is_killed_and_reported_as_out_of_memory
     assert_ne!(report["pid"], first_pid);
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_throttled_event_waits_for_capacity_without_using_its_retries() {
+    let dir = std::env::temp_dir().join(format!("portico-throttled-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("attempts");
+    let rt = Arc::new(Runtime::new(
+        vec![prober("busy", &[], Some(1))],
+        RuntimeOptions {
+            // No retries for failures: only the throttle backoff can bring it through.
+            async_retry_delays: vec![],
+            throttle_backoff: (Duration::from_millis(50), Duration::from_millis(200)),
+            ..RuntimeOptions::default()
+        },
+    ));
+    // The one environment is busy for a second.
+    let busy = {
+        let rt = rt.clone();
+        tokio::spawn(
+            async move { invoke(&rt, "busy", json!({"action": "sleep", "seconds": 1})).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rt.invoke_event(Invocation {
+        function: "busy".into(),
+        payload: Bytes::from(json!({"action": "flaky", "log": log, "fails": 0}).to_string()),
+        ..Invocation::default()
+    })
+    .unwrap();
+    assert!(busy.await.unwrap().is_ok());
+    // Throttled at first, then run exactly once when the environment is free.
+    wait_for_attempts(&log, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(attempts(&log), 1);
+    rt.shutdown().await;
+
+    // An event still throttled at its maximum age is dropped.
+    let rt = Runtime::new(
+        vec![prober("busy", &[], Some(1))],
+        RuntimeOptions {
+            max_event_age: Duration::from_millis(300),
+            throttle_backoff: (Duration::from_millis(50), Duration::from_millis(50)),
+            ..RuntimeOptions::default()
+        },
+    );
+    let rt = Arc::new(rt);
+    let busy = {
+        let rt = rt.clone();
+        tokio::spawn(
+            async move { invoke(&rt, "busy", json!({"action": "sleep", "seconds": 1})).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = dir.join("late");
+    rt.invoke_event(Invocation {
+        function: "busy".into(),
+        payload: Bytes::from(json!({"action": "flaky", "log": late, "fails": 0}).to_string()),
+        ..Invocation::default()
+    })
+    .unwrap();
+    assert!(busy.await.unwrap().is_ok());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(attempts(&late), 0);
+    rt.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
