@@ -30,20 +30,11 @@ enum Command {
     Invoke(invoke::Options),
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     let result = match cli.command {
-        Command::Invoke(options) => runtime.block_on(invoke::run(options)),
+        Command::Invoke(options) => invoke::run(options).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

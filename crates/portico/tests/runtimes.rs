@@ -71,6 +71,23 @@ fn invoke(api: &str, function: &str, payload: &Value) -> (Value, Option<String>,
     )
 }
 
+/// The first (cold) invocation of `function` with `{"n": 1}`: checks what Lambda's context
+/// told the function, and returns its reply and log tail.
+fn first_invocation(api: &str, function: &str, memory: &str, handler: &str) -> (Value, String) {
+    let (reply, error, tail) = invoke(api, function, &json!({"n": 1}));
+    assert_eq!(error, None, "{reply}");
+    assert_eq!(reply["function_name"], function);
+    assert_eq!(reply["memory_limit_in_mb"], memory);
+    assert_eq!(
+        reply["invoked_function_arn"],
+        format!("arn:aws:lambda:us-east-1:000000000000:function:{function}")
+    );
+    assert_eq!(reply["remaining_ms_positive"], true);
+    assert_eq!(reply["handler"], handler);
+    assert_eq!(reply["cold"], true);
+    (reply, tail)
+}
+
 #[test]
 fn a_python_zip_package_runs_under_awslambdaric() {
     let scratch = Scratch::new("py");
@@ -110,20 +127,10 @@ port = 0
     let portico = Portico::start(&config);
     let api = portico.invoke_api.unwrap().to_string();
 
-    let (reply, error, tail) = invoke(&api, "py", &json!({"n": 1}));
-    assert_eq!(error, None, "{reply}");
+    let (reply, tail) = first_invocation(&api, "py", "512", "app.handler");
     let id = reply["request_id"].as_str().unwrap();
-    assert_eq!(reply["function_name"], "py");
-    assert_eq!(reply["memory_limit_in_mb"], "512");
-    assert_eq!(
-        reply["invoked_function_arn"],
-        "arn:aws:lambda:us-east-1:000000000000:function:py"
-    );
-    assert_eq!(reply["remaining_ms_positive"], true);
     assert_eq!(reply["client_context"], json!({"user": "ada"}));
-    assert_eq!(reply["handler"], "app.handler");
     assert_eq!(reply["helper"], "helper");
-    assert_eq!(reply["cold"], true);
     assert_eq!(reply["event"], json!({"n": 1}));
     // The code runs from the unpacked package, in the content-keyed cache.
     let task_root = reply["task_root"].as_str().unwrap();
@@ -244,18 +251,8 @@ port = 0
     let portico = Portico::start(&config);
     let api = portico.invoke_api.unwrap().to_string();
 
-    let (reply, error, tail) = invoke(&api, "node", &json!({"n": 1}));
-    assert_eq!(error, None, "{reply}");
+    let (reply, tail) = first_invocation(&api, "node", "256", "index.handler");
     let id = reply["request_id"].as_str().unwrap();
-    assert_eq!(reply["function_name"], "node");
-    assert_eq!(reply["memory_limit_in_mb"], "256");
-    assert_eq!(
-        reply["invoked_function_arn"],
-        "arn:aws:lambda:us-east-1:000000000000:function:node"
-    );
-    assert_eq!(reply["remaining_ms_positive"], true);
-    assert_eq!(reply["handler"], "index.handler");
-    assert_eq!(reply["cold"], true);
     assert!(tail.contains(&format!("\tINFO\thandling {id}\n")), "{tail}");
 
     let (reply, error, _) = invoke(&api, "node", &json!({"fail": "no"}));
