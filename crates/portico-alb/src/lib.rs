@@ -11,7 +11,8 @@
 //! 6. [`reply`] turns the function's reply into the HTTP response;
 //! 7. any failure becomes ALB's status code and error page in [`error`], and nowhere else.
 //!
-//! [`target_group`] holds what a Lambda target group is at run time.
+//! [`target_group`] holds what a Lambda target group is at run time; [`rules`] compiles and
+//! matches listener rule conditions.
 
 pub mod error;
 pub mod event;
@@ -19,6 +20,7 @@ pub mod forward;
 pub mod forwarded;
 pub mod listener;
 pub mod reply;
+pub mod rules;
 pub mod target_group;
 
 pub use listener::{ListenerSpec, serve};
