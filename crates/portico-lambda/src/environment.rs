@@ -35,8 +35,6 @@ pub(crate) struct Environment {
     sink: Arc<Sink>,
     /// Asks the output capture to catch up with the pipe.
     sync_output: mpsc::Sender<SyncRequest>,
-    /// Peak memory of a process that is gone, for its last `REPORT`.
-    peak_mb: Option<u64>,
     /// Reported on the first invocation only, as Lambda does for cold starts.
     init_duration: Option<Duration>,
     reusable: bool,
@@ -111,7 +109,6 @@ impl Environment {
             memory,
             sink,
             sync_output,
-            peak_mb: None,
             init_duration: None,
             reusable: true,
         };
@@ -190,10 +187,8 @@ impl Environment {
         let mut ended = self.run(pending, outcome).await;
         // A spike between two samples still shows in the peak: the function went over even
         // if it replied, and Lambda would have killed it.
-        if let Some(peak) = self.memory.as_ref().and_then(|m| m.went_over()) {
-            ended = Ended::OutOfMemory {
-                peak_mb: Some(peak),
-            };
+        if self.memory.as_ref().is_some_and(|m| m.went_over()) {
+            ended = Ended::OutOfMemory;
         }
         self.catch_up_output().await;
         let mut output = self.conclude(&request_id, ended);
@@ -202,7 +197,8 @@ impl Environment {
             request_id: &request_id,
             duration: started.elapsed(),
             memory_size_mb: self.spec.memory_size_mb,
-            max_memory_used_mb: self.peak_mb.or_else(|| self.memory.as_ref()?.peak_mb()),
+            // Of a process that is gone, the last sample.
+            max_memory_used_mb: self.memory.as_ref().and_then(|m| m.peak_mb()),
             init_duration: self.init_duration.take(),
         };
         self.sink.line(&report.line());
@@ -234,7 +230,7 @@ impl Environment {
             },
             _ = gone => Ended::Exited(self.exit_status()),
             _ = tokio::time::sleep(self.spec.timeout) => Ended::TimedOut,
-            peak = over_limit(&self.memory) => Ended::OutOfMemory { peak_mb: Some(peak) },
+            _ = over_limit(&self.memory) => Ended::OutOfMemory,
         }
     }
 
@@ -269,13 +265,9 @@ impl Environment {
                     true,
                 )
             }
-            Ended::Exited(_) if self.oom_killed() => {
-                self.conclude(request_id, Ended::OutOfMemory { peak_mb: None })
-            }
-            Ended::OutOfMemory { peak_mb } => {
+            Ended::Exited(_) if self.oom_killed() => self.conclude(request_id, Ended::OutOfMemory),
+            Ended::OutOfMemory => {
                 self.kill_now();
-                // The process is gone: its last sample is the figure for `REPORT`.
-                self.peak_mb = peak_mb.or_else(|| self.memory.as_ref()?.peak_mb());
                 let message = format!(
                     "RequestId: {request_id} Error: Runtime exited with error: signal: killed"
                 );
@@ -335,14 +327,12 @@ enum Ended {
     Outcome(Outcome),
     TimedOut,
     Exited(String),
-    /// Over the memory limit; with the peak seen, when the watchdog saw it.
-    OutOfMemory {
-        peak_mb: Option<u64>,
-    },
+    /// Over the memory limit.
+    OutOfMemory,
 }
 
-/// Resolves with the peak memory seen once the environment is over its memory limit.
-async fn over_limit(memory: &Option<Arc<MemoryLimit>>) -> u64 {
+/// Resolves once the environment is over its memory limit.
+async fn over_limit(memory: &Option<Arc<MemoryLimit>>) {
     match memory {
         Some(memory) => memory.exceeded().await,
         None => std::future::pending().await,

@@ -119,9 +119,8 @@ impl MemoryLimit {
         }
     }
 
-    /// Resolves with the peak seen once the process is over its limit (never, when the
-    /// kernel enforces it).
-    pub(crate) async fn exceeded(&self) -> u64 {
+    /// Resolves once the process is over its limit (never, when the kernel enforces it).
+    pub(crate) async fn exceeded(&self) {
         if self.cgroup.is_some() {
             return std::future::pending().await;
         }
@@ -131,20 +130,16 @@ impl MemoryLimit {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            match self.peak_mb() {
-                Some(used) if used > self.limit_mb => return used,
-                _ => {}
+            if self.went_over() {
+                return;
             }
         }
     }
 
-    /// The peak, if the process went over its limit at some point (watchdog mode only; the
+    /// Whether the process went over its limit at some point (watchdog mode only; the
     /// kernel does not let a process over).
-    pub(crate) fn went_over(&self) -> Option<u64> {
-        if self.cgroup.is_some() {
-            return None;
-        }
-        self.peak_mb().filter(|used| *used > self.limit_mb)
+    pub(crate) fn went_over(&self) -> bool {
+        self.cgroup.is_none() && self.peak_mb().is_some_and(|used| used > self.limit_mb)
     }
 
     /// Whether the kernel killed the process for memory (cgroup v2 only).
@@ -164,7 +159,8 @@ impl MemoryLimit {
     }
 
     /// Peak memory used, in MB: the cgroup's peak, or the process's `VmHWM`; a sample
-    /// younger than [`SAMPLE_EVERY`] is reused.
+    /// younger than [`SAMPLE_EVERY`] is reused, and once the process is gone its last sample
+    /// stands.
     pub(crate) fn peak_mb(&self) -> Option<u64> {
         let mut sample = self.sample.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, mb)) = *sample {
