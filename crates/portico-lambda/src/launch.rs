@@ -9,8 +9,10 @@
 //! - `nodejsN.x`: the official `aws-lambda-ric` client with the handler, from the code's own
 //!   `node_modules` or a global install.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 /// The program, arguments and runtime-specific variables that start one function.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,28 +54,26 @@ pub enum LaunchError {
 pub fn python(minor: u8, handler: &str, task_root: &Path) -> Result<Launch, LaunchError> {
     let runtime = format!("python3.{minor}");
     let candidates = [runtime.clone(), "python3".to_owned()];
-    let probe = "import sys, awslambdaric; print(sys.executable)";
     let mut unusable = None;
     for candidate in &candidates {
-        let out = match Command::new(candidate).args(["-c", probe]).output() {
-            Ok(out) => out,
-            Err(_) => continue,
+        let executable = match probe_python(candidate) {
+            Probe::Missing => continue,
+            Probe::NoClient => {
+                unusable.get_or_insert_with(|| candidate.clone());
+                continue;
+            }
+            Probe::Ready(executable) => executable,
         };
-        let executable = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if !out.status.success() || executable.is_empty() {
-            unusable.get_or_insert_with(|| candidate.clone());
-            continue;
-        }
         if candidate != &runtime {
             tracing::warn!(
                 runtime,
-                interpreter = executable,
+                interpreter = %executable.display(),
                 "no {runtime} on this machine; running the function with python3"
             );
         }
         let root = task_root.display().to_string();
         return Ok(Launch {
-            program: PathBuf::from(executable),
+            program: executable,
             args: vec!["-m".into(), "awslambdaric".into(), handler.to_owned()],
             environment: vec![("PYTHONPATH".into(), root)],
         });
@@ -90,6 +90,41 @@ pub fn python(minor: u8, handler: &str, task_root: &Path) -> Result<Launch, Laun
             tried: candidates.join(", "),
         },
     })
+}
+
+/// What a Python interpreter on this machine can do.
+#[derive(Clone)]
+enum Probe {
+    /// Not on `PATH`.
+    Missing,
+    /// Runs, but cannot import `awslambdaric`.
+    NoClient,
+    /// Runs with `awslambdaric`: its real executable.
+    Ready(PathBuf),
+}
+
+/// Asks `interpreter` for its real executable and whether it has `awslambdaric`, once per
+/// interpreter name: every Python function of a topology shares the answer.
+fn probe_python(interpreter: &str) -> Probe {
+    static PROBED: Mutex<BTreeMap<String, Probe>> = Mutex::new(BTreeMap::new());
+    let mut probed = PROBED.lock().unwrap_or_else(|e| e.into_inner());
+    probed
+        .entry(interpreter.to_owned())
+        .or_insert_with(|| {
+            let script = "import sys, awslambdaric; print(sys.executable)";
+            match Command::new(interpreter).args(["-c", script]).output() {
+                Err(_) => Probe::Missing,
+                Ok(out) => {
+                    let executable = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                    if out.status.success() && !executable.is_empty() {
+                        Probe::Ready(PathBuf::from(executable))
+                    } else {
+                        Probe::NoClient
+                    }
+                }
+            }
+        })
+        .clone()
 }
 
 /// The launch of a `nodejs{major}.x` function with `handler` in `task_root`.
