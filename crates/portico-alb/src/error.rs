@@ -56,6 +56,24 @@ pub enum LbError {
     /// The reply is not a valid ALB response document.
     #[error("invalid function reply: {0}")]
     InvalidReply(String),
+    /// The request cannot be forwarded as it is.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The target group has no targets that may take requests.
+    #[error("the target group has no registered targets")]
+    NoTargets,
+    /// A connection to the target could not be opened.
+    #[error("cannot connect to the target: {0}")]
+    TargetConnect(String),
+    /// The target closed or broke the connection before a full response head.
+    #[error("the target failed: {0}")]
+    TargetFailed(String),
+    /// The target did not answer in time.
+    #[error("the target did not answer within {timeout:?}")]
+    TargetTimeout {
+        /// The time allowed.
+        timeout: std::time::Duration,
+    },
     /// The reply JSON is over the 1 MB limit.
     #[error("function reply of {size} bytes is over the limit of {limit} bytes")]
     ReplyTooLarge {
@@ -73,7 +91,12 @@ impl LbError {
             Self::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::UpgradeRefused | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::UpgradeRefused | Self::BadBody(_) | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TargetConnect(_) | Self::TargetFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::TargetTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Invoke(InvokeError::Throttled { .. } | InvokeError::ShuttingDown) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -94,7 +117,12 @@ impl LbError {
             Self::UriTooLong { .. }
             | Self::HeaderTooLarge { .. }
             | Self::UpgradeRefused
-            | Self::BadBody(_) => "-",
+            | Self::BadBody(_)
+            | Self::BadRequest(_)
+            | Self::NoTargets
+            | Self::TargetConnect(_)
+            | Self::TargetFailed(_)
+            | Self::TargetTimeout { .. } => "-",
             Self::Invoke(InvokeError::Throttled { .. }) => "LambdaThrottling",
             Self::Invoke(InvokeError::ShuttingDown) => "LambdaServiceException",
             Self::Invoke(InvokeError::NotFound(_)) => "LambdaResourceNotFound",
@@ -113,7 +141,8 @@ impl LbError {
             | Self::UriTooLong { .. }
             | Self::HeaderTooLarge { .. }
             | Self::UpgradeRefused
-            | Self::BadBody(_) => Side::Client,
+            | Self::BadBody(_)
+            | Self::BadRequest(_) => Side::Client,
             Self::Invoke(InvokeError::RequestTooLarge { .. }) => Side::Client,
             Self::Invoke(InvokeError::ShuttingDown) => Side::Portico,
             _ => Side::Target,

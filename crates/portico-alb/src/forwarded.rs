@@ -6,6 +6,7 @@
 //! absent → a new `Root`; present with a `Root` → a `Self` field is added in front; present
 //! without a `Root` → a `Root` is added in front of the fields kept.
 
+use http::{HeaderMap, HeaderValue};
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,41 +21,39 @@ pub struct Origin {
     pub port: u16,
 }
 
-/// Applies ALB's forwarding headers to `headers` (lower-case names, in order, repeats kept).
-/// Returns the trace header value sent on.
-pub fn apply(headers: &mut Vec<(String, String)>, origin: Origin) -> String {
-    let prior_xff = take_all(headers, "x-forwarded-for");
-    let xff = if prior_xff.is_empty() {
-        origin.client.to_string()
-    } else {
-        format!("{}, {}", prior_xff.join(", "), origin.client)
-    };
-    take_all(headers, "x-forwarded-proto");
-    take_all(headers, "x-forwarded-port");
+/// Applies ALB's forwarding headers to `headers`. Returns the trace header value sent on.
+pub fn apply(headers: &mut HeaderMap, origin: Origin) -> String {
+    let client = origin.client.to_string();
+    let mut xff = Vec::new();
+    for prior in headers.get_all(X_FORWARDED_FOR) {
+        xff.extend_from_slice(prior.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    xff.extend_from_slice(client.as_bytes());
+    // Each piece was a valid header value, and so is their join; the fallback is for form.
+    let xff = HeaderValue::from_bytes(&xff)
+        .or_else(|_| HeaderValue::from_str(&client))
+        .unwrap_or(HeaderValue::from_static("-"));
     let trace = trace_header(
-        take_all(headers, "x-amzn-trace-id")
-            .last()
-            .map(String::as_str),
+        headers
+            .get_all(X_AMZN_TRACE_ID)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok()),
     );
-    headers.push(("x-forwarded-for".into(), xff));
-    headers.push(("x-forwarded-proto".into(), origin.proto.into()));
-    headers.push(("x-forwarded-port".into(), origin.port.to_string()));
-    headers.push(("x-amzn-trace-id".into(), trace.clone()));
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
+    headers.insert(X_FORWARDED_PORT, HeaderValue::from(origin.port));
+    if let Ok(value) = HeaderValue::from_str(&trace) {
+        headers.insert(X_AMZN_TRACE_ID, value);
+    }
     trace
 }
 
-fn take_all(headers: &mut Vec<(String, String)>, name: &str) -> Vec<String> {
-    let mut taken = Vec::new();
-    headers.retain(|(k, v)| {
-        if k == name {
-            taken.push(v.clone());
-            false
-        } else {
-            true
-        }
-    });
-    taken
-}
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_PORT: &str = "x-forwarded-port";
+const X_AMZN_TRACE_ID: &str = "x-amzn-trace-id";
 
 /// The `X-Amzn-Trace-Id` ALB forwards, given the one received.
 pub fn trace_header(received: Option<&str>) -> String {
@@ -140,27 +139,28 @@ mod tests {
 
     #[test]
     fn xff_appends_and_proto_port_are_replaced() {
-        let mut h = vec![
-            ("host".to_string(), "x".to_string()),
-            ("x-forwarded-for".to_string(), "10.0.0.1".to_string()),
-            ("x-forwarded-proto".to_string(), "https".to_string()),
-            ("x-forwarded-port".to_string(), "1".to_string()),
-        ];
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("x"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(X_FORWARDED_PORT, HeaderValue::from_static("1"));
         let origin = Origin {
             client: "203.0.113.9".parse().unwrap(),
             proto: "http",
             port: 8080,
         };
-        apply(&mut h, origin);
+        let trace = apply(&mut h, origin);
         let get = |n: &str| {
-            h.iter()
-                .filter(|(k, _)| k == n)
-                .map(|(_, v)| v.as_str())
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(get("x-forwarded-for"), ["10.0.0.1, 203.0.113.9"]);
+        assert_eq!(get("x-forwarded-for"), ["10.0.0.1, 10.0.0.2, 203.0.113.9"]);
         assert_eq!(get("x-forwarded-proto"), ["http"]);
         assert_eq!(get("x-forwarded-port"), ["8080"]);
+        assert_eq!(get("x-amzn-trace-id"), [trace.as_str()]);
         assert_eq!(get("host"), ["x"]);
     }
 }

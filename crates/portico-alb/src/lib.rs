@@ -4,24 +4,36 @@
 //! A request's path through this crate, phase by phase:
 //! 1. [`listener`] accepts a connection; with PROXY protocol enabled, `portico_proxy_protocol`
 //!    reads the client's real address first and refuses connections without a header;
-//! 2. hyper parses HTTP/1.1; [`forward`] checks the request against ALB's limits;
-//! 3. [`forwarded`] adds `X-Forwarded-For/-Proto/-Port` and `X-Amzn-Trace-Id`;
-//! 4. [`event`] builds the ALB event JSON for the target group;
-//! 5. the function is called through [`portico_invoke::Invoker`];
-//! 6. [`reply`] turns the function's reply into the HTTP response;
+//! 2. hyper parses HTTP/1.1; [`handler`] checks the request against ALB's limits;
+//! 3. the listener's [`router`] finds the first rule whose [`rules`] conditions hold, or the
+//!    default action;
+//! 4. the action answers: [`fixed_response`], [`redirect`], or a forward to a target group
+//!    picked by weight (with [`sticky`] group cookies);
+//! 5. [`forwarded`] adds `X-Forwarded-For/-Proto/-Port` and `X-Amzn-Trace-Id`;
+//! 6. a Lambda target group ([`lambda_target`]) builds the [`event`], invokes the function
+//!    through [`portico_invoke::Invoker`] and turns the [`reply`] into the response; an HTTP
+//!    target group ([`http_target`]) proxies to a healthy target over pooled connections;
 //! 7. any failure becomes ALB's status code and error page in [`error`], and nowhere else.
 //!
-//! [`target_group`] holds what a Lambda target group is at run time; [`rules`] compiles and
-//! matches listener rule conditions.
+//! [`target_group`] holds what a target group is at run time; [`body`] is the one response
+//! body type.
 
+pub mod body;
 pub mod error;
 pub mod event;
-pub mod forward;
+pub mod fixed_response;
 pub mod forwarded;
+pub mod handler;
+pub mod http_target;
+pub mod lambda_target;
 pub mod listener;
+pub mod redirect;
 pub mod reply;
+pub mod router;
 pub mod rules;
+pub mod sticky;
 pub mod target_group;
 
 pub use listener::{ListenerSpec, serve};
-pub use target_group::LambdaTargetGroup;
+pub use router::Router;
+pub use target_group::{LambdaTargetGroup, TargetGroup};

@@ -5,8 +5,8 @@
 //! its current request (hyper's graceful shutdown) → wait up to the drain timeout → cut the
 //! rest and report how many.
 
-use crate::forward::{self, Context};
-use crate::target_group::LambdaTargetGroup;
+use crate::handler::{self, Context};
+use crate::router::Router;
 use hyper_util::rt::TokioTimer;
 use portico_invoke::Invoker;
 use std::convert::Infallible;
@@ -33,8 +33,8 @@ pub struct ListenerSpec {
     pub idle_timeout: Duration,
     /// Connection cap, and how long in-flight requests get to finish at shutdown.
     pub limits: portico_accept::Limits,
-    /// The default action's target group.
-    pub target_group: LambdaTargetGroup,
+    /// The listener's rules and default action.
+    pub router: Router,
 }
 
 /// How long a connection may take to send its PROXY header.
@@ -49,10 +49,11 @@ pub async fn serve(
 ) {
     let local = listener.local_addr().ok();
     let ctx = Arc::new(Context {
-        target_group: spec.target_group.clone(),
+        router: spec.router.clone(),
         invoker,
         proto: "http",
         port: local.map_or(0, |a| a.port()),
+        target_timeout: spec.idle_timeout,
     });
     let spec = Arc::new(spec);
     let drained = portico_accept::serve(listener, &shutdown, spec.limits, |stream, peer| {
@@ -109,7 +110,7 @@ async fn serve_http(
     let client_ip = client.ip();
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(forward::handle(&ctx, client_ip, req).await) }
+        async move { Ok::<_, Infallible>(handler::handle(&ctx, client_ip, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -7,6 +7,7 @@
 //!
 //! Layout:
 //! - [`model`]: the typed topology and its defaults (what each key means);
+//! - [`routing`]: listener rules, conditions and actions;
 //! - [`decode`]: TOML to model, collecting unknown keys and type errors with paths;
 //! - [`validate`]: the rules the model must follow (ranges, names, references);
 //! - [`error`]: the error types.
@@ -14,8 +15,10 @@
 pub mod decode;
 pub mod error;
 pub mod model;
+pub mod routing;
 pub mod validate;
 
 pub use decode::{load_file, parse};
 pub use error::{ConfigError, LoadError};
 pub use model::*;
+pub use routing::*;

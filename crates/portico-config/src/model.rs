@@ -4,10 +4,12 @@
 //! their tables; references between parts (`target_group = "hello"`) use those names and are
 //! checked by [`crate::validate`].
 
+use crate::routing::{Action, Rule};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 /// The whole topology described by one file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -225,7 +227,11 @@ pub struct LbListener {
     /// without one. Default false.
     #[serde(default)]
     pub proxy_protocol_v2: bool,
-    /// What to do with a request.
+    /// Rules, tried from the lowest priority number up; the first whose conditions all
+    /// hold decides. Default none.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// What to do with a request no rule matches.
     pub default_action: Action,
 }
 
@@ -243,27 +249,41 @@ pub enum LbProtocol {
     Http,
 }
 
-/// A listener action.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Action {
-    /// Send the request to a target group.
-    Forward {
-        /// Name of the target group.
-        target_group: String,
-    },
-}
-
 /// A target group.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct TargetGroup {
     /// What the targets are.
     pub target_type: TargetType,
     /// For `lambda`: the function's name.
-    pub function: String,
-    /// ALB's `lambda.multi_value_headers.enabled`. Default false.
+    #[serde(default)]
+    pub function: Option<String>,
+    /// For `instance` and `ip`: the targets' addresses (`host:port`), plain HTTP/1.1.
+    #[serde(default)]
+    pub targets: Vec<SocketAddr>,
+    /// ALB's `lambda.multi_value_headers.enabled` (`lambda` only). Default false.
     #[serde(default)]
     pub multi_value_headers_enabled: bool,
+    /// How requests are spread over healthy targets. Default `round_robin`.
+    #[serde(default)]
+    pub load_balancing_algorithm: Algorithm,
+    /// Health checks; their defaults depend on the target type (see [`HealthCheck`]).
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    /// A new or recovered target's share ramps up linearly over this many seconds
+    /// (30–900; 0, the default, turns slow start off). Round robin only.
+    #[serde(default)]
+    pub slow_start_seconds: u32,
+    /// How long a removed target keeps serving its in-flight requests (0–3600). Default 300.
+    #[serde(default = "default_deregistration_delay")]
+    pub deregistration_delay_seconds: u32,
+    /// Duration-based stickiness with the `AWSALB` cookie: how long a client stays with its
+    /// target (1 s–7 days). Default off.
+    #[serde(default)]
+    pub stickiness_duration_seconds: Option<u32>,
+}
+
+fn default_deregistration_delay() -> u32 {
+    300
 }
 
 /// The kind of targets in a group.
@@ -272,6 +292,149 @@ pub struct TargetGroup {
 pub enum TargetType {
     /// One Lambda function.
     Lambda,
+    /// HTTP servers, by address.
+    Instance,
+    /// HTTP servers, by address.
+    Ip,
+}
+
+/// ALB's load balancing algorithms.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Each target in turn.
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight.
+    LeastOutstandingRequests,
+}
+
+/// A target group's health check settings. Unset fields take ALB's defaults for the target
+/// type: for `instance`/`ip` on, path `/`, every 30 s, 5 s timeout; for `lambda` off, every
+/// 35 s, 30 s timeout. Both: healthy after 5 successes, unhealthy after 2 failures, success
+/// is status 200.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Check at all.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The request path. Default `/`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The port to check; default the target's own port.
+    #[serde(default)]
+    pub port: Option<Port>,
+    /// Seconds between checks: ALB allows 5–300; portico also takes fractions down to 0.1
+    /// so tests need not wait.
+    #[serde(default)]
+    pub interval_seconds: Option<f64>,
+    /// Seconds to wait for an answer, less than the interval (ALB: 2–120).
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+    /// Consecutive successes that make a target healthy, 2–10.
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures that make a target unhealthy, 2–10.
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+    /// Statuses that count as success: `200`, `200,202`, `200-299` (within 200–499).
+    #[serde(default)]
+    pub matcher: Option<String>,
+}
+
+impl HealthCheck {
+    /// The settings in force for a group of `target_type`: the given ones over ALB's
+    /// defaults. Call on a validated config (an invalid matcher falls back to `200`).
+    pub fn resolve(&self, target_type: TargetType) -> HealthCheckSettings {
+        let lambda = target_type == TargetType::Lambda;
+        let secs = |v: Option<f64>, default: f64| Duration::from_secs_f64(v.unwrap_or(default));
+        HealthCheckSettings {
+            enabled: self.enabled.unwrap_or(!lambda),
+            path: self.path.clone().unwrap_or_else(|| "/".to_owned()),
+            port: self.port.map(|p| p.0),
+            interval: secs(self.interval_seconds, if lambda { 35.0 } else { 30.0 }),
+            timeout: secs(self.timeout_seconds, if lambda { 30.0 } else { 5.0 }),
+            healthy_threshold: self.healthy_threshold.unwrap_or(5),
+            unhealthy_threshold: self.unhealthy_threshold.unwrap_or(2),
+            matcher: self
+                .matcher
+                .as_deref()
+                .and_then(|m| Matcher::parse(m).ok())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Health check settings with every default applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSettings {
+    /// Check at all.
+    pub enabled: bool,
+    /// The request path.
+    pub path: String,
+    /// The port to check, if not the target's.
+    pub port: Option<u16>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time to wait for an answer.
+    pub timeout: Duration,
+    /// Consecutive successes to become healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures to become unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Statuses that count as success.
+    pub matcher: Matcher,
+}
+
+/// The statuses a health check accepts: ALB's `200`, `200,202` or `200-299` forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matcher(Vec<(u16, u16)>);
+
+impl Default for Matcher {
+    fn default() -> Self {
+        Self(vec![(200, 200)])
+    }
+}
+
+impl Matcher {
+    /// Parses a matcher; codes must be within 200–499, as ALB requires for HTTP checks.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let code = |s: &str| -> Result<u16, String> {
+            let n: u16 = s
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a status code"))?;
+            if (200..=499).contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!("{n} is outside 200-499"))
+            }
+        };
+        let mut ranges = Vec::new();
+        for part in text.split(',') {
+            let range = match part.split_once('-') {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (code(lo)?, code(hi)?);
+                    if lo > hi {
+                        return Err(format!("range {lo}-{hi} is empty"));
+                    }
+                    (lo, hi)
+                }
+                None => {
+                    let n = code(part)?;
+                    (n, n)
+                }
+            };
+            ranges.push(range);
+        }
+        Ok(Self(ranges))
+    }
+
+    /// Whether `status` counts as healthy.
+    pub fn accepts(&self, status: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
 }
 
 /// A Lambda function.

@@ -4,11 +4,12 @@
 //! (function names, timeouts, memory, reserved environment variables, target group names).
 
 use crate::error::ConfigError;
-use crate::model::{
-    Accelerator, Action, Config, Function, FunctionRuntime, LoadBalancer, TargetGroup,
-};
+use crate::model::{Accelerator, Config, Function, FunctionRuntime, LoadBalancer, TargetGroup};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+
+mod routing;
+pub use routing::*;
 
 /// Lambda's timeout range, in seconds.
 pub const TIMEOUT_SECONDS: (u32, u32) = (1, 900);
@@ -181,25 +182,16 @@ impl Validator {
             );
         }
         for (i, l) in lb.listeners.iter().enumerate() {
-            let Action::Forward { target_group } = &l.default_action;
-            self.reference(
-                format!("{path}.listeners[{i}].default_action.target_group"),
-                "target group",
-                target_group,
-                &config.target_groups,
-            );
+            let lp = format!("{path}.listeners[{i}]");
+            self.action(&format!("{lp}.default_action"), &l.default_action, config);
+            self.rules(&lp, &l.rules, config);
         }
     }
 
     fn target_group(&mut self, name: &str, tg: &TargetGroup, config: &Config) {
         let path = format!("target_groups.{name}");
         self.resource_name(&path, name, 32);
-        self.reference(
-            format!("{path}.function"),
-            "function",
-            &tg.function,
-            &config.functions,
-        );
+        self.target_group_settings(&path, tg, config);
     }
 
     fn function(&mut self, name: &str, f: &Function) {
@@ -303,15 +295,20 @@ impl Validator {
     }
 
     fn range(&mut self, path: String, value: u32, (min, max): (u32, u32), unit: &str) {
+        let unit = if unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {unit}")
+        };
         if value < min {
             self.err(
                 path,
-                format!("{value} {unit} is below the minimum of {min} {unit}"),
+                format!("{value}{unit} is below the minimum of {min}{unit}"),
             );
         } else if value > max {
             self.err(
                 path,
-                format!("{value} {unit} is above the maximum of {max} {unit}"),
+                format!("{value}{unit} is above the maximum of {max}{unit}"),
             );
         }
     }

@@ -5,11 +5,18 @@
 //! into the code cache and each runtime's interpreter is found.
 
 use anyhow::Context;
-use portico_alb::LambdaTargetGroup;
-use portico_config::{Config, Function, FunctionRuntime};
+use portico_alb::http_target::{HttpGroupSpec, HttpTargetGroup};
+use portico_alb::lambda_target::LambdaProbe;
+use portico_alb::{LambdaTargetGroup, TargetGroup};
+use portico_config::{Config, Function, FunctionRuntime, TargetType};
+use portico_invoke::Invoker;
 use portico_lambda::{FunctionSpec, launch};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The embedded default topology (`portico up` without a file).
 pub(crate) const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -115,15 +122,56 @@ fn resolve(path: &str, base: &Path) -> PathBuf {
     }
 }
 
-/// The target group `name` of `config`, as the load balancer runs it.
-pub(crate) fn target_group(config: &Config, name: &str) -> Option<LambdaTargetGroup> {
-    let tg = config.target_groups.get(name)?;
-    Some(LambdaTargetGroup {
-        name: name.to_owned(),
-        arn: LambdaTargetGroup::arn_for(REGION, portico_lambda::spec::ACCOUNT_ID, name),
-        function: tg.function.clone(),
-        multi_value_headers: tg.multi_value_headers_enabled,
-    })
+/// Every target group of `config`, as the load balancers run them. HTTP groups start
+/// checking their targets, and Lambda groups with health checks on start invoking their
+/// function for them; `shutdown` stops both.
+pub(crate) fn target_groups(
+    config: &Config,
+    invoker: &Arc<dyn Invoker>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> BTreeMap<String, TargetGroup> {
+    config
+        .target_groups
+        .iter()
+        .map(|(name, tg)| {
+            let arn =
+                portico_alb::target_group::arn_for(REGION, portico_lambda::spec::ACCOUNT_ID, name);
+            let health = tg.health_check.resolve(tg.target_type);
+            let group = match tg.target_type {
+                TargetType::Lambda => {
+                    let group = LambdaTargetGroup {
+                        name: name.clone(),
+                        arn,
+                        function: tg.function.clone().unwrap_or_default(),
+                        multi_value_headers: tg.multi_value_headers_enabled,
+                    };
+                    if health.enabled {
+                        LambdaProbe::start(&group, invoker, &health, tasks, shutdown);
+                    }
+                    TargetGroup::Lambda(group)
+                }
+                TargetType::Instance | TargetType::Ip => {
+                    let spec = HttpGroupSpec {
+                        name: name.clone(),
+                        arn,
+                        targets: tg.targets.clone(),
+                        algorithm: tg.load_balancing_algorithm,
+                        slow_start: Duration::from_secs(u64::from(tg.slow_start_seconds)),
+                        deregistration_delay: Duration::from_secs(u64::from(
+                            tg.deregistration_delay_seconds,
+                        )),
+                        stickiness: tg
+                            .stickiness_duration_seconds
+                            .map(|s| Duration::from_secs(u64::from(s))),
+                        health,
+                    };
+                    TargetGroup::Http(HttpTargetGroup::start(spec, tasks, shutdown))
+                }
+            };
+            (name.clone(), group)
+        })
+        .collect()
 }
 
 #[cfg(test)]

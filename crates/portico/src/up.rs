@@ -11,7 +11,7 @@
 use crate::banner::Banner;
 use crate::{signals, topology};
 use anyhow::{Context, bail};
-use portico_config::{Action, ClientAffinity, Config};
+use portico_config::{Action, ClientAffinity, Config, LbListener, TargetType};
 use portico_edge::health::{self, HealthCheck};
 use portico_edge::{Affinity, Edge, Endpoint, EndpointGroup};
 use portico_invoke::Invoker;
@@ -110,6 +110,7 @@ async fn start(
             shutdown.clone(),
         ));
     }
+    let groups = topology::target_groups(config, &invoker, tasks, shutdown);
     let mut bound: BTreeMap<String, Vec<BoundListener>> = BTreeMap::new();
     for (name, lb) in &config.load_balancers {
         for (i, l) in lb.listeners.iter().enumerate() {
@@ -122,26 +123,24 @@ async fn start(
                     )
                 })?;
             let address = listener.local_addr()?;
-            let Action::Forward { target_group } = &l.default_action;
-            let tg = topology::target_group(config, target_group)
-                .with_context(|| format!("no target group {target_group:?}"))?;
+            let router = portico_alb::Router::compile(l, &groups)
+                .with_context(|| format!("load_balancers.{name}.listeners[{i}]"))?;
             banner.load_balancers.push((name.clone(), address));
             banner.routes.push(format!(
-                "load balancer {name} {address}{} -> target group {} (lambda) -> function {}",
+                "load balancer {name} {address}{}: {}",
                 if l.proxy_protocol_v2 {
                     " (PROXY v2)"
                 } else {
                     ""
                 },
-                tg.name,
-                tg.function
+                describe_routes(l, config),
             ));
             let spec = portico_alb::ListenerSpec {
                 load_balancer: name.clone(),
                 proxy_protocol: l.proxy_protocol_v2,
                 idle_timeout: Duration::from_secs(u64::from(lb.idle_timeout_seconds)),
                 limits: LISTENER_LIMITS,
-                target_group: tg,
+                router,
             };
             tasks.spawn(portico_alb::serve(
                 listener,
@@ -250,4 +249,30 @@ async fn start_edge(
         );
     }
     Ok(())
+}
+
+/// One line on what a listener does: its rules' count and where its default action goes.
+fn describe_routes(listener: &LbListener, config: &Config) -> String {
+    let default = match &listener.default_action {
+        Action::Forward { .. } => listener
+            .default_action
+            .forward_targets()
+            .iter()
+            .map(|(tg, _)| match config.target_groups.get(*tg) {
+                Some(group) if group.target_type == TargetType::Lambda => format!(
+                    "target group {tg} (lambda) -> function {}",
+                    group.function.as_deref().unwrap_or("?")
+                ),
+                Some(group) => format!("target group {tg} ({} targets)", group.targets.len()),
+                None => format!("target group {tg}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Action::Redirect(_) => "redirect".to_owned(),
+        Action::FixedResponse(f) => format!("fixed response {}", f.status_code),
+    };
+    match listener.rules.len() {
+        0 => format!("-> {default}"),
+        n => format!("{n} rule(s), default -> {default}"),
+    }
 }

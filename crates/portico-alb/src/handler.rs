@@ -1,21 +1,24 @@
-//! One request to a Lambda target group: limits, event, invocation, reply.
+//! One request through a listener: ALB's head limits, the rules, then the action.
+//!
+//! Every failure becomes ALB's status and error page here, through [`LbError`], and is
+//! logged once with the side that caused it.
 
+use crate::body::Body;
 use crate::error::LbError;
-use crate::event::{AlbEvent, RequestParts};
-use crate::forwarded::{self, Origin};
-use crate::reply;
-use crate::target_group::LambdaTargetGroup;
-use bytes::Bytes;
-use http::{Request, Response, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use crate::forwarded::Origin;
+use crate::lambda_target;
+use crate::redirect::Original;
+use crate::router::{Action, Router};
+use crate::rules::{RequestView, strip_port};
+use crate::sticky;
+use crate::target_group::TargetGroup;
+use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
-use portico_invoke::{Invocation, Invoker};
+use portico_invoke::Invoker;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// Largest request body a Lambda target accepts: 1 MB.
-pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
 /// ALB's limit on the request line (method, target, version): 16 KB.
 pub const MAX_REQUEST_LINE_BYTES: usize = 16 * 1024;
 /// ALB's limit on one header (name, `: `, value): 16 KB.
@@ -25,26 +28,24 @@ pub const MAX_HEADERS_TOTAL_BYTES: usize = 64 * 1024;
 
 /// What every request of one listener shares.
 pub struct Context {
-    /// Where requests go.
-    pub target_group: LambdaTargetGroup,
+    /// The listener's rules.
+    pub router: Router,
     /// How functions are called.
     pub invoker: Arc<dyn Invoker>,
     /// `http` or `https`.
     pub proto: &'static str,
-    /// The listener's port, for `X-Forwarded-Port`.
+    /// The listener's port, for `X-Forwarded-Port` and redirects.
     pub port: u16,
+    /// How long an HTTP target may take to answer (the load balancer's idle timeout).
+    pub target_timeout: Duration,
 }
 
 /// Answers one request; failures become ALB's error responses.
-pub async fn handle(
-    ctx: &Context,
-    client: IpAddr,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+pub async fn handle(ctx: &Context, client: IpAddr, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let response = match forward(ctx, client, req).await {
+    let response = match respond(ctx, client, req).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(
@@ -52,7 +53,7 @@ pub async fn handle(
                 reason = error.reason(), side = ?error.side(), %error,
                 "request failed"
             );
-            error.into_response()
+            crate::body::boxed(error.into_response())
         }
     };
     tracing::debug!(
@@ -63,75 +64,65 @@ pub async fn handle(
     response
 }
 
-async fn forward(
+async fn respond(
     ctx: &Context,
     client: IpAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, LbError> {
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, LbError> {
     check_head(&req)?;
-    if req.headers().contains_key(header::UPGRADE) {
-        return Err(LbError::UpgradeRefused);
-    }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_REQUEST_BODY_BYTES as u64) {
-        return Err(LbError::RequestTooLarge {
-            limit: MAX_REQUEST_BODY_BYTES,
-        });
-    }
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_REQUEST_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(LbError::RequestTooLarge {
-                limit: MAX_REQUEST_BODY_BYTES,
-            });
+    if !req.headers().contains_key(header::HOST) {
+        // HTTP/2 carries the host as `:authority`; rules and targets see it as `Host`.
+        if let Some(authority) = req.uri().authority() {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(header::HOST, value);
+            }
         }
-        Err(e) => return Err(LbError::BadBody(e.to_string())),
+    }
+    let view = RequestView {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        source: client,
     };
-    let mut headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
     let origin = Origin {
         client,
         proto: ctx.proto,
         port: ctx.port,
     };
-    let trace_id = forwarded::apply(&mut headers, origin);
-    let request = RequestParts {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers,
-        body: &body,
-    };
-    let tg = &ctx.target_group;
-    let event = AlbEvent::new(&request, &tg.arn, tg.multi_value_headers).to_json();
-    let output = ctx
-        .invoker
-        .invoke(Invocation {
-            function: tg.function.clone(),
-            payload: Bytes::from(event),
-            trace_id: Some(trace_id),
-            ..Invocation::default()
-        })
-        .await?;
-    if let Some(failure) = output.function_error {
-        return Err(LbError::FunctionFailed {
-            error_type: failure.error_type,
-        });
+    match ctx.router.route(&view) {
+        Action::FixedResponse(fixed) => Ok(fixed.respond()),
+        Action::Redirect(redirect) => {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(strip_port)
+                .ok_or_else(|| LbError::BadRequest("no Host header to redirect with".into()))?;
+            Ok(redirect.respond(&Original {
+                protocol: ctx.proto,
+                host,
+                port: ctx.port,
+                path: req.uri().path(),
+                query: req.uri().query().unwrap_or(""),
+            }))
+        }
+        Action::Forward(forward) => {
+            let picked = forward.pick(req.headers()).ok_or(LbError::NoTargets)?;
+            let mut response = match picked.group {
+                TargetGroup::Lambda(tg) => {
+                    lambda_target::forward(tg, ctx.invoker.as_ref(), origin, req).await?
+                }
+                TargetGroup::Http(tg) => tg.forward(req, origin, ctx.target_timeout).await?.0,
+            };
+            if let Some((value, duration)) = picked.stick {
+                for cookie in sticky::GROUP.set(value, duration) {
+                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+            }
+            Ok(response)
+        }
     }
-    reply::into_response(&output.payload, tg.multi_value_headers)
 }
 
 /// ALB's limits on the request head: 414 for a long request line, 431 for a long header or

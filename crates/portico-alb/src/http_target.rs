@@ -1,0 +1,383 @@
+//! Target groups of HTTP servers (`instance` and `ip` targets): choosing a target, health
+//! checks, slow start, stickiness, draining, and proxying over pooled connections.
+//!
+//! Choosing, per request:
+//! 1. targets being deregistered (draining) take no new requests;
+//! 2. of the rest, the healthy ones; when none is healthy, all of them (ALB fails open);
+//!    with no target at all the request gets 503;
+//! 3. with stickiness on, the target named by the client's `AWSALB` cookie if it is among
+//!    them;
+//! 4. else by the algorithm: round robin (weighted by slow start's ramp while a target is in
+//!    it) or least outstanding requests.
+//!
+//! Failures are ALB's: a refused or reset connection is 502, no response within the load
+//! balancer's idle timeout is 504.
+
+use crate::body::Body;
+use crate::error::LbError;
+use crate::forwarded::{self, Origin};
+use crate::sticky;
+use crate::target_group::stable_hash;
+use http::{HeaderMap, Request, Response, Uri, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use portico_config::{Algorithm, HealthCheckSettings};
+use portico_health::{HttpProbe, Status, Verdict};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a connection to a target may take to open (ALB: 10 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pooled connection to a target may sit idle.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// One target: an HTTP server.
+#[derive(Debug)]
+pub struct Target {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Its health.
+    pub status: Arc<Status>,
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+    cookie: u64,
+    checks: CancellationToken,
+}
+
+impl Target {
+    /// Requests sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is being deregistered.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as outstanding on a target until dropped.
+struct Outstanding(Arc<Target>);
+
+impl Outstanding {
+    fn new(target: Arc<Target>) -> Self {
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(target)
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a group behaves.
+#[derive(Debug, Clone)]
+pub struct HttpGroupSpec {
+    /// The group's name.
+    pub name: String,
+    /// Its ARN.
+    pub arn: String,
+    /// The targets.
+    pub targets: Vec<SocketAddr>,
+    /// Round robin or least outstanding requests.
+    pub algorithm: Algorithm,
+    /// Ramp-up time of a newly healthy target (zero: off).
+    pub slow_start: Duration,
+    /// How long a deregistered target may finish its requests.
+    pub deregistration_delay: Duration,
+    /// `AWSALB` stickiness duration, if on.
+    pub stickiness: Option<Duration>,
+    /// Health checks.
+    pub health: HealthCheckSettings,
+}
+
+/// A target group of HTTP servers.
+#[derive(Debug)]
+pub struct HttpTargetGroup {
+    /// The group's name.
+    pub name: String,
+    /// Its ARN.
+    pub arn: String,
+    spec: HttpGroupSpec,
+    targets: RwLock<Vec<Arc<Target>>>,
+    next: AtomicUsize,
+    client: Client<HttpConnector, Body>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl HttpTargetGroup {
+    /// Builds the group and starts health checks for its targets; they stop with
+    /// `shutdown`, and `tasks` tracks them.
+    pub fn start(
+        spec: HttpGroupSpec,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector);
+        let group = Arc::new(Self {
+            name: spec.name.clone(),
+            arn: spec.arn.clone(),
+            targets: RwLock::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            client,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+            spec,
+        });
+        for address in group.spec.targets.clone() {
+            group.register(address);
+        }
+        group
+    }
+
+    /// Adds a target (if not there yet) and starts checking it. Without health checks it is
+    /// healthy at once; with them it must pass one first.
+    pub fn register(&self, address: SocketAddr) {
+        let mut targets = self.write_targets();
+        if targets
+            .iter()
+            .any(|t| t.address == address && !t.is_draining())
+        {
+            return;
+        }
+        let health = &self.spec.health;
+        let verdict = if health.enabled {
+            Verdict::Initial
+        } else {
+            Verdict::Healthy
+        };
+        let target = Arc::new(Target {
+            address,
+            status: Arc::new(Status::new(verdict)),
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            cookie: stable_hash(address.to_string().as_bytes()),
+            checks: self.shutdown.child_token(),
+        });
+        if health.enabled {
+            let matcher = health.matcher.clone();
+            let probe = HttpProbe {
+                address: SocketAddr::new(address.ip(), health.port.unwrap_or(address.port())),
+                path: health.path.clone(),
+                accepts: move |status| matcher.accepts(status),
+            };
+            let (schedule, thresholds) = crate::target_group::check_plan(health);
+            self.tasks.spawn(portico_health::run(
+                probe,
+                target.status.clone(),
+                schedule,
+                thresholds,
+                target.checks.clone(),
+            ));
+        }
+        targets.push(target);
+    }
+
+    /// Starts draining a target: it takes no new requests, and is removed once its
+    /// requests are done or the deregistration delay is over, whichever comes first.
+    pub fn deregister(self: &Arc<Self>, address: SocketAddr) -> bool {
+        let Some(target) = self
+            .read_targets()
+            .iter()
+            .find(|t| t.address == address && !t.is_draining())
+            .cloned()
+        else {
+            return false;
+        };
+        target.draining.store(true, Ordering::Relaxed);
+        tracing::info!(group = self.name, %address, "target draining");
+        let group = self.clone();
+        self.tasks.spawn(async move {
+            let deadline = tokio::time::Instant::now() + group.spec.deregistration_delay;
+            while target.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::select! {
+                    _ = group.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+            target.checks.cancel();
+            group
+                .write_targets()
+                .retain(|t| !Arc::ptr_eq(t, &target));
+            tracing::info!(group = group.name, %address, in_flight = target.in_flight(), "target deregistered");
+        });
+        true
+    }
+
+    /// The targets, as they are now.
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        self.read_targets().clone()
+    }
+
+    fn read_targets(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Target>>> {
+        self.targets.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_targets(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Target>>> {
+        self.targets.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The target for a request whose `AWSALB` cookie held `sticky`.
+    pub fn pick(&self, sticky: Option<u64>) -> Option<Arc<Target>> {
+        let targets = self.read_targets();
+        let live = || targets.iter().filter(|t| !t.is_draining());
+        let any_healthy = live().any(|t| t.status.is_healthy());
+        // ALB fails open: with no healthy target, every target is a candidate.
+        let candidates = || live().filter(move |t| !any_healthy || t.status.is_healthy());
+        let count = candidates().count();
+        if count == 0 {
+            return None;
+        }
+        if let Some(value) = sticky {
+            if let Some(t) = candidates().find(|t| t.cookie == value) {
+                return Some(t.clone());
+            }
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let chosen = match self.spec.algorithm {
+            Algorithm::LeastOutstandingRequests => candidates()
+                .cycle()
+                .skip(turn % count)
+                .take(count)
+                .min_by_key(|t| t.in_flight()),
+            Algorithm::RoundRobin => match slow_start_ticket(candidates(), self.spec.slow_start) {
+                Some(index) => candidates().nth(index),
+                None => candidates().nth(turn % count),
+            },
+        };
+        chosen.cloned()
+    }
+
+    /// Proxies `req` to a target. Returns the response and the target that gave it.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        origin: Origin,
+        timeout: Duration,
+    ) -> Result<(Response<Body>, Arc<Target>), LbError> {
+        let sticky = self
+            .spec
+            .stickiness
+            .and_then(|_| sticky::TARGET.read(req.headers()));
+        let target = self.pick(sticky).ok_or(LbError::NoTargets)?;
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(target.address.to_string())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| LbError::BadRequest(e.to_string()))?;
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        forwarded::apply(&mut parts.headers, origin);
+        let request = Request::from_parts(parts, body.boxed());
+
+        let outstanding = Outstanding::new(target.clone());
+        let response = tokio::time::timeout(timeout, self.client.request(request)).await;
+        drop(outstanding);
+        let mut response = match response {
+            Err(_) => return Err(LbError::TargetTimeout { timeout }),
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(LbError::TargetConnect(source_chain(&e)));
+            }
+            Ok(Err(e)) => return Err(LbError::TargetFailed(source_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
+        strip_hop_by_hop(response.headers_mut());
+        if let Some(duration) = self.spec.stickiness {
+            for value in sticky::TARGET.set(target.cookie, duration) {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+        }
+        Ok((response.map(|b| b.boxed()), target))
+    }
+}
+
+/// While some candidate is within its slow start, a weighted random pick: each candidate
+/// weighs its share of the ramp (at least 1 %), others weigh 1. `None` when no candidate is
+/// ramping, so plain round robin applies.
+fn slow_start_ticket<'a>(
+    candidates: impl Iterator<Item = &'a Arc<Target>> + Clone,
+    slow_start: Duration,
+) -> Option<usize> {
+    if slow_start.is_zero() {
+        return None;
+    }
+    let weight = |t: &Target| -> f64 {
+        match t.status.healthy_for() {
+            Some(d) if d < slow_start => (d.as_secs_f64() / slow_start.as_secs_f64()).max(0.01),
+            _ => 1.0,
+        }
+    };
+    if candidates.clone().all(|t| weight(t) >= 1.0) {
+        return None;
+    }
+    let total: f64 = candidates.clone().map(|t| weight(t)).sum();
+    let mut ticket = fastrand::f64() * total;
+    for (i, t) in candidates.enumerate() {
+        let w = weight(t);
+        if ticket < w {
+            return Some(i);
+        }
+        ticket -= w;
+    }
+    None
+}
+
+/// Headers that belong to one connection, not to the message (RFC 9110 §7.6.1), including
+/// those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<header::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

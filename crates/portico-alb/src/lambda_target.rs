@@ -1,0 +1,164 @@
+//! One request to a Lambda target group: body limit, event, invocation, reply.
+
+use crate::body::{Body, boxed};
+use crate::error::LbError;
+use crate::event::{AlbEvent, RequestParts};
+use crate::forwarded::{self, Origin};
+use crate::reply;
+use crate::target_group::LambdaTargetGroup;
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use portico_invoke::{Invocation, Invoker};
+
+/// Largest request body a Lambda target accepts: 1 MB.
+pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
+
+/// Invokes the group's function with the ALB event for `req` and turns its reply into the
+/// response.
+pub async fn forward(
+    tg: &LambdaTargetGroup,
+    invoker: &dyn Invoker,
+    origin: Origin,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, LbError> {
+    if req.headers().contains_key(header::UPGRADE) {
+        return Err(LbError::UpgradeRefused);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY_BYTES as u64) {
+        return Err(LbError::RequestTooLarge {
+            limit: MAX_REQUEST_BODY_BYTES,
+        });
+    }
+    let (mut parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(LbError::RequestTooLarge {
+                limit: MAX_REQUEST_BODY_BYTES,
+            });
+        }
+        Err(e) => return Err(LbError::BadBody(e.to_string())),
+    };
+    let trace_id = forwarded::apply(&mut parts.headers, origin);
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let request = RequestParts {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers,
+        body: &body,
+    };
+    let event = AlbEvent::new(&request, &tg.arn, tg.multi_value_headers).to_json();
+    let output = invoker
+        .invoke(Invocation {
+            function: tg.function.clone(),
+            payload: Bytes::from(event),
+            trace_id: Some(trace_id),
+            ..Invocation::default()
+        })
+        .await?;
+    if let Some(failure) = output.function_error {
+        return Err(LbError::FunctionFailed {
+            error_type: failure.error_type,
+        });
+    }
+    reply::into_response(&output.payload, tg.multi_value_headers).map(boxed)
+}
+
+/// ALB's health check of a Lambda target group: the function gets a `GET` event for the
+/// configured path with `user-agent: ELB-HealthChecker/2.0`, and is healthy when it replies
+/// without an error with a status the matcher accepts.
+pub struct LambdaProbe {
+    /// The group checked.
+    pub group: LambdaTargetGroup,
+    /// How functions are called.
+    pub invoker: std::sync::Arc<dyn Invoker>,
+    /// The path in the event.
+    pub path: String,
+    /// Which statuses count as healthy.
+    pub matcher: portico_config::Matcher,
+}
+
+impl LambdaProbe {
+    /// Starts checking `group` with `settings` until `shutdown`.
+    pub fn start(
+        group: &LambdaTargetGroup,
+        invoker: &std::sync::Arc<dyn Invoker>,
+        settings: &portico_config::HealthCheckSettings,
+        tasks: &tokio_util::task::TaskTracker,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> std::sync::Arc<portico_health::Status> {
+        let probe = Self {
+            group: group.clone(),
+            invoker: invoker.clone(),
+            path: settings.path.clone(),
+            matcher: settings.matcher.clone(),
+        };
+        let status = std::sync::Arc::new(portico_health::Status::default());
+        let (schedule, thresholds) = crate::target_group::check_plan(settings);
+        tasks.spawn(portico_health::run(
+            probe,
+            status.clone(),
+            schedule,
+            thresholds,
+            shutdown.clone(),
+        ));
+        status
+    }
+}
+
+impl portico_health::Probe for LambdaProbe {
+    async fn check(&self) -> Result<(), String> {
+        let request = RequestParts {
+            method: "GET",
+            path: &self.path,
+            query: None,
+            headers: vec![("user-agent".into(), portico_health::USER_AGENT.into())],
+            body: &[],
+        };
+        let event = AlbEvent::new(&request, &self.group.arn, self.group.multi_value_headers);
+        let output = self
+            .invoker
+            .invoke(Invocation {
+                function: self.group.function.clone(),
+                payload: Bytes::from(event.to_json()),
+                ..Invocation::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(failure) = output.function_error {
+            return Err(format!("function error {}", failure.error_type));
+        }
+        let response = reply::into_response(&output.payload, self.group.multi_value_headers)
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        if self.matcher.accepts(status) {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "lambda target group {} ({})",
+            self.group.name, self.group.function
+        )
+    }
+}

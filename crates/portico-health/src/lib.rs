@@ -1,0 +1,275 @@
+//! The health engine: probes a target on a schedule and turns results into a verdict with
+//! separate healthy and unhealthy thresholds, as ALB target groups and Global Accelerator
+//! endpoint groups do.
+//!
+//! - [`Status`] is what the routing side reads: one atomic load per request;
+//! - [`Probe`] is one check: [`TcpProbe`] (a connection opens), [`HttpProbe`] (a `GET` gets a
+//!   matching status), or any other (the load balancer probes Lambda functions);
+//! - [`run`] drives a probe until shutdown and applies [`Thresholds`].
+//!
+//! A new target starts [`Verdict::Initial`]: one success makes it healthy (ALB: "after your
+//! target is registered, it must pass one health check"); `unhealthy` failures in a row make
+//! it unhealthy. After that, `healthy` successes in a row bring it back and `unhealthy`
+//! failures in a row take it out.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+mod probes;
+pub use probes::{HttpProbe, TcpProbe, USER_AGENT};
+
+/// A target's health as the last checks left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not checked successfully yet.
+    Initial,
+    /// Passing.
+    Healthy,
+    /// Failing.
+    Unhealthy,
+}
+
+/// A target's verdict and last round-trip time, shared between the checker and the router.
+#[derive(Debug)]
+pub struct Status {
+    verdict: AtomicU8,
+    rtt_micros: AtomicU64,
+    /// When the target last became healthy, as microseconds since `epoch` (0: never).
+    healthy_since_micros: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self::new(Verdict::Initial)
+    }
+}
+
+impl Status {
+    /// A status starting at `verdict`.
+    pub fn new(verdict: Verdict) -> Self {
+        let status = Self {
+            verdict: AtomicU8::new(verdict as u8),
+            rtt_micros: AtomicU64::new(0),
+            healthy_since_micros: AtomicU64::new(0),
+            epoch: Instant::now(),
+        };
+        if verdict == Verdict::Healthy {
+            status.mark_healthy_now();
+        }
+        status
+    }
+
+    /// The current verdict.
+    pub fn verdict(&self) -> Verdict {
+        match self.verdict.load(Ordering::Relaxed) {
+            1 => Verdict::Healthy,
+            2 => Verdict::Unhealthy,
+            _ => Verdict::Initial,
+        }
+    }
+
+    /// Whether the verdict is [`Verdict::Healthy`].
+    pub fn is_healthy(&self) -> bool {
+        self.verdict() == Verdict::Healthy
+    }
+
+    /// Sets the verdict (the checker does this; tests and manual overrides may too).
+    pub fn set(&self, verdict: Verdict) {
+        let before = self.verdict.swap(verdict as u8, Ordering::Relaxed);
+        if verdict == Verdict::Healthy && before != Verdict::Healthy as u8 {
+            self.mark_healthy_now();
+        }
+    }
+
+    fn mark_healthy_now(&self) {
+        let micros = self.epoch.elapsed().as_micros().max(1);
+        self.healthy_since_micros
+            .store(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How long the target has been healthy (none while it is not).
+    pub fn healthy_for(&self) -> Option<Duration> {
+        if !self.is_healthy() {
+            return None;
+        }
+        let since = Duration::from_micros(self.healthy_since_micros.load(Ordering::Relaxed));
+        Some(self.epoch.elapsed().saturating_sub(since))
+    }
+
+    /// The round-trip time of the last successful check.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_micros(n)),
+        }
+    }
+
+    fn record_rtt(&self, rtt: Duration) {
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.rtt_micros.store(micros, Ordering::Relaxed);
+    }
+}
+
+/// Consecutive results needed to change a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Successes that make a target healthy.
+    pub healthy: u32,
+    /// Failures that make a target unhealthy.
+    pub unhealthy: u32,
+}
+
+/// When and how long checks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Time between the starts of two checks.
+    pub interval: Duration,
+    /// Time one check may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+/// One health check of one target.
+pub trait Probe: Send + Sync + 'static {
+    /// Runs one check; `Err` says why it failed.
+    fn check(&self) -> impl Future<Output = Result<(), String>> + Send;
+    /// What is checked, for logs.
+    fn describe(&self) -> String;
+}
+
+/// Applies check results to a verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct Tally {
+    thresholds: Thresholds,
+    successes: u32,
+    failures: u32,
+}
+
+impl Tally {
+    /// A tally with no results yet.
+    pub fn new(thresholds: Thresholds) -> Self {
+        Self {
+            thresholds,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// The verdict after one more result, given the current one.
+    pub fn record(&mut self, current: Verdict, ok: bool) -> Verdict {
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+        }
+        match current {
+            Verdict::Initial if ok => Verdict::Healthy,
+            Verdict::Unhealthy if self.successes >= self.thresholds.healthy => Verdict::Healthy,
+            Verdict::Initial | Verdict::Healthy if self.failures >= self.thresholds.unhealthy => {
+                Verdict::Unhealthy
+            }
+            other => other,
+        }
+    }
+}
+
+/// Checks with `probe` every interval until `shutdown` fires, updating `status`.
+pub async fn run<P: Probe>(
+    probe: P,
+    status: Arc<Status>,
+    schedule: Schedule,
+    thresholds: Thresholds,
+    shutdown: CancellationToken,
+) {
+    let mut tally = Tally::new(thresholds);
+    let mut ticker = tokio::time::interval(schedule.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(schedule.timeout, probe.check()) => match r {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {:?}", schedule.timeout)),
+            },
+        };
+        if result.is_ok() {
+            status.record_rtt(started.elapsed());
+        }
+        let before = status.verdict();
+        let after = tally.record(before, result.is_ok());
+        if after != before {
+            status.set(after);
+            match &result {
+                Ok(()) => {
+                    tracing::info!(target = probe.describe(), ?before, ?after, "health changed")
+                }
+                Err(reason) => tracing::warn!(
+                    target = probe.describe(),
+                    ?before,
+                    ?after,
+                    reason,
+                    "health changed"
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_apply_as_alb_documents() {
+        let t = Thresholds {
+            healthy: 3,
+            unhealthy: 2,
+        };
+        let mut tally = Tally::new(t);
+        assert_eq!(
+            tally.record(Verdict::Initial, true),
+            Verdict::Healthy,
+            "one pass"
+        );
+        let mut tally = Tally::new(t);
+        assert_eq!(tally.record(Verdict::Initial, false), Verdict::Initial);
+        assert_eq!(tally.record(Verdict::Initial, false), Verdict::Unhealthy);
+        let mut v = Verdict::Healthy;
+        let mut tally = Tally::new(t);
+        for (ok, want) in [
+            (false, Verdict::Healthy),
+            (true, Verdict::Healthy),
+            (false, Verdict::Healthy),
+            (false, Verdict::Unhealthy),
+            (true, Verdict::Unhealthy),
+            (true, Verdict::Unhealthy),
+            (false, Verdict::Unhealthy),
+            (true, Verdict::Unhealthy),
+            (true, Verdict::Unhealthy),
+            (true, Verdict::Healthy),
+        ] {
+            v = tally.record(v, ok);
+            assert_eq!(v, want);
+        }
+    }
+
+    #[test]
+    fn status_reports_how_long_it_has_been_healthy() {
+        let s = Status::default();
+        assert_eq!(s.healthy_for(), None);
+        s.set(Verdict::Healthy);
+        assert!(s.healthy_for().is_some());
+        s.set(Verdict::Unhealthy);
+        assert_eq!(s.healthy_for(), None);
+    }
+}
