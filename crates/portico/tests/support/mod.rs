@@ -244,3 +244,59 @@ pub fn is_alive(pid: i32) -> bool {
     // A zombie has been reaped by nobody; count it as alive (not cleaned up).
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// A plain HTTP server (`tests/functions/backend.py`) for instance/IP target groups; killed
+/// on drop.
+pub struct Backend {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Backend {
+    /// Starts a backend named `name` on `port` (0: any free port).
+    pub fn start(name: &str, port: u16) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/functions/backend.py");
+        let mut child = Command::new(python())
+            .args([script, name, &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("backend {name} did not start: {line:?}")
+        });
+        Self { child, port }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Reply {
+    /// Every value of a header, in order.
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}

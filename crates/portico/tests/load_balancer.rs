@@ -1,0 +1,465 @@
+//! The load balancer end to end: listener rules (every condition type), every action, and
+//! instance/IP target groups with real HTTP backends (`functions/backend.py`), through a real
+//! `portico up` and real curl.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn lb(portico: &Portico) -> SocketAddr {
+    portico.load_balancers[0].1
+}
+
+fn fixed(priority: u32, conditions: &str, body: &str) -> String {
+    format!(
+        r#"
+[[load_balancers.web.listeners.rules]]
+priority = {priority}
+conditions = [{conditions}]
+action = {{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "{body}" }}
+"#
+    )
+}
+
+#[test]
+fn rules_route_by_every_condition_type_with_albs_matching() {
+    let backend = Backend::start("default", 0);
+    let mut config = format!(
+        r#"
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+address = "0.0.0.0"
+port = 0
+default_action = {{ type = "forward", target_group = "servers" }}
+
+[target_groups.servers]
+target_type = "ip"
+targets = ["{}"]
+health_check = {{ interval_seconds = 0.2, timeout_seconds = 0.1 }}
+
+[invoke_api]
+enabled = false
+"#,
+        backend.address()
+    );
+    for (priority, conditions, body) in [
+        (
+            5,
+            r#"{ field = "host-header", values = ["api.example.com", "*.api.example.org"] }"#,
+            "host",
+        ),
+        (
+            6,
+            r#"{ field = "path-pattern", values = ["/docs/*", "/img/?.png"] }"#,
+            "path",
+        ),
+        (
+            7,
+            r#"{ field = "http-header", name = "X-Env", values = ["canary"] }"#,
+            "header",
+        ),
+        (
+            8,
+            r#"{ field = "http-request-method", values = ["DELETE"] }"#,
+            "method",
+        ),
+        (
+            9,
+            r#"{ field = "query-string", values = [{ key = "version", value = "v?" }, { value = "debug" }] }"#,
+            "query",
+        ),
+        (
+            10,
+            r#"{ field = "source-ip", values = ["127.0.0.6/32"] }"#,
+            "source",
+        ),
+        (
+            1,
+            r#"{ field = "path-pattern", values = ["/both"] }, { field = "http-request-method", values = ["POST"] }"#,
+            "both",
+        ),
+        // Two rules match /docs/first: the lower priority number wins.
+        (
+            2,
+            r#"{ field = "path-pattern", values = ["/docs/first"] }"#,
+            "first",
+        ),
+    ] {
+        config.push_str(&fixed(priority, conditions, body));
+    }
+    let portico = Portico::start(&config);
+    let port = lb(&portico).port();
+    let base = format!("http://127.0.0.1:{port}");
+    let hit = |source: Option<&str>, args: &[&str]| -> String {
+        let r = curl(source, args);
+        if r.headers_named("server")
+            .iter()
+            .any(|s| s.starts_with("BaseHTTP"))
+        {
+            return "default".to_owned();
+        }
+        assert_eq!(r.status, 200, "{args:?}: {r:?}");
+        r.body
+    };
+    let url = |path: &str| format!("{base}{path}");
+    // host-header: case-insensitive, port ignored, wildcards.
+    assert_eq!(
+        hit(None, &["-H", "Host: API.Example.com:8080", &url("/")]),
+        "host"
+    );
+    assert_eq!(
+        hit(None, &["-H", "Host: v1.api.example.org", &url("/")]),
+        "host"
+    );
+    assert_eq!(
+        hit(None, &["-H", "Host: example.com", &url("/")]),
+        "default"
+    );
+    // path-pattern: case-sensitive, `*` and `?`, the query is not part of the path.
+    assert_eq!(hit(None, &[&url("/docs/a/b?x=1")]), "path");
+    assert_eq!(hit(None, &[&url("/img/a.png")]), "path");
+    assert_eq!(hit(None, &[&url("/img/ab.png")]), "default");
+    assert_eq!(hit(None, &[&url("/DOCS/a")]), "default");
+    // http-header: name and value case-insensitive.
+    assert_eq!(hit(None, &["-H", "x-env: CANARY", &url("/")]), "header");
+    assert_eq!(hit(None, &["-H", "x-env: prod", &url("/")]), "default");
+    // http-request-method: case-sensitive.
+    assert_eq!(hit(None, &["-X", "DELETE", &url("/")]), "method");
+    assert_eq!(hit(None, &["-X", "delete", &url("/")]), "default");
+    // query-string: key/value wildcards, case-insensitive; a pair without key.
+    assert_eq!(hit(None, &[&url("/?a=1&Version=V2")]), "query");
+    assert_eq!(hit(None, &[&url("/?flag=debug")]), "query");
+    assert_eq!(hit(None, &[&url("/?version=v22")]), "default");
+    // source-ip: the client's address.
+    assert_eq!(hit(Some("127.0.0.6"), &[&url("/")]), "source");
+    assert_eq!(hit(Some("127.0.0.5"), &[&url("/")]), "default");
+    // Conditions AND'ed; priorities ordered.
+    assert_eq!(hit(None, &["-X", "POST", &url("/both")]), "both");
+    assert_eq!(hit(None, &[&url("/both")]), "default");
+    assert_eq!(hit(None, &[&url("/docs/first")]), "first");
+}
+
+/// `examples/rules.toml`, on free ports.
+fn example_config() -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/rules.toml"
+    ))
+    .unwrap();
+    text.replace("port = 9080", "port = 0")
+        .replace("port = 9001", "port = 0")
+        .replace("{portico_bin_dir}/hello", hello_bin().to_str().unwrap())
+}
+
+#[test]
+fn the_rules_example_does_what_it_says() {
+    let portico = Portico::start(&example_config());
+    let base = format!("http://{}", lb(&portico));
+
+    let r = curl(
+        None,
+        &["-H", "Host: api.example.com", &format!("{base}/anything")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["function"], "hello");
+
+    let r = curl(None, &[&format!("{base}/static/app.css")]);
+    assert_eq!((r.status, r.body.as_str()), (200, "static"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("server"), Some("awselb/2.0"));
+    let r = curl(None, &["-X", "POST", &format!("{base}/static/app.css")]);
+    assert_eq!(r.json()["function"], "hello", "the static rule is GET only");
+
+    let r = curl(None, &[&format!("{base}/old/x?k=v")]);
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("http://{}/new/old/x?k=v", lb(&portico))
+    );
+
+    // 200 requests on one connection: about 160 to hello, 40 to the canary.
+    let urls: Vec<String> = (0..200).map(|_| format!("{base}/weighted")).collect();
+    let mut args = vec!["-s", "-w", "\n"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .unwrap();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *counts
+            .entry(v["function"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let canary = counts.get("hello-canary").copied().unwrap_or(0);
+    assert_eq!(counts.values().sum::<usize>(), 200, "{counts:?}");
+    assert!(
+        (15..=70).contains(&canary),
+        "80/20 split expected: {counts:?}"
+    );
+
+    let r = curl(None, &[&format!("{base}/")]);
+    assert_eq!(r.json()["function"], "hello");
+}
+
+#[test]
+fn group_stickiness_keeps_a_client_on_its_target_group() {
+    let (a, b) = (Backend::start("a", 0), Backend::start("b", 0));
+    let portico = Portico::start(&format!(
+        r#"
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = {{ type = "forward", target_groups = [{{ name = "a", weight = 1 }}, {{ name = "b", weight = 1 }}], stickiness_duration_seconds = 3600 }}
+
+[target_groups.a]
+target_type = "ip"
+targets = ["{}"]
+[target_groups.b]
+target_type = "ip"
+targets = ["{}"]
+
+[invoke_api]
+enabled = false
+"#,
+        a.address(),
+        b.address()
+    ));
+    let url = format!("http://{}/", lb(&portico));
+    let first = curl(None, &[&url]);
+    assert_eq!(first.status, 200, "{first:?}");
+    let cookies = first.headers_named("set-cookie");
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    assert!(cookies[0].starts_with("AWSALBTG=") && cookies[0].contains("Expires="));
+    assert!(
+        cookies[1].starts_with("AWSALBTGCORS=") && cookies[1].ends_with("SameSite=None; Secure")
+    );
+    let cookie = cookies[0].split(';').next().unwrap();
+    let group = first.header("x-backend").unwrap().to_owned();
+    for _ in 0..20 {
+        let r = curl(None, &["-H", &format!("Cookie: {cookie}"), &url]);
+        assert_eq!(r.header("x-backend"), Some(group.as_str()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(curl(None, &[&url]).header("x-backend").unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "without the cookie both groups get traffic");
+}
+
+fn servers_config(targets: &[String], extra: &str) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+    format!(
+        r#"
+[load_balancers.web]
+idle_timeout_seconds = 1
+[[load_balancers.web.listeners]]
+port = 0
+default_action = {{ type = "forward", target_group = "servers" }}
+
+[target_groups.servers]
+target_type = "ip"
+targets = [{}]
+health_check = {{ path = "/health", interval_seconds = 0.2, timeout_seconds = 0.15, healthy_threshold = 2, unhealthy_threshold = 2 }}
+{extra}
+
+[invoke_api]
+enabled = false
+"#,
+        targets.join(", ")
+    )
+}
+
+fn backend_of(url: &str) -> (u16, Option<String>) {
+    let r = curl(None, &[url]);
+    (r.status, r.header("x-backend").map(str::to_owned))
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn http_targets_round_robin_and_a_killed_target_is_taken_out_and_brought_back() {
+    let a = Backend::start("a", 0);
+    let mut b = Backend::start("b", 0);
+    let b_port = b.port;
+    let portico = Portico::start(&servers_config(&[a.address(), b.address()], ""));
+    let url = format!("http://{}/x", lb(&portico));
+    // Both must pass a first check before round robin is even.
+    std::thread::sleep(Duration::from_millis(600));
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..20 {
+        let (status, backend) = backend_of(&url);
+        assert_eq!(status, 200);
+        *counts.entry(backend.unwrap()).or_default() += 1;
+    }
+    assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&10), "{counts:?}");
+
+    b.kill();
+    let mut failed = 0;
+    let took = wait_until(Duration::from_secs(5), || {
+        let window: Vec<_> = (0..6).map(|_| backend_of(&url)).collect();
+        failed += window.iter().filter(|(s, _)| *s == 502).count();
+        window
+            .iter()
+            .all(|(s, b)| *s == 200 && b.as_deref() == Some("a"))
+    });
+    eprintln!("target taken out after {took:?}; {failed} requests got 502 meanwhile");
+    for _ in 0..20 {
+        assert_eq!(backend_of(&url), (200, Some("a".to_owned())));
+    }
+
+    let _b = Backend::start("b", b_port);
+    let took = wait_until(Duration::from_secs(5), || {
+        (0..4).any(|_| backend_of(&url).1.as_deref() == Some("b"))
+    });
+    eprintln!("target back after {took:?}");
+}
+
+#[test]
+fn least_outstanding_requests_avoids_a_busy_target() {
+    let (a, b) = (Backend::start("a", 0), Backend::start("b", 0));
+    let mut config = servers_config(
+        &[a.address(), b.address()],
+        r#"load_balancing_algorithm = "least_outstanding_requests""#,
+    );
+    config = config.replace("idle_timeout_seconds = 1", "idle_timeout_seconds = 10");
+    let portico = Portico::start(&config);
+    let base = format!("http://{}", lb(&portico));
+    std::thread::sleep(Duration::from_millis(600));
+    let slow_url = format!("{base}/slow");
+    let slow = std::thread::spawn(move || backend_of(&slow_url));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.push(backend_of(&format!("{base}/fast")).1.unwrap());
+    }
+    let (status, busy) = slow.join().unwrap();
+    assert_eq!(status, 200);
+    let busy = busy.unwrap();
+    assert!(
+        seen.iter().all(|s| *s != busy),
+        "fast requests went around the busy target {busy}: {seen:?}"
+    );
+}
+
+#[test]
+fn target_stickiness_sets_and_follows_the_awsalb_cookie() {
+    let (a, b) = (Backend::start("a", 0), Backend::start("b", 0));
+    let portico = Portico::start(&servers_config(
+        &[a.address(), b.address()],
+        "stickiness_duration_seconds = 60",
+    ));
+    let url = format!("http://{}/", lb(&portico));
+    std::thread::sleep(Duration::from_millis(600));
+    let first = curl(None, &[&url]);
+    let cookies = first.headers_named("set-cookie");
+    assert!(cookies[0].starts_with("AWSALB="), "{cookies:?}");
+    assert!(cookies[1].starts_with("AWSALBCORS="), "{cookies:?}");
+    let cookie = cookies[0].split(';').next().unwrap();
+    let target = first.header("x-backend").unwrap();
+    for _ in 0..10 {
+        let r = curl(None, &["-H", &format!("Cookie: {cookie}"), &url]);
+        assert_eq!(r.header("x-backend"), Some(target));
+    }
+}
+
+#[test]
+fn http_targets_get_albs_headers_and_errors_are_502_503_504() {
+    let a = Backend::start("a", 0);
+    let portico = Portico::start(&servers_config(&[a.address()], ""));
+    let base = format!("http://{}", lb(&portico));
+    std::thread::sleep(Duration::from_millis(400));
+    let r = curl(
+        Some("127.0.0.5"),
+        &[
+            "-H",
+            "Host: shop.example.com",
+            "-H",
+            "X-Forwarded-For: 198.51.100.7",
+            "-H",
+            "Connection: keep-alive, X-Hop",
+            "-H",
+            "X-Hop: secret",
+            "--data-binary",
+            "hello",
+            &format!("{base}/orders?id=7&id=8"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = r.json();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], "/orders?id=7&id=8");
+    assert_eq!(seen["body"], 5);
+    let h = &seen["headers"];
+    assert_eq!(h["host"], "shop.example.com");
+    assert_eq!(h["x-forwarded-for"], "198.51.100.7, 127.0.0.5");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-port"], lb(&portico).port().to_string());
+    assert!(
+        h["x-amzn-trace-id"]
+            .as_str()
+            .unwrap()
+            .starts_with("Root=1-")
+    );
+    assert!(
+        h.get("x-hop").is_none(),
+        "hop-by-hop headers are not forwarded: {h}"
+    );
+
+    // No answer within the idle timeout (1 s): 504.
+    let r = curl(None, &[&format!("{base}/slow")]);
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.header("server"), Some("awselb/2.0"));
+}
+
+#[test]
+fn empty_groups_are_503_and_dead_groups_fail_open_to_502() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let config = format!(
+        r#"
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = {{ type = "forward", target_group = "empty" }}
+[[load_balancers.web.listeners.rules]]
+priority = 1
+conditions = [{{ field = "path-pattern", values = ["/dead"] }}]
+action = {{ type = "forward", target_group = "dead" }}
+
+[target_groups.empty]
+target_type = "ip"
+[target_groups.dead]
+target_type = "ip"
+targets = ["{dead}"]
+health_check = {{ interval_seconds = 0.2, timeout_seconds = 0.1 }}
+
+[invoke_api]
+enabled = false
+"#
+    );
+    let portico = Portico::start(&config);
+    let base = format!("http://{}", lb(&portico));
+    assert_eq!(curl(None, &[&format!("{base}/")]).status, 503);
+    std::thread::sleep(Duration::from_millis(800));
+    // Every target unhealthy: ALB routes to them anyway, and the refused connection is 502.
+    let r = curl(None, &[&format!("{base}/dead")]);
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("server"), Some("awselb/2.0"));
+}
