@@ -3,6 +3,7 @@
 //! Every failure becomes ALB's status and error page here, through [`LbError`], and is
 //! logged once with the side that caused it.
 
+use crate::access_log::{AccessLog, LoggedBody, Outcome, Record};
 use crate::body::Body;
 use crate::error::LbError;
 use crate::forwarded::Origin;
@@ -13,11 +14,12 @@ use crate::rules::{RequestView, strip_port};
 use crate::sticky;
 use crate::target_group::TargetGroup;
 use http::{HeaderValue, Request, Response, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portico_invoke::Invoker;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// ALB's limit on the request line (method, target, version): 16 KB.
 pub const MAX_REQUEST_LINE_BYTES: usize = 16 * 1024;
@@ -38,36 +40,134 @@ pub struct Context {
     pub port: u16,
     /// How long an HTTP target may take to answer (the load balancer's idle timeout).
     pub target_timeout: Duration,
+    /// The load balancer's id as access logs name it, `app/NAME/ID`.
+    pub elb: Arc<str>,
+    /// Where access log lines go, when enabled.
+    pub access_log: Option<AccessLog>,
+}
+
+/// The connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client (from PROXY v2 when the listener reads it).
+    pub client: SocketAddr,
+    /// The connection's id in access logs, `TID_…`.
+    pub trace_id: Arc<str>,
+}
+
+impl Connection {
+    /// A connection from `client` with a fresh id.
+    pub fn new(client: SocketAddr) -> Self {
+        Self {
+            client,
+            trace_id: format!("TID_{:032x}", fastrand::u128(..)).into(),
+        }
+    }
 }
 
 /// Answers one request; failures become ALB's error responses.
-pub async fn handle(ctx: &Context, client: IpAddr, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
+pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) -> Response<Body> {
+    let received = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let response = match respond(ctx, client, req).await {
+    let record = ctx
+        .access_log
+        .as_ref()
+        .map(|_| record_of(ctx, conn, &req, received));
+    let mut outcome = Outcome::default();
+    let response = match respond(ctx, conn.client.ip(), req, &mut outcome).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(
-                %client, %method, path, status = error.status().as_u16(),
+                client = %conn.client, %method, path, status = error.status().as_u16(),
                 reason = error.reason(), side = ?error.side(), %error,
                 "request failed"
             );
+            outcome.error_reason = Some(error.reason()).filter(|r| *r != "-");
             crate::body::boxed(error.into_response())
         }
     };
     tracing::debug!(
-        %client, %method, path, status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        client = %conn.client, %method, path, status = response.status().as_u16(),
+        elapsed_ms = received.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
-    response
+    match (record, &ctx.access_log) {
+        (Some(mut record), Some(log)) => {
+            record.status = response.status().as_u16();
+            record.outcome = outcome;
+            let head = head_bytes(&response);
+            response.map(|body| LoggedBody::new(body, head, record, log.clone()).boxed())
+        }
+        _ => response,
+    }
+}
+
+/// The request's part of its access log line.
+fn record_of<B>(ctx: &Context, conn: &Connection, req: &Request<B>, received: Instant) -> Record {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map_or("-", strip_port);
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let version = match req.version() {
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Record {
+        kind: if req.version() == http::Version::HTTP_2 {
+            "h2"
+        } else {
+            ctx.proto
+        },
+        elb: ctx.elb.clone(),
+        client: conn.client,
+        conn_trace_id: conn.trace_id.clone(),
+        received,
+        created: SystemTime::now(),
+        request: format!(
+            "{} {}://{host}:{}{target} {version}",
+            req.method(),
+            ctx.proto,
+            ctx.port
+        ),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| "-".to_owned()),
+        received_bytes: head_bytes_of(req.headers()) + target.len() as u64 + body + 16,
+        outcome: Outcome::default(),
+        status: 0,
+    }
+}
+
+fn head_bytes_of(headers: &http::HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum()
+}
+
+/// Size of a response head on the wire: status line, headers, blank line.
+fn head_bytes<B>(response: &Response<B>) -> u64 {
+    "HTTP/1.1 200 OK\r\n\r\n".len() as u64 + head_bytes_of(response.headers())
 }
 
 async fn respond(
     ctx: &Context,
     client: IpAddr,
     mut req: Request<Incoming>,
+    outcome: &mut Outcome,
 ) -> Result<Response<Body>, LbError> {
     check_head(&req)?;
     if !req.headers().contains_key(header::HOST) {
@@ -90,7 +190,10 @@ async fn respond(
         proto: ctx.proto,
         port: ctx.port,
     };
-    match ctx.router.route(&view) {
+    let (priority, action) = ctx.router.route(&view);
+    outcome.rule_priority = Some(priority);
+    outcome.action = Some(action.name());
+    match action {
         Action::FixedResponse(fixed) => Ok(fixed.respond()),
         Action::Redirect(redirect) => {
             let host = req
@@ -99,21 +202,30 @@ async fn respond(
                 .and_then(|h| h.to_str().ok())
                 .map(strip_port)
                 .ok_or_else(|| LbError::BadRequest("no Host header to redirect with".into()))?;
-            Ok(redirect.respond(&Original {
+            let response = redirect.respond(&Original {
                 protocol: ctx.proto,
                 host,
                 port: ctx.port,
                 path: req.uri().path(),
                 query: req.uri().query().unwrap_or(""),
-            }))
+            });
+            outcome.redirect_url = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_owned);
+            Ok(response)
         }
         Action::Forward(forward) => {
             let picked = forward.pick(req.headers()).ok_or(LbError::NoTargets)?;
+            outcome.target_group_arn = Some(picked.group.arn().to_owned());
             let mut response = match picked.group {
                 TargetGroup::Lambda(tg) => {
-                    lambda_target::forward(tg, ctx.invoker.as_ref(), origin, req).await?
+                    lambda_target::forward(tg, ctx.invoker.as_ref(), origin, req, outcome).await?
                 }
-                TargetGroup::Http(tg) => tg.forward(req, origin, ctx.target_timeout).await?.0,
+                TargetGroup::Http(tg) => {
+                    tg.forward(req, origin, ctx.target_timeout, outcome).await?
+                }
             };
             if let Some((value, duration)) = picked.stick {
                 for cookie in sticky::GROUP.set(value, duration) {

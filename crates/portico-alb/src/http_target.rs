@@ -13,6 +13,7 @@
 //! Failures are ALB's: a refused or reset connection is 502, no response within the load
 //! balancer's idle timeout is 504.
 
+use crate::access_log::Outcome;
 use crate::body::Body;
 use crate::error::LbError;
 use crate::forwarded::{self, Origin};
@@ -29,7 +30,7 @@ use portico_health::{HttpProbe, Status, Verdict};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -264,18 +265,20 @@ impl HttpTargetGroup {
         chosen.cloned()
     }
 
-    /// Proxies `req` to a target. Returns the response and the target that gave it.
+    /// Proxies `req` to a target, noting which one and when in `outcome`.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
         origin: Origin,
         timeout: Duration,
-    ) -> Result<(Response<Body>, Arc<Target>), LbError> {
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, LbError> {
         let sticky = self
             .spec
             .stickiness
             .and_then(|_| sticky::TARGET.read(req.headers()));
         let target = self.pick(sticky).ok_or(LbError::NoTargets)?;
+        outcome.target = Some(target.address);
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -290,10 +293,11 @@ impl HttpTargetGroup {
             .map_err(|e| LbError::BadRequest(e.to_string()))?;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        forwarded::apply(&mut parts.headers, origin);
+        outcome.trace_id = Some(forwarded::apply(&mut parts.headers, origin));
         let request = Request::from_parts(parts, body.boxed());
 
         let outstanding = Outstanding::new(target.clone());
+        outcome.dispatched = Some(Instant::now());
         let response = tokio::time::timeout(timeout, self.client.request(request)).await;
         drop(outstanding);
         let mut response = match response {
@@ -304,13 +308,15 @@ impl HttpTargetGroup {
             Ok(Err(e)) => return Err(LbError::TargetFailed(source_chain(&e))),
             Ok(Ok(response)) => response,
         };
+        outcome.answered = Some(Instant::now());
+        outcome.target_status = Some(response.status().as_u16());
         strip_hop_by_hop(response.headers_mut());
         if let Some(duration) = self.spec.stickiness {
             for value in sticky::TARGET.set(target.cookie, duration) {
                 response.headers_mut().append(header::SET_COOKIE, value);
             }
         }
-        Ok((response.map(|b| b.boxed()), target))
+        Ok(response.map(|b| b.boxed()))
     }
 }
 

@@ -1,5 +1,6 @@
 //! One request to a Lambda target group: body limit, event, invocation, reply.
 
+use crate::access_log::Outcome;
 use crate::body::{Body, boxed};
 use crate::error::LbError;
 use crate::event::{AlbEvent, RequestParts};
@@ -11,6 +12,7 @@ use http::{Request, Response, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use portico_invoke::{Invocation, Invoker};
+use std::time::Instant;
 
 /// Largest request body a Lambda target accepts: 1 MB.
 pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
@@ -22,6 +24,7 @@ pub async fn forward(
     invoker: &dyn Invoker,
     origin: Origin,
     req: Request<Incoming>,
+    outcome: &mut Outcome,
 ) -> Result<Response<Body>, LbError> {
     if req.headers().contains_key(header::UPGRADE) {
         return Err(LbError::UpgradeRefused);
@@ -47,6 +50,7 @@ pub async fn forward(
         Err(e) => return Err(LbError::BadBody(e.to_string())),
     };
     let trace_id = forwarded::apply(&mut parts.headers, origin);
+    outcome.trace_id = Some(trace_id.clone());
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -65,6 +69,7 @@ pub async fn forward(
         body: &body,
     };
     let event = AlbEvent::new(&request, &tg.arn, tg.multi_value_headers).to_json();
+    outcome.dispatched = Some(Instant::now());
     let output = invoker
         .invoke(Invocation {
             function: tg.function.clone(),
@@ -72,13 +77,17 @@ pub async fn forward(
             trace_id: Some(trace_id),
             ..Invocation::default()
         })
-        .await?;
+        .await;
+    outcome.answered = Some(Instant::now());
+    let output = output?;
     if let Some(failure) = output.function_error {
         return Err(LbError::FunctionFailed {
             error_type: failure.error_type,
         });
     }
-    reply::into_response(&output.payload, tg.multi_value_headers).map(boxed)
+    let response = reply::into_response(&output.payload, tg.multi_value_headers)?;
+    outcome.target_status = Some(response.status().as_u16());
+    Ok(boxed(response))
 }
 
 /// ALB's health check of a Lambda target group: the function gets a `GET` event for the

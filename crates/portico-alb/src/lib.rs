@@ -15,9 +15,10 @@
 //!    target group ([`http_target`]) proxies to a healthy target over pooled connections;
 //! 7. any failure becomes ALB's status code and error page in [`error`], and nowhere else.
 //!
-//! [`target_group`] holds what a target group is at run time; [`body`] is the one response
+//! [`access_log`] writes ALB's access log lines. [`target_group`] holds what a target group is at run time; [`body`] is the one response
 //! body type.
 
+pub mod access_log;
 pub mod body;
 pub mod error;
 pub mod event;

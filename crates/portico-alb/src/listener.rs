@@ -5,7 +5,7 @@
 //! its current request (hyper's graceful shutdown) → wait up to the drain timeout → cut the
 //! rest and report how many.
 
-use crate::handler::{self, Context};
+use crate::handler::{self, Connection, Context};
 use crate::router::Router;
 use hyper_util::rt::TokioTimer;
 use portico_invoke::Invoker;
@@ -35,6 +35,10 @@ pub struct ListenerSpec {
     pub limits: portico_accept::Limits,
     /// The listener's rules and default action.
     pub router: Router,
+    /// The load balancer's id as access logs name it, `app/NAME/ID`.
+    pub elb: String,
+    /// Where access log lines go, when enabled.
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 /// How long a connection may take to send its PROXY header.
@@ -54,6 +58,8 @@ pub async fn serve(
         proto: "http",
         port: local.map_or(0, |a| a.port()),
         target_timeout: spec.idle_timeout,
+        elb: spec.elb.as_str().into(),
+        access_log: spec.access_log.clone(),
     });
     let spec = Arc::new(spec);
     let drained = portico_accept::serve(listener, &shutdown, spec.limits, |stream, peer| {
@@ -107,10 +113,11 @@ async fn serve_http(
     spec: Arc<ListenerSpec>,
     shutdown: CancellationToken,
 ) {
-    let client_ip = client.ip();
+    let conn = Arc::new(Connection::new(client));
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handler::handle(&ctx, client_ip, req).await) }
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handler::handle(&ctx, &conn, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

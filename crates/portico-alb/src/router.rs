@@ -37,6 +37,17 @@ pub enum Action {
     FixedResponse(FixedResponse),
 }
 
+impl Action {
+    /// ALB's name for the action, as access logs write it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Forward(_) => "forward",
+            Self::Redirect(_) => "redirect",
+            Self::FixedResponse(_) => "fixed-response",
+        }
+    }
+}
+
 /// A `forward` to one or more weighted target groups.
 #[derive(Debug, Clone)]
 pub struct Forward {
@@ -162,12 +173,13 @@ impl Router {
         }
     }
 
-    /// The action for a request.
-    pub fn route(&self, request: &RequestView<'_>) -> &Action {
+    /// The action for a request, and the priority of the rule that chose it (0: the
+    /// default action, as ALB logs it).
+    pub fn route(&self, request: &RequestView<'_>) -> (u32, &Action) {
         self.rules
             .iter()
             .find(|r| r.conditions.match_all(request))
-            .map_or(&self.default, |r| &r.action)
+            .map_or((0, &self.default), |r| (r.priority, &r.action))
     }
 
     /// Every target group some action forwards to (each once).

@@ -206,6 +206,21 @@ pub struct LoadBalancer {
     /// Seconds an idle client connection is kept open. Default 60 (as ALB).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u32,
+    /// Access logs in ALB's format. Default off.
+    #[serde(default)]
+    pub access_logs: AccessLogs,
+}
+
+/// Where a load balancer writes its access logs.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogs {
+    /// Write them at all. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `stdout`, or a file (appended to; relative to the config file). Default `stdout`.
+    #[serde(default)]
+    pub destination: Option<String>,
 }
 
 fn default_idle_timeout() -> u32 {

@@ -18,7 +18,7 @@ use portico_invoke::Invoker;
 use portico_lambda::{Runtime, RuntimeOptions};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -63,7 +63,16 @@ pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
         ..Banner::default()
     };
 
-    let started = start(&config, runtime.clone(), &shutdown, &tasks, &mut banner).await;
+    let mut log_writers = Vec::new();
+    let started = start(
+        &config,
+        &base,
+        runtime.clone(),
+        (&shutdown, &tasks),
+        &mut banner,
+        &mut log_writers,
+    )
+    .await;
     if let Err(error) = started {
         shutdown.cancel();
         tasks.close();
@@ -85,16 +94,24 @@ pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
     tasks.wait().await;
     tracing::info!("stopping function processes");
     runtime.shutdown().await;
+    // Every listener is gone, so every access log's writer has its last line and ends.
+    let _ = tokio::task::spawn_blocking(move || {
+        for writer in log_writers {
+            let _ = writer.join();
+        }
+    })
+    .await;
     tracing::info!("shutdown complete");
     Ok(())
 }
 
 async fn start(
     config: &Config,
+    base: &Path,
     runtime: Arc<Runtime>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
+    (shutdown, tasks): (&CancellationToken, &TaskTracker),
     banner: &mut Banner,
+    writers: &mut Vec<std::thread::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let invoker: Arc<dyn Invoker> = runtime.clone();
     if config.invoke_api.enabled {
@@ -113,6 +130,23 @@ async fn start(
     let groups = topology::target_groups(config, &invoker, tasks, shutdown);
     let mut bound: BTreeMap<String, Vec<BoundListener>> = BTreeMap::new();
     for (name, lb) in &config.load_balancers {
+        let access_log = match &lb.access_logs {
+            logs if logs.enabled => {
+                let destination = match logs.destination.as_deref() {
+                    None | Some("stdout") => "stdout".to_owned(),
+                    Some(path) => base.join(path).display().to_string(),
+                };
+                let (log, writer) = portico_alb::access_log::AccessLog::open(&destination)
+                    .with_context(|| format!("load_balancers.{name}.access_logs"))?;
+                writers.push(writer);
+                Some(log)
+            }
+            _ => None,
+        };
+        let elb = format!(
+            "app/{name}/{:016x}",
+            portico_alb::target_group::stable_hash(name.as_bytes())
+        );
         for (i, l) in lb.listeners.iter().enumerate() {
             let listener = TcpListener::bind((l.address, l.port.0))
                 .await
@@ -141,6 +175,8 @@ async fn start(
                 idle_timeout: Duration::from_secs(u64::from(lb.idle_timeout_seconds)),
                 limits: LISTENER_LIMITS,
                 router,
+                elb: elb.clone(),
+                access_log: access_log.clone(),
             };
             tasks.spawn(portico_alb::serve(
                 listener,

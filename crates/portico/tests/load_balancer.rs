@@ -463,3 +463,119 @@ enabled = false
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.header("server"), Some("awselb/2.0"));
 }
+
+/// Splits an access log line into fields the way ALB's documentation parses them: spaces
+/// separate, double quotes group (with `\"` inside).
+fn fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c == ' ' {
+            chars.next();
+            continue;
+        }
+        let mut field = String::new();
+        if c == '"' {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => field.extend(chars.next()),
+                    '"' => break,
+                    c => field.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                field.push(c);
+                chars.next();
+            }
+        }
+        out.push(field);
+    }
+    out
+}
+
+#[test]
+fn access_logs_are_written_in_albs_format() {
+    let a = Backend::start("a", 0);
+    let logs = Scratch::new("access");
+    let log_file = logs.0.join("access.log");
+    let mut config = servers_config(&[a.address()], "");
+    config = config.replace(
+        "idle_timeout_seconds = 1",
+        &format!(
+            "idle_timeout_seconds = 1\naccess_logs = {{ enabled = true, destination = {:?} }}",
+            log_file.display().to_string()
+        ),
+    );
+    config.push_str(&fixed(
+        3,
+        r#"{ field = "path-pattern", values = ["/fixed"] }"#,
+        "fixed",
+    ));
+    config.push_str(
+        r#"
+[[load_balancers.web.listeners.rules]]
+priority = 4
+conditions = [{ field = "path-pattern", values = ["/moved"] }]
+action = { type = "redirect", path = "/new", status_code = "HTTP_302" }
+"#,
+    );
+    let mut portico = Portico::start(&config);
+    let lb = lb(&portico);
+    std::thread::sleep(Duration::from_millis(400));
+    let base = format!("http://{lb}");
+    assert_eq!(
+        curl(
+            Some("127.0.0.5"),
+            &["-A", "tester/1.0", &format!("{base}/x?q=1")]
+        )
+        .status,
+        200
+    );
+    assert_eq!(curl(None, &[&format!("{base}/fixed")]).status, 200);
+    assert_eq!(curl(None, &[&format!("{base}/moved")]).status, 302);
+    portico.terminate();
+
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    let lines: Vec<Vec<String>> = text.lines().map(fields).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for f in &lines {
+        assert_eq!(f.len(), 30, "ALB's 30 fields: {f:?}");
+        assert_eq!(f[0], "http");
+        assert!(f[1].ends_with('Z') && f[1].contains('T'), "{f:?}");
+        assert!(f[2].starts_with("app/web/"), "{f:?}");
+        assert!(f[29].starts_with("TID_"), "{f:?}");
+    }
+    let forward = &lines[0];
+    assert!(forward[3].starts_with("127.0.0.5:"), "{forward:?}");
+    assert_eq!(forward[4], a.address());
+    assert_eq!((forward[8].as_str(), forward[9].as_str()), ("200", "200"));
+    assert!(forward[5].parse::<f64>().unwrap() >= 0.0);
+    assert!(forward[6].parse::<f64>().unwrap() >= 0.0);
+    assert!(forward[11].parse::<u64>().unwrap() > 0, "sent bytes");
+    assert_eq!(
+        forward[12],
+        format!("GET http://127.0.0.1:{}/x?q=1 HTTP/1.1", lb.port())
+    );
+    assert_eq!(forward[13], "tester/1.0");
+    assert!(forward[16].contains(":targetgroup/servers/"), "{forward:?}");
+    assert!(forward[17].starts_with("Root=1-"), "{forward:?}");
+    assert_eq!(forward[20], "0", "default action");
+    assert_eq!(forward[22], "forward");
+    assert_eq!(forward[25], a.address());
+
+    let fixed = &lines[1];
+    assert_eq!((fixed[4].as_str(), fixed[9].as_str()), ("-", "-"));
+    assert_eq!(fixed[5], "-1", "never sent to a target");
+    assert_eq!(fixed[20], "3");
+    assert_eq!(fixed[22], "fixed-response");
+
+    let moved = &lines[2];
+    assert_eq!(moved[8], "302");
+    assert_eq!(moved[22], "redirect");
+    assert_eq!(moved[23], format!("http://127.0.0.1:{}/new", lb.port()));
+}
