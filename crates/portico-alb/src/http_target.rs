@@ -19,6 +19,7 @@ use crate::error::LbError;
 use crate::forwarded::{self, Origin};
 use crate::sticky;
 use crate::target_group::stable_hash;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -46,6 +47,8 @@ pub struct Target {
     pub address: SocketAddr,
     /// Its health.
     pub status: Arc<Status>,
+    /// `address` as a URI authority, made once.
+    authority: Authority,
     in_flight: AtomicUsize,
     draining: AtomicBool,
     cookie: u64,
@@ -166,6 +169,8 @@ impl HttpTargetGroup {
         let target = Arc::new(Target {
             address,
             status: Arc::new(Status::new(verdict)),
+            authority: Authority::try_from(address.to_string().as_str())
+                .unwrap_or_else(|_| Authority::from_static("invalid")),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             cookie: stable_hash(address.to_string().as_bytes()),
@@ -280,17 +285,17 @@ impl HttpTargetGroup {
         let target = self.pick(sticky).ok_or(LbError::NoTargets)?;
         outcome.target = Some(target.address);
         let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(target.address.to_string())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| LbError::BadRequest(e.to_string()))?;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(target.authority.clone());
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        parts.uri = Uri::from_parts(uri).map_err(|e| LbError::BadRequest(e.to_string()))?;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         outcome.trace_id = Some(forwarded::apply(&mut parts.headers, origin));

@@ -5,9 +5,12 @@
 //! Layout:
 //! - `load`: the closed-loop HTTP load generator;
 //! - `servers`: starting, readying and stopping the systems under test;
-//! - `invoke`: the function runtime against `cargo lambda watch`.
+//! - `invoke`: the function runtime against `cargo lambda watch`;
+//! - `lb`: the load balancer against HAProxy and nginx, with `backend` as their target.
 
+mod backend;
 mod invoke;
+mod lb;
 mod load;
 mod servers;
 
@@ -28,13 +31,28 @@ enum Command {
     /// Warm invoke latency, throughput and cold start of a `lambda_runtime` function through
     /// portico's Invoke API and through `cargo lambda watch`.
     Invoke(invoke::Options),
+    /// Throughput and latency of the load balancer alone, forwarding to an HTTP backend,
+    /// beside HAProxy and nginx.
+    Lb(lb::Options),
+    /// The HTTP backend of the `lb` benchmark (started by it).
+    Backend(backend::Options),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Invoke(options) => invoke::run(options).await,
+        Command::Backend(options) => backend::run(options),
+        command => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(async move {
+                    match command {
+                        Command::Invoke(options) => invoke::run(options).await,
+                        Command::Lb(options) => lb::run(options).await,
+                        Command::Backend(_) => Ok(()),
+                    }
+                })
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,276 @@
+//! The load balancer alone, forwarding to one HTTP backend, beside HAProxy (`mode http`) and
+//! nginx (`proxy_pass` with upstream keep-alive), in one run.
+//!
+//! Per core: each proxy runs with one worker (portico: `TOKIO_WORKER_THREADS=1`, HAProxy:
+//! `nbthread 1`, nginx: `worker_processes 1`) pinned to the last core with `taskset`; the
+//! load generator and the backend share the other cores. Measured, for each in turn:
+//! - latency: one connection, requests back to back, p50 and p99;
+//! - throughput: `concurrency` connections for `duration`, with p50 and p99 under load.
+
+use crate::load::{self, Figures, Target};
+use crate::servers::{Server, free_port};
+use anyhow::Context;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Options of `portico-bench lb`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Options {
+    /// Connections for the throughput run.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds each throughput run lasts.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Requests in each latency run.
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// The portico binary.
+    #[arg(long)]
+    portico: Option<PathBuf>,
+    /// Measure only this system (`portico`, `haproxy`, `nginx`).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+const BODY: &str = r#"{"order":{"id":42,"items":["a","b","c"],"note":"benchmark"}}"#;
+
+struct Measured {
+    name: &'static str,
+    latency: Figures,
+    loaded: Figures,
+}
+
+pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    let portico = options
+        .portico
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/portico"));
+    let me = std::env::current_exe()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let proxy_core = (cores - 1).to_string();
+    let scratch = std::env::temp_dir().join(format!("portico-bench-lb-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+
+    let backend_port = free_port()?;
+    let mut backend =
+        Server::start(Command::new(&me).args(["backend", "--port", &backend_port.to_string()]))?;
+    backend
+        .ready(&target(backend_port), Duration::from_secs(10))
+        .await
+        .context("the backend did not start")?;
+    println!(
+        "load balancer alone: POST of {} bytes to one HTTP backend; each proxy on one worker \
+         pinned to core {proxy_core}; {} connections for throughput",
+        BODY.len(),
+        options.concurrency
+    );
+
+    let mut results = Vec::new();
+    for name in ["portico", "haproxy", "nginx"] {
+        if options.only.as_deref().is_some_and(|only| only != name) {
+            continue;
+        }
+        let port = free_port()?;
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &proxy_core]);
+        match name {
+            "portico" => {
+                let config = write(
+                    &scratch,
+                    "portico.toml",
+                    &portico_config(port, backend_port),
+                )?;
+                cmd.arg(&portico)
+                    .arg("up")
+                    .arg(config)
+                    .env("TOKIO_WORKER_THREADS", "1")
+                    .env("RUST_LOG", "warn");
+            }
+            "haproxy" => {
+                let config = write(&scratch, "haproxy.cfg", &haproxy_config(port, backend_port))?;
+                cmd.args(["haproxy", "-db", "-f"]).arg(config);
+            }
+            _ => {
+                let config = write(
+                    &scratch,
+                    "nginx.conf",
+                    &nginx_config(port, backend_port, &scratch),
+                )?;
+                cmd.args(["nginx", "-p"])
+                    .arg(&scratch)
+                    .arg("-c")
+                    .arg(config);
+            }
+        }
+        eprintln!("measuring {name} …");
+        let mut server = Server::start(&mut cmd).with_context(|| format!("starting {name}"))?;
+        let target = target(port);
+        server
+            .ready(&target, Duration::from_secs(20))
+            .await
+            .with_context(|| format!("{name} did not answer"))?;
+        // Warm up connection pools and caches.
+        load::run(&target, options.concurrency, Duration::from_secs(2), None).await?;
+        let latency =
+            load::run(&target, 1, Duration::from_secs(600), Some(options.requests)).await?;
+        let loaded = load::run(
+            &target,
+            options.concurrency,
+            Duration::from_secs(options.duration),
+            None,
+        )
+        .await?;
+        drop(server);
+        results.push(Measured {
+            name,
+            latency,
+            loaded,
+        });
+    }
+    drop(backend);
+    let _ = std::fs::remove_dir_all(&scratch);
+    report(&results, &options);
+    Ok(())
+}
+
+fn target(port: u16) -> Target {
+    Target {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        path: "/orders".to_owned(),
+        body: Bytes::from_static(BODY.as_bytes()),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn portico_config(port: u16, backend: u16) -> String {
+    format!(
+        r#"
+[load_balancers.bench]
+listeners = [{{ port = {port}, default_action = {{ type = "forward", target_group = "backend" }} }}]
+
+[target_groups.backend]
+target_type = "ip"
+targets = ["127.0.0.1:{backend}"]
+
+[invoke_api]
+enabled = false
+"#
+    )
+}
+
+fn haproxy_config(port: u16, backend: u16) -> String {
+    format!(
+        r#"
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 10s
+    timeout client 60s
+    timeout server 60s
+    option forwardfor
+    http-reuse always
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend backend
+backend backend
+    server b1 127.0.0.1:{backend}
+"#
+    )
+}
+
+fn nginx_config(port: u16, backend: u16, dir: &Path) -> String {
+    format!(
+        r#"
+daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log /dev/null;
+events {{ worker_connections 10000; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {dir};
+    proxy_temp_path {dir};
+    upstream backend {{
+        server 127.0.0.1:{backend};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"#,
+        dir = dir.display()
+    )
+}
+
+fn report(results: &[Measured], options: &Options) {
+    let c = options.concurrency;
+    println!();
+    println!(
+        "{:<10} {:>9} {:>9} {:>12} {:>11} {:>11} {:>7}",
+        "system",
+        "p50 µs",
+        "p99 µs",
+        &format!("req/s ({c})"),
+        &format!("p50 µs ({c})"),
+        &format!("p99 µs ({c})"),
+        "errors"
+    );
+    for m in results {
+        println!(
+            "{:<10} {:>9.0} {:>9.0} {:>12.0} {:>11.0} {:>11.0} {:>7}",
+            m.name,
+            m.latency.quantile_us(0.5),
+            m.latency.quantile_us(0.99),
+            m.loaded.rps(),
+            m.loaded.quantile_us(0.5),
+            m.loaded.quantile_us(0.99),
+            m.latency.errors + m.loaded.errors,
+        );
+    }
+    if let Some(ours) = results.iter().find(|m| m.name == "portico") {
+        for theirs in results.iter().filter(|m| m.name != "portico") {
+            println!();
+            println!("ratios (portico vs {}):", theirs.name);
+            println!(
+                "  throughput per core ({c} conn)  {:>5.2}x",
+                ours.loaded.rps() / theirs.loaded.rps()
+            );
+            println!(
+                "  p50 latency, 1 conn           {:>5.2}x lower",
+                theirs.latency.quantile_us(0.5) / ours.latency.quantile_us(0.5)
+            );
+            println!(
+                "  p99 latency, 1 conn           {:>5.2}x lower",
+                theirs.latency.quantile_us(0.99) / ours.latency.quantile_us(0.99)
+            );
+            println!(
+                "  p99 latency, {c} conn          {:>5.2}x lower",
+                theirs.loaded.quantile_us(0.99) / ours.loaded.quantile_us(0.99)
+            );
+        }
+    }
+    println!(
+        "\n(latency: {} sequential requests on one connection; throughput: {} s)",
+        options.requests, options.duration
+    );
+}
