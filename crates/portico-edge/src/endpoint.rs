@@ -1,8 +1,8 @@
 //! Endpoint groups and endpoints as the edge uses them at run time.
 
+use portico_health::{Status, Verdict};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One endpoint: where connections are forwarded.
 #[derive(Debug)]
@@ -13,7 +13,8 @@ pub struct Endpoint {
     pub weight: u8,
     /// Send a PROXY protocol v2 header first.
     pub proxy_protocol: bool,
-    healthy: AtomicBool,
+    /// Its health, kept by the health engine.
+    pub status: Arc<Status>,
 }
 
 impl Endpoint {
@@ -23,18 +24,22 @@ impl Endpoint {
             address,
             weight,
             proxy_protocol,
-            healthy: AtomicBool::new(true),
+            status: Arc::new(Status::new(Verdict::Healthy)),
         }
     }
 
     /// Whether the last health verdict was healthy.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.status.is_healthy()
     }
 
     /// Records a health verdict.
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+        self.status.set(if healthy {
+            Verdict::Healthy
+        } else {
+            Verdict::Unhealthy
+        });
     }
 }
 

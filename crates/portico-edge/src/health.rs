@@ -1,13 +1,13 @@
-//! TCP health checks: an endpoint is healthy while connections to it succeed.
+//! TCP health checks of endpoints: healthy while connections to them open.
 //!
 //! A check runs every interval with a timeout of its own; `threshold` consecutive results
 //! of the other kind are needed to change an endpoint's verdict, as Global Accelerator's
 //! threshold count works.
 
 use crate::endpoint::Endpoint;
+use portico_health::{Schedule, TcpProbe, Thresholds};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// How an endpoint is checked.
@@ -21,29 +21,23 @@ pub struct HealthCheck {
     pub threshold: u32,
 }
 
-/// Checks `endpoint` until `shutdown` fires.
+/// Checks `endpoint` until `shutdown` fires, with the health engine the load balancer
+/// uses; Global Accelerator's one threshold count applies both ways.
 pub async fn run(endpoint: Arc<Endpoint>, check: HealthCheck, shutdown: CancellationToken) {
-    let mut streak = 0u32;
-    let mut ticker = tokio::time::interval(check.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let ok = matches!(
-            tokio::time::timeout(check.timeout, TcpStream::connect(endpoint.address)).await,
-            Ok(Ok(_))
-        );
-        if ok == endpoint.is_healthy() {
-            streak = 0;
-            continue;
-        }
-        streak += 1;
-        if streak >= check.threshold {
-            endpoint.set_healthy(ok);
-            streak = 0;
-            tracing::info!(endpoint = %endpoint.address, healthy = ok, "endpoint health changed");
-        }
-    }
+    portico_health::run(
+        TcpProbe {
+            address: endpoint.address,
+        },
+        endpoint.status.clone(),
+        Schedule {
+            interval: check.interval,
+            timeout: check.timeout,
+        },
+        Thresholds {
+            healthy: check.threshold,
+            unhealthy: check.threshold,
+        },
+        shutdown,
+    )
+    .await;
 }
