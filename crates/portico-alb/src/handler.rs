@@ -68,8 +68,9 @@ impl Connection {
 /// Answers one request; failures become ALB's error responses.
 pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) -> Response<Body> {
     let received = Instant::now();
+    // Kept for the log lines; both clones share the request's buffers.
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let record = ctx
         .access_log
         .as_ref()
@@ -79,7 +80,7 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(
-                client = %conn.client, %method, path, status = error.status().as_u16(),
+                client = %conn.client, %method, path = uri.path(), status = error.status().as_u16(),
                 reason = error.reason(), side = ?error.side(), %error,
                 "request failed"
             );
@@ -88,7 +89,7 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
         }
     };
     tracing::debug!(
-        client = %conn.client, %method, path, status = response.status().as_u16(),
+        client = %conn.client, %method, path = uri.path(), status = response.status().as_u16(),
         elapsed_ms = received.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
@@ -117,12 +118,7 @@ fn record_of<B>(ctx: &Context, conn: &Connection, req: &Request<B>, received: In
         http::Version::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
     };
-    let body = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let body = content_length(req.headers()).unwrap_or(0);
     Record {
         kind: if req.version() == http::Version::HTTP_2 {
             "h2"
@@ -149,6 +145,14 @@ fn record_of<B>(ctx: &Context, conn: &Connection, req: &Request<B>, received: In
         outcome: Outcome::default(),
         status: 0,
     }
+}
+
+/// The declared `Content-Length`, if it is a number.
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn head_bytes_of(headers: &http::HeaderMap) -> u64 {

@@ -107,10 +107,6 @@ pub struct HttpGroupSpec {
 /// A target group of HTTP servers.
 #[derive(Debug)]
 pub struct HttpTargetGroup {
-    /// The group's name.
-    pub name: String,
-    /// Its ARN.
-    pub arn: String,
     spec: HttpGroupSpec,
     targets: RwLock<Vec<Arc<Target>>>,
     next: AtomicUsize,
@@ -135,8 +131,6 @@ impl HttpTargetGroup {
             .pool_idle_timeout(POOL_IDLE)
             .build(connector);
         let group = Arc::new(Self {
-            name: spec.name.clone(),
-            arn: spec.arn.clone(),
             targets: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
             client,
@@ -148,6 +142,16 @@ impl HttpTargetGroup {
             group.register(address);
         }
         group
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The group's ARN.
+    pub fn arn(&self) -> &str {
+        &self.spec.arn
     }
 
     /// Adds a target (if not there yet) and starts checking it. Without health checks it is
@@ -166,14 +170,16 @@ impl HttpTargetGroup {
         } else {
             Verdict::Healthy
         };
+        let text = address.to_string();
         let target = Arc::new(Target {
             address,
             status: Arc::new(Status::new(verdict)),
-            authority: Authority::try_from(address.to_string().as_str())
+            // A socket address always reads as an authority.
+            authority: Authority::try_from(text.as_str())
                 .unwrap_or_else(|_| Authority::from_static("invalid")),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            cookie: stable_hash(address.to_string().as_bytes()),
+            cookie: stable_hash(text.as_bytes()),
             checks: self.shutdown.child_token(),
         });
         if health.enabled {
@@ -207,7 +213,7 @@ impl HttpTargetGroup {
             return false;
         };
         target.draining.store(true, Ordering::Relaxed);
-        tracing::info!(group = self.name, %address, "target draining");
+        tracing::info!(group = self.name(), %address, "target draining");
         let group = self.clone();
         self.tasks.spawn(async move {
             let deadline = tokio::time::Instant::now() + group.spec.deregistration_delay;
@@ -221,14 +227,9 @@ impl HttpTargetGroup {
             group
                 .write_targets()
                 .retain(|t| !Arc::ptr_eq(t, &target));
-            tracing::info!(group = group.name, %address, in_flight = target.in_flight(), "target deregistered");
+            tracing::info!(group = group.name(), %address, in_flight = target.in_flight(), "target deregistered");
         });
         true
-    }
-
-    /// The targets, as they are now.
-    pub fn targets(&self) -> Vec<Arc<Target>> {
-        self.read_targets().clone()
     }
 
     fn read_targets(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Target>>> {

@@ -29,12 +29,9 @@ pub async fn forward(
     if req.headers().contains_key(header::UPGRADE) {
         return Err(LbError::UpgradeRefused);
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_REQUEST_BODY_BYTES as u64) {
+    if crate::handler::content_length(req.headers())
+        .is_some_and(|n| n > MAX_REQUEST_BODY_BYTES as u64)
+    {
         return Err(LbError::RequestTooLarge {
             limit: MAX_REQUEST_BODY_BYTES,
         });

@@ -165,14 +165,6 @@ impl Router {
         })
     }
 
-    /// A router with no rules.
-    pub fn single(default: Action) -> Self {
-        Self {
-            rules: Vec::new(),
-            default,
-        }
-    }
-
     /// The action for a request, and the priority of the rule that chose it (0: the
     /// default action, as ALB logs it).
     pub fn route(&self, request: &RequestView<'_>) -> (u32, &Action) {
@@ -180,22 +172,6 @@ impl Router {
             .iter()
             .find(|r| r.conditions.match_all(request))
             .map_or((0, &self.default), |r| (r.priority, &r.action))
-    }
-
-    /// Every target group some action forwards to (each once).
-    pub fn target_groups(&self) -> Vec<&TargetGroup> {
-        let mut seen: Vec<&TargetGroup> = Vec::new();
-        let actions = self.rules.iter().map(|r| &r.action).chain([&self.default]);
-        for action in actions {
-            if let Action::Forward(f) = action {
-                for g in &f.groups {
-                    if !seen.iter().any(|s| s.arn() == g.group.arn()) {
-                        seen.push(&g.group);
-                    }
-                }
-            }
-        }
-        seen
     }
 }
 

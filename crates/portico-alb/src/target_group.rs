@@ -18,7 +18,7 @@ impl TargetGroup {
     pub fn name(&self) -> &str {
         match self {
             Self::Lambda(tg) => &tg.name,
-            Self::Http(tg) => &tg.name,
+            Self::Http(tg) => tg.name(),
         }
     }
 
@@ -26,7 +26,7 @@ impl TargetGroup {
     pub fn arn(&self) -> &str {
         match self {
             Self::Lambda(tg) => &tg.arn,
-            Self::Http(tg) => &tg.arn,
+            Self::Http(tg) => tg.arn(),
         }
     }
 }

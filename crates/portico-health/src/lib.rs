@@ -32,11 +32,10 @@ pub enum Verdict {
     Unhealthy,
 }
 
-/// A target's verdict and last round-trip time, shared between the checker and the router.
+/// A target's verdict, shared between the checker and the router.
 #[derive(Debug)]
 pub struct Status {
     verdict: AtomicU8,
-    rtt_micros: AtomicU64,
     /// When the target last became healthy, as microseconds since `epoch` (0: never).
     healthy_since_micros: AtomicU64,
     epoch: Instant,
@@ -53,7 +52,6 @@ impl Status {
     pub fn new(verdict: Verdict) -> Self {
         let status = Self {
             verdict: AtomicU8::new(verdict as u8),
-            rtt_micros: AtomicU64::new(0),
             healthy_since_micros: AtomicU64::new(0),
             epoch: Instant::now(),
         };
@@ -98,19 +96,6 @@ impl Status {
         }
         let since = Duration::from_micros(self.healthy_since_micros.load(Ordering::Relaxed));
         Some(self.epoch.elapsed().saturating_sub(since))
-    }
-
-    /// The round-trip time of the last successful check.
-    pub fn rtt(&self) -> Option<Duration> {
-        match self.rtt_micros.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(Duration::from_micros(n)),
-        }
-    }
-
-    fn record_rtt(&self, rtt: Duration) {
-        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.rtt_micros.store(micros, Ordering::Relaxed);
     }
 }
 
@@ -194,7 +179,6 @@ pub async fn run<P: Probe>(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let started = Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(schedule.timeout, probe.check()) => match r {
@@ -202,9 +186,6 @@ pub async fn run<P: Probe>(
                 Err(_) => Err(format!("no answer within {:?}", schedule.timeout)),
             },
         };
-        if result.is_ok() {
-            status.record_rtt(started.elapsed());
-        }
         let before = status.verdict();
         let after = tally.record(before, result.is_ok());
         if after != before {

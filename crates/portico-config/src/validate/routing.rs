@@ -66,11 +66,12 @@ impl Validator {
             if single && !once.insert(field) {
                 self.err(&cp, format!("a rule may have one {field} condition"));
             }
-            let texts: Vec<&str> = match condition {
+            // The texts limited in length and counted for wildcards, and the value count.
+            let (texts, count): (Vec<&str>, usize) = match condition {
                 RuleCondition::HostHeader { values }
                 | RuleCondition::PathPattern { values }
                 | RuleCondition::HttpRequestMethod { values } => {
-                    values.iter().map(String::as_str).collect()
+                    (values.iter().map(String::as_str).collect(), values.len())
                 }
                 RuleCondition::HttpHeader { name, values } => {
                     let token = name
@@ -82,21 +83,16 @@ impl Validator {
                             format!("a header name is 1-{HEADER_NAME_CHARS} token characters"),
                         );
                     }
-                    values.iter().map(String::as_str).collect()
+                    (values.iter().map(String::as_str).collect(), values.len())
                 }
-                RuleCondition::QueryString { values } => values
-                    .iter()
-                    .flat_map(|q| q.key.iter().map(String::as_str).chain([q.value.as_str()]))
-                    .collect(),
-                RuleCondition::SourceIp { .. } => Vec::new(),
-            };
-            let count = match condition {
-                RuleCondition::HostHeader { values }
-                | RuleCondition::PathPattern { values }
-                | RuleCondition::HttpRequestMethod { values }
-                | RuleCondition::HttpHeader { values, .. } => values.len(),
-                RuleCondition::QueryString { values } => values.len(),
-                RuleCondition::SourceIp { values } => values.len(),
+                RuleCondition::QueryString { values } => (
+                    values
+                        .iter()
+                        .flat_map(|q| q.key.iter().map(String::as_str).chain([q.value.as_str()]))
+                        .collect(),
+                    values.len(),
+                ),
+                RuleCondition::SourceIp { values } => (Vec::new(), values.len()),
             };
             if count == 0 {
                 self.err(format!("{cp}.values"), "at least one value is required");
