@@ -8,9 +8,10 @@
 //! the same `shutdown` token and can finish gracefully), and whatever is still open after
 //! that is cut. When this function returns, no connection task of the listener is left.
 //!
-//! [`serve_http1`] is the other half for HTTP listeners: one connection served by hyper until
-//! it ends, finishing its current request gracefully when shutdown begins.
+//! [`serve_connection`] is the other half for HTTP listeners: one connection served by hyper
+//! until it ends, finishing its requests in progress gracefully when shutdown begins.
 
+use hyper_util::server::graceful::GracefulConnection;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,24 +21,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The error type hyper's service bounds ask for.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Serves one HTTP/1 connection with `service` until it ends. When `shutdown` fires, the
-/// connection finishes the request in progress and closes (hyper's graceful shutdown).
-pub async fn serve_http1<S, B>(
-    builder: &hyper::server::conn::http1::Builder,
-    stream: TcpStream,
-    service: S,
-    shutdown: &CancellationToken,
-) -> Result<(), hyper::Error>
+/// Drives one HTTP connection (HTTP/1, HTTP/2 or auto-detected, as built by hyper or
+/// hyper-util) until it ends. When `shutdown` fires, the connection finishes the requests in
+/// progress and closes: HTTP/1 after the current response, HTTP/2 with a GOAWAY.
+pub async fn serve_connection<C>(conn: C, shutdown: &CancellationToken) -> Result<(), C::Error>
 where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<BoxError>,
+    C: GracefulConnection,
 {
-    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => result,

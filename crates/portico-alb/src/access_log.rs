@@ -116,6 +116,8 @@ pub struct Record {
     pub outcome: Outcome,
     /// The status sent to the client.
     pub status: u16,
+    /// What the TLS handshake settled, on HTTPS listeners.
+    pub tls: Option<crate::tls::Negotiated>,
 }
 
 /// What the load balancer did with a request, filled in as it goes (also when no access
@@ -201,13 +203,23 @@ impl Record {
         quoted(&mut out, &self.request);
         out.push(' ');
         quoted(&mut out, &self.user_agent);
+        let tls = self.tls.as_ref();
         let _ = write!(
             out,
-            " - - {} ",
+            " {} {} {} ",
+            tls.map_or("-", |t| t.cipher),
+            tls.map_or("-", |t| t.protocol),
             self.outcome.target_group_arn.as_deref().unwrap_or("-")
         );
         quoted(&mut out, self.outcome.trace_id.as_deref().unwrap_or("-"));
-        out.push_str(" \"-\" \"-\" ");
+        out.push(' ');
+        quoted(
+            &mut out,
+            tls.and_then(|t| t.server_name.as_deref()).unwrap_or("-"),
+        );
+        out.push(' ');
+        quoted(&mut out, tls.map_or("-", |t| &t.certificate_arn));
+        out.push(' ');
         out.push_str(&dash(self.outcome.rule_priority));
         let _ = write!(out, " {} ", humantime::format_rfc3339_micros(self.created));
         quoted(&mut out, self.outcome.action.unwrap_or("-"));
@@ -300,7 +312,7 @@ mod tests {
     #[test]
     fn a_line_has_albs_fields_in_order() {
         let received = Instant::now();
-        let record = Record {
+        let mut record = Record {
             kind: "http",
             elb: "app/web/0123456789abcdef".into(),
             client: "192.0.2.1:4242".parse().unwrap(),
@@ -323,6 +335,7 @@ mod tests {
                 error_reason: None,
             },
             status: 200,
+            tls: None,
         };
         let line = record.line(
             300,
@@ -336,6 +349,23 @@ mod tests {
              \"GET http://example.com:80/a?b=1 HTTP/1.1\" \"curl/8.0 \\\"x\\\"\" - - arn:tg \
              \"Root=1-x\" \"-\" \"-\" 0 1970-01-01T00:00:00.000000Z \"forward\" \"-\" \"-\" \
              \"10.0.0.1:80\" \"200\" \"-\" \"-\" TID_1\n"
+        );
+        record.kind = "h2";
+        record.tls = Some(crate::tls::Negotiated {
+            protocol: "TLSv1.3",
+            cipher: "TLS_AES_128_GCM_SHA256",
+            server_name: Some("api.example.com".into()),
+            certificate_arn: "arn:aws:iam::000000000000:server-certificate/api".into(),
+            h2: true,
+        });
+        let line = record.line(300, received, SystemTime::UNIX_EPOCH);
+        assert!(line.starts_with("h2 "), "{line}");
+        assert!(
+            line.contains(
+                "TLS_AES_128_GCM_SHA256 TLSv1.3 arn:tg \"Root=1-x\" \"api.example.com\" \
+                 \"arn:aws:iam::000000000000:server-certificate/api\" 0 "
+            ),
+            "{line}"
         );
     }
 }

@@ -13,6 +13,7 @@ use crate::router::{Action, Router};
 use crate::rules::{RequestView, strip_port};
 use crate::sticky;
 use crate::target_group::TargetGroup;
+use crate::tls::Negotiated;
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -53,14 +54,17 @@ pub struct Connection {
     pub client: SocketAddr,
     /// The connection's id in access logs, `TID_…`.
     pub trace_id: Arc<str>,
+    /// What the TLS handshake settled, on HTTPS listeners.
+    pub tls: Option<Negotiated>,
 }
 
 impl Connection {
     /// A connection from `client` with a fresh id.
-    pub fn new(client: SocketAddr) -> Self {
+    pub fn new(client: SocketAddr, tls: Option<Negotiated>) -> Self {
         Self {
             client,
             trace_id: format!("TID_{:032x}", fastrand::u128(..)).into(),
+            tls,
         }
     }
 }
@@ -120,11 +124,12 @@ fn record_of<B>(ctx: &Context, conn: &Connection, req: &Request<B>, received: In
     };
     let body = content_length(req.headers()).unwrap_or(0);
     Record {
-        kind: if req.version() == http::Version::HTTP_2 {
-            "h2"
-        } else {
-            ctx.proto
+        // ALB's `h2` is HTTP/2 over TLS; h2c is logged as the listener's protocol.
+        kind: match (&conn.tls, req.version()) {
+            (Some(_), http::Version::HTTP_2) => "h2",
+            _ => ctx.proto,
         },
+        tls: conn.tls.clone(),
         elb: ctx.elb.clone(),
         client: conn.client,
         conn_trace_id: conn.trace_id.clone(),
@@ -174,6 +179,9 @@ async fn respond(
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, LbError> {
     check_head(&req)?;
+    if req.version() == http::Version::HTTP_2 {
+        join_cookies(req.headers_mut());
+    }
     if !req.headers().contains_key(header::HOST) {
         // HTTP/2 carries the host as `:authority`; rules and targets see it as `Host`.
         if let Some(authority) = req.uri().authority() {
@@ -241,6 +249,23 @@ async fn respond(
     }
 }
 
+/// HTTP/2 clients may split `Cookie` into one field per cookie; targets get them as one
+/// header joined with `; `, as RFC 9113 §8.2.3 asks when passing them on as HTTP/1.1.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for value in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// ALB's limits on the request head: 414 for a long request line, 431 for a long header or
 /// too many header bytes.
 fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
@@ -279,6 +304,19 @@ mod tests {
             b = b.header(*k, v.as_str());
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn split_http2_cookies_are_joined() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut headers);
+        assert_eq!(headers[header::COOKIE], "a=1");
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut headers);
+        let all: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
     }
 
     #[test]

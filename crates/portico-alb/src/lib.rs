@@ -3,8 +3,9 @@
 //!
 //! A request's path through this crate, phase by phase:
 //! 1. [`listener`] accepts a connection; with PROXY protocol enabled, `portico_proxy_protocol`
-//!    reads the client's real address first and refuses connections without a header;
-//! 2. hyper parses HTTP/1.1; [`handler`] checks the request against ALB's limits;
+//!    reads the client's real address first and refuses connections without a header; on
+//!    HTTPS listeners [`tls`] picks the certificate by SNI and ALPN picks the HTTP version;
+//! 2. hyper parses HTTP/1.1 or HTTP/2; [`handler`] checks the request against ALB's limits;
 //! 3. the listener's [`router`] finds the first rule whose [`rules`] conditions hold, or the
 //!    default action;
 //! 4. the action answers: [`fixed_response`], [`redirect`], or a forward to a target group
@@ -34,6 +35,7 @@ pub mod router;
 pub mod rules;
 pub mod sticky;
 pub mod target_group;
+pub mod tls;
 
 pub use listener::{ListenerSpec, serve};
 pub use router::Router;

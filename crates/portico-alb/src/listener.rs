@@ -1,19 +1,29 @@
-//! A load balancer listener: accepts connections, reads PROXY v2 when enabled, serves
-//! HTTP/1.1, and drains on shutdown.
+//! A load balancer listener: accepts connections, reads PROXY v2 when enabled, completes
+//! the TLS handshake on HTTPS listeners, serves HTTP/1.1 and HTTP/2, closes idle
+//! connections after the idle timeout, and drains on shutdown.
+//!
+//! The HTTP version: on HTTPS listeners ALPN decides (`h2` or `http/1.1`); on HTTP listeners
+//! a connection that opens with the HTTP/2 preface is HTTP/2 (h2c with prior knowledge),
+//! anything else HTTP/1.1. With the load balancer's `http2` off, only HTTP/1.1 is spoken.
 //!
 //! Shutdown sequence (with `portico_accept`): stop accepting → ask every connection to finish
-//! its current request (hyper's graceful shutdown) → wait up to the drain timeout → cut the
-//! rest and report how many.
+//! its requests in progress (hyper's graceful shutdown; GOAWAY on HTTP/2) → wait up to the
+//! drain timeout → cut the rest and report how many.
 
 use crate::handler::{self, Connection, Context};
 use crate::router::Router;
-use hyper_util::rt::TokioTimer;
+use crate::tls::Certificates;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use portico_invoke::Invoker;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -22,6 +32,9 @@ use tracing::Instrument;
 /// is set above them so that those checks are the ones clients meet.
 pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 
+/// Most requests in flight on one HTTP/2 connection, as ALB allows.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
 /// How one listener behaves.
 #[derive(Debug, Clone)]
 pub struct ListenerSpec {
@@ -29,7 +42,8 @@ pub struct ListenerSpec {
     pub load_balancer: String,
     /// Require a PROXY protocol v2 header on every connection.
     pub proxy_protocol: bool,
-    /// How long an idle keep-alive connection, or a slow request head, may take.
+    /// How long a connection may stay open with no request in progress, and how long a
+    /// request head may take.
     pub idle_timeout: Duration,
     /// Connection cap, and how long in-flight requests get to finish at shutdown.
     pub limits: portico_accept::Limits,
@@ -39,10 +53,29 @@ pub struct ListenerSpec {
     pub elb: String,
     /// Where access log lines go, when enabled.
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// HTTPS: the certificates. `None` is plain HTTP.
+    pub tls: Option<Arc<Certificates>>,
+    /// Accept HTTP/2 (ALPN `h2` on HTTPS, prior knowledge on HTTP).
+    pub http2: bool,
 }
 
 /// How long a connection may take to send its PROXY header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection of a listener shares.
+struct Listener {
+    ctx: Arc<Context>,
+    spec: ListenerSpec,
+    acceptor: Option<TlsAcceptor>,
+    /// Detects HTTP/2 by its preface (only HTTP/1 when HTTP/2 is off).
+    auto: auto::Builder<TokioExecutor>,
+    /// For connections whose version ALPN settled.
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
 
 /// Serves `listener` until `shutdown` fires, then drains.
 pub async fn serve(
@@ -55,20 +88,46 @@ pub async fn serve(
     let ctx = Arc::new(Context {
         router: spec.router.clone(),
         invoker,
-        proto: "http",
+        proto: if spec.tls.is_some() { "https" } else { "http" },
         port: local.map_or(0, |a| a.port()),
         target_timeout: spec.idle_timeout,
         elb: spec.elb.as_str().into(),
         access_log: spec.access_log.clone(),
     });
-    let spec = Arc::new(spec);
-    let drained = portico_accept::serve(listener, &shutdown, spec.limits, |stream, peer| {
-        connection(stream, peer, ctx.clone(), spec.clone(), shutdown.clone())
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(spec.idle_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let shared = Arc::new(Listener {
+        ctx,
+        acceptor: spec
+            .tls
+            .clone()
+            .map(|certs| TlsAcceptor::from(crate::tls::server_config(certs, spec.http2))),
+        auto: if spec.http2 {
+            builder.clone()
+        } else {
+            builder.clone().http1_only()
+        },
+        http1: builder.clone().http1_only(),
+        http2: builder.http2_only(),
+        spec,
+    });
+    let limits = shared.spec.limits;
+    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, peer| {
+        connection(stream, peer, shared.clone(), shutdown.clone())
     })
     .await;
     if drained.cut_short > 0 {
         tracing::warn!(
-            load_balancer = spec.load_balancer,
+            load_balancer = shared.spec.load_balancer,
             cut_short = drained.cut_short,
             "drain timeout: open connections were cut"
         );
@@ -78,12 +137,11 @@ pub async fn serve(
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    ctx: Arc<Context>,
-    spec: Arc<ListenerSpec>,
+    listener: Arc<Listener>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let client = if spec.proxy_protocol {
+    let client = if listener.spec.proxy_protocol {
         match portico_proxy_protocol::read_header(&mut stream, PROXY_HEADER_TIMEOUT).await {
             Ok(Some(client)) => client,
             Ok(None) => peer,
@@ -101,30 +159,137 @@ async fn connection(
         peer
     };
     let span = tracing::debug_span!("connection", %client, %peer);
-    serve_http(stream, client, ctx, spec, shutdown)
+    let Some(acceptor) = &listener.acceptor else {
+        let conn = Connection::new(client, None);
+        serve_http(stream, &listener.auto, conn, &listener, shutdown)
+            .instrument(span)
+            .await;
+        return;
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%client, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%client, "TLS handshake timed out");
+            return;
+        }
+    };
+    let negotiated = listener
+        .spec
+        .tls
+        .as_ref()
+        .map(|certs| certs.negotiated(stream.get_ref().1));
+    let builder = match &negotiated {
+        Some(n) if n.h2 => &listener.http2,
+        _ => &listener.http1,
+    };
+    let conn = Connection::new(client, negotiated);
+    serve_http(stream, builder, conn, &listener, shutdown)
         .instrument(span)
         .await;
 }
 
-async fn serve_http(
-    stream: TcpStream,
-    client: SocketAddr,
-    ctx: Arc<Context>,
-    spec: Arc<ListenerSpec>,
+async fn serve_http<I>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    conn: Connection,
+    listener: &Listener,
     shutdown: CancellationToken,
-) {
-    let conn = Arc::new(Connection::new(client));
-    let service = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handler::handle(&ctx, &conn, req).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(spec.idle_timeout)
-        .max_buf_size(MAX_HEAD_BYTES);
-    if let Err(error) = portico_accept::serve_http1(&builder, stream, service, &shutdown).await {
-        tracing::debug!(%error, "connection ended with an error");
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let ctx = listener.ctx.clone();
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            let conn = conn.clone();
+            let busy = activity.begin();
+            async move {
+                let response = handler::handle(&ctx, &conn, req).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let close = shutdown.child_token();
+    let served = portico_accept::serve_connection(
+        builder.serve_connection(TokioIo::new(io), service),
+        &close,
+    );
+    let idle_timeout = listener.spec.idle_timeout;
+    // After the idle timeout, a graceful close; a peer that does not take part in it (an
+    // HTTP/2 client that never acknowledges the GOAWAY's PING) is cut one more timeout later.
+    let watchdog = async {
+        activity.idle(idle_timeout).await;
+        tracing::debug!("idle timeout: closing the connection");
+        close.cancel();
+        tokio::time::sleep(idle_timeout).await;
+    };
+    tokio::select! {
+        result = served => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        }
+        () = watchdog => {}
+    }
+}
+
+/// Requests in progress on a connection and when the last one ended, so that a connection
+/// with nothing in progress for the idle timeout is closed, as ALB closes it.
+struct Activity {
+    start: Instant,
+    in_progress: AtomicUsize,
+    /// Milliseconds from `start` to the end of the last request.
+    last_ms: AtomicU64,
+}
+
+/// Marks a request in progress until dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let now = activity.start.elapsed().as_millis() as u64;
+        activity.last_ms.store(now, Ordering::Relaxed);
+        activity.in_progress.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            in_progress: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_progress.fetch_add(1, Ordering::Acquire);
+        Busy(self.clone())
+    }
+
+    /// Returns once nothing has been in progress for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            let wait = if self.in_progress.load(Ordering::Acquire) > 0 {
+                timeout
+            } else {
+                let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+                let idle_for = self.start.elapsed().saturating_sub(last);
+                match timeout.checked_sub(idle_for) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return,
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 }

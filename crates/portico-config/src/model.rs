@@ -87,10 +87,6 @@ impl Default for InvokeApi {
         }
     }
 }
-
-fn default_true() -> bool {
-    true
-}
 fn default_invoke_api_port() -> Port {
     Port(9001)
 }
@@ -209,6 +205,14 @@ pub struct LoadBalancer {
     /// Access logs in ALB's format. Default off.
     #[serde(default)]
     pub access_logs: AccessLogs,
+    /// Accept HTTP/2: negotiated by ALPN on HTTPS listeners, and by prior knowledge (h2c)
+    /// on HTTP listeners. ALB's `routing.http2.enabled`; default true.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Where a load balancer writes its access logs.
@@ -235,9 +239,13 @@ pub struct LbListener {
     pub address: IpAddr,
     /// Port to bind. `0` picks a free port.
     pub port: Port,
-    /// Application protocol. Default `http`.
+    /// Application protocol. Default `HTTP`.
     #[serde(default)]
     pub protocol: LbProtocol,
+    /// For `HTTPS`: the certificates, chosen by the client's SNI host name. The first is the
+    /// default certificate, used when the client sends no SNI or no certificate matches.
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
     /// Expect a PROXY protocol v2 header on every connection, and refuse connections
     /// without one. Default false.
     #[serde(default)]
@@ -258,10 +266,22 @@ fn default_lb_address() -> IpAddr {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum LbProtocol {
-    /// HTTP/1.1 in clear text.
+    /// HTTP/1.1 (and h2c) in clear text.
     #[default]
     #[serde(alias = "http")]
     Http,
+    /// HTTP/1.1 and HTTP/2 over TLS.
+    #[serde(alias = "https")]
+    Https,
+}
+
+/// A certificate of an HTTPS listener: PEM files, relative to the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Certificate {
+    /// The certificate chain, leaf first.
+    pub certificate: String,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
 }
 
 /// A target group.

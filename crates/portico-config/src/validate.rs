@@ -4,7 +4,10 @@
 //! (function names, timeouts, memory, reserved environment variables, target group names).
 
 use crate::error::ConfigError;
-use crate::model::{Accelerator, Config, Function, FunctionRuntime, LoadBalancer, TargetGroup};
+use crate::model::{
+    Accelerator, Config, Function, FunctionRuntime, LbListener, LbProtocol, LoadBalancer,
+    TargetGroup,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
@@ -183,8 +186,40 @@ impl Validator {
         }
         for (i, l) in lb.listeners.iter().enumerate() {
             let lp = format!("{path}.listeners[{i}]");
+            self.certificates(&lp, l);
             self.action(&format!("{lp}.default_action"), &l.default_action, config);
             self.rules(&lp, &l.rules, config);
+        }
+    }
+
+    /// HTTPS needs a certificate and HTTP has none; ALB allows the default certificate and
+    /// 25 more per listener.
+    fn certificates(&mut self, path: &str, l: &LbListener) {
+        const MAX_CERTIFICATES: usize = 26;
+        let path = format!("{path}.certificates");
+        match l.protocol {
+            LbProtocol::Https if l.certificates.is_empty() => {
+                self.err(&path, "an HTTPS listener needs at least one certificate")
+            }
+            LbProtocol::Https if l.certificates.len() > MAX_CERTIFICATES => self.err(
+                &path,
+                format!(
+                    "{} certificates; a listener has at most {MAX_CERTIFICATES} (the default and 25 more)",
+                    l.certificates.len()
+                ),
+            ),
+            LbProtocol::Http if !l.certificates.is_empty() => {
+                self.err(&path, "certificates are for HTTPS listeners; set protocol = \"HTTPS\"")
+            }
+            _ => {}
+        }
+        for (c, cert) in l.certificates.iter().enumerate() {
+            if cert.certificate.is_empty() {
+                self.err(format!("{path}[{c}].certificate"), "empty path");
+            }
+            if cert.private_key.is_empty() {
+                self.err(format!("{path}[{c}].private_key"), "empty path");
+            }
         }
     }
 

@@ -76,8 +76,9 @@ pub async fn serve(
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(route(&api, req).await) }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
-            let served = portico_accept::serve_http1(&builder, stream, service, &shutdown).await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let served = portico_accept::serve_connection(conn, &shutdown).await;
             if let Err(error) = served {
                 tracing::debug!(%error, "invoke API connection ended");
             }

@@ -13,7 +13,7 @@ pub(crate) struct Banner {
     /// One line per hop, already worded.
     pub(crate) routes: Vec<String>,
     /// Load balancer listeners: `(load balancer, address)`.
-    pub(crate) load_balancers: Vec<(String, SocketAddr)>,
+    pub(crate) load_balancers: Vec<(String, &'static str, SocketAddr)>,
     /// Where the Lambda Invoke API listens, when it is enabled.
     pub(crate) invoke_api: Option<SocketAddr>,
     /// A function to show in the example commands.
@@ -31,8 +31,8 @@ impl Banner {
             }
         }
         let _ = writeln!(out, "\n  load balancers");
-        for (name, addr) in &self.load_balancers {
-            let _ = writeln!(out, "    load balancer {name}  http://{addr}");
+        for (name, scheme, addr) in &self.load_balancers {
+            let _ = writeln!(out, "    load balancer {name}  {scheme}://{addr}");
         }
         if let Some(addr) = self.invoke_api {
             let _ = writeln!(out, "\n  Lambda Invoke API (aws lambda --endpoint-url)");

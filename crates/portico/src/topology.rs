@@ -7,6 +7,7 @@
 use anyhow::Context;
 use portico_alb::http_target::{HttpGroupSpec, HttpTargetGroup};
 use portico_alb::lambda_target::LambdaProbe;
+use portico_alb::tls::{CertificateSource, Certificates};
 use portico_alb::{LambdaTargetGroup, TargetGroup};
 use portico_config::{Config, Function, FunctionRuntime, TargetType};
 use portico_invoke::Invoker;
@@ -120,6 +121,36 @@ fn resolve(path: &str, base: &Path) -> PathBuf {
     } else {
         base.join(p)
     }
+}
+
+/// The certificates of an HTTPS listener, loaded and checked; `None` for HTTP. Each is
+/// named in access logs as an IAM server certificate called after its file.
+pub(crate) fn certificates(
+    listener: &portico_config::LbListener,
+    base: &Path,
+) -> anyhow::Result<Option<Arc<Certificates>>> {
+    if listener.protocol != portico_config::LbProtocol::Https {
+        return Ok(None);
+    }
+    let sources: Vec<CertificateSource> = listener
+        .certificates
+        .iter()
+        .map(|c| {
+            let certificate = base.join(&c.certificate);
+            let stem = certificate
+                .file_stem()
+                .map_or_else(|| "certificate".into(), |s| s.to_string_lossy());
+            CertificateSource {
+                arn: format!(
+                    "arn:aws:iam::{}:server-certificate/{stem}",
+                    portico_lambda::spec::ACCOUNT_ID
+                ),
+                private_key: base.join(&c.private_key),
+                certificate,
+            }
+        })
+        .collect();
+    Ok(Some(Arc::new(Certificates::load(&sources)?)))
 }
 
 /// Every target group of `config`, as the load balancers run them. HTTP groups start

@@ -148,6 +148,8 @@ async fn start(
             portico_alb::target_group::stable_hash(name.as_bytes())
         );
         for (i, l) in lb.listeners.iter().enumerate() {
+            let tls = topology::certificates(l, base)
+                .with_context(|| format!("load_balancers.{name}.listeners[{i}].certificates"))?;
             let listener = TcpListener::bind((l.address, l.port.0))
                 .await
                 .with_context(|| {
@@ -159,7 +161,8 @@ async fn start(
             let address = listener.local_addr()?;
             let router = portico_alb::Router::compile(l, &groups)
                 .with_context(|| format!("load_balancers.{name}.listeners[{i}]"))?;
-            banner.load_balancers.push((name.clone(), address));
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            banner.load_balancers.push((name.clone(), scheme, address));
             banner.routes.push(format!(
                 "load balancer {name} {address}{}: {}",
                 if l.proxy_protocol_v2 {
@@ -177,6 +180,8 @@ async fn start(
                 router,
                 elb: elb.clone(),
                 access_log: access_log.clone(),
+                tls,
+                http2: lb.http2,
             };
             tasks.spawn(portico_alb::serve(
                 listener,

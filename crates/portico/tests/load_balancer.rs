@@ -464,40 +464,6 @@ enabled = false
     assert_eq!(r.header("server"), Some("awselb/2.0"));
 }
 
-/// Splits an access log line into fields the way ALB's documentation parses them: spaces
-/// separate, double quotes group (with `\"` inside).
-fn fields(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut chars = line.chars().peekable();
-    while let Some(&c) = chars.peek() {
-        if c == ' ' {
-            chars.next();
-            continue;
-        }
-        let mut field = String::new();
-        if c == '"' {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => field.extend(chars.next()),
-                    '"' => break,
-                    c => field.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ' ' {
-                    break;
-                }
-                field.push(c);
-                chars.next();
-            }
-        }
-        out.push(field);
-    }
-    out
-}
-
 #[test]
 fn access_logs_are_written_in_albs_format() {
     let a = Backend::start("a", 0);

@@ -110,7 +110,7 @@ impl Portico {
                 }
                 ["load", "balancer", name, url] => portico.load_balancers.push((
                     name.to_string(),
-                    url.trim_start_matches("http://").parse().unwrap(),
+                    url.split_once("://").unwrap().1.parse().unwrap(),
                 )),
                 ["invoke", "api", url] => {
                     portico.invoke_api = Some(url.trim_start_matches("http://").parse().unwrap())
@@ -299,4 +299,38 @@ impl Reply {
             .map(|(_, v)| v.as_str())
             .collect()
     }
+}
+
+/// Splits an access log line into fields the way ALB's documentation parses them: spaces
+/// separate, double quotes group (with `\"` inside).
+pub fn fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c == ' ' {
+            chars.next();
+            continue;
+        }
+        let mut field = String::new();
+        if c == '"' {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => field.extend(chars.next()),
+                    '"' => break,
+                    c => field.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                field.push(c);
+                chars.next();
+            }
+        }
+        out.push(field);
+    }
+    out
 }
