@@ -154,6 +154,16 @@ impl HttpTargetGroup {
         &self.spec.arn
     }
 
+    /// How the group was set up.
+    pub fn spec(&self) -> &HttpGroupSpec {
+        &self.spec
+    }
+
+    /// The registered targets, draining ones included, in registration order.
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        self.read_targets().clone()
+    }
+
     /// Adds a target (if not there yet) and starts checking it. Without health checks it is
     /// healthy at once; with them it must pass one first.
     pub fn register(&self, address: SocketAddr) {
@@ -329,6 +339,9 @@ impl HttpTargetGroup {
 /// While some candidate is within its slow start, a weighted random pick: each candidate
 /// weighs its share of the ramp (at least 1 %), others weigh 1. `None` when no candidate is
 /// ramping, so plain round robin applies.
+///
+/// As ALB documents, a target is not put into slow start when no other target was healthy
+/// as it became healthy: the candidate healthy the longest always weighs 1.
 fn slow_start_ticket<'a>(
     candidates: impl Iterator<Item = &'a Arc<Target>> + Clone,
     slow_start: Duration,
@@ -336,9 +349,15 @@ fn slow_start_ticket<'a>(
     if slow_start.is_zero() {
         return None;
     }
+    let oldest = candidates
+        .clone()
+        .filter_map(|t| t.status.healthy_for())
+        .max()?;
     let weight = |t: &Target| -> f64 {
         match t.status.healthy_for() {
-            Some(d) if d < slow_start => (d.as_secs_f64() / slow_start.as_secs_f64()).max(0.01),
+            Some(d) if d < slow_start && d < oldest => {
+                (d.as_secs_f64() / slow_start.as_secs_f64()).max(0.01)
+            }
             _ => 1.0,
         }
     };

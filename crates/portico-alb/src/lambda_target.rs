@@ -130,7 +130,8 @@ impl LambdaProbe {
 }
 
 impl portico_health::Probe for LambdaProbe {
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), portico_health::Failure> {
+        use portico_health::Failure;
         let request = RequestParts {
             method: "GET",
             path: &self.path,
@@ -147,17 +148,20 @@ impl portico_health::Probe for LambdaProbe {
                 ..Invocation::default()
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Failed(e.to_string()))?;
         if let Some(failure) = output.function_error {
-            return Err(format!("function error {}", failure.error_type));
+            return Err(Failure::Failed(format!(
+                "function error {}",
+                failure.error_type
+            )));
         }
         let response = reply::into_response(&output.payload, self.group.multi_value_headers)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Failed(e.to_string()))?;
         let status = response.status().as_u16();
         if self.matcher.accepts(status) {
             Ok(())
         } else {
-            Err(format!("status {status}"))
+            Err(Failure::Status(status))
         }
     }
 

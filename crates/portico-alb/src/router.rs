@@ -217,7 +217,11 @@ mod tests {
             name: name.into(),
             arn: crate::target_group::arn_for("r", "1", name),
             function: name.into(),
+            function_arn: name.into(),
             multi_value_headers: false,
+            health_check: portico_config::HealthCheck::default()
+                .resolve(portico_config::TargetType::Lambda),
+            health: None,
         })
     }
 

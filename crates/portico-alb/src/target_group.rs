@@ -40,8 +40,14 @@ pub struct LambdaTargetGroup {
     pub arn: String,
     /// The function to invoke.
     pub function: String,
+    /// The function's ARN, the group's one target.
+    pub function_arn: String,
     /// ALB's `lambda.multi_value_headers.enabled` attribute.
     pub multi_value_headers: bool,
+    /// Health check settings (off unless configured, as ALB has it for Lambda).
+    pub health_check: portico_config::HealthCheckSettings,
+    /// The function's health while checks are on.
+    pub health: Option<Arc<portico_health::Status>>,
 }
 
 /// ALB's ARN shape for a target group: `…:targetgroup/NAME/ID`, the id derived from the name

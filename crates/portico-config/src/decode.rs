@@ -75,6 +75,11 @@ fn decode_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
                     config.invoke_api = api;
                 }
             }
+            "admin_api" => {
+                if let Some(api) = decode_value(value, &key, errors) {
+                    config.admin_api = api;
+                }
+            }
             _ => errors.push(ConfigError::new(key, "unknown key")),
         }
     }

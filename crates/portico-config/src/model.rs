@@ -30,6 +30,9 @@ pub struct Config {
     /// The Lambda Invoke API, for the AWS CLI and SDKs (`--endpoint-url`).
     #[serde(default)]
     pub invoke_api: InvokeApi,
+    /// The admin API: `aws elbv2` target actions and status.
+    #[serde(default)]
+    pub admin_api: AdminApi,
     /// Settings of the function runtime as a whole.
     #[serde(default)]
     pub runtime: RuntimeSettings,
@@ -63,33 +66,42 @@ fn default_environment_idle() -> u32 {
     600
 }
 
-/// Where the Lambda Invoke API listens.
+/// Where one of portico's own APIs listens: the Lambda Invoke API (default port 9001) or the
+/// admin API (default port 9002). `PORT` is the default port.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct InvokeApi {
+pub struct ApiListener<const PORT: u16> {
     /// Serve it at all. Default true.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Address to bind. Default `127.0.0.1`: the API has no authentication of its own, so it
-    /// is reachable from this machine only unless you say otherwise.
+    /// Address to bind. Default `127.0.0.1`: the APIs have no authentication of their own,
+    /// so they are reachable from this machine only unless you say otherwise.
     #[serde(default = "default_lb_address")]
     pub address: IpAddr,
-    /// Port to bind. Default 9001; `0` picks a free port.
-    #[serde(default = "default_invoke_api_port")]
+    /// Port to bind. `0` picks a free port.
+    #[serde(default = "default_api_port::<PORT>")]
     pub port: Port,
 }
 
-impl Default for InvokeApi {
+impl<const PORT: u16> Default for ApiListener<PORT> {
     fn default() -> Self {
         Self {
             enabled: true,
             address: default_lb_address(),
-            port: default_invoke_api_port(),
+            port: Port(PORT),
         }
     }
 }
-fn default_invoke_api_port() -> Port {
-    Port(9001)
+
+fn default_api_port<const PORT: u16>() -> Port {
+    Port(PORT)
 }
+
+/// Where the Lambda Invoke API listens (default port 9001).
+pub type InvokeApi = ApiListener<9001>;
+
+/// Where the admin API listens (default port 9002): the ELBv2 target actions
+/// (`aws elbv2 … --endpoint-url`) and portico's status.
+pub type AdminApi = ApiListener<9002>;
 
 /// The accelerator: static addresses that never change, and the endpoints behind them.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -429,6 +441,23 @@ pub struct Matcher(Vec<(u16, u16)>);
 impl Default for Matcher {
     fn default() -> Self {
         Self(vec![(200, 200)])
+    }
+}
+
+/// In ALB's form: `200`, `200,202`, `200-299`.
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -386,13 +386,23 @@ impl Validator {
                 claim(self, addr, format!("load_balancers.{name}.listeners[{i}]"));
             }
         }
-        if config.invoke_api.enabled {
-            let api = &config.invoke_api;
-            claim(
-                self,
-                SocketAddr::new(api.address, api.port.0),
-                "invoke_api".to_owned(),
-            );
+        for (name, enabled, address, port) in [
+            (
+                "invoke_api",
+                config.invoke_api.enabled,
+                config.invoke_api.address,
+                config.invoke_api.port,
+            ),
+            (
+                "admin_api",
+                config.admin_api.enabled,
+                config.admin_api.address,
+                config.admin_api.port,
+            ),
+        ] {
+            if enabled {
+                claim(self, SocketAddr::new(address, port.0), name.to_owned());
+            }
         }
     }
 }

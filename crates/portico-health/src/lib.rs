@@ -13,8 +13,8 @@
 //! failures in a row take it out.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -32,10 +32,26 @@ pub enum Verdict {
     Unhealthy,
 }
 
+/// Why one check failed; ALB's target health reasons are told apart by it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// No answer within the check's timeout (ALB: `Target.Timeout`).
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// An answer with a status the matcher does not take (`Target.ResponseCodeMismatch`).
+    #[error("status {0}")]
+    Status(u16),
+    /// The connection or the request failed (`Target.FailedHealthChecks`).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A target's verdict, shared between the checker and the router.
 #[derive(Debug)]
 pub struct Status {
     verdict: AtomicU8,
+    /// Why the last check failed; none after a success.
+    last_failure: Mutex<Option<Failure>>,
     /// When the target last became healthy, as microseconds since `epoch` (0: never).
     healthy_since_micros: AtomicU64,
     epoch: Instant,
@@ -52,6 +68,7 @@ impl Status {
     pub fn new(verdict: Verdict) -> Self {
         let status = Self {
             verdict: AtomicU8::new(verdict as u8),
+            last_failure: Mutex::new(None),
             healthy_since_micros: AtomicU64::new(0),
             epoch: Instant::now(),
         };
@@ -81,6 +98,18 @@ impl Status {
         if verdict == Verdict::Healthy && before != Verdict::Healthy as u8 {
             self.mark_healthy_now();
         }
+    }
+
+    /// Why the last check failed, if it did.
+    pub fn last_failure(&self) -> Option<Failure> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn record(&self, result: &Result<(), Failure>) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = result.clone().err();
     }
 
     fn mark_healthy_now(&self) {
@@ -120,7 +149,7 @@ pub struct Schedule {
 /// One health check of one target.
 pub trait Probe: Send + Sync + 'static {
     /// Runs one check; `Err` says why it failed.
-    fn check(&self) -> impl Future<Output = Result<(), String>> + Send;
+    fn check(&self) -> impl Future<Output = Result<(), Failure>> + Send;
     /// What is checked, for logs.
     fn describe(&self) -> String;
 }
@@ -183,9 +212,10 @@ pub async fn run<P: Probe>(
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(schedule.timeout, probe.check()) => match r {
                 Ok(r) => r,
-                Err(_) => Err(format!("no answer within {:?}", schedule.timeout)),
+                Err(_) => Err(Failure::Timeout(schedule.timeout)),
             },
         };
+        status.record(&result);
         let before = status.verdict();
         let after = tally.record(before, result.is_ok());
         if after != before {
@@ -198,7 +228,7 @@ pub async fn run<P: Probe>(
                     target = probe.describe(),
                     ?before,
                     ?after,
-                    reason,
+                    %reason,
                     "health changed"
                 ),
             }

@@ -1,6 +1,6 @@
 //! The probes every tier uses: a TCP connect and an HTTP `GET`.
 
-use crate::Probe;
+use crate::{Failure, Probe};
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Empty;
@@ -19,11 +19,11 @@ pub struct TcpProbe {
 }
 
 impl Probe for TcpProbe {
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), Failure> {
         TcpStream::connect(self.address)
             .await
             .map(drop)
-            .map_err(|e| format!("connect: {e}"))
+            .map_err(|e| Failure::Failed(format!("connect: {e}")))
     }
 
     fn describe(&self) -> String {
@@ -44,28 +44,30 @@ pub struct HttpProbe<F> {
 }
 
 impl<F: Fn(u16) -> bool + Send + Sync + 'static> Probe for HttpProbe<F> {
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), Failure> {
         let stream = TcpStream::connect(self.address)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| Failure::Failed(format!("connect: {e}")))?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
+            .map_err(|e| Failure::Failed(format!("handshake: {e}")))?;
         let conn = tokio::spawn(conn);
         let request = Request::get(self.path.as_str())
             .header(header::HOST, self.address.to_string())
             .header(header::USER_AGENT, USER_AGENT)
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| Failure::Failed(format!("request: {e}")))?;
         let response = sender.send_request(request).await;
         conn.abort();
-        let status = response.map_err(|e| format!("request: {e}"))?.status();
+        let status = response
+            .map_err(|e| Failure::Failed(format!("request: {e}")))?
+            .status();
         if (self.accepts)(status.as_u16()) {
             Ok(())
         } else {
-            Err(format!("status {}", status.as_u16()))
+            Err(Failure::Status(status.as_u16()))
         }
     }
 

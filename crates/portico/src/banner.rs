@@ -16,6 +16,8 @@ pub(crate) struct Banner {
     pub(crate) load_balancers: Vec<(String, &'static str, SocketAddr)>,
     /// Where the Lambda Invoke API listens, when it is enabled.
     pub(crate) invoke_api: Option<SocketAddr>,
+    /// Where the admin API listens, when it is enabled.
+    pub(crate) admin_api: Option<SocketAddr>,
     /// A function to show in the example commands.
     pub(crate) example_function: Option<String>,
 }
@@ -37,6 +39,10 @@ impl Banner {
         if let Some(addr) = self.invoke_api {
             let _ = writeln!(out, "\n  Lambda Invoke API (aws lambda --endpoint-url)");
             let _ = writeln!(out, "    invoke api  http://{addr}");
+        }
+        if let Some(addr) = self.admin_api {
+            let _ = writeln!(out, "\n  admin API (aws elbv2 --endpoint-url)");
+            let _ = writeln!(out, "    admin api  http://{addr}");
         }
         let _ = writeln!(out, "\n  routes");
         for route in &self.routes {

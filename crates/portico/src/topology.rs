@@ -171,14 +171,20 @@ pub(crate) fn target_groups(
             let health = tg.health_check.resolve(tg.target_type);
             let group = match tg.target_type {
                 TargetType::Lambda => {
-                    let group = LambdaTargetGroup {
+                    let function = tg.function.clone().unwrap_or_default();
+                    let mut group = LambdaTargetGroup {
                         name: name.clone(),
                         arn,
-                        function: tg.function.clone().unwrap_or_default(),
+                        function_arn: portico_lambda::spec::function_arn(REGION, &function),
+                        function,
                         multi_value_headers: tg.multi_value_headers_enabled,
+                        health_check: health.clone(),
+                        health: None,
                     };
                     if health.enabled {
-                        LambdaProbe::start(&group, invoker, &health, tasks, shutdown);
+                        group.health = Some(LambdaProbe::start(
+                            &group, invoker, &health, tasks, shutdown,
+                        ));
                     }
                     TargetGroup::Lambda(group)
                 }

@@ -128,6 +128,22 @@ async fn start(
         ));
     }
     let groups = topology::target_groups(config, &invoker, tasks, shutdown);
+    if config.admin_api.enabled {
+        let api = &config.admin_api;
+        let listener = TcpListener::bind((api.address, api.port.0))
+            .await
+            .with_context(|| format!("admin_api: cannot bind {}:{}", api.address, api.port))?;
+        banner.admin_api = Some(listener.local_addr()?);
+        let admin = Arc::new(portico_admin::Admin {
+            target_groups: groups.clone(),
+        });
+        tasks.spawn(portico_admin::serve(
+            listener,
+            admin,
+            LISTENER_LIMITS,
+            shutdown.clone(),
+        ));
+    }
     let mut bound: BTreeMap<String, Vec<BoundListener>> = BTreeMap::new();
     for (name, lb) in &config.load_balancers {
         let access_log = match &lb.access_logs {

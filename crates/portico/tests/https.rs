@@ -454,6 +454,8 @@ fn bad_certificates_stop_portico_up_with_a_clear_error() {
 listeners = [{{ port = 0, protocol = "HTTPS", certificates = [{{ certificate = {:?}, private_key = {:?} }}], default_action = {{ type = "fixed-response", status_code = 200 }} }}]
 [invoke_api]
 enabled = false
+[admin_api]
+enabled = false
 "#,
             pki.path(certificate),
             pki.path(key)

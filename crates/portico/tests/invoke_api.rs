@@ -30,15 +30,6 @@ port = 0
 }
 
 /// An AWS client command with throwaway credentials: the Invoke API accepts any signature.
-fn aws_env(cmd: &mut Command) -> &mut Command {
-    cmd.env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-}
-
 fn aws(endpoint: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new("python3");
     cmd.args(["-m", "awscli", "--endpoint-url", endpoint, "lambda"])

@@ -2,7 +2,7 @@
 
     backend.py NAME PORT     (PORT 0 picks a free one; the first line printed is the port)
 
-GET /health answers 200. GET /slow sleeps 3 s first. Anything else answers 200 with JSON:
+GET /health answers 200. GET /status/CODE answers CODE. GET /slow sleeps 3 s first. Anything else answers 200 with JSON:
 the backend's name, the path with its query, the request headers (lower-cased names) and
 the body's length, so tests can see what the load balancer sent.
 """
@@ -17,12 +17,18 @@ NAME = sys.argv[1]
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; without this, Nagle holds the body back
+    # for the client's delayed ACK (40 ms per request).
+    disable_nagle_algorithm = True
 
     def answer(self):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         if self.path == "/slow":
             time.sleep(3)
+        status = 200
+        if self.path.startswith("/status/"):
+            status = int(self.path.rsplit("/", 1)[1])
         payload = json.dumps(
             {
                 "backend": NAME,
@@ -32,7 +38,7 @@ class Handler(BaseHTTPRequestHandler):
                 "body": len(body),
             }
         ).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))
         self.send_header("x-backend", NAME)

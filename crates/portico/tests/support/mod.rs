@@ -76,6 +76,7 @@ pub struct Portico {
     pub static_addresses: Vec<SocketAddr>,
     pub load_balancers: Vec<(String, SocketAddr)>,
     pub invoke_api: Option<SocketAddr>,
+    pub admin_api: Option<SocketAddr>,
     _scratch: Scratch,
 }
 
@@ -85,7 +86,13 @@ impl Portico {
     /// process holding the test runner's output open.
     pub fn start(config: &str) -> Self {
         let scratch = Scratch::new("up");
-        let file = scratch.write("portico.toml", config);
+        // The admin API's default port would clash between tests running at once.
+        let config = if config.contains("[admin_api]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[admin_api]\nport = 0\n")
+        };
+        let file = scratch.write("portico.toml", &config);
         let child = Command::new(portico_bin())
             .args(["up", file.to_str().unwrap()])
             .stdout(Stdio::piped())
@@ -97,6 +104,7 @@ impl Portico {
             static_addresses: Vec::new(),
             load_balancers: Vec::new(),
             invoke_api: None,
+            admin_api: None,
             _scratch: scratch,
         };
         let stdout = portico.child.stdout.take().unwrap();
@@ -114,6 +122,9 @@ impl Portico {
                 )),
                 ["invoke", "api", url] => {
                     portico.invoke_api = Some(url.trim_start_matches("http://").parse().unwrap())
+                }
+                ["admin", "api", url] => {
+                    portico.admin_api = Some(url.trim_start_matches("http://").parse().unwrap())
                 }
                 ["routes"] => in_routes = true,
                 [] if in_routes => break,
@@ -333,4 +344,14 @@ pub fn fields(line: &str) -> Vec<String> {
         out.push(field);
     }
     out
+}
+
+/// Credentials and region for the AWS CLI and boto3, with no files or metadata lookups.
+pub fn aws_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
 }

@@ -1,0 +1,97 @@
+//! The admin API: how operators, the AWS CLI and the SDKs look at and change a running
+//! portico.
+//!
+//! - `POST /` speaks AWS's Query protocol: the Elastic Load Balancing v2 target group
+//!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`);
+//! - anything else is 404.
+//!
+//! Like the Invoke API it has no authentication of its own and listens on loopback unless
+//! configured otherwise; AWS signatures are accepted and not checked.
+
+pub mod elbv2;
+mod xml;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use portico_alb::TargetGroup;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body read: Query requests are small forms.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// What the admin API reaches into.
+#[derive(Debug)]
+pub struct Admin {
+    /// The target groups, by name.
+    pub target_groups: BTreeMap<String, TargetGroup>,
+}
+
+/// Serves the admin API on `listener` until `shutdown` fires, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    limits: portico_accept::Limits,
+    shutdown: CancellationToken,
+) {
+    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, _| {
+        let admin = admin.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(error) = portico_accept::serve_connection(conn, &shutdown).await {
+                tracing::debug!(%error, "admin API connection ended");
+            }
+        }
+    })
+    .await;
+    if drained.cut_short > 0 {
+        tracing::warn!(cut_short = drained.cut_short, "admin API drain timeout");
+    }
+}
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST || req.uri().path() != "/" {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(error) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body: {error} (limit {MAX_REQUEST_BYTES} bytes)\n"),
+            );
+        }
+    };
+    let (status, xml) = elbv2::handle(&admin.target_groups, &body);
+    let mut response = Response::new(Full::new(Bytes::from(xml)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/xml"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
