@@ -3,12 +3,15 @@
 //!
 //! - `POST /` speaks AWS's Query protocol: the Elastic Load Balancing v2 target group
 //!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`);
+//! - `GET /status` is [`status`]: endpoint groups with health, RTT and share of
+//!   connections, and target health (what `portico status` prints);
 //! - anything else is 404.
 //!
 //! Like the Invoke API it has no authentication of its own and listens on loopback unless
 //! configured otherwise; AWS signatures are accepted and not checked.
 
 pub mod elbv2;
+pub mod status;
 mod xml;
 
 use bytes::Bytes;
@@ -30,6 +33,19 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 pub struct Admin {
     /// The target groups, by name.
     pub target_groups: BTreeMap<String, TargetGroup>,
+    /// The accelerator, when this node runs one.
+    pub accelerator: Option<AcceleratorView>,
+}
+
+/// The accelerator as the admin API shows it.
+#[derive(Debug)]
+pub struct AcceleratorView {
+    /// Its name.
+    pub name: String,
+    /// Every static address and port it listens on.
+    pub static_addresses: Vec<std::net::SocketAddr>,
+    /// Its endpoint groups (endpoints shared with the running listeners).
+    pub groups: Vec<portico_edge::EndpointGroup>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` fires, then drains.
@@ -61,6 +77,14 @@ pub async fn serve(
 }
 
 async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == Method::GET && req.uri().path() == "/status" {
+        let mut response = text(StatusCode::OK, &status::document(admin).to_string());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return response;
+    }
     if req.method() != Method::POST || req.uri().path() != "/" {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }

@@ -3,6 +3,8 @@
 use portico_health::{Status, Verdict};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// One endpoint: where connections are forwarded.
 #[derive(Debug)]
@@ -13,8 +15,10 @@ pub struct Endpoint {
     pub weight: u8,
     /// Send a PROXY protocol v2 header first.
     pub proxy_protocol: bool,
-    /// Its health, kept by the health engine.
+    /// Its health and round-trip time, kept by the health engine.
     pub status: Arc<Status>,
+    /// Connections forwarded to it so far.
+    connections: AtomicU64,
 }
 
 impl Endpoint {
@@ -25,7 +29,18 @@ impl Endpoint {
             weight,
             proxy_protocol,
             status: Arc::new(Status::new(Verdict::Healthy)),
+            connections: AtomicU64::new(0),
         }
+    }
+
+    /// Connections forwarded to it so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more connection forwarded to it.
+    pub fn count_connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the last health verdict was healthy.
@@ -60,5 +75,16 @@ impl EndpointGroup {
         self.endpoints
             .iter()
             .filter(|e| e.weight > 0 && e.is_healthy())
+    }
+
+    /// The group's round-trip time from this edge: the lowest smoothed health-check RTT of
+    /// its available endpoints. None before any has been measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.available().filter_map(|e| e.status.rtt()).min()
+    }
+
+    /// Connections forwarded to its endpoints so far.
+    pub fn connections(&self) -> u64 {
+        self.endpoints.iter().map(|e| e.connections()).sum()
     }
 }

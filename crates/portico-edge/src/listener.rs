@@ -79,6 +79,7 @@ async fn connect(client: SocketAddr, local: SocketAddr, edge: &Edge) -> Option<T
         if endpoint.proxy_protocol && !send_proxy_header(&mut stream, client, local).await {
             continue;
         }
+        endpoint.count_connection();
         return Some(stream);
     }
     None

@@ -1,6 +1,9 @@
 //! Which endpoint a new connection goes to.
 //!
-//! Groups are tried in order of preference. A group takes the connection when it has an
+//! Groups are tried nearest first: by the round-trip time this edge measures to each group
+//! with its health checks ([`EndpointGroup::rtt`]), in whole milliseconds so that groups
+//! within the same millisecond do not swap places on noise; ties, and groups not measured
+//! yet, keep the order of the configuration. A group takes the connection when it has an
 //! available endpoint and its traffic dial lets the connection through; the share it dials
 //! away goes on to the next group. If no group takes it, the connection goes to the first
 //! group with any available endpoint (a dial does not turn traffic away when nobody else can
@@ -33,13 +36,16 @@ pub fn candidates(
     affinity: Affinity,
 ) -> Vec<Arc<Endpoint>> {
     let mut order = Vec::new();
+    let mut groups: Vec<&EndpointGroup> = groups.iter().collect();
+    // Stable: equal distances keep the configured order.
+    groups.sort_by_key(|g| nearness(g));
     let dialled = groups.iter().find(|g| {
         g.available().next().is_some() && fastrand::u8(0..100) < g.traffic_dial_percentage
     });
     let first_available = groups.iter().find(|g| g.available().next().is_some());
     if let Some(group) = dialled.or(first_available) {
         order.extend(rank(group.available(), client.ip(), affinity));
-        for other in groups.iter().filter(|g| !std::ptr::eq(*g, group)) {
+        for other in groups.iter().filter(|g| !std::ptr::eq(**g, *group)) {
             order.extend(rank(other.available(), client.ip(), affinity));
         }
     } else {
@@ -53,6 +59,11 @@ pub fn candidates(
         }
     }
     order
+}
+
+/// How far a group is, for ordering: its RTT in whole milliseconds; unmeasured groups last.
+fn nearness(group: &EndpointGroup) -> u128 {
+    group.rtt().map_or(u128::MAX, |rtt| rtt.as_millis())
 }
 
 /// Orders endpoints by a weighted random draw (or, with affinity, a weighted hash of the
@@ -91,6 +102,7 @@ fn unit_hash(client: IpAddr, endpoint: SocketAddr) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn ep(port: u16, weight: u8) -> Arc<Endpoint> {
         Arc::new(Endpoint::new(
@@ -166,6 +178,53 @@ mod tests {
         assert!(
             (2_000..3_000).contains(&near),
             "dial 25 % took {near} of 10000"
+        );
+    }
+
+    #[test]
+    fn the_nearest_healthy_group_is_first_and_the_next_nearest_takes_over() {
+        let (far, near, unmeasured) = (ep(1, 100), ep(2, 100), ep(3, 100));
+        far.status.record_rtt(Duration::from_millis(50));
+        near.status.record_rtt(Duration::from_millis(20));
+        let g = [
+            group("unmeasured", 100, vec![unmeasured.clone()]),
+            group("far", 100, vec![far.clone()]),
+            group("near", 100, vec![near.clone()]),
+        ];
+        let order = |c: SocketAddr| -> Vec<u16> {
+            candidates(&g, c, Affinity::None)
+                .iter()
+                .map(|e| e.address.port())
+                .collect()
+        };
+        assert_eq!(
+            order(client(1)),
+            [2, 1, 3],
+            "nearest first, unmeasured last"
+        );
+        near.set_healthy(false);
+        assert_eq!(order(client(1)), [1, 3], "failed over to the next nearest");
+        near.set_healthy(true);
+        // Within the same millisecond, the configured order decides.
+        far.status.record_rtt(Duration::from_micros(20_300));
+        for _ in 0..40 {
+            far.status.record_rtt(Duration::from_micros(20_300));
+        }
+        assert_eq!(order(client(1))[..2], [1, 2], "tie: configuration order");
+    }
+
+    #[test]
+    fn the_dial_of_the_nearest_group_sends_the_rest_to_the_next_nearest() {
+        let (far, near) = (ep(1, 100), ep(2, 100));
+        far.status.record_rtt(Duration::from_millis(50));
+        near.status.record_rtt(Duration::from_millis(5));
+        let g = [group("far", 100, vec![far]), group("near", 40, vec![near])];
+        let to_near = (0..10_000)
+            .filter(|_| candidates(&g, client(1), Affinity::None)[0].address.port() == 2)
+            .count();
+        assert!(
+            (3_500..4_500).contains(&to_near),
+            "dial 40 % on the nearest took {to_near} of 10000"
         );
     }
 

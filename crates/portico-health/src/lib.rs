@@ -52,6 +52,8 @@ pub struct Status {
     verdict: AtomicU8,
     /// Why the last check failed; none after a success.
     last_failure: Mutex<Option<Failure>>,
+    /// Smoothed duration of successful checks in microseconds (0: none yet).
+    rtt_micros: AtomicU64,
     /// When the target last became healthy, as microseconds since `epoch` (0: never).
     healthy_since_micros: AtomicU64,
     epoch: Instant,
@@ -69,6 +71,7 @@ impl Status {
         let status = Self {
             verdict: AtomicU8::new(verdict as u8),
             last_failure: Mutex::new(None),
+            rtt_micros: AtomicU64::new(0),
             healthy_since_micros: AtomicU64::new(0),
             epoch: Instant::now(),
         };
@@ -106,6 +109,28 @@ impl Status {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The smoothed duration of successful checks: for a TCP check, the round-trip time of
+    /// the handshake. None before the first success.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    /// Folds one successful check's duration into [`Status::rtt`], as TCP smooths its RTT
+    /// (RFC 6298: 7/8 of the old value, 1/8 of the new one).
+    pub fn record_rtt(&self, sample: Duration) {
+        let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = self.rtt_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.rtt_micros.store(new.max(1), Ordering::Relaxed);
     }
 
     fn record(&self, result: &Result<(), Failure>) {
@@ -208,6 +233,7 @@ pub async fn run<P: Probe>(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let started = Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(schedule.timeout, probe.check()) => match r {
@@ -216,6 +242,9 @@ pub async fn run<P: Probe>(
             },
         };
         status.record(&result);
+        if result.is_ok() {
+            status.record_rtt(started.elapsed());
+        }
         let before = status.verdict();
         let after = tally.record(before, result.is_ok());
         if after != before {
@@ -272,6 +301,21 @@ mod tests {
             v = tally.record(v, ok);
             assert_eq!(v, want);
         }
+    }
+
+    #[test]
+    fn rtt_is_smoothed_like_tcps() {
+        let status = Status::default();
+        assert_eq!(status.rtt(), None);
+        status.record_rtt(Duration::from_millis(80));
+        assert_eq!(status.rtt(), Some(Duration::from_millis(80)));
+        status.record_rtt(Duration::from_millis(0));
+        assert_eq!(status.rtt(), Some(Duration::from_millis(70)));
+        for _ in 0..100 {
+            status.record_rtt(Duration::from_millis(20));
+        }
+        let settled = status.rtt().unwrap();
+        assert!(settled >= Duration::from_millis(20) && settled < Duration::from_millis(21));
     }
 
     #[test]

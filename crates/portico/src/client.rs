@@ -1,8 +1,9 @@
-//! `portico invoke` and `portico logs`: the command-line side of a running portico's Invoke
-//! API.
+//! `portico invoke`, `portico logs` and `portico status`: the command-line side of a running
+//! portico's Invoke API and admin API.
 //!
-//! The API's address comes from `--endpoint`, or from the `[invoke_api]` section of the
-//! topology file given with `--config` (the embedded demo's when neither is given).
+//! The API's address comes from `--endpoint`, or from the `[invoke_api]` or `[admin_api]`
+//! section of the topology file given with `--config` (the embedded demo's when neither is
+//! given).
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -17,8 +18,18 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use tokio::net::TcpStream;
 
-/// Where the Invoke API of a running portico listens.
+/// Which of portico's APIs a command talks to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Api {
+    /// The Lambda Invoke API (`[invoke_api]`).
+    Invoke,
+    /// The admin API (`[admin_api]`).
+    Admin,
+}
+
+/// Where an API of a running portico listens.
 pub(crate) fn endpoint(
+    which: Api,
     endpoint: Option<&str>,
     config: Option<&Path>,
 ) -> anyhow::Result<SocketAddr> {
@@ -35,20 +46,119 @@ pub(crate) fn endpoint(
         Some(path) => portico_config::load_file(path)?,
         None => portico_config::parse(crate::topology::DEFAULT_CONFIG, "embedded default")?,
     };
-    let api = &config.invoke_api;
-    if !api.enabled {
-        bail!("the topology has its Invoke API disabled ([invoke_api] enabled = false)");
+    let (section, enabled, address, port) = match which {
+        Api::Invoke => (
+            "invoke_api",
+            config.invoke_api.enabled,
+            config.invoke_api.address,
+            config.invoke_api.port.0,
+        ),
+        Api::Admin => (
+            "admin_api",
+            config.admin_api.enabled,
+            config.admin_api.address,
+            config.admin_api.port.0,
+        ),
+    };
+    if !enabled {
+        bail!("the topology has this API disabled ([{section}] enabled = false)");
     }
-    if api.port.0 == 0 {
-        bail!("the topology's Invoke API port is chosen at start (0): pass --endpoint");
+    if port == 0 {
+        bail!("the topology's [{section}] port is chosen at start (0): pass --endpoint");
     }
     // A wildcard bind is reached on loopback.
-    let ip = match api.address {
+    let ip = match address {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    Ok(SocketAddr::new(ip, api.port.0))
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Prints what the admin API's `/status` reports: as JSON with `json`, else as a table.
+pub(crate) async fn status(api: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri("/status")
+        .header(http::header::HOST, api.to_string())
+        .body(Full::new(Bytes::new()))?;
+    let response = send(api, request).await?;
+    if response.status() != StatusCode::OK {
+        bail!("{}", refusal(&response));
+    }
+    let body = response.into_body().collect().await?.to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).context("status is not JSON")?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{doc:#}")?;
+        return Ok(());
+    }
+    let ms = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |m| format!("{m:.2} ms"))
+    };
+    if let Some(acc) = doc.get("accelerator").filter(|a| !a.is_null()) {
+        let addresses: Vec<&str> = acc["static_addresses"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "accelerator {}  {}",
+            acc["name"].as_str().unwrap_or("-"),
+            addresses.join(", ")
+        )?;
+        writeln!(
+            out,
+            "  {:<16} {:<10} {:>10} {:>5} {:>7} {:>12}",
+            "endpoint group", "health", "rtt", "dial", "share", "connections"
+        )?;
+        for g in acc["endpoint_groups"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  {:<16} {:<10} {:>10} {:>4}% {:>6.1}% {:>12}",
+                g["region"].as_str().unwrap_or("-"),
+                if g["healthy"].as_bool() == Some(true) {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                },
+                ms(&g["rtt_ms"]),
+                g["traffic_dial_percentage"],
+                g["share_of_connections"].as_f64().unwrap_or(0.0) * 100.0,
+                g["connections"],
+            )?;
+            for e in g["endpoints"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "    {:<22} {:<10} {:>10} weight {:<3} {:>6} connections",
+                    e["address"].as_str().unwrap_or("-"),
+                    e["health"].as_str().unwrap_or("-"),
+                    ms(&e["rtt_ms"]),
+                    e["weight"],
+                    e["connections"],
+                )?;
+            }
+        }
+    }
+    writeln!(out, "target groups")?;
+    for tg in doc["target_groups"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  {} ({})",
+            tg["name"].as_str().unwrap_or("-"),
+            tg["target_type"].as_str().unwrap_or("-")
+        )?;
+        for t in tg["targets"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "    {:<40} {}",
+                t["id"].as_str().unwrap_or("-"),
+                t["health"].as_str().unwrap_or("-")
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// What `portico invoke` prints and how it ends.
@@ -156,7 +266,7 @@ async fn send(
 ) -> anyhow::Result<http::Response<Incoming>> {
     let stream = TcpStream::connect(api)
         .await
-        .with_context(|| format!("cannot reach the Invoke API at {api}: is portico up?"))?;
+        .with_context(|| format!("cannot reach portico's API at {api}: is portico up?"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(error) = conn.await {

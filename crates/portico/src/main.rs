@@ -8,7 +8,8 @@
 //! - `up`: `portico up`: binding, wiring the tiers together, and the shutdown sequence;
 //! - `banner`: what `portico up` prints at start (static addresses and routes);
 //! - `signals`: SIGINT/SIGTERM as a future;
-//! - `client`: `portico invoke` and `portico logs`, talking to a running portico.
+//! - `client`: `portico invoke`, `portico logs` and `portico status`, talking to a running
+//!   portico.
 
 mod banner;
 mod client;
@@ -57,6 +58,20 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Show a running portico's endpoint groups (health, measured RTT, share of new
+    /// connections) and target health, from its admin API.
+    Status {
+        /// Print the admin API's JSON as it is.
+        #[arg(long)]
+        json: bool,
+        /// The admin API's URL, e.g. `http://127.0.0.1:9002`.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The topology file the running portico was started with (for its `[admin_api]`);
+        /// default: the embedded demo.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print FUNCTION's recent log lines from a running portico.
     Logs {
         /// The function's name.
@@ -83,7 +98,11 @@ struct Target {
 
 impl Target {
     fn api(&self) -> anyhow::Result<std::net::SocketAddr> {
-        client::endpoint(self.endpoint.as_deref(), self.config.as_deref())
+        client::endpoint(
+            client::Api::Invoke,
+            self.endpoint.as_deref(),
+            self.config.as_deref(),
+        )
     }
 }
 
@@ -136,6 +155,14 @@ fn main() -> ExitCode {
             follow,
             target,
         } => run_async(async move { client::logs(target.api()?, &function, follow).await }),
+        Command::Status {
+            json,
+            endpoint,
+            config,
+        } => run_async(async move {
+            let api = client::endpoint(client::Api::Admin, endpoint.as_deref(), config.as_deref())?;
+            client::status(api, json).await
+        }),
     }
 }
 

@@ -128,22 +128,6 @@ async fn start(
         ));
     }
     let groups = topology::target_groups(config, &invoker, tasks, shutdown);
-    if config.admin_api.enabled {
-        let api = &config.admin_api;
-        let listener = TcpListener::bind((api.address, api.port.0))
-            .await
-            .with_context(|| format!("admin_api: cannot bind {}:{}", api.address, api.port))?;
-        banner.admin_api = Some(listener.local_addr()?);
-        let admin = Arc::new(portico_admin::Admin {
-            target_groups: groups.clone(),
-        });
-        tasks.spawn(portico_admin::serve(
-            listener,
-            admin,
-            LISTENER_LIMITS,
-            shutdown.clone(),
-        ));
-    }
     let mut bound: BTreeMap<String, Vec<BoundListener>> = BTreeMap::new();
     for (name, lb) in &config.load_balancers {
         let access_log = match &lb.access_logs {
@@ -211,8 +195,26 @@ async fn start(
             });
         }
     }
-    if let Some(acc) = &config.accelerator {
-        start_edge(acc, &bound, shutdown, tasks, banner).await?;
+    let accelerator = match &config.accelerator {
+        Some(acc) => Some(start_edge(acc, &bound, shutdown, tasks, banner).await?),
+        None => None,
+    };
+    if config.admin_api.enabled {
+        let api = &config.admin_api;
+        let listener = TcpListener::bind((api.address, api.port.0))
+            .await
+            .with_context(|| format!("admin_api: cannot bind {}:{}", api.address, api.port))?;
+        banner.admin_api = Some(listener.local_addr()?);
+        let admin = Arc::new(portico_admin::Admin {
+            target_groups: groups,
+            accelerator,
+        });
+        tasks.spawn(portico_admin::serve(
+            listener,
+            admin,
+            LISTENER_LIMITS,
+            shutdown.clone(),
+        ));
     }
     Ok(())
 }
@@ -223,8 +225,9 @@ async fn start_edge(
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
     banner: &mut Banner,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<portico_admin::AcceleratorView> {
     banner.accelerator = Some(acc.name.clone());
+    let mut static_addresses = Vec::new();
     let mut groups = Vec::new();
     for g in &acc.endpoint_groups {
         let mut endpoints = Vec::new();
@@ -287,6 +290,7 @@ async fn start_edge(
             let address = listener.local_addr()?;
             port = address.port();
             banner.static_addresses.push((address, "tcp"));
+            static_addresses.push(address);
             tasks.spawn(portico_edge::serve(
                 listener,
                 edge.clone(),
@@ -305,7 +309,11 @@ async fn start_edge(
             ),
         );
     }
-    Ok(())
+    Ok(portico_admin::AcceleratorView {
+        name: acc.name.clone(),
+        static_addresses,
+        groups,
+    })
 }
 
 /// One line on what a listener does: its rules' count and where its default action goes.

@@ -81,6 +81,58 @@ fn requests_through_each_static_ip_reach_the_function_with_the_callers_address()
 }
 
 #[test]
+fn portico_status_shows_groups_with_health_rtt_and_share_of_connections() {
+    let portico = Portico::start(&demo_config());
+    for addr in &portico.static_addresses {
+        assert_eq!(curl(None, &[&format!("http://{addr}/")]).status, 200);
+    }
+    let endpoint = format!("http://{}", portico.admin_api.unwrap());
+    let status = |json: bool| {
+        let mut cmd = Command::new(portico_bin());
+        cmd.args(["status", "--endpoint", &endpoint]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let doc: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let acc = &doc["accelerator"];
+    let addresses: Vec<String> = portico
+        .static_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(acc["static_addresses"], serde_json::json!(addresses));
+    let group = &acc["endpoint_groups"][0];
+    assert_eq!(group["region"], "local");
+    assert_eq!(group["healthy"], true);
+    assert_eq!(group["connections"], 2);
+    assert_eq!(group["share_of_connections"], 1.0);
+    // The first TCP health check runs at start: its handshake time is the group's RTT.
+    let rtt = group["rtt_ms"].as_f64().unwrap();
+    assert!(rtt > 0.0 && rtt < 1000.0, "{rtt}");
+    assert_eq!(group["endpoints"][0]["health"], "healthy");
+    assert_eq!(
+        doc["target_groups"][0]["targets"][0]["health"],
+        "unavailable"
+    );
+    let table = status(false);
+    assert!(table.contains("endpoint group"), "{table}");
+    assert!(
+        table.lines().any(|l| l.trim_start().starts_with("local ")
+            && l.contains("healthy")
+            && l.contains("100.0%")),
+        "{table}"
+    );
+}
+
+#[test]
 fn a_function_error_is_albs_502() {
     let portico = Portico::start(&demo_config());
     let r = curl(

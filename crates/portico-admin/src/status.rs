@@ -1,0 +1,88 @@
+//! `GET /status`: what a running portico is doing, as JSON. The accelerator's static
+//! addresses and, per endpoint group (nearest first, as new connections see them), its
+//! health, the round-trip time this edge measures to it, and its share of the connections
+//! forwarded so far; each target group's targets and their health.
+
+use crate::Admin;
+use portico_alb::TargetGroup;
+use portico_edge::EndpointGroup;
+use portico_health::{Status, Verdict};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn health(status: &Status) -> &'static str {
+    match status.verdict() {
+        Verdict::Healthy => "healthy",
+        Verdict::Unhealthy => "unhealthy",
+        Verdict::Initial => "initial",
+    }
+}
+
+fn millis(rtt: Option<Duration>) -> Value {
+    rtt.map_or(Value::Null, |d| json!(d.as_secs_f64() * 1000.0))
+}
+
+/// The status document.
+pub fn document(admin: &Admin) -> Value {
+    let accelerator = admin.accelerator.as_ref().map(|acc| {
+        let mut groups: Vec<&EndpointGroup> = acc.groups.iter().collect();
+        groups.sort_by_key(|g| g.rtt().map_or(u128::MAX, |d| d.as_millis()));
+        let total: u64 = groups.iter().map(|g| g.connections()).sum();
+        let groups: Vec<Value> = groups
+            .iter()
+            .map(|g| {
+                let connections = g.connections();
+                json!({
+                    "region": g.region,
+                    "traffic_dial_percentage": g.traffic_dial_percentage,
+                    "healthy": g.available().next().is_some(),
+                    "rtt_ms": millis(g.rtt()),
+                    "connections": connections,
+                    "share_of_connections": if total == 0 {
+                        0.0
+                    } else {
+                        connections as f64 / total as f64
+                    },
+                    "endpoints": g.endpoints.iter().map(|e| json!({
+                        "address": e.address.to_string(),
+                        "weight": e.weight,
+                        "health": health(&e.status),
+                        "rtt_ms": millis(e.status.rtt()),
+                        "connections": e.connections(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "name": acc.name,
+            "static_addresses": acc.static_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "endpoint_groups": groups,
+        })
+    });
+    let target_groups: Vec<Value> = admin
+        .target_groups
+        .values()
+        .map(|tg| match tg {
+            TargetGroup::Lambda(g) => json!({
+                "name": g.name,
+                "arn": g.arn,
+                "target_type": "lambda",
+                "targets": [{
+                    "id": g.function_arn,
+                    "health": g.health.as_deref().map_or("unavailable", health),
+                }],
+            }),
+            TargetGroup::Http(g) => json!({
+                "name": g.name(),
+                "arn": g.arn(),
+                "target_type": "ip",
+                "targets": g.targets().iter().map(|t| json!({
+                    "id": t.address.to_string(),
+                    "health": if t.is_draining() { "draining" } else { health(&t.status) },
+                    "in_flight": t.in_flight(),
+                })).collect::<Vec<_>>(),
+            }),
+        })
+        .collect();
+    json!({ "accelerator": accelerator, "target_groups": target_groups })
+}
