@@ -38,6 +38,47 @@ where
     }
 }
 
+/// The error type hyper's bounds ask for.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` fires, then drains as [`serve`] does:
+/// every request goes to `handle` with the shared `state`. `name` says whose connections
+/// these are in logs. For portico's own small APIs (Invoke, Runtime, admin).
+pub async fn serve_http1<T, H, Fut, B>(
+    name: &'static str,
+    listener: TcpListener,
+    shutdown: &CancellationToken,
+    limits: Limits,
+    state: Arc<T>,
+    handle: H,
+) -> Drained
+where
+    T: Send + Sync + 'static,
+    H: Fn(Arc<T>, http::Request<hyper::body::Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve(listener, shutdown, limits, |stream, _| {
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = handle(state.clone(), req);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(error) = serve_connection(conn, &shutdown).await {
+                tracing::debug!(%error, "{name} connection ended");
+            }
+        }
+    })
+    .await
+}
+
 /// Pause after a failed accept, so that a full file table does not become a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 

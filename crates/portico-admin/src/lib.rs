@@ -20,7 +20,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use portico_alb::TargetGroup;
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -55,21 +54,14 @@ pub async fn serve(
     limits: portico_accept::Limits,
     shutdown: CancellationToken,
 ) {
-    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, _| {
-        let admin = admin.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            let service = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(error) = portico_accept::serve_connection(conn, &shutdown).await {
-                tracing::debug!(%error, "admin API connection ended");
-            }
-        }
-    })
+    let drained = portico_accept::serve_http1(
+        "admin API",
+        listener,
+        &shutdown,
+        limits,
+        admin,
+        |admin, req| async move { route(&admin, req).await },
+    )
     .await;
     if drained.cut_short > 0 {
         tracing::warn!(cut_short = drained.cut_short, "admin API drain timeout");

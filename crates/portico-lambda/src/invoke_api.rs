@@ -67,23 +67,14 @@ pub async fn serve(
         runtime,
         shutdown: shutdown.clone(),
     });
-    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, _| {
-        let _ = stream.set_nodelay(true);
-        let api = api.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            let service = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(route(&api, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let served = portico_accept::serve_connection(conn, &shutdown).await;
-            if let Err(error) = served {
-                tracing::debug!(%error, "invoke API connection ended");
-            }
-        }
-    })
+    let drained = portico_accept::serve_http1(
+        "invoke API",
+        listener,
+        &shutdown,
+        limits,
+        api,
+        |api, req| async move { route(&api, req).await },
+    )
     .await;
     if drained.cut_short > 0 {
         tracing::warn!(cut_short = drained.cut_short, "invoke API drain timeout");

@@ -15,8 +15,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -44,21 +42,14 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: C
         max_connections: MAX_API_CONNECTIONS,
         drain: Duration::ZERO,
     };
-    portico_accept::serve(listener, &cancel, limits, |stream, _| {
-        let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        async move {
-            let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(&ctx, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "runtime API connection ended");
-            }
-        }
-    })
+    portico_accept::serve_http1(
+        "runtime API",
+        listener,
+        &cancel,
+        limits,
+        ctx,
+        |ctx, req| async move { route(&ctx, req).await },
+    )
     .await;
 }
 

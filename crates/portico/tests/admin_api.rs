@@ -104,26 +104,35 @@ fn backend_of(url: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn deregistered_targets_drain_and_registered_ones_come_back_through_the_aws_cli() {
-    let a = Backend::start("a", 0);
-    let b = Backend::start("b", 0);
-    let config = format!(
+/// A load balancer forwarding to the `ip` target group `servers` with `targets` and the
+/// group settings in `settings` (TOML lines).
+fn servers_config(targets: &[String], settings: &str) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+    format!(
         r#"
 [load_balancers.web]
 listeners = [{{ port = 0, default_action = {{ type = "forward", target_group = "servers" }} }}]
 
 [target_groups.servers]
 target_type = "ip"
-targets = ["{}", "{}"]
-deregistration_delay_seconds = 30
-health_check = {{ path = "/health", interval_seconds = 0.2, timeout_seconds = 0.15, healthy_threshold = 2, unhealthy_threshold = 2, matcher = "200-299" }}
+targets = [{}]
+{settings}
 
 [invoke_api]
 enabled = false
 "#,
-        a.address(),
-        b.address()
+        targets.join(", ")
+    )
+}
+
+#[test]
+fn deregistered_targets_drain_and_registered_ones_come_back_through_the_aws_cli() {
+    let a = Backend::start("a", 0);
+    let b = Backend::start("b", 0);
+    let config = servers_config(
+        &[a.address(), b.address()],
+        r#"deregistration_delay_seconds = 30
+health_check = { path = "/health", interval_seconds = 0.2, timeout_seconds = 0.15, healthy_threshold = 2, unhealthy_threshold = 2, matcher = "200-299" }"#,
     );
     let portico = Portico::start(&config);
     let lb = portico.load_balancers[0].1;
@@ -261,20 +270,9 @@ enabled = false
 #[test]
 fn unhealthy_reasons_are_albs() {
     let a = Backend::start("a", 0);
-    let config = format!(
-        r#"
-[load_balancers.web]
-listeners = [{{ port = 0, default_action = {{ type = "forward", target_group = "servers" }} }}]
-
-[target_groups.servers]
-target_type = "ip"
-targets = ["{}", "127.0.0.1:1"]
-health_check = {{ path = "/status/503", interval_seconds = 0.2, timeout_seconds = 0.15, healthy_threshold = 2, unhealthy_threshold = 2 }}
-
-[invoke_api]
-enabled = false
-"#,
-        a.address()
+    let config = servers_config(
+        &[a.address(), "127.0.0.1:1".to_owned()],
+        r#"health_check = { path = "/status/503", interval_seconds = 0.2, timeout_seconds = 0.15, healthy_threshold = 2, unhealthy_threshold = 2 }"#,
     );
     let portico = Portico::start(&config);
     let arn = arn_of(&portico, "servers");
@@ -408,21 +406,10 @@ fn split(url: &str, n: usize) -> (usize, usize) {
 fn a_target_registered_into_slow_start_gets_a_small_share_at_first() {
     let a = Backend::start("a", 0);
     let b = Backend::start("b", 0);
-    let config = format!(
-        r#"
-[load_balancers.web]
-listeners = [{{ port = 0, default_action = {{ type = "forward", target_group = "servers" }} }}]
-
-[target_groups.servers]
-target_type = "ip"
-targets = ["{}"]
-slow_start_seconds = 30
-health_check = {{ path = "/health", interval_seconds = 0.2, timeout_seconds = 0.15 }}
-
-[invoke_api]
-enabled = false
-"#,
-        a.address()
+    let config = servers_config(
+        &[a.address()],
+        r#"slow_start_seconds = 30
+health_check = { path = "/health", interval_seconds = 0.2, timeout_seconds = 0.15 }"#,
     );
     let portico = Portico::start(&config);
     let lb = portico.load_balancers[0].1;

@@ -142,23 +142,8 @@ fn request(args: &[&str]) -> Seen {
         .next()
         .unwrap_or_default()
         .to_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
     Seen {
-        reply: Reply {
-            status,
-            headers,
-            body: body.to_owned(),
-        },
+        reply: parse_reply(&text),
         version,
         subject,
     }

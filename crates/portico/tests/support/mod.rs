@@ -206,8 +206,12 @@ pub fn curl(source: Option<&str>, args: &[&str]) -> Reply {
         "curl {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    parse_reply(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// A response as `curl -i` printed it.
+pub fn parse_reply(text: &str) -> Reply {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
     let mut lines = head.lines();
     let status = lines
         .next()
