@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -69,7 +68,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Listener {
     ctx: Arc<Context>,
     spec: ListenerSpec,
-    acceptor: Option<TlsAcceptor>,
     /// Detects HTTP/2 by its preface (only HTTP/1 when HTTP/2 is off).
     auto: auto::Builder<TokioExecutor>,
     /// For connections whose version ALPN settled.
@@ -107,10 +105,6 @@ pub async fn serve(
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let shared = Arc::new(Listener {
         ctx,
-        acceptor: spec
-            .tls
-            .clone()
-            .map(|certs| TlsAcceptor::from(crate::tls::server_config(certs, spec.http2))),
         auto: if spec.http2 {
             builder.clone()
         } else {
@@ -159,34 +153,31 @@ async fn connection(
         peer
     };
     let span = tracing::debug_span!("connection", %client, %peer);
-    let Some(acceptor) = &listener.acceptor else {
+    let Some(certificates) = &listener.spec.tls else {
         let conn = Connection::new(client, None);
         serve_http(stream, &listener.auto, conn, &listener, shutdown)
             .instrument(span)
             .await;
         return;
     };
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tracing::debug!(%client, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%client, "TLS handshake timed out");
-            return;
-        }
+    let (stream, negotiated) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, certificates.accept(stream)).await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(error)) => {
+                tracing::debug!(%client, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%client, "TLS handshake timed out");
+                return;
+            }
+        };
+    let builder = if negotiated.h2 {
+        &listener.http2
+    } else {
+        &listener.http1
     };
-    let negotiated = listener
-        .spec
-        .tls
-        .as_ref()
-        .map(|certs| certs.negotiated(stream.get_ref().1));
-    let builder = match &negotiated {
-        Some(n) if n.h2 => &listener.http2,
-        _ => &listener.http1,
-    };
-    let conn = Connection::new(client, negotiated);
+    let conn = Connection::new(client, Some(negotiated));
     serve_http(stream, builder, conn, &listener, shutdown)
         .instrument(span)
         .await;

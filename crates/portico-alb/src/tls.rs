@@ -2,6 +2,10 @@
 //! client's SNI host name as ALB chooses, and what each handshake negotiated (for access logs
 //! and the `https`/`h2` protocol decision).
 //!
+//! [`Certificates::accept`] reads the ClientHello first, chooses the certificate from it
+//! once, and completes the handshake with that certificate's server configuration (built
+//! at load), so the certificate logged is always the one served.
+//!
 //! Selection, as ALB documents it for a listener's certificate list: the certificates valid
 //! for the SNI name (exact or wildcard SAN, checked by webpki) that the client can use; among
 //! several, ECDSA or Ed25519 keys before RSA, then the order of the list. No SNI, or no
@@ -10,11 +14,14 @@
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
+use rustls::server::Acceptor;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// Largest PEM file read; real chains are a few kilobytes.
 pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
@@ -81,6 +88,8 @@ struct Entry {
     key: Arc<CertifiedKey>,
     /// ECDSA and Ed25519 keys are preferred over RSA.
     preferred: bool,
+    /// The server configuration that presents this certificate.
+    config: Arc<ServerConfig>,
 }
 
 /// A listener's certificates; the first is the default.
@@ -90,8 +99,9 @@ pub struct Certificates {
 }
 
 impl Certificates {
-    /// Loads every source, checking that each key is its certificate's.
-    pub fn load(sources: &[CertificateSource]) -> Result<Self, TlsError> {
+    /// Loads every source, checking that each key is its certificate's; ALPN offers `h2`
+    /// when `http2` is on.
+    pub fn load(sources: &[CertificateSource], http2: bool) -> Result<Self, TlsError> {
         let provider = provider();
         let entries = sources
             .iter()
@@ -112,9 +122,11 @@ impl Certificates {
                     key.key.algorithm(),
                     SignatureAlgorithm::ECDSA | SignatureAlgorithm::ED25519
                 );
+                let key = Arc::new(key);
                 Ok(Entry {
                     arn: source.arn.as_str().into(),
-                    key: Arc::new(key),
+                    config: server_config(&provider, &key, http2),
+                    key,
                     preferred,
                 })
             })
@@ -125,9 +137,36 @@ impl Certificates {
         Ok(Self { entries })
     }
 
-    /// The index of the certificate for `server_name`. `schemes` are the signature schemes
-    /// the client offered; `None` when they are no longer known (after the handshake).
-    fn select(&self, server_name: Option<&str>, schemes: Option<&[SignatureScheme]>) -> usize {
+    /// Completes a TLS handshake on `io`: the ClientHello picks the certificate, and the
+    /// result says what was settled.
+    pub async fn accept<IO>(&self, io: IO) -> std::io::Result<(TlsStream<IO>, Negotiated)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
+        let hello = start.client_hello();
+        let chosen = &self.entries[self.select(hello.server_name(), hello.signature_schemes())];
+        let stream = start.into_stream(chosen.config.clone()).await?;
+        let conn = stream.get_ref().1;
+        let negotiated = Negotiated {
+            protocol: match conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "-",
+            },
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map_or("-", |s| openssl_name(s.suite())),
+            server_name: conn.server_name().map(Into::into),
+            certificate_arn: chosen.arn.clone(),
+            h2: conn.alpn_protocol() == Some(ALPN_H2),
+        };
+        Ok((stream, negotiated))
+    }
+
+    /// The index of the certificate for `server_name`, among those whose key can sign with
+    /// one of the client's `schemes`.
+    fn select(&self, server_name: Option<&str>, schemes: &[SignatureScheme]) -> usize {
         let Some(name) = server_name.and_then(|n| ServerName::try_from(n).ok()) else {
             return 0;
         };
@@ -136,7 +175,7 @@ impl Certificates {
                 webpki::EndEntityCert::try_from(der)
                     .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
             });
-            valid && schemes.is_none_or(|s| entry.key.key.choose_scheme(s).is_some())
+            valid && entry.key.key.choose_scheme(schemes).is_some()
         };
         let mut best: Option<usize> = None;
         for (i, entry) in self.entries.iter().enumerate() {
@@ -148,31 +187,6 @@ impl Certificates {
             }
         }
         best.unwrap_or(0)
-    }
-
-    /// What a finished handshake negotiated, for access logs.
-    pub fn negotiated(&self, conn: &rustls::ServerConnection) -> Negotiated {
-        let server_name = conn.server_name();
-        Negotiated {
-            protocol: match conn.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                _ => "-",
-            },
-            cipher: conn
-                .negotiated_cipher_suite()
-                .map_or("-", |s| openssl_name(s.suite())),
-            server_name: server_name.map(Into::into),
-            certificate_arn: self.entries[self.select(server_name, None)].arn.clone(),
-            h2: conn.alpn_protocol() == Some(ALPN_H2),
-        }
-    }
-}
-
-impl ResolvesServerCert for Certificates {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let chosen = self.select(hello.server_name(), Some(hello.signature_schemes()));
-        Some(self.entries[chosen].key.clone())
     }
 }
 
@@ -191,11 +205,15 @@ pub struct Negotiated {
     pub h2: bool,
 }
 
-/// The server configuration of a listener: its certificates, TLS 1.2 and 1.3 with rustls's
-/// default suites (the ciphers of ALB's `ELBSecurityPolicy-TLS13-1-2-2021-06`), and ALPN
-/// offering `h2` when HTTP/2 is on.
-pub fn server_config(certificates: Arc<Certificates>, http2: bool) -> Arc<ServerConfig> {
-    let builder = ServerConfig::builder_with_provider(Arc::new(provider()))
+/// The server configuration that presents `key`: TLS 1.2 and 1.3 with rustls's default
+/// suites (the ciphers of ALB's `ELBSecurityPolicy-TLS13-1-2-2021-06`), and ALPN offering
+/// `h2` when HTTP/2 is on.
+fn server_config(
+    provider: &CryptoProvider,
+    key: &Arc<CertifiedKey>,
+    http2: bool,
+) -> Arc<ServerConfig> {
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider.clone()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
     // The ring provider supports both versions, so this cannot fail; if it ever did, the
     // default versions are the same two.
@@ -205,7 +223,7 @@ pub fn server_config(certificates: Arc<Certificates>, http2: bool) -> Arc<Server
     };
     let mut config = builder
         .with_no_client_auth()
-        .with_cert_resolver(certificates);
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
     config.alpn_protocols = if http2 {
         vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()]
     } else {

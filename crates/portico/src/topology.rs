@@ -127,6 +127,7 @@ fn resolve(path: &str, base: &Path) -> PathBuf {
 /// named in access logs as an IAM server certificate called after its file.
 pub(crate) fn certificates(
     listener: &portico_config::LbListener,
+    http2: bool,
     base: &Path,
 ) -> anyhow::Result<Option<Arc<Certificates>>> {
     if listener.protocol != portico_config::LbProtocol::Https {
@@ -150,7 +151,7 @@ pub(crate) fn certificates(
             }
         })
         .collect();
-    Ok(Some(Arc::new(Certificates::load(&sources)?)))
+    Ok(Some(Arc::new(Certificates::load(&sources, http2)?)))
 }
 
 /// Every target group of `config`, as the load balancers run them. HTTP groups start

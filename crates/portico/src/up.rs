@@ -148,7 +148,7 @@ async fn start(
             portico_alb::target_group::stable_hash(name.as_bytes())
         );
         for (i, l) in lb.listeners.iter().enumerate() {
-            let tls = topology::certificates(l, base)
+            let tls = topology::certificates(l, lb.http2, base)
                 .with_context(|| format!("load_balancers.{name}.listeners[{i}].certificates"))?;
             let listener = TcpListener::bind((l.address, l.port.0))
                 .await
