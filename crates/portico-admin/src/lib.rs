@@ -70,15 +70,15 @@ pub async fn serve(
 
 async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() == Method::GET && req.uri().path() == "/status" {
-        let mut response = text(StatusCode::OK, &status::document(admin).to_string());
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        return response;
+        let document = status::document(admin).to_string();
+        return respond(StatusCode::OK, "application/json", document);
     }
     if req.method() != Method::POST || req.uri().path() != "/" {
-        return text(StatusCode::NOT_FOUND, "not found\n");
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        );
     }
     let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
         .collect()
@@ -86,28 +86,23 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     {
         Ok(body) => body.to_bytes(),
         Err(error) => {
-            return text(
+            return respond(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body: {error} (limit {MAX_REQUEST_BYTES} bytes)\n"),
+                "text/plain",
+                format!("request body: {error} (limit {MAX_REQUEST_BYTES} bytes)\n"),
             );
         }
     };
     let (status, xml) = elbv2::handle(&admin.target_groups, &body);
-    let mut response = Response::new(Full::new(Bytes::from(xml)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/xml"),
-    );
-    response
+    respond(status, "text/xml", xml)
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain"),
+        http::HeaderValue::from_static(content_type),
     );
     response
 }

@@ -26,7 +26,7 @@ fn millis(rtt: Option<Duration>) -> Value {
 pub fn document(admin: &Admin) -> Value {
     let accelerator = admin.accelerator.as_ref().map(|acc| {
         let mut groups: Vec<&EndpointGroup> = acc.groups.iter().collect();
-        groups.sort_by_key(|g| g.rtt().map_or(u128::MAX, |d| d.as_millis()));
+        groups.sort_by_key(|g| g.nearness());
         let total: u64 = groups.iter().map(|g| g.connections()).sum();
         let groups: Vec<Value> = groups
             .iter()

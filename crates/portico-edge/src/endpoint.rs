@@ -83,6 +83,13 @@ impl EndpointGroup {
         self.available().filter_map(|e| e.status.rtt()).min()
     }
 
+    /// How far the group is, for ordering groups nearest first: its RTT in whole
+    /// milliseconds, so that groups within the same millisecond do not swap places on noise;
+    /// unmeasured groups last.
+    pub fn nearness(&self) -> u128 {
+        self.rtt().map_or(u128::MAX, |rtt| rtt.as_millis())
+    }
+
     /// Connections forwarded to its endpoints so far.
     pub fn connections(&self) -> u64 {
         self.endpoints.iter().map(|e| e.connections()).sum()

@@ -1,7 +1,7 @@
 //! Which endpoint a new connection goes to.
 //!
 //! Groups are tried nearest first: by the round-trip time this edge measures to each group
-//! with its health checks ([`EndpointGroup::rtt`]), in whole milliseconds so that groups
+//! with its health checks ([`EndpointGroup::nearness`]), in whole milliseconds so that groups
 //! within the same millisecond do not swap places on noise; ties, and groups not measured
 //! yet, keep the order of the configuration. A group takes the connection when it has an
 //! available endpoint and its traffic dial lets the connection through; the share it dials
@@ -38,7 +38,7 @@ pub fn candidates(
     let mut order = Vec::new();
     let mut groups: Vec<&EndpointGroup> = groups.iter().collect();
     // Stable: equal distances keep the configured order.
-    groups.sort_by_key(|g| nearness(g));
+    groups.sort_by_key(|g| g.nearness());
     let dialled = groups.iter().find(|g| {
         g.available().next().is_some() && fastrand::u8(0..100) < g.traffic_dial_percentage
     });
@@ -59,11 +59,6 @@ pub fn candidates(
         }
     }
     order
-}
-
-/// How far a group is, for ordering: its RTT in whole milliseconds; unmeasured groups last.
-fn nearness(group: &EndpointGroup) -> u128 {
-    group.rtt().map_or(u128::MAX, |rtt| rtt.as_millis())
 }
 
 /// Orders endpoints by a weighted random draw (or, with affinity, a weighted hash of the
