@@ -16,6 +16,7 @@ use crate::xml::Xml;
 use http::StatusCode;
 use portico_alb::TargetGroup;
 use portico_alb::http_target::{HttpTargetGroup, Target};
+use portico_config::TargetType;
 use portico_health::{Failure, Status, Verdict};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -289,13 +290,13 @@ fn describe_target_groups(
             .leaf("TargetGroupArn", group.arn())
             .leaf("TargetGroupName", group.name());
         let (settings, target_type) = match group {
-            TargetGroup::Lambda(g) => (&g.health_check, "lambda"),
+            TargetGroup::Lambda(g) => (&g.health_check, TargetType::Lambda.name()),
             TargetGroup::Http(g) => {
                 let spec = g.spec();
                 xml.leaf("Protocol", "HTTP")
                     .leaf("ProtocolVersion", "HTTP1")
                     .leaf("IpAddressType", "ipv4");
-                (&spec.health, "ip")
+                (&spec.health, spec.target_type.name())
             }
         };
         let whole_seconds = |d: std::time::Duration| d.as_secs_f64().ceil().max(1.0) as u64;

@@ -66,7 +66,7 @@ pub fn document(admin: &Admin) -> Value {
             TargetGroup::Lambda(g) => json!({
                 "name": g.name,
                 "arn": g.arn,
-                "target_type": "lambda",
+                "target_type": portico_config::TargetType::Lambda.name(),
                 "targets": [{
                     "id": g.function_arn,
                     "health": g.health.as_deref().map_or("unavailable", health),
@@ -75,7 +75,7 @@ pub fn document(admin: &Admin) -> Value {
             TargetGroup::Http(g) => json!({
                 "name": g.name(),
                 "arn": g.arn(),
-                "target_type": "ip",
+                "target_type": g.spec().target_type.name(),
                 "targets": g.targets().iter().map(|t| json!({
                     "id": t.address.to_string(),
                     "health": if t.is_draining() { "draining" } else { health(&t.status) },

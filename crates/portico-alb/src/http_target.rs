@@ -90,6 +90,8 @@ pub struct HttpGroupSpec {
     pub name: String,
     /// Its ARN.
     pub arn: String,
+    /// `instance` or `ip` (both name targets by address in portico).
+    pub target_type: portico_config::TargetType,
     /// The targets.
     pub targets: Vec<SocketAddr>,
     /// Round robin or least outstanding requests.

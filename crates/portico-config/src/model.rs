@@ -345,6 +345,17 @@ pub enum TargetType {
     Ip,
 }
 
+impl TargetType {
+    /// The name ALB gives it (`lambda`, `instance`, `ip`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lambda => "lambda",
+            Self::Instance => "instance",
+            Self::Ip => "ip",
+        }
+    }
+}
+
 /// ALB's load balancing algorithms.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -193,6 +193,7 @@ pub(crate) fn target_groups(
                     let spec = HttpGroupSpec {
                         name: name.clone(),
                         arn,
+                        target_type: tg.target_type,
                         targets: tg.targets.clone(),
                         algorithm: tg.load_balancing_algorithm,
                         slow_start: Duration::from_secs(u64::from(tg.slow_start_seconds)),

@@ -443,3 +443,67 @@ health_check = { path = "/health", interval_seconds = 0.2, timeout_seconds = 0.1
         "b in slow start got {to_b} of 1000 (round robin would give 500)"
     );
 }
+
+#[test]
+fn malformed_and_oversized_admin_requests_get_clear_errors() {
+    let a = Backend::start("a", 0);
+    let config = servers_config(&[a.address()], "")
+        .replace(r#"target_type = "ip""#, r#"target_type = "instance""#);
+    let portico = Portico::start(&config);
+    let url = format!("http://{}/", portico.admin_api.unwrap());
+    let groups = ok_json(&elbv2(&portico, &["describe-target-groups"]));
+    assert_eq!(groups["TargetGroups"][0]["TargetType"], "instance");
+    let post = |body: &str| curl(None, &["-X", "POST", "--data-binary", body, &url]);
+
+    let unknown = post("Action=LaunchRockets&Version=2015-12-01");
+    assert_eq!(unknown.status, 400);
+    assert!(
+        unknown.body.contains("<Code>InvalidAction</Code>"),
+        "{}",
+        unknown.body
+    );
+    let no_arn = post("Action=DescribeTargetHealth&Version=2015-12-01");
+    assert_eq!(no_arn.status, 400);
+    assert!(
+        no_arn.body.contains("TargetGroupArn is required"),
+        "{}",
+        no_arn.body
+    );
+    let arn = arn_of(&portico, "servers");
+    let bad_port = post(&format!(
+        "Action=RegisterTargets&TargetGroupArn={arn}&Targets.member.1.Id=127.0.0.1&Targets.member.1.Port=0"
+    ));
+    assert_eq!(bad_port.status, 400);
+    assert!(
+        bad_port.body.contains("<Code>ValidationError</Code>"),
+        "{}",
+        bad_port.body
+    );
+    let no_port = post(&format!(
+        "Action=RegisterTargets&TargetGroupArn={arn}&Targets.member.1.Id=127.0.0.1"
+    ));
+    assert!(
+        no_port.body.contains("A port must be given"),
+        "{}",
+        no_port.body
+    );
+    let garbage = post("%%%&&&=\u{1}");
+    assert_eq!(garbage.status, 400);
+
+    let scratch = Scratch::new("admin-big");
+    let big = scratch.write("big.txt", &"A".repeat(300 * 1024));
+    let huge = curl(
+        None,
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &format!("@{}", big.display()),
+            &url,
+        ],
+    );
+    assert_eq!(huge.status, 413);
+    assert_eq!(curl(None, &[&format!("{url}nope")]).status, 404);
+    // Nothing of that changed the group.
+    assert_eq!(health(&portico, &arn, &[]).len(), 1);
+}
