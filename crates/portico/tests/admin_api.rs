@@ -15,12 +15,21 @@ use support::*;
 
 fn elbv2(portico: &Portico, args: &[&str]) -> Output {
     let endpoint = format!("http://{}", portico.admin_api.unwrap());
-    let mut cmd = Command::new("python3");
-    cmd.args(["-m", "awscli", "--endpoint-url", &endpoint, "elbv2"])
-        .args(args);
-    aws_env(&mut cmd)
-        .output()
-        .expect("awscli is installed by scripts/test")
+    aws_cli(&endpoint, "elbv2", args)
+}
+
+/// Registers `address` with the group `arn` through the AWS CLI.
+fn register(portico: &Portico, arn: &str, address: &str) {
+    ok_json(&elbv2(
+        portico,
+        &[
+            "register-targets",
+            "--target-group-arn",
+            arn,
+            "--targets",
+            &target_arg(address),
+        ],
+    ));
 }
 
 fn ok_json(out: &Output) -> Value {
@@ -208,16 +217,7 @@ health_check = { path = "/health", interval_seconds = 0.2, timeout_seconds = 0.1
     );
 
     // Registered again: initial until it passes a check, then it takes traffic again.
-    ok_json(&elbv2(
-        &portico,
-        &[
-            "register-targets",
-            "--target-group-arn",
-            &arn,
-            "--targets",
-            &target_arg(&b.address()),
-        ],
-    ));
+    register(&portico, &arn, &b.address());
     wait_for(Duration::from_secs(10), "b healthy again", || {
         health(&portico, &arn, &[target_arg(&b.address())])[0].1 == "healthy"
     });
@@ -418,16 +418,7 @@ health_check = { path = "/health", interval_seconds = 0.2, timeout_seconds = 0.1
         health(&portico, &arn, &[])[0].1 == "healthy"
     });
     std::thread::sleep(Duration::from_secs(3));
-    ok_json(&elbv2(
-        &portico,
-        &[
-            "register-targets",
-            "--target-group-arn",
-            &arn,
-            "--targets",
-            &target_arg(&b.address()),
-        ],
-    ));
+    register(&portico, &arn, &b.address());
     // From registration on: b is checked once (0.2 s) and then ramps over 30 s, while a
     // is not in slow start (no other target was healthy when it became healthy). Over the
     // next second or two b weighs a few percent of a; round robin would split evenly.

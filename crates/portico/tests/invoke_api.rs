@@ -31,12 +31,7 @@ port = 0
 
 /// An AWS client command with throwaway credentials: the Invoke API accepts any signature.
 fn aws(endpoint: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new("python3");
-    cmd.args(["-m", "awscli", "--endpoint-url", endpoint, "lambda"])
-        .args(args);
-    aws_env(&mut cmd)
-        .output()
-        .expect("awscli is installed by scripts/test")
+    aws_cli(endpoint, "lambda", args)
 }
 
 fn stdout_json(out: &Output) -> Value {

@@ -359,3 +359,14 @@ pub fn aws_env(cmd: &mut Command) -> &mut Command {
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
 }
+
+/// `aws SERVICE ARGS…` (awscli from PyPI) against `endpoint`, with throwaway credentials:
+/// portico's APIs accept any signature.
+pub fn aws_cli(endpoint: &str, service: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "awscli", "--endpoint-url", endpoint, service])
+        .args(args);
+    aws_env(&mut cmd)
+        .output()
+        .expect("awscli is installed by scripts/test")
+}
