@@ -5,6 +5,8 @@
 //!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`);
 //! - `GET /status` is [`status`]: endpoint groups with health, RTT and share of
 //!   connections, and target health (what `portico status` prints);
+//! - `GET /ip-ranges.json` is the accelerator's static IPs in the shape of AWS's
+//!   `ip-ranges.json` (what `portico ips` prints); 404 on a node without the accelerator;
 //! - anything else is 404.
 //!
 //! Like the Invoke API it has no authentication of its own and listens on loopback unless
@@ -33,18 +35,7 @@ pub struct Admin {
     /// The target groups, by name.
     pub target_groups: BTreeMap<String, TargetGroup>,
     /// The accelerator, when this node runs one.
-    pub accelerator: Option<AcceleratorView>,
-}
-
-/// The accelerator as the admin API shows it.
-#[derive(Debug)]
-pub struct AcceleratorView {
-    /// Its name.
-    pub name: String,
-    /// Every static address and port it listens on.
-    pub static_addresses: Vec<std::net::SocketAddr>,
-    /// Its endpoint groups (endpoints shared with the running listeners).
-    pub groups: Vec<portico_edge::EndpointGroup>,
+    pub accelerator: Option<Arc<portico_edge::Accelerator>>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` fires, then drains.
@@ -72,6 +63,15 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() == Method::GET && req.uri().path() == "/status" {
         let document = status::document(admin).to_string();
         return respond(StatusCode::OK, "application/json", document);
+    }
+    if req.method() == Method::GET && req.uri().path() == "/ip-ranges.json" {
+        if let Some(acc) = &admin.accelerator {
+            return respond(
+                StatusCode::OK,
+                "application/json",
+                acc.view().ip_ranges.to_json(),
+            );
+        }
     }
     if req.method() != Method::POST || req.uri().path() != "/" {
         return respond(

@@ -1,7 +1,8 @@
 //! `GET /status`: what a running portico is doing, as JSON. The accelerator's static
-//! addresses and, per endpoint group (nearest first, as new connections see them), its
-//! health, the round-trip time this edge measures to it, and its share of the connections
-//! forwarded so far; each target group's targets and their health.
+//! addresses (`tcp://ip:port`, `udp://ip:port`) and, per listener and endpoint group
+//! (nearest first, as new connections see them), its health, the round-trip time this edge
+//! measures to it, and its share of the listener's connections (UDP: flows) forwarded so
+//! far; each target group's targets and their health.
 
 use crate::Admin;
 use portico_alb::TargetGroup;
@@ -22,41 +23,61 @@ fn millis(rtt: Option<Duration>) -> Value {
     rtt.map_or(Value::Null, |d| json!(d.as_secs_f64() * 1000.0))
 }
 
+/// A listener's endpoint groups, nearest first as new connections see them.
+fn groups(groups: &[EndpointGroup]) -> Vec<Value> {
+    let mut groups: Vec<&EndpointGroup> = groups.iter().collect();
+    groups.sort_by_key(|g| g.nearness());
+    let total: u64 = groups.iter().map(|g| g.connections()).sum();
+    groups
+        .iter()
+        .map(|g| {
+            let connections = g.connections();
+            json!({
+                "region": g.region,
+                "traffic_dial_percentage": g.traffic_dial_percentage,
+                "healthy": g.available().next().is_some(),
+                "rtt_ms": millis(g.rtt()),
+                "connections": connections,
+                "share_of_connections": if total == 0 {
+                    0.0
+                } else {
+                    connections as f64 / total as f64
+                },
+                "endpoints": g.endpoints.iter().map(|e| json!({
+                    "address": e.target.to_string(),
+                    "weight": e.weight,
+                    "health": health(&e.status),
+                    "rtt_ms": millis(e.status.rtt()),
+                    "connections": e.connections(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
 /// The status document.
 pub fn document(admin: &Admin) -> Value {
     let accelerator = admin.accelerator.as_ref().map(|acc| {
-        let mut groups: Vec<&EndpointGroup> = acc.groups.iter().collect();
-        groups.sort_by_key(|g| g.nearness());
-        let total: u64 = groups.iter().map(|g| g.connections()).sum();
-        let groups: Vec<Value> = groups
+        let view = acc.view();
+        let listeners: Vec<Value> = view
+            .listeners
             .iter()
-            .map(|g| {
-                let connections = g.connections();
+            .map(|l| {
                 json!({
-                    "region": g.region,
-                    "traffic_dial_percentage": g.traffic_dial_percentage,
-                    "healthy": g.available().next().is_some(),
-                    "rtt_ms": millis(g.rtt()),
-                    "connections": connections,
-                    "share_of_connections": if total == 0 {
-                        0.0
-                    } else {
-                        connections as f64 / total as f64
-                    },
-                    "endpoints": g.endpoints.iter().map(|e| json!({
-                        "address": e.address.to_string(),
-                        "weight": e.weight,
-                        "health": health(&e.status),
-                        "rtt_ms": millis(e.status.rtt()),
-                        "connections": e.connections(),
-                    })).collect::<Vec<_>>(),
+                    "protocol": l.transport.name(),
+                    "ports": l.ports,
+                    "endpoint_groups": groups(&l.route.groups),
                 })
             })
             .collect();
         json!({
-            "name": acc.name,
-            "static_addresses": acc.static_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "endpoint_groups": groups,
+            "name": view.name,
+            "static_addresses": view
+                .addresses
+                .iter()
+                .map(|(t, a)| format!("{}://{a}", t.name()))
+                .collect::<Vec<_>>(),
+            "listeners": listeners,
         })
     });
     let target_groups: Vec<Value> = admin

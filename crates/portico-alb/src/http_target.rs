@@ -200,6 +200,7 @@ impl HttpTargetGroup {
                 address: SocketAddr::new(address.ip(), health.port.unwrap_or(address.port())),
                 path: health.path.clone(),
                 accepts: move |status| matcher.accepts(status),
+                tls: false,
             };
             let (schedule, thresholds) = crate::target_group::check_plan(health);
             self.tasks.spawn(portico_health::run(

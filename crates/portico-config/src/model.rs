@@ -38,6 +38,30 @@ pub struct Config {
     pub runtime: RuntimeSettings,
 }
 
+impl Config {
+    /// Every node named in the file (`node = "…"` on the accelerator or a load balancer).
+    pub fn nodes(&self) -> std::collections::BTreeSet<&str> {
+        self.accelerator
+            .iter()
+            .filter_map(|a| a.node.as_deref())
+            .chain(
+                self.load_balancers
+                    .values()
+                    .filter_map(|l| l.node.as_deref()),
+            )
+            .collect()
+    }
+}
+
+/// Whether a part placed on `placed` runs when portico runs as `node` (`None`: every part).
+/// A part without a node runs on every node.
+pub fn runs_on(placed: Option<&str>, node: Option<&str>) -> bool {
+    match (placed, node) {
+        (Some(placed), Some(node)) => placed == node,
+        _ => true,
+    }
+}
+
 /// Settings of the function runtime as a whole.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct RuntimeSettings {
@@ -109,17 +133,31 @@ pub struct Accelerator {
     /// A name for logs and status output. Default `portico`.
     #[serde(default = "default_accelerator_name")]
     pub name: String,
-    /// The static IP addresses. Every listener listens on every one of them.
+    /// The host that runs the accelerator (`portico up FILE --node NAME`). Default: every
+    /// node.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The static IP addresses, IPv4 and IPv6. Every listener listens on every one of them.
     pub static_ips: Vec<IpAddr>,
     /// Listeners: the ports accepted on each static IP.
     pub listeners: Vec<EdgeListener>,
-    /// Endpoint groups, one per region.
+    /// Endpoint groups, one per region, of every listener that has none of its own.
+    #[serde(default)]
     pub endpoint_groups: Vec<EndpointGroup>,
+    /// An `http://` URL that receives the static addresses as `ip-ranges.json` (POST) when
+    /// the accelerator starts and whenever a reload changes them. Default: none.
+    #[serde(default)]
+    pub ip_ranges_webhook: Option<String>,
 }
 
 fn default_accelerator_name() -> String {
     "portico".to_owned()
 }
+
+/// Global Accelerator's idle timeout of TCP connections, in seconds.
+pub const EDGE_TCP_IDLE_TIMEOUT_SECONDS: u32 = 340;
+/// Global Accelerator's idle timeout of UDP flows, in seconds.
+pub const EDGE_UDP_IDLE_TIMEOUT_SECONDS: u32 = 30;
 
 /// One accelerator listener.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -127,20 +165,88 @@ pub struct EdgeListener {
     /// Transport protocol. Default `tcp`.
     #[serde(default)]
     pub protocol: EdgeProtocol,
-    /// The port on every static IP. `0` picks a free port (useful in tests).
-    pub port: Port,
+    /// One port on every static IP. `0` picks a free port (useful in tests). Set this or
+    /// `port_ranges`.
+    #[serde(default)]
+    pub port: Option<Port>,
+    /// Port ranges on every static IP, as Global Accelerator's `PortRanges`
+    /// (`[{ from_port = 8000, to_port = 8009 }]`, both ends included).
+    #[serde(default)]
+    pub port_ranges: Vec<PortRange>,
     /// How connections of one client are spread over endpoints. Default `none`.
     #[serde(default)]
     pub client_affinity: ClientAffinity,
+    /// Seconds a connection (TCP) or flow (UDP) may stay without traffic before it is
+    /// closed. Default as Global Accelerator: 340 for TCP, 30 for UDP.
+    #[serde(default)]
+    pub idle_timeout_seconds: Option<u32>,
+    /// This listener's own endpoint groups, as Global Accelerator has them per listener.
+    /// Default: the accelerator's `endpoint_groups`.
+    #[serde(default)]
+    pub endpoint_groups: Option<Vec<EndpointGroup>>,
+}
+
+impl Accelerator {
+    /// The endpoint groups of `listener`: its own, else the accelerator's.
+    pub fn groups_of<'a>(&'a self, listener: &'a EdgeListener) -> &'a [EndpointGroup] {
+        listener
+            .endpoint_groups
+            .as_deref()
+            .unwrap_or(&self.endpoint_groups)
+    }
+}
+
+impl EdgeListener {
+    /// Every port this listener accepts on, in order.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.port.iter().map(|p| p.0).collect();
+        for range in &self.port_ranges {
+            ports.extend(range.from_port.0..=range.to_port.0);
+        }
+        ports
+    }
+
+    /// The idle timeout, with Global Accelerator's default for the protocol.
+    pub fn idle_timeout(&self) -> Duration {
+        let default = match self.protocol {
+            EdgeProtocol::Tcp => EDGE_TCP_IDLE_TIMEOUT_SECONDS,
+            EdgeProtocol::Udp => EDGE_UDP_IDLE_TIMEOUT_SECONDS,
+        };
+        Duration::from_secs(u64::from(self.idle_timeout_seconds.unwrap_or(default)))
+    }
+}
+
+/// A range of ports, both ends included.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    /// The first port.
+    pub from_port: Port,
+    /// The last port.
+    pub to_port: Port,
 }
 
 /// Transport protocol of an accelerator listener.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum EdgeProtocol {
     /// TCP streams.
     #[default]
+    #[serde(alias = "TCP")]
     Tcp,
+    /// UDP datagrams, grouped into flows by client address.
+    #[serde(alias = "UDP")]
+    Udp,
+}
+
+impl EdgeProtocol {
+    /// Its lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
 }
 
 /// Client affinity, as Global Accelerator names it.
@@ -156,6 +262,23 @@ pub enum ClientAffinity {
     SourceIp,
 }
 
+/// How an endpoint group checks its endpoints.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EdgeHealthProtocol {
+    /// A TCP connection opens.
+    #[default]
+    #[serde(alias = "tcp")]
+    Tcp,
+    /// `GET path` answers 200.
+    #[serde(alias = "http")]
+    Http,
+    /// `GET path` over TLS answers 200 (the certificate is not verified, as Global
+    /// Accelerator does not).
+    #[serde(alias = "https")]
+    Https,
+}
+
 /// The endpoints of one region.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct EndpointGroup {
@@ -164,39 +287,74 @@ pub struct EndpointGroup {
     /// Share of the traffic this group accepts, 0–100. Default 100.
     #[serde(default = "default_traffic_dial")]
     pub traffic_dial_percentage: u8,
-    /// Seconds between health checks of each endpoint. Default 30.
+    /// How endpoints are checked: `TCP`, `HTTP` or `HTTPS`. Default `TCP`.
+    #[serde(default)]
+    pub health_check_protocol: EdgeHealthProtocol,
+    /// Path of HTTP and HTTPS checks. Default `/`.
+    #[serde(default = "default_health_path")]
+    pub health_check_path: String,
+    /// Port checked. Default: the port traffic goes to.
+    #[serde(default)]
+    pub health_check_port: Option<Port>,
+    /// Seconds between health checks of each endpoint: 10 or 30 as Global Accelerator, or
+    /// under 10 for tests. Default 30.
     #[serde(default = "default_health_interval")]
-    pub health_check_interval_seconds: u32,
-    /// Consecutive results needed to change an endpoint's health. Default 3.
+    pub health_check_interval_seconds: f64,
+    /// Consecutive results needed to change an endpoint's health, 1–10. Default 3.
     #[serde(default = "default_threshold_count")]
     pub threshold_count: u32,
+    /// Listener ports whose traffic goes to another port on the endpoints.
+    #[serde(default)]
+    pub port_overrides: Vec<PortOverride>,
     /// The endpoints.
     pub endpoints: Vec<Endpoint>,
+}
+
+impl EndpointGroup {
+    /// Time between health checks.
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::try_from_secs_f64(self.health_check_interval_seconds).unwrap_or(Duration::MAX)
+    }
 }
 
 fn default_traffic_dial() -> u8 {
     100
 }
-fn default_health_interval() -> u32 {
-    30
+fn default_health_path() -> String {
+    "/".to_owned()
+}
+fn default_health_interval() -> f64 {
+    30.0
 }
 fn default_threshold_count() -> u32 {
     3
 }
 
-/// One endpoint: a load balancer of this file, or any TCP address.
+/// Traffic to `listener_port` goes to `endpoint_port` on the endpoints.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortOverride {
+    /// A port of an accelerator listener.
+    pub listener_port: Port,
+    /// The port on the endpoints.
+    pub endpoint_port: Port,
+}
+
+/// One endpoint: a load balancer of this file, or any address.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Endpoint {
     /// Name of a load balancer in this file; its first listener receives the traffic.
     #[serde(default)]
     pub load_balancer: Option<String>,
-    /// A TCP address to forward to, for endpoints this file does not run.
+    /// An address to forward to, for endpoints this file does not run: `IP:PORT`, or a
+    /// bare IP to receive each connection on the port it arrived on (after port
+    /// overrides), as Global Accelerator does.
     #[serde(default)]
-    pub address: Option<SocketAddr>,
+    pub address: Option<EndpointAddress>,
     /// Relative weight within the group, 0–255 (0 sends nothing). Default 128.
     #[serde(default = "default_weight")]
     pub weight: u8,
-    /// Send a PROXY protocol v2 header so the endpoint sees the client's address.
+    /// Send a PROXY protocol v2 header so the endpoint sees the client's address (TCP).
     /// Default: on for load balancers of this file, off for plain addresses.
     #[serde(default)]
     pub client_ip_preservation: Option<bool>,
@@ -206,9 +364,49 @@ fn default_weight() -> u8 {
     128
 }
 
+/// Where an endpoint is: an IP, and a port unless traffic keeps the listener's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EndpointAddress {
+    /// Its IP.
+    pub ip: IpAddr,
+    /// Its port; `None` takes the port the connection arrived on.
+    pub port: Option<u16>,
+}
+
+impl<'de> Deserialize<'de> for EndpointAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Self {
+                ip: addr.ip(),
+                port: Some(addr.port()),
+            });
+        }
+        text.parse::<IpAddr>()
+            .map(|ip| Self { ip, port: None })
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not an address: expected IP:PORT, [IPv6]:PORT or a bare IP"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => SocketAddr::new(self.ip, port).fmt(f),
+            None => self.ip.fmt(f),
+        }
+    }
+}
+
 /// An application load balancer.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct LoadBalancer {
+    /// The host that runs it (`portico up FILE --node NAME`). Default: every node.
+    #[serde(default)]
+    pub node: Option<String>,
     /// Its listeners.
     pub listeners: Vec<LbListener>,
     /// Seconds an idle client connection is kept open. Default 60 (as ALB).

@@ -5,14 +5,17 @@
 
 use crate::error::ConfigError;
 use crate::model::{
-    Accelerator, Config, Function, FunctionRuntime, LbListener, LbProtocol, LoadBalancer,
-    TargetGroup,
+    Accelerator, Config, EdgeProtocol, Function, FunctionRuntime, LbListener, LbProtocol,
+    LoadBalancer, TargetGroup,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
 mod routing;
 pub use routing::*;
+
+/// The most sockets the accelerator's listeners may bind: ports times static IPs.
+pub const MAX_EDGE_SOCKETS: usize = 4096;
 
 /// Lambda's timeout range, in seconds.
 pub const TIMEOUT_SECONDS: (u32, u32) = (1, 900);
@@ -98,16 +101,117 @@ impl Validator {
         if acc.listeners.is_empty() {
             self.err("accelerator.listeners", "at least one listener is required");
         }
+        if let Some(url) = &acc.ip_ranges_webhook {
+            let rest = url.strip_prefix("http://").unwrap_or_default();
+            if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
+                self.err(
+                    "accelerator.ip_ranges_webhook",
+                    format!("{url:?} is not an http:// URL with a host"),
+                );
+            }
+        }
         // Two listeners on one port are reported by `bind_clashes`, with every address.
-        if acc.endpoint_groups.is_empty() {
+        let mut total_ports = 0usize;
+        for (i, l) in acc.listeners.iter().enumerate() {
+            let lp = format!("accelerator.listeners[{i}]");
+            total_ports += self.edge_listener(&lp, l);
+            if l.endpoint_groups.is_some() {
+                self.endpoint_groups(&format!("{lp}.endpoint_groups"), acc, l, config);
+            }
+        }
+        if total_ports * acc.static_ips.len() > MAX_EDGE_SOCKETS {
             self.err(
-                "accelerator.endpoint_groups",
-                "at least one endpoint group is required",
+                "accelerator.listeners",
+                format!(
+                    "{total_ports} ports on {} static IPs is over {MAX_EDGE_SOCKETS} sockets",
+                    acc.static_ips.len()
+                ),
             );
         }
+        let shared_users: Vec<&crate::model::EdgeListener> = acc
+            .listeners
+            .iter()
+            .filter(|l| l.endpoint_groups.is_none())
+            .collect();
+        if !shared_users.is_empty() || !acc.endpoint_groups.is_empty() {
+            if let Some(first) = shared_users.first() {
+                self.endpoint_groups("accelerator.endpoint_groups", acc, first, config);
+                if shared_users.iter().any(|l| l.protocol != first.protocol) {
+                    self.err(
+                        "accelerator.endpoint_groups",
+                        "TCP and UDP listeners cannot share endpoint groups; give each listener its own",
+                    );
+                }
+            } else {
+                self.err(
+                    "accelerator.endpoint_groups",
+                    "every listener has its own endpoint groups; these are unused",
+                );
+            }
+        }
+    }
+
+    /// Checks one accelerator listener; returns how many ports it takes.
+    fn edge_listener(&mut self, lp: &str, l: &crate::model::EdgeListener) -> usize {
+        /// Global Accelerator's limit of port ranges per listener.
+        const MAX_PORT_RANGES: usize = 10;
+        match (l.port, l.port_ranges.is_empty()) {
+            (Some(_), true) | (None, false) => {}
+            _ => self.err(lp, "set exactly one of `port` or `port_ranges`"),
+        }
+        if l.port_ranges.len() > MAX_PORT_RANGES {
+            self.err(
+                format!("{lp}.port_ranges"),
+                format!("{} ranges is over {MAX_PORT_RANGES}", l.port_ranges.len()),
+            );
+        }
+        for (r, range) in l.port_ranges.iter().enumerate() {
+            if range.from_port.0 == 0 || range.from_port.0 > range.to_port.0 {
+                self.err(
+                    format!("{lp}.port_ranges[{r}]"),
+                    format!(
+                        "{}-{} is not a range of ports 1-65535 with from_port <= to_port",
+                        range.from_port, range.to_port
+                    ),
+                );
+            }
+        }
+        let ports = l.ports();
+        let mut seen = HashSet::new();
+        if let Some(dup) = ports.iter().find(|p| !seen.insert(**p)) {
+            self.err(
+                format!("{lp}.port_ranges"),
+                format!("port {dup} is in two ranges"),
+            );
+        }
+        if l.idle_timeout_seconds == Some(0) {
+            self.err(format!("{lp}.idle_timeout_seconds"), "must be at least 1");
+        }
+        ports.len()
+    }
+
+    /// Checks the endpoint groups `listener` uses (its own, or the accelerator's).
+    fn endpoint_groups(
+        &mut self,
+        path: &str,
+        acc: &Accelerator,
+        listener: &crate::model::EdgeListener,
+        config: &Config,
+    ) {
+        let groups = acc.groups_of(listener);
+        if groups.is_empty() {
+            self.err(path, "at least one endpoint group is required");
+        }
+        let udp = listener.protocol == crate::model::EdgeProtocol::Udp;
+        let listener_ports: HashSet<u16> = acc
+            .listeners
+            .iter()
+            .filter(|l| std::ptr::eq(acc.groups_of(l), groups))
+            .flat_map(|l| l.ports())
+            .collect();
         let mut regions = HashSet::new();
-        for (g, group) in acc.endpoint_groups.iter().enumerate() {
-            let gp = format!("accelerator.endpoint_groups[{g}]");
+        for (g, group) in groups.iter().enumerate() {
+            let gp = format!("{path}[{g}]");
             if !regions.insert(&group.region) {
                 self.err(
                     format!("{gp}.region"),
@@ -120,17 +224,49 @@ impl Validator {
                     format!("{} is over 100", group.traffic_dial_percentage),
                 );
             }
-            if group.health_check_interval_seconds == 0 {
+            let interval = group.health_check_interval_seconds;
+            if !(interval == 10.0 || interval == 30.0 || (0.05..10.0).contains(&interval)) {
                 self.err(
                     format!("{gp}.health_check_interval_seconds"),
-                    "must be at least 1",
+                    format!("{interval} s: Global Accelerator checks every 10 or 30 s (under 10 s, from 0.05 s, is allowed for tests)"),
                 );
+            }
+            if !group.health_check_path.starts_with('/') || group.health_check_path.len() > 255 {
+                self.err(
+                    format!("{gp}.health_check_path"),
+                    "a path starts with `/` and has at most 255 characters",
+                );
+            }
+            if group.health_check_port == Some(crate::model::Port(0)) {
+                self.err(format!("{gp}.health_check_port"), "0 is not a port");
             }
             if !(1..=10).contains(&group.threshold_count) {
                 self.err(
                     format!("{gp}.threshold_count"),
                     format!("{} is outside 1-10", group.threshold_count),
                 );
+            }
+            let mut overridden = HashSet::new();
+            for (o, po) in group.port_overrides.iter().enumerate() {
+                let op = format!("{gp}.port_overrides[{o}]");
+                if !listener_ports.contains(&po.listener_port.0) {
+                    self.err(
+                        format!("{op}.listener_port"),
+                        format!(
+                            "{} is not a port of the listeners using this group",
+                            po.listener_port
+                        ),
+                    );
+                }
+                if !overridden.insert(po.listener_port) {
+                    self.err(
+                        format!("{op}.listener_port"),
+                        format!("{} is overridden twice", po.listener_port),
+                    );
+                }
+                if po.endpoint_port.0 == 0 {
+                    self.err(format!("{op}.endpoint_port"), "0 is not a port");
+                }
             }
             if group.endpoints.is_empty() {
                 self.err(
@@ -139,33 +275,67 @@ impl Validator {
                 );
             }
             for (e, ep) in group.endpoints.iter().enumerate() {
-                let ep_path = format!("{gp}.endpoints[{e}]");
-                match (&ep.load_balancer, &ep.address) {
-                    (Some(lb), None) => {
-                        self.reference(
-                            format!("{ep_path}.load_balancer"),
-                            "load balancer",
-                            lb,
-                            &config.load_balancers,
-                        );
-                        let expects_proxy = config
-                            .load_balancers
-                            .get(lb)
-                            .and_then(|l| l.listeners.first())
-                            .map(|l| l.proxy_protocol_v2);
-                        if ep.client_ip_preservation == Some(true) && expects_proxy == Some(false) {
-                            self.err(
-                                format!("{ep_path}.client_ip_preservation"),
-                                format!(
-                                    "load balancer {lb:?} does not expect a PROXY v2 header; set its listener's proxy_protocol_v2 = true"
-                                ),
-                            );
-                        }
-                    }
-                    (None, Some(_)) => {}
-                    _ => self.err(ep_path, "set exactly one of `load_balancer` or `address`"),
+                self.endpoint(&format!("{gp}.endpoints[{e}]"), ep, acc, udp, config);
+            }
+        }
+    }
+
+    fn endpoint(
+        &mut self,
+        ep_path: &str,
+        ep: &crate::model::Endpoint,
+        acc: &Accelerator,
+        udp: bool,
+        config: &Config,
+    ) {
+        if udp && ep.client_ip_preservation == Some(true) {
+            self.err(
+                format!("{ep_path}.client_ip_preservation"),
+                "client IP preservation (PROXY v2) is for TCP listeners",
+            );
+        }
+        match (&ep.load_balancer, &ep.address) {
+            (Some(_), None) if udp => self.err(
+                format!("{ep_path}.load_balancer"),
+                "a load balancer takes TCP only; a UDP listener forwards to addresses",
+            ),
+            (Some(lb), None) => {
+                self.reference(
+                    format!("{ep_path}.load_balancer"),
+                    "load balancer",
+                    lb,
+                    &config.load_balancers,
+                );
+                let Some(target) = config.load_balancers.get(lb) else {
+                    return;
+                };
+                let first = target.listeners.first();
+                if ep.client_ip_preservation == Some(true)
+                    && first.is_some_and(|l| !l.proxy_protocol_v2)
+                {
+                    self.err(
+                        format!("{ep_path}.client_ip_preservation"),
+                        format!(
+                            "load balancer {lb:?} does not expect a PROXY v2 header; set its listener's proxy_protocol_v2 = true"
+                        ),
+                    );
+                }
+                let elsewhere = matches!((&acc.node, &target.node), (Some(a), Some(b)) if a != b);
+                if elsewhere && first.is_some_and(|l| l.address.is_unspecified() || l.port.0 == 0) {
+                    self.err(
+                        format!("{ep_path}.load_balancer"),
+                        format!(
+                            "load balancer {lb:?} runs on another node, so its first listener needs a fixed address and port to be reached at"
+                        ),
+                    );
                 }
             }
+            (None, Some(address)) => {
+                if address.port == Some(0) {
+                    self.err(format!("{ep_path}.address"), "port 0 is not reachable");
+                }
+            }
+            _ => self.err(ep_path, "set exactly one of `load_balancer` or `address`"),
         }
     }
 
@@ -356,15 +526,19 @@ impl Validator {
 
     /// Two listeners on the same fixed address and port can never both start.
     fn bind_clashes(&mut self, config: &Config) {
-        let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
-        let mut claim = |v: &mut Self, addr: SocketAddr, path: String| {
+        let mut seen: BTreeMap<(SocketAddr, EdgeProtocol), String> = BTreeMap::new();
+        let mut claim = |v: &mut Self, addr: SocketAddr, protocol: EdgeProtocol, path: String| {
             if addr.port() == 0 {
                 return;
             }
-            if let Some(first) = seen.get(&addr) {
-                v.err(path, format!("{addr} is already used by {first}"));
+            if let Some(first) = seen.get(&(addr, protocol)) {
+                let what = match protocol {
+                    EdgeProtocol::Tcp => String::new(),
+                    EdgeProtocol::Udp => " (udp)".to_owned(),
+                };
+                v.err(path, format!("{addr}{what} is already used by {first}"));
             } else {
-                seen.insert(addr, path);
+                seen.insert((addr, protocol), path);
             }
         };
         if let Some(acc) = &config.accelerator {
@@ -372,18 +546,27 @@ impl Validator {
             let ips: std::collections::BTreeSet<_> = acc.static_ips.iter().collect();
             for (i, l) in acc.listeners.iter().enumerate() {
                 for ip in &ips {
-                    claim(
-                        self,
-                        SocketAddr::new(**ip, l.port.0),
-                        format!("accelerator.listeners[{i}]"),
-                    );
+                    let ports: std::collections::BTreeSet<u16> = l.ports().into_iter().collect();
+                    for port in ports {
+                        claim(
+                            self,
+                            SocketAddr::new(**ip, port),
+                            l.protocol,
+                            format!("accelerator.listeners[{i}]"),
+                        );
+                    }
                 }
             }
         }
         for (name, lb) in &config.load_balancers {
             for (i, l) in lb.listeners.iter().enumerate() {
                 let addr = SocketAddr::new(l.address, l.port.0);
-                claim(self, addr, format!("load_balancers.{name}.listeners[{i}]"));
+                claim(
+                    self,
+                    addr,
+                    EdgeProtocol::Tcp,
+                    format!("load_balancers.{name}.listeners[{i}]"),
+                );
             }
         }
         for (name, enabled, address, port) in [
@@ -401,7 +584,12 @@ impl Validator {
             ),
         ] {
             if enabled {
-                claim(self, SocketAddr::new(address, port.0), name.to_owned());
+                claim(
+                    self,
+                    SocketAddr::new(address, port.0),
+                    EdgeProtocol::Tcp,
+                    name.to_owned(),
+                );
             }
         }
     }

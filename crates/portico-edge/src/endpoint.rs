@@ -1,35 +1,72 @@
 //! Endpoint groups and endpoints as the edge uses them at run time.
 
-use portico_health::{Status, Verdict};
-use std::net::SocketAddr;
+use portico_health::Status;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Where an endpoint receives traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Always this address (a load balancer's listener, or `IP:PORT` in the file).
+    Fixed(SocketAddr),
+    /// This IP, on the port the connection arrived on after port overrides, as Global
+    /// Accelerator sends it.
+    Host(IpAddr),
+}
+
+impl Target {
+    /// The address for traffic meant for `port` on the endpoint.
+    pub fn address(self, port: u16) -> SocketAddr {
+        match self {
+            Self::Fixed(address) => address,
+            Self::Host(ip) => SocketAddr::new(ip, port),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(address) => address.fmt(f),
+            Self::Host(ip) => ip.fmt(f),
+        }
+    }
+}
+
 /// One endpoint: where connections are forwarded.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// Its address.
-    pub address: SocketAddr,
+    /// Where it receives traffic.
+    pub target: Target,
     /// Relative weight in its group, 0–255; 0 takes it out of service.
     pub weight: u8,
     /// Send a PROXY protocol v2 header first.
     pub proxy_protocol: bool,
     /// Its health and round-trip time, kept by the health engine.
     pub status: Arc<Status>,
-    /// Connections forwarded to it so far.
-    connections: AtomicU64,
+    /// Connections forwarded to it so far (kept across reloads).
+    connections: Arc<AtomicU64>,
 }
 
 impl Endpoint {
-    /// A new endpoint, healthy until a health check says otherwise.
-    pub fn new(address: SocketAddr, weight: u8, proxy_protocol: bool) -> Self {
+    /// An endpoint whose health is `status` and whose forwarded connections are counted in
+    /// `connections`.
+    pub fn new(
+        target: Target,
+        weight: u8,
+        proxy_protocol: bool,
+        status: Arc<Status>,
+        connections: Arc<AtomicU64>,
+    ) -> Self {
         Self {
-            address,
+            target,
             weight,
             proxy_protocol,
-            status: Arc::new(Status::new(Verdict::Healthy)),
-            connections: AtomicU64::new(0),
+            status,
+            connections,
         }
     }
 
@@ -47,15 +84,6 @@ impl Endpoint {
     pub fn is_healthy(&self) -> bool {
         self.status.is_healthy()
     }
-
-    /// Records a health verdict.
-    pub fn set_healthy(&self, healthy: bool) {
-        self.status.set(if healthy {
-            Verdict::Healthy
-        } else {
-            Verdict::Unhealthy
-        });
-    }
 }
 
 /// The endpoints of one region.
@@ -65,6 +93,8 @@ pub struct EndpointGroup {
     pub region: String,
     /// Share of the connections offered to this group that it accepts, 0–100.
     pub traffic_dial_percentage: u8,
+    /// Listener port → endpoint port.
+    pub port_overrides: BTreeMap<u16, u16>,
     /// Its endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
 }
@@ -75,6 +105,14 @@ impl EndpointGroup {
         self.endpoints
             .iter()
             .filter(|e| e.weight > 0 && e.is_healthy())
+    }
+
+    /// The endpoint port for traffic that arrived on `listener_port`.
+    pub fn endpoint_port(&self, listener_port: u16) -> u16 {
+        self.port_overrides
+            .get(&listener_port)
+            .copied()
+            .unwrap_or(listener_port)
     }
 
     /// The group's round-trip time from this edge: the lowest smoothed health-check RTT of

@@ -14,7 +14,7 @@
 //! made by rendezvous hashing of the client address, so a client keeps its endpoint while
 //! that endpoint stays available, and only the clients of a lost endpoint move.
 
-use crate::endpoint::{Endpoint, EndpointGroup};
+use crate::endpoint::{Endpoint, EndpointGroup, Target};
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,13 +28,15 @@ pub enum Affinity {
     SourceIp,
 }
 
-/// Endpoints to try for a connection from `client`, best first (the rest are fallbacks if
-/// connecting to the first fails).
+/// Endpoints to try for a connection from `client` that arrived on `port`, best first (the
+/// rest are fallbacks if connecting to the first fails), each with the address to connect
+/// to (after the group's port overrides).
 pub fn candidates(
     groups: &[EndpointGroup],
     client: SocketAddr,
+    port: u16,
     affinity: Affinity,
-) -> Vec<Arc<Endpoint>> {
+) -> Vec<(Arc<Endpoint>, SocketAddr)> {
     let mut order = Vec::new();
     let mut groups: Vec<&EndpointGroup> = groups.iter().collect();
     // Stable: equal distances keep the configured order.
@@ -44,18 +46,28 @@ pub fn candidates(
     });
     let first_available = groups.iter().find(|g| g.available().next().is_some());
     if let Some(group) = dialled.or(first_available) {
-        order.extend(rank(group.available(), client.ip(), affinity));
-        for other in groups.iter().filter(|g| !std::ptr::eq(**g, *group)) {
-            order.extend(rank(other.available(), client.ip(), affinity));
+        let others = groups.iter().filter(|g| !std::ptr::eq(**g, *group));
+        for g in std::iter::once(group).chain(others) {
+            let at = g.endpoint_port(port);
+            order.extend(
+                rank(g.available(), client.ip(), affinity)
+                    .into_iter()
+                    .map(|e| (e.clone(), e.target.address(at))),
+            );
         }
     } else {
         // Fail open: nothing is healthy, so try everything that has a weight.
-        for group in groups {
-            order.extend(rank(
-                group.endpoints.iter().filter(|e| e.weight > 0),
-                client.ip(),
-                affinity,
-            ));
+        for g in groups {
+            let at = g.endpoint_port(port);
+            order.extend(
+                rank(
+                    g.endpoints.iter().filter(|e| e.weight > 0),
+                    client.ip(),
+                    affinity,
+                )
+                .into_iter()
+                .map(|e| (e.clone(), e.target.address(at))),
+            );
         }
     }
     order
@@ -72,7 +84,7 @@ fn rank<'a>(
         .map(|e| {
             let u = match affinity {
                 Affinity::None => fastrand::f64(),
-                Affinity::SourceIp => unit_hash(client, e.address),
+                Affinity::SourceIp => unit_hash(client, e.target),
             };
             // u in (0, 1]: -ln(u) is finite and >= 0.
             let u = u.max(f64::MIN_POSITIVE);
@@ -84,7 +96,7 @@ fn rank<'a>(
 }
 
 /// A stable hash of (client, endpoint) mapped into (0, 1].
-fn unit_hash(client: IpAddr, endpoint: SocketAddr) -> f64 {
+fn unit_hash(client: IpAddr, endpoint: Target) -> f64 {
     // A fixed-key hasher: the same client maps to the same endpoint across restarts.
     let mut h =
         std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
@@ -97,22 +109,39 @@ fn unit_hash(client: IpAddr, endpoint: SocketAddr) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portico_health::{Status, Verdict};
     use std::time::Duration;
 
     fn ep(port: u16, weight: u8) -> Arc<Endpoint> {
         Arc::new(Endpoint::new(
-            SocketAddr::from(([127, 0, 0, 1], port)),
+            Target::Fixed(SocketAddr::from(([127, 0, 0, 1], port))),
             weight,
             true,
+            Arc::new(Status::new(Verdict::Healthy)),
+            Arc::default(),
         ))
+    }
+
+    fn set_healthy(e: &Endpoint, healthy: bool) {
+        e.status.set(if healthy {
+            Verdict::Healthy
+        } else {
+            Verdict::Unhealthy
+        });
     }
 
     fn group(region: &str, dial: u8, endpoints: Vec<Arc<Endpoint>>) -> EndpointGroup {
         EndpointGroup {
             region: region.into(),
             traffic_dial_percentage: dial,
+            port_overrides: Default::default(),
             endpoints,
         }
+    }
+
+    /// The port of the first candidate.
+    fn first(g: &[EndpointGroup], c: SocketAddr, affinity: Affinity) -> u16 {
+        candidates(g, c, 80, affinity)[0].1.port()
     }
 
     fn client(n: u8) -> SocketAddr {
@@ -124,8 +153,8 @@ mod tests {
         let g = [group("a", 100, vec![ep(1, 200), ep(2, 50), ep(3, 0)])];
         let mut counts = [0u32; 3];
         for i in 0..10_000 {
-            let first = &candidates(&g, client((i % 250) as u8), Affinity::None)[0];
-            counts[(first.address.port() - 1) as usize] += 1;
+            let port = first(&g, client((i % 250) as u8), Affinity::None);
+            counts[(port - 1) as usize] += 1;
         }
         assert_eq!(counts[2], 0, "weight 0 gets nothing");
         let share = f64::from(counts[0]) / 10_000.0;
@@ -143,22 +172,19 @@ mod tests {
             group("near", 100, vec![a.clone()]),
             group("far", 100, vec![b.clone()]),
         ];
-        assert_eq!(
-            candidates(&g, client(1), Affinity::None)[0].address.port(),
-            1
-        );
-        a.set_healthy(false);
-        let c = candidates(&g, client(1), Affinity::None);
+        assert_eq!(first(&g, client(1), Affinity::None), 1);
+        set_healthy(&a, false);
+        let c = candidates(&g, client(1), 80, Affinity::None);
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].address.port(), 2);
+        assert_eq!(c[0].1.port(), 2);
     }
 
     #[test]
     fn fail_open_when_nothing_is_healthy() {
         let a = ep(1, 100);
-        a.set_healthy(false);
+        set_healthy(&a, false);
         let g = [group("only", 100, vec![a])];
-        assert_eq!(candidates(&g, client(1), Affinity::None).len(), 1);
+        assert_eq!(candidates(&g, client(1), 80, Affinity::None).len(), 1);
     }
 
     #[test]
@@ -168,7 +194,7 @@ mod tests {
             group("far", 100, vec![ep(2, 100)]),
         ];
         let near = (0..10_000)
-            .filter(|_| candidates(&g, client(1), Affinity::None)[0].address.port() == 1)
+            .filter(|_| first(&g, client(1), Affinity::None) == 1)
             .count();
         assert!(
             (2_000..3_000).contains(&near),
@@ -187,9 +213,9 @@ mod tests {
             group("near", 100, vec![near.clone()]),
         ];
         let order = |c: SocketAddr| -> Vec<u16> {
-            candidates(&g, c, Affinity::None)
+            candidates(&g, c, 80, Affinity::None)
                 .iter()
-                .map(|e| e.address.port())
+                .map(|(_, a)| a.port())
                 .collect()
         };
         assert_eq!(
@@ -197,9 +223,9 @@ mod tests {
             [2, 1, 3],
             "nearest first, unmeasured last"
         );
-        near.set_healthy(false);
+        set_healthy(&near, false);
         assert_eq!(order(client(1)), [1, 3], "failed over to the next nearest");
-        near.set_healthy(true);
+        set_healthy(&near, true);
         // Within the same millisecond, the configured order decides.
         far.status.record_rtt(Duration::from_micros(20_300));
         for _ in 0..40 {
@@ -215,7 +241,7 @@ mod tests {
         near.status.record_rtt(Duration::from_millis(5));
         let g = [group("far", 100, vec![far]), group("near", 40, vec![near])];
         let to_near = (0..10_000)
-            .filter(|_| candidates(&g, client(1), Affinity::None)[0].address.port() == 2)
+            .filter(|_| first(&g, client(1), Affinity::None) == 2)
             .count();
         assert!(
             (3_500..4_500).contains(&to_near),
@@ -226,10 +252,7 @@ mod tests {
     #[test]
     fn dial_zero_still_serves_when_no_other_group_can() {
         let g = [group("only", 0, vec![ep(1, 100)])];
-        assert_eq!(
-            candidates(&g, client(1), Affinity::None)[0].address.port(),
-            1
-        );
+        assert_eq!(first(&g, client(1), Affinity::None), 1);
     }
 
     #[test]
@@ -237,34 +260,41 @@ mod tests {
         let eps: Vec<_> = (1..=4).map(|p| ep(p, 100)).collect();
         let g = [group("a", 100, eps.clone())];
         let before: Vec<u16> = (0..200)
-            .map(|n| {
-                candidates(&g, client(n), Affinity::SourceIp)[0]
-                    .address
-                    .port()
-            })
+            .map(|n| first(&g, client(n), Affinity::SourceIp))
             .collect();
         let again: Vec<u16> = (0..200)
-            .map(|n| {
-                candidates(&g, client(n), Affinity::SourceIp)[0]
-                    .address
-                    .port()
-            })
+            .map(|n| first(&g, client(n), Affinity::SourceIp))
             .collect();
         assert_eq!(before, again);
         assert!(
             before.iter().any(|&p| p != before[0]),
             "clients spread over endpoints"
         );
-        eps[0].set_healthy(false);
+        set_healthy(&eps[0], false);
         for n in 0..200u8 {
-            let now = candidates(&g, client(n), Affinity::SourceIp)[0]
-                .address
-                .port();
+            let now = first(&g, client(n), Affinity::SourceIp);
             if before[n as usize] != 1 {
                 assert_eq!(now, before[n as usize], "client {n} moved without cause");
             } else {
                 assert_ne!(now, 1);
             }
         }
+    }
+
+    #[test]
+    fn port_overrides_and_host_targets_pick_the_endpoint_port() {
+        let host = Arc::new(Endpoint::new(
+            Target::Host("10.0.0.7".parse().unwrap()),
+            1,
+            false,
+            Arc::new(Status::new(Verdict::Healthy)),
+            Arc::default(),
+        ));
+        let mut g = group("a", 100, vec![host]);
+        g.port_overrides.insert(443, 8443);
+        let g = [g];
+        let to = |port| candidates(&g, client(1), port, Affinity::None)[0].1;
+        assert_eq!(to(443), "10.0.0.7:8443".parse().unwrap(), "overridden");
+        assert_eq!(to(80), "10.0.0.7:80".parse().unwrap(), "the arrival port");
     }
 }

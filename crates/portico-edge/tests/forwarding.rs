@@ -1,20 +1,27 @@
-//! The edge over loopback: half-close in both directions, the PROXY v2 header toward
-//! endpoints that want it, failover when an endpoint refuses connections.
+//! The accelerator over loopback: half-close in both directions, the PROXY v2 header toward
+//! endpoints that want it, failover when an endpoint refuses connections, TCP and HTTP
+//! health checks, UDP flows with their idle timeout, port ranges with port overrides, and
+//! reloads that keep every socket that stays.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
-use portico_edge::{Affinity, Edge, Endpoint, EndpointGroup};
-use std::net::SocketAddr;
+use portico_edge::health::{HealthCheck, Protocol};
+use portico_edge::{
+    Accelerator, AcceleratorSpec, Affinity, EndpointSpec, GroupSpec, ListenerSpec, Target,
+    Transport,
+};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A backend that reads until the client stops sending, then answers with what it got
-/// (and, with `proxy`, the client address from the PROXY header first).
-async fn backend(proxy: bool) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// (and, with `proxy`, the client address from the PROXY header first), prefixed by `name`.
+async fn backend_at(bind: SocketAddr, name: &'static str, proxy: bool) -> SocketAddr {
+    let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -29,7 +36,7 @@ async fn backend(proxy: bool) -> SocketAddr {
                 };
                 let mut got = Vec::new();
                 s.read_to_end(&mut got).await.unwrap();
-                let reply = format!("client={client:?} bytes={}", got.len());
+                let reply = format!("{name}client={client:?} bytes={}", got.len());
                 s.write_all(reply.as_bytes()).await.unwrap();
             });
         }
@@ -37,24 +44,96 @@ async fn backend(proxy: bool) -> SocketAddr {
     addr
 }
 
-async fn edge(endpoints: Vec<Arc<Endpoint>>) -> (SocketAddr, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let edge = Arc::new(Edge {
-        groups: vec![EndpointGroup {
-            region: "r".into(),
-            traffic_dial_percentage: 100,
-            endpoints,
+async fn backend(proxy: bool) -> SocketAddr {
+    backend_at("127.0.0.1:0".parse().unwrap(), "", proxy).await
+}
+
+fn tcp_check(interval_ms: u64) -> HealthCheck {
+    let mut check = HealthCheck::every(Protocol::Tcp, Duration::from_millis(interval_ms), 2);
+    check.timeout = Duration::from_millis(200);
+    check
+}
+
+fn endpoint(address: SocketAddr, weight: u8, proxy: bool) -> EndpointSpec {
+    EndpointSpec {
+        target: Target::Fixed(address),
+        weight,
+        proxy_protocol: proxy,
+    }
+}
+
+fn spec(
+    ips: &[&str],
+    transport: Transport,
+    ports: Vec<u16>,
+    groups: Vec<GroupSpec>,
+) -> AcceleratorSpec {
+    AcceleratorSpec {
+        name: "test".into(),
+        static_ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+        listeners: vec![ListenerSpec {
+            transport,
+            ports,
+            affinity: Affinity::None,
+            idle_timeout: Duration::from_secs(10),
+            groups,
         }],
-        affinity: Affinity::None,
-        limits: portico_accept::Limits {
-            max_connections: 64,
-            drain: Duration::from_secs(1),
-        },
-    });
-    tokio::spawn(portico_edge::serve(listener, edge, shutdown.clone()));
-    (addr, shutdown)
+        webhook: None,
+    }
+}
+
+fn group(endpoints: Vec<EndpointSpec>) -> GroupSpec {
+    GroupSpec {
+        region: "r".into(),
+        traffic_dial_percentage: 100,
+        health: tcp_check(1000),
+        port_overrides: Default::default(),
+        endpoints,
+    }
+}
+
+struct Running {
+    accelerator: Arc<Accelerator>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    async fn start(spec: &AcceleratorSpec) -> Self {
+        let shutdown = CancellationToken::new();
+        let accelerator = Accelerator::start(
+            spec,
+            portico_accept::Limits {
+                max_connections: 64,
+                drain: Duration::from_secs(1),
+            },
+            shutdown.clone(),
+            TaskTracker::new(),
+        )
+        .await
+        .unwrap();
+        Self {
+            accelerator,
+            shutdown,
+        }
+    }
+
+    /// The bound address of `transport` on `ip`, first port.
+    fn address(&self, transport: Transport, ip: &str) -> SocketAddr {
+        let ip: IpAddr = ip.parse().unwrap();
+        self.accelerator
+            .view()
+            .addresses
+            .iter()
+            .find(|(t, a)| *t == transport && a.ip() == ip)
+            .unwrap()
+            .1
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 /// Sends `n` bytes from 127.0.0.9, closes the write half, reads the answer.
@@ -72,22 +151,32 @@ async fn exchange(edge: SocketAddr, n: usize) -> String {
 #[tokio::test]
 async fn half_close_carries_the_reply_back() {
     let b = backend(false).await;
-    let (edge, shutdown) = edge(vec![Arc::new(Endpoint::new(b, 100, false))]).await;
+    let edge = Running::start(&spec(
+        &["127.0.0.2"],
+        Transport::Tcp,
+        vec![0],
+        vec![group(vec![endpoint(b, 100, false)])],
+    ))
+    .await;
     assert_eq!(
-        exchange(edge, 3 * 1024 * 1024).await,
+        exchange(edge.address(Transport::Tcp, "127.0.0.2"), 3 * 1024 * 1024).await,
         "client=None bytes=3145728"
     );
-    shutdown.cancel();
 }
 
 #[tokio::test]
 async fn proxy_header_carries_the_clients_address() {
     let b = backend(true).await;
-    let (edge, shutdown) = edge(vec![Arc::new(Endpoint::new(b, 100, true))]).await;
-    let reply = exchange(edge, 10).await;
+    let edge = Running::start(&spec(
+        &["127.0.0.2"],
+        Transport::Tcp,
+        vec![0],
+        vec![group(vec![endpoint(b, 100, true)])],
+    ))
+    .await;
+    let reply = exchange(edge.address(Transport::Tcp, "127.0.0.2"), 10).await;
     assert!(reply.starts_with("client=Some(127.0.0.9:"), "{reply}");
     assert!(reply.ends_with("bytes=10"), "{reply}");
-    shutdown.cancel();
 }
 
 #[tokio::test]
@@ -99,38 +188,261 @@ async fn a_refusing_endpoint_is_skipped() {
         .local_addr()
         .unwrap();
     let b = backend(false).await;
-    let (edge, shutdown) = edge(vec![
-        Arc::new(Endpoint::new(dead, 255, false)),
-        Arc::new(Endpoint::new(b, 1, false)),
-    ])
+    let edge = Running::start(&spec(
+        &["127.0.0.2"],
+        Transport::Tcp,
+        vec![0],
+        vec![group(vec![
+            endpoint(dead, 255, false),
+            endpoint(b, 1, false),
+        ])],
+    ))
     .await;
     for _ in 0..5 {
-        assert_eq!(exchange(edge, 1).await, "client=None bytes=1");
+        assert_eq!(
+            exchange(edge.address(Transport::Tcp, "127.0.0.2"), 1).await,
+            "client=None bytes=1"
+        );
     }
-    shutdown.cancel();
+}
+
+fn first_endpoint_healthy(edge: &Running) -> bool {
+    edge.accelerator.view().listeners[0].route.groups[0].endpoints[0].is_healthy()
 }
 
 #[tokio::test]
-async fn health_checks_take_an_endpoint_out_and_bring_it_back() {
+async fn tcp_health_checks_take_an_endpoint_out_and_bring_it_back() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let endpoint = Arc::new(Endpoint::new(addr, 100, false));
-    let check = portico_edge::health::HealthCheck {
-        interval: Duration::from_millis(20),
-        timeout: Duration::from_millis(200),
-        threshold: 2,
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(portico_edge::health::run(
-        endpoint.clone(),
-        check,
-        shutdown.clone(),
-    ));
+    let mut g = group(vec![endpoint(addr, 100, false)]);
+    g.health = tcp_check(20);
+    let edge = Running::start(&spec(&["127.0.0.2"], Transport::Tcp, vec![0], vec![g])).await;
     drop(listener);
-    wait_for(|| !endpoint.is_healthy()).await;
+    wait_for(|| !first_endpoint_healthy(&edge)).await;
     let _back = TcpListener::bind(addr).await.unwrap();
-    wait_for(|| endpoint.is_healthy()).await;
-    shutdown.cancel();
+    wait_for(|| first_endpoint_healthy(&edge)).await;
+}
+
+/// An HTTP server answering `GET /healthz` with the status in `status`.
+async fn http_health(status: Arc<std::sync::atomic::AtomicU16>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let code = status.load(std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let code = if request.starts_with("GET /healthz ")
+                    && request.contains("ELB-HealthChecker")
+                {
+                    code
+                } else {
+                    404
+                };
+                let reply =
+                    format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http_health_checks_want_200_on_the_path() {
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let addr = http_health(status.clone()).await;
+    let mut g = group(vec![endpoint(addr, 100, false)]);
+    g.health = HealthCheck::every(Protocol::Http, Duration::from_millis(20), 2);
+    g.health.path = "/healthz".into();
+    let edge = Running::start(&spec(&["127.0.0.2"], Transport::Tcp, vec![0], vec![g])).await;
+    wait_for(|| {
+        edge.accelerator.view().listeners[0].route.groups[0].endpoints[0]
+            .status
+            .rtt()
+            .is_some()
+    })
+    .await;
+    assert!(first_endpoint_healthy(&edge));
+    status.store(503, std::sync::atomic::Ordering::Relaxed);
+    wait_for(|| !first_endpoint_healthy(&edge)).await;
+    status.store(200, std::sync::atomic::Ordering::Relaxed);
+    wait_for(|| first_endpoint_healthy(&edge)).await;
+}
+
+#[tokio::test]
+async fn port_ranges_keep_the_arrival_port_unless_overridden() {
+    // Endpoints at a bare IP get each connection on the port it arrived on.
+    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = probe.local_addr().unwrap().port();
+    drop(probe);
+    let (p1, p2) = (base, base + 1);
+    backend_at(SocketAddr::from(([127, 0, 0, 3], p1)), "p1 ", false).await;
+    backend_at(SocketAddr::from(([127, 0, 0, 3], 9)), "override ", false).await;
+    let mut g = group(vec![EndpointSpec {
+        target: Target::Host("127.0.0.3".parse().unwrap()),
+        weight: 1,
+        proxy_protocol: false,
+    }]);
+    g.port_overrides.insert(p2, 9);
+    let edge = Running::start(&spec(&["127.0.0.4"], Transport::Tcp, vec![p1, p2], vec![g])).await;
+    assert!(
+        exchange(SocketAddr::from(([127, 0, 0, 4], p1)), 1)
+            .await
+            .starts_with("p1 ")
+    );
+    assert!(
+        exchange(SocketAddr::from(([127, 0, 0, 4], p2)), 1)
+            .await
+            .starts_with("override ")
+    );
+    drop(edge);
+}
+
+/// A UDP endpoint that answers each datagram with `name:` and the datagram.
+async fn udp_echo(name: &'static str) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+            let mut reply = format!("{name}:").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            socket.send_to(&reply, from).await.unwrap();
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn udp_flows_forward_both_ways_and_close_when_idle() {
+    let e = udp_echo("e").await;
+    let mut s = spec(
+        &["127.0.0.2"],
+        Transport::Udp,
+        vec![0],
+        vec![group(vec![endpoint(e, 1, false)])],
+    );
+    s.listeners[0].idle_timeout = Duration::from_millis(300);
+    let edge = Running::start(&s).await;
+    let at = edge.address(Transport::Udp, "127.0.0.2");
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(at).await.unwrap();
+    let mut buf = [0u8; 2048];
+    for i in 0..3 {
+        client.send(format!("ping{i}").as_bytes()).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &buf[..n],
+            format!("e:ping{i}").as_bytes(),
+            "answered from the static address"
+        );
+    }
+    let flows = || edge.accelerator.view().listeners[0].route.groups[0].endpoints[0].connections();
+    assert_eq!(flows(), 1, "one flow for one client");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.send(b"again").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"e:again");
+    assert_eq!(flows(), 2, "the idle flow was closed and a new one opened");
+}
+
+#[tokio::test]
+async fn reloads_keep_sockets_that_stay_and_drain_the_rest() {
+    let old = backend_at("127.0.0.1:0".parse().unwrap(), "old ", false).await;
+    let new = backend_at("127.0.0.1:0".parse().unwrap(), "new ", false).await;
+    let mut s = spec(
+        &["127.0.0.2", "127.0.0.3"],
+        Transport::Tcp,
+        vec![0],
+        vec![group(vec![endpoint(old, 1, false)])],
+    );
+    let edge = Running::start(&s).await;
+    let kept = edge.address(Transport::Tcp, "127.0.0.2");
+    let dropped = edge.address(Transport::Tcp, "127.0.0.3");
+    // A connection open across the reload keeps its endpoint.
+    let mut open = tokio::net::TcpStream::connect(kept).await.unwrap();
+    open.write_all(b"x").await.unwrap();
+    wait_for(|| {
+        edge.accelerator.view().listeners[0].route.groups[0].endpoints[0].connections() == 1
+    })
+    .await;
+
+    s.static_ips = vec!["127.0.0.2".parse().unwrap(), "127.0.0.5".parse().unwrap()];
+    s.listeners[0].groups = vec![group(vec![endpoint(new, 1, false)])];
+    assert!(
+        edge.accelerator.apply(&s).await.unwrap(),
+        "the static IPs changed"
+    );
+    assert_eq!(
+        edge.address(Transport::Tcp, "127.0.0.2"),
+        kept,
+        "same socket, same port"
+    );
+    let added = edge.address(Transport::Tcp, "127.0.0.5");
+    assert_eq!(
+        added.port(),
+        kept.port(),
+        "a new static IP serves the listener's port"
+    );
+    assert!(exchange(kept, 1).await.starts_with("new "));
+    assert!(exchange(added, 1).await.starts_with("new "));
+    wait_for_refused(dropped).await;
+    open.shutdown().await.unwrap();
+    let mut reply = String::new();
+    open.read_to_string(&mut reply).await.unwrap();
+    assert!(
+        reply.starts_with("old "),
+        "the open connection stayed on its endpoint: {reply}"
+    );
+    let doc = edge.accelerator.view().ip_ranges.clone();
+    assert_eq!(doc.prefixes.len(), 2);
+    assert_eq!(doc.prefixes[1].ip_prefix, "127.0.0.5/32");
+    // The same IPs again: no change, the same sync token.
+    assert!(!edge.accelerator.apply(&s).await.unwrap());
+    assert_eq!(edge.accelerator.view().ip_ranges.sync_token, doc.sync_token);
+}
+
+#[tokio::test]
+async fn a_reload_that_cannot_bind_changes_nothing() {
+    let b = backend(false).await;
+    let taken = TcpListener::bind("127.0.0.6:0").await.unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut s = spec(
+        &["127.0.0.2"],
+        Transport::Tcp,
+        vec![port],
+        vec![group(vec![endpoint(b, 1, false)])],
+    );
+    let edge = Running::start(&s).await;
+    s.static_ips.push("127.0.0.6".parse().unwrap());
+    let error = edge.accelerator.apply(&s).await.unwrap_err().to_string();
+    assert!(error.contains("127.0.0.6"), "{error}");
+    assert_eq!(edge.accelerator.view().addresses.len(), 1);
+    assert_eq!(
+        exchange(SocketAddr::from(([127, 0, 0, 2], port)), 1).await,
+        "client=None bytes=1"
+    );
+}
+
+async fn wait_for_refused(address: SocketAddr) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(address).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{address} still accepts");
 }
 
 /// Polls `condition` for up to 10 s: readiness, not timing.

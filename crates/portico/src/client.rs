@@ -1,5 +1,5 @@
-//! `portico invoke`, `portico logs` and `portico status`: the command-line side of a running
-//! portico's Invoke API and admin API.
+//! `portico invoke`, `portico logs`, `portico status` and `portico ips`: the command-line
+//! side of a running portico's Invoke API and admin API.
 //!
 //! The API's address comes from `--endpoint`, or from the `[invoke_api]` or `[admin_api]`
 //! section of the topology file given with `--config` (the embedded demo's when neither is
@@ -75,18 +75,34 @@ pub(crate) fn endpoint(
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Prints what the admin API's `/status` reports: as JSON with `json`, else as a table.
-pub(crate) async fn status(api: SocketAddr, json: bool) -> anyhow::Result<()> {
+/// GETs `path` from the admin API at `api`; the body of a 200.
+async fn admin_get(api: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
     let request = Request::builder()
         .method(Method::GET)
-        .uri("/status")
+        .uri(path)
         .header(http::header::HOST, api.to_string())
         .body(Full::new(Bytes::new()))?;
     let response = send(api, request).await?;
     if response.status() != StatusCode::OK {
         bail!("{}", refusal(&response));
     }
-    let body = response.into_body().collect().await?.to_bytes();
+    Ok(response.into_body().collect().await?.to_bytes())
+}
+
+/// Prints the accelerator's static IPs as `ip-ranges.json`.
+pub(crate) async fn ips(api: SocketAddr) -> anyhow::Result<()> {
+    let body = admin_get(api, "/ip-ranges.json")
+        .await
+        .context("GET /ip-ranges.json (does this node run the accelerator?)")?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body).context("ip-ranges.json is not JSON")?;
+    writeln!(std::io::stdout().lock(), "{doc:#}")?;
+    Ok(())
+}
+
+/// Prints what the admin API's `/status` reports: as JSON with `json`, else as a table.
+pub(crate) async fn status(api: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let body = admin_get(api, "/status").await?;
     let doc: serde_json::Value = serde_json::from_slice(&body).context("status is not JSON")?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -108,36 +124,48 @@ pub(crate) async fn status(api: SocketAddr, json: bool) -> anyhow::Result<()> {
             acc["name"].as_str().unwrap_or("-"),
             addresses.join(", ")
         )?;
-        writeln!(
-            out,
-            "  {:<16} {:<10} {:>10} {:>5} {:>7} {:>12}",
-            "endpoint group", "health", "rtt", "dial", "share", "connections"
-        )?;
-        for g in acc["endpoint_groups"].as_array().into_iter().flatten() {
+        for l in acc["listeners"].as_array().into_iter().flatten() {
+            let ports: Vec<String> = l["ports"]
+                .as_array()
+                .map(|p| p.iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
             writeln!(
                 out,
-                "  {:<16} {:<10} {:>10} {:>4}% {:>6.1}% {:>12}",
-                g["region"].as_str().unwrap_or("-"),
-                if g["healthy"].as_bool() == Some(true) {
-                    "healthy"
-                } else {
-                    "unhealthy"
-                },
-                ms(&g["rtt_ms"]),
-                g["traffic_dial_percentage"],
-                g["share_of_connections"].as_f64().unwrap_or(0.0) * 100.0,
-                g["connections"],
+                "  listener {} {}",
+                l["protocol"].as_str().unwrap_or("-"),
+                ports.join(",")
             )?;
-            for e in g["endpoints"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  {:<16} {:<10} {:>10} {:>5} {:>7} {:>12}",
+                "endpoint group", "health", "rtt", "dial", "share", "connections"
+            )?;
+            for g in l["endpoint_groups"].as_array().into_iter().flatten() {
                 writeln!(
                     out,
-                    "    {:<22} {:<10} {:>10} weight {:<3} {:>6} connections",
-                    e["address"].as_str().unwrap_or("-"),
-                    e["health"].as_str().unwrap_or("-"),
-                    ms(&e["rtt_ms"]),
-                    e["weight"],
-                    e["connections"],
+                    "  {:<16} {:<10} {:>10} {:>4}% {:>6.1}% {:>12}",
+                    g["region"].as_str().unwrap_or("-"),
+                    if g["healthy"].as_bool() == Some(true) {
+                        "healthy"
+                    } else {
+                        "unhealthy"
+                    },
+                    ms(&g["rtt_ms"]),
+                    g["traffic_dial_percentage"],
+                    g["share_of_connections"].as_f64().unwrap_or(0.0) * 100.0,
+                    g["connections"],
                 )?;
+                for e in g["endpoints"].as_array().into_iter().flatten() {
+                    writeln!(
+                        out,
+                        "    {:<22} {:<10} {:>10} weight {:<3} {:>6} connections",
+                        e["address"].as_str().unwrap_or("-"),
+                        e["health"].as_str().unwrap_or("-"),
+                        ms(&e["rtt_ms"]),
+                        e["weight"],
+                        e["connections"],
+                    )?;
+                }
             }
         }
     }

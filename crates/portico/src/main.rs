@@ -36,9 +36,16 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the topology in FILE (or the embedded demo) until SIGINT or SIGTERM.
+    ///
+    /// SIGHUP re-reads FILE and moves the accelerator to it without dropping the static
+    /// addresses that stay.
     Up {
         /// The topology file; without it, the embedded demo topology runs.
         file: Option<PathBuf>,
+        /// Run only this node's part of the topology (the accelerator and load balancers
+        /// with `node = "NAME"`, and whatever has no node).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
     },
     /// Check FILE and print every error, each with its key path.
     Validate {
@@ -64,6 +71,17 @@ enum Command {
         /// Print the admin API's JSON as it is.
         #[arg(long)]
         json: bool,
+        /// The admin API's URL, e.g. `http://127.0.0.1:9002`.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The topology file the running portico was started with (for its `[admin_api]`);
+        /// default: the embedded demo.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a running accelerator's static IPs in the shape of AWS's `ip-ranges.json`,
+    /// from its admin API.
+    Ips {
         /// The admin API's URL, e.g. `http://127.0.0.1:9002`.
         #[arg(long)]
         endpoint: Option<String>,
@@ -120,7 +138,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
-        Command::Up { file } => {
+        Command::Up { file, node } => {
             let loaded = match &file {
                 Some(path) => {
                     portico_config::load_file(path).map(|c| (c, topology::base_dir(path)))
@@ -135,7 +153,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            run_async(up::run(config, base_dir))
+            run_async(up::run(
+                config,
+                up::Options {
+                    file,
+                    base: base_dir,
+                    node,
+                },
+            ))
         }
         Command::Invoke {
             function,
@@ -162,6 +187,10 @@ fn main() -> ExitCode {
         } => run_async(async move {
             let api = client::endpoint(client::Api::Admin, endpoint.as_deref(), config.as_deref())?;
             client::status(api, json).await
+        }),
+        Command::Ips { endpoint, config } => run_async(async move {
+            let api = client::endpoint(client::Api::Admin, endpoint.as_deref(), config.as_deref())?;
+            client::ips(api).await
         }),
     }
 }

@@ -1,13 +1,39 @@
-//! SIGINT (Ctrl-C) and SIGTERM as one future: the start of the shutdown sequence.
+//! The signals `portico up` acts on: SIGINT (Ctrl-C) and SIGTERM start the shutdown
+//! sequence, SIGHUP reloads the configuration.
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal as Stream, SignalKind, signal};
 
-/// Resolves at the first SIGINT or SIGTERM, with the signal's name.
-pub(crate) async fn shutdown_requested() -> std::io::Result<&'static str> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// What a signal asks for.
+pub(crate) enum Signal {
+    /// Shut down (the signal's name).
+    Shutdown(&'static str),
+    /// Re-read the configuration.
+    Reload,
+}
+
+/// The installed handlers.
+pub(crate) struct Signals {
+    term: Stream,
+    int: Stream,
+    hup: Stream,
+}
+
+impl Signals {
+    /// Installs the handlers; from now on these signals no longer end the process.
+    pub(crate) fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal.
+    pub(crate) async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Shutdown("SIGTERM"),
+            _ = self.int.recv() => Signal::Shutdown("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
 }

@@ -33,6 +33,36 @@ pub(crate) fn base_dir(config_file: &Path) -> PathBuf {
     }
 }
 
+/// The part of `config` that `node` runs (all of it without a node): the accelerator if it
+/// is placed there, its load balancers, and the target groups they use. Functions stay:
+/// they start only when invoked.
+pub(crate) fn for_node(mut config: Config, node: Option<&str>) -> Config {
+    use portico_config::runs_on;
+    if node.is_none() {
+        return config;
+    }
+    config
+        .accelerator
+        .take_if(|a| !runs_on(a.node.as_deref(), node));
+    config
+        .load_balancers
+        .retain(|_, lb| runs_on(lb.node.as_deref(), node));
+    let used: std::collections::BTreeSet<String> = config
+        .load_balancers
+        .values()
+        .flat_map(|lb| &lb.listeners)
+        .flat_map(|l| {
+            l.rules
+                .iter()
+                .map(|r| &r.action)
+                .chain(std::iter::once(&l.default_action))
+        })
+        .flat_map(|a| a.forward_targets().into_iter().map(|(tg, _)| tg.to_owned()))
+        .collect();
+    config.target_groups.retain(|name, _| used.contains(name));
+    config
+}
+
 /// Every function of `config`, ready for the runtime.
 pub(crate) fn function_specs(config: &Config, base: &Path) -> anyhow::Result<Vec<FunctionSpec>> {
     let cache = portico_lambda::package::default_cache_dir();

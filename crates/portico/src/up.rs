@@ -11,9 +11,14 @@
 use crate::banner::Banner;
 use crate::{signals, topology};
 use anyhow::{Context, bail};
-use portico_config::{Action, ClientAffinity, Config, LbListener, TargetType};
+use portico_config::{
+    Action, ClientAffinity, Config, EdgeHealthProtocol, EdgeProtocol, LbListener, TargetType,
+};
 use portico_edge::health::{self, HealthCheck};
-use portico_edge::{Affinity, Edge, Endpoint, EndpointGroup};
+use portico_edge::{
+    Accelerator, AcceleratorSpec, Affinity, EndpointSpec, GroupSpec, ListenerSpec, Target,
+    Transport,
+};
 use portico_invoke::Invoker;
 use portico_lambda::{Runtime, RuntimeOptions};
 use std::collections::BTreeMap;
@@ -38,8 +43,37 @@ struct BoundListener {
     proxy_protocol: bool,
 }
 
-/// Runs `config` until SIGINT or SIGTERM.
-pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
+/// What `portico up` was asked to run.
+pub(crate) struct Options {
+    /// The file, when not the embedded default (SIGHUP re-reads it).
+    pub(crate) file: Option<PathBuf>,
+    /// The directory relative paths are resolved against.
+    pub(crate) base: PathBuf,
+    /// Run only this node's part of the topology.
+    pub(crate) node: Option<String>,
+}
+
+/// What `start` leaves running that a reload needs.
+#[derive(Default)]
+struct Started {
+    accelerator: Option<Arc<Accelerator>>,
+    bound: BTreeMap<String, Vec<BoundListener>>,
+}
+
+/// Runs `config` until SIGINT or SIGTERM; SIGHUP reloads the accelerator from the file.
+pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> {
+    let Options { file, base, node } = options;
+    if let Some(node) = &node {
+        let nodes = config.nodes();
+        if !nodes.contains(node.as_str()) {
+            bail!(
+                "--node {node:?}: the file names no such node (its nodes: {})",
+                nodes.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let full = config.clone();
+    let config = topology::for_node(config, node.as_deref());
     let runtime = Arc::new(Runtime::new(
         topology::function_specs(&config, &base)?,
         RuntimeOptions {
@@ -64,16 +98,17 @@ pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
     };
 
     let mut log_writers = Vec::new();
-    let started = start(
-        &config,
+    let mut started = Started::default();
+    let result = start(
+        (&config, &full),
         &base,
         runtime.clone(),
         (&shutdown, &tasks),
-        &mut banner,
+        (&mut banner, &mut started),
         &mut log_writers,
     )
     .await;
-    if let Err(error) = started {
+    if let Err(error) = result {
         shutdown.cancel();
         tasks.close();
         tasks.wait().await;
@@ -82,9 +117,29 @@ pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
     }
     print!("{}", banner.render());
 
-    let signal = signals::shutdown_requested()
-        .await
-        .context("installing signal handlers")?;
+    let mut signals = signals::Signals::install().context("installing signal handlers")?;
+    let signal = loop {
+        match signals.next().await {
+            signals::Signal::Reload => match &file {
+                Some(file) => {
+                    tracing::info!(file = %file.display(), "SIGHUP: reloading");
+                    if let Err(error) = reload(
+                        file,
+                        node.as_deref(),
+                        &full,
+                        started.accelerator.as_ref(),
+                        &started.bound,
+                    )
+                    .await
+                    {
+                        tracing::error!("reload refused, nothing changed: {error:#}");
+                    }
+                }
+                None => tracing::info!("SIGHUP: the embedded default has nothing to reload"),
+            },
+            signals::Signal::Shutdown(name) => break name,
+        }
+    };
     tracing::info!(
         signal,
         "shutting down: closing listeners, draining connections"
@@ -105,12 +160,13 @@ pub(crate) async fn run(config: Config, base: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts `config` (this node's part of `full`).
 async fn start(
-    config: &Config,
+    (config, full): (&Config, &Config),
     base: &Path,
     runtime: Arc<Runtime>,
     (shutdown, tasks): (&CancellationToken, &TaskTracker),
-    banner: &mut Banner,
+    (banner, started): (&mut Banner, &mut Started),
     writers: &mut Vec<std::thread::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let invoker: Arc<dyn Invoker> = runtime.clone();
@@ -128,7 +184,7 @@ async fn start(
         ));
     }
     let groups = topology::target_groups(config, &invoker, tasks, shutdown);
-    let mut bound: BTreeMap<String, Vec<BoundListener>> = BTreeMap::new();
+    let bound = &mut started.bound;
     for (name, lb) in &config.load_balancers {
         let access_log = match &lb.access_logs {
             logs if logs.enabled => {
@@ -196,9 +252,10 @@ async fn start(
         }
     }
     let accelerator = match &config.accelerator {
-        Some(acc) => Some(start_edge(acc, &bound, shutdown, tasks, banner).await?),
+        Some(acc) => Some(start_edge(acc, full, bound, (shutdown, tasks), banner).await?),
         None => None,
     };
+    started.accelerator = accelerator.clone();
     if config.admin_api.enabled {
         let api = &config.admin_api;
         let listener = TcpListener::bind((api.address, api.port.0))
@@ -219,101 +276,197 @@ async fn start(
     Ok(())
 }
 
+/// The accelerator of `config` as the edge runs it. Endpoints that name a load balancer
+/// bound here go to its bound address; one on another node to its configured address.
+fn edge_spec(
+    acc: &portico_config::Accelerator,
+    config: &Config,
+    bound: &BTreeMap<String, Vec<BoundListener>>,
+    routes: &mut Vec<String>,
+) -> anyhow::Result<AcceleratorSpec> {
+    let mut listeners = Vec::new();
+    for (i, l) in acc.listeners.iter().enumerate() {
+        let mut groups = Vec::new();
+        for g in acc.groups_of(l) {
+            let mut endpoints = Vec::new();
+            for e in &g.endpoints {
+                let (target, proxy_default, label) = match (&e.load_balancer, e.address) {
+                    (Some(lb), _) => {
+                        let (address, proxy) = match bound.get(lb).and_then(|l| l.first()) {
+                            Some(first) => (first.address, first.proxy_protocol),
+                            None => {
+                                let Some(first) = config
+                                    .load_balancers
+                                    .get(lb)
+                                    .and_then(|l| l.listeners.first())
+                                else {
+                                    bail!(
+                                        "endpoint names load balancer {lb:?}, which has no listener"
+                                    );
+                                };
+                                (
+                                    SocketAddr::new(first.address, first.port.0),
+                                    first.proxy_protocol_v2,
+                                )
+                            }
+                        };
+                        (
+                            Target::Fixed(address),
+                            proxy,
+                            format!("load balancer {lb} at {address}"),
+                        )
+                    }
+                    (None, Some(addr)) => (
+                        match addr.port {
+                            Some(port) => Target::Fixed(SocketAddr::new(addr.ip, port)),
+                            None => Target::Host(addr.ip),
+                        },
+                        false,
+                        addr.to_string(),
+                    ),
+                    (None, None) => bail!("endpoint without a target in region {}", g.region),
+                };
+                let proxy = l.protocol == EdgeProtocol::Tcp
+                    && e.client_ip_preservation.unwrap_or(proxy_default);
+                routes.push(format!(
+                    "listener {i} endpoint group {} (dial {} %) -> {label}, weight {}{}",
+                    g.region,
+                    g.traffic_dial_percentage,
+                    e.weight,
+                    if proxy { ", PROXY v2" } else { "" }
+                ));
+                endpoints.push(EndpointSpec {
+                    target,
+                    weight: e.weight,
+                    proxy_protocol: proxy,
+                });
+            }
+            let protocol = match g.health_check_protocol {
+                EdgeHealthProtocol::Tcp => health::Protocol::Tcp,
+                EdgeHealthProtocol::Http => health::Protocol::Http,
+                EdgeHealthProtocol::Https => health::Protocol::Https,
+            };
+            let mut check =
+                HealthCheck::every(protocol, g.health_check_interval(), g.threshold_count);
+            check.path = g.health_check_path.clone();
+            check.port = g.health_check_port.map(|p| p.0);
+            groups.push(GroupSpec {
+                region: g.region.clone(),
+                traffic_dial_percentage: g.traffic_dial_percentage,
+                health: check,
+                port_overrides: g
+                    .port_overrides
+                    .iter()
+                    .map(|o| (o.listener_port.0, o.endpoint_port.0))
+                    .collect(),
+                endpoints,
+            });
+        }
+        listeners.push(ListenerSpec {
+            transport: match l.protocol {
+                EdgeProtocol::Tcp => Transport::Tcp,
+                EdgeProtocol::Udp => Transport::Udp,
+            },
+            ports: l.ports(),
+            affinity: match l.client_affinity {
+                ClientAffinity::None => Affinity::None,
+                ClientAffinity::SourceIp => Affinity::SourceIp,
+            },
+            idle_timeout: l.idle_timeout(),
+            groups,
+        });
+    }
+    Ok(AcceleratorSpec {
+        name: acc.name.clone(),
+        static_ips: acc.static_ips.clone(),
+        listeners,
+        webhook: acc.ip_ranges_webhook.clone(),
+    })
+}
+
 async fn start_edge(
     acc: &portico_config::Accelerator,
+    config: &Config,
     bound: &BTreeMap<String, Vec<BoundListener>>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
+    (shutdown, tasks): (&CancellationToken, &TaskTracker),
     banner: &mut Banner,
-) -> anyhow::Result<portico_admin::AcceleratorView> {
+) -> anyhow::Result<Arc<Accelerator>> {
     banner.accelerator = Some(acc.name.clone());
-    let mut static_addresses = Vec::new();
-    let mut groups = Vec::new();
-    for g in &acc.endpoint_groups {
-        let mut endpoints = Vec::new();
-        for e in &g.endpoints {
-            let (address, proxy_default, label) = match (&e.load_balancer, e.address) {
-                (Some(lb), _) => {
-                    let Some(first) = bound.get(lb).and_then(|l| l.first()) else {
-                        bail!("endpoint names load balancer {lb:?}, which has no listener");
-                    };
-                    (
-                        first.address,
-                        first.proxy_protocol,
-                        format!("load balancer {lb} at {}", first.address),
-                    )
-                }
-                (None, Some(addr)) => (addr, false, format!("{addr}")),
-                (None, None) => bail!("endpoint without a target in region {}", g.region),
-            };
-            let proxy = e.client_ip_preservation.unwrap_or(proxy_default);
-            let endpoint = Arc::new(Endpoint::new(address, e.weight, proxy));
-            let interval = Duration::from_secs(u64::from(g.health_check_interval_seconds));
-            let check = HealthCheck {
-                interval,
-                timeout: interval.min(Duration::from_secs(5)),
-                threshold: g.threshold_count,
-            };
-            tasks.spawn(health::run(endpoint.clone(), check, shutdown.clone()));
-            banner.routes.push(format!(
-                "endpoint group {} (dial {} %) -> {label}, weight {}{}",
-                g.region,
-                g.traffic_dial_percentage,
-                e.weight,
-                if proxy { ", PROXY v2" } else { "" }
-            ));
-            endpoints.push(endpoint);
-        }
-        groups.push(EndpointGroup {
-            region: g.region.clone(),
-            traffic_dial_percentage: g.traffic_dial_percentage,
-            endpoints,
-        });
+    let mut routes = Vec::new();
+    let spec = edge_spec(acc, config, bound, &mut routes)?;
+    let accelerator = Accelerator::start(&spec, LISTENER_LIMITS, shutdown.clone(), tasks.clone())
+        .await
+        .context("accelerator")?;
+    let view = accelerator.view();
+    for (transport, address) in &view.addresses {
+        banner.static_addresses.push((*address, transport.name()));
     }
-    for l in &acc.listeners {
-        let affinity = match l.client_affinity {
-            ClientAffinity::None => Affinity::None,
-            ClientAffinity::SourceIp => Affinity::SourceIp,
+    for (l, lv) in acc.listeners.iter().zip(&view.listeners) {
+        let ports = match (lv.ports.first(), lv.ports.last()) {
+            (Some(a), Some(b)) if a != b => format!("{a}-{b}"),
+            (Some(a), _) => a.to_string(),
+            _ => "-".to_owned(),
         };
-        let edge = Arc::new(Edge {
-            groups: groups.clone(),
-            affinity,
-            limits: LISTENER_LIMITS,
-        });
-        // With port 0, the first address picks a free port and the others reuse it: every
-        // static IP serves the same port, as the accelerator promises.
-        let mut port = l.port.0;
-        for ip in &acc.static_ips {
-            let listener = TcpListener::bind((*ip, port))
-                .await
-                .with_context(|| format!("accelerator: cannot bind static address {ip}:{port}"))?;
-            let address = listener.local_addr()?;
-            port = address.port();
-            banner.static_addresses.push((address, "tcp"));
-            static_addresses.push(address);
-            tasks.spawn(portico_edge::serve(
-                listener,
-                edge.clone(),
-                shutdown.clone(),
-            ));
-        }
-        banner.routes.insert(
-            0,
-            format!(
-                "static addresses tcp :{port} -> endpoint groups {}",
-                groups
-                    .iter()
-                    .map(|g| g.region.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        );
+        banner.routes.push(format!(
+            "static addresses {} :{ports} -> endpoint groups {}",
+            lv.transport.name(),
+            acc.groups_of(l)
+                .iter()
+                .map(|g| g.region.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
-    Ok(portico_admin::AcceleratorView {
-        name: acc.name.clone(),
-        static_addresses,
-        groups,
-    })
+    banner.routes.extend(routes);
+    Ok(accelerator)
+}
+
+/// Re-reads `file` and moves the running accelerator to it (SIGHUP). Load balancers,
+/// target groups and functions keep running as they started; changes to them are named in
+/// a warning and need a restart.
+async fn reload(
+    file: &Path,
+    node: Option<&str>,
+    running: &Config,
+    accelerator: Option<&Arc<Accelerator>>,
+    bound: &BTreeMap<String, Vec<BoundListener>>,
+) -> anyhow::Result<()> {
+    let config = portico_config::load_file(file)?;
+    for (what, same) in [
+        (
+            "load_balancers",
+            config.load_balancers == running.load_balancers,
+        ),
+        (
+            "target_groups",
+            config.target_groups == running.target_groups,
+        ),
+        ("functions", config.functions == running.functions),
+        ("invoke_api", config.invoke_api == running.invoke_api),
+        ("admin_api", config.admin_api == running.admin_api),
+        ("runtime", config.runtime == running.runtime),
+    ] {
+        if !same {
+            tracing::warn!(
+                section = what,
+                "reload: changes to this section need a restart"
+            );
+        }
+    }
+    let acc = config
+        .accelerator
+        .as_ref()
+        .filter(|a| portico_config::runs_on(a.node.as_deref(), node));
+    match (acc, accelerator) {
+        (Some(acc), Some(running)) => {
+            let spec = edge_spec(acc, &config, bound, &mut Vec::new())?;
+            let changed = running.apply(&spec).await?;
+            tracing::info!(static_ips_changed = changed, "reload: accelerator updated");
+        }
+        (None, None) => tracing::info!("reload: no accelerator on this node"),
+        _ => tracing::warn!("reload: adding or removing the accelerator needs a restart"),
+    }
+    Ok(())
 }
 
 /// One line on what a listener does: its rules' count and where its default action goes.

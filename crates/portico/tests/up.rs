@@ -106,10 +106,11 @@ fn portico_status_shows_groups_with_health_rtt_and_share_of_connections() {
     let addresses: Vec<String> = portico
         .static_addresses
         .iter()
-        .map(ToString::to_string)
+        .map(|a| format!("tcp://{a}"))
         .collect();
     assert_eq!(acc["static_addresses"], serde_json::json!(addresses));
-    let group = &acc["endpoint_groups"][0];
+    assert_eq!(acc["listeners"][0]["protocol"], "tcp");
+    let group = &acc["listeners"][0]["endpoint_groups"][0];
     assert_eq!(group["region"], "local");
     assert_eq!(group["healthy"], true);
     assert_eq!(group["connections"], 2);

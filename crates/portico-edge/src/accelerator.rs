@@ -1,0 +1,501 @@
+//! The accelerator as a whole: its static addresses, listeners and endpoint groups, started
+//! once and changed in place by reloads.
+//!
+//! A reload ([`Accelerator::apply`]) never touches a socket that stays in the file: static
+//! addresses and ports that remain keep their bound sockets, and only their routes are
+//! swapped, so clients see no gap. New addresses and ports are bound first; if one cannot be
+//! bound the reload is refused and nothing changes. Sockets that left the file stop
+//! accepting and their open connections drain. Endpoints keep their health and counters
+//! across reloads while their address and check stay the same; an endpoint that left the
+//! file drains (its open connections finish, new ones go elsewhere) and its checks stop.
+//! When the set of static IPs changes, the `ip-ranges.json` document gets a new sync token
+//! and the webhook, if any, is called with it.
+
+use crate::endpoint::{Endpoint, EndpointGroup, Target};
+use crate::health::{self, HealthCheck};
+use crate::ip_ranges::IpRanges;
+use crate::route::{Route, RouteCell};
+use crate::selection::Affinity;
+use portico_health::{Status, Verdict};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Transport protocol of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// TCP connections.
+    Tcp,
+    /// UDP flows.
+    Udp,
+}
+
+impl Transport {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// The accelerator as the configuration describes it.
+#[derive(Debug, Clone)]
+pub struct AcceleratorSpec {
+    /// Its name.
+    pub name: String,
+    /// The static IPs.
+    pub static_ips: Vec<IpAddr>,
+    /// Its listeners.
+    pub listeners: Vec<ListenerSpec>,
+    /// Where `ip-ranges.json` is POSTed when the static IPs change.
+    pub webhook: Option<String>,
+}
+
+/// One listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// Its ports; a single `0` picks a free port, the same on every static IP.
+    pub ports: Vec<u16>,
+    /// Client affinity.
+    pub affinity: Affinity,
+    /// Idle timeout of connections or flows.
+    pub idle_timeout: Duration,
+    /// Its endpoint groups.
+    pub groups: Vec<GroupSpec>,
+}
+
+/// One endpoint group.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// Region name.
+    pub region: String,
+    /// Traffic dial, 0–100.
+    pub traffic_dial_percentage: u8,
+    /// How its endpoints are checked.
+    pub health: HealthCheck,
+    /// Listener port → endpoint port.
+    pub port_overrides: BTreeMap<u16, u16>,
+    /// Its endpoints.
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// One endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    /// Where it receives traffic.
+    pub target: Target,
+    /// Weight, 0–255.
+    pub weight: u8,
+    /// Send PROXY protocol v2.
+    pub proxy_protocol: bool,
+}
+
+/// What a reload could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A new static address or port could not be bound; nothing was changed.
+    #[error("cannot bind {transport} {address}: {source}")]
+    Bind {
+        /// TCP or UDP.
+        transport: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The accelerator as status output shows it.
+#[derive(Debug)]
+pub struct View {
+    /// Its name.
+    pub name: String,
+    /// Every bound static address with its transport.
+    pub addresses: Vec<(Transport, SocketAddr)>,
+    /// Each listener: transport, bound ports and route.
+    pub listeners: Vec<ListenerView>,
+    /// The static IPs as `ip-ranges.json`.
+    pub ip_ranges: IpRanges,
+}
+
+/// One listener as status output shows it.
+#[derive(Debug)]
+pub struct ListenerView {
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// The ports it accepts on.
+    pub ports: Vec<u16>,
+    /// Where its traffic goes now.
+    pub route: Arc<Route>,
+}
+
+/// Identity of a bound socket: the same key across a reload keeps the same socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SocketKey {
+    ip: IpAddr,
+    transport: Transport,
+    /// The configured port; 0 for "any free port".
+    port: u16,
+    /// With port 0: which listener (its free port is its own).
+    listener: Option<usize>,
+}
+
+struct Bound {
+    address: SocketAddr,
+    route: RouteCell,
+    stop: CancellationToken,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CheckKey {
+    address: SocketAddr,
+    check: HealthCheck,
+}
+
+struct Check {
+    status: Arc<Status>,
+    connections: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    static_ips: Vec<IpAddr>,
+    changed: Option<SystemTime>,
+    sockets: HashMap<SocketKey, Bound>,
+    checks: HashMap<CheckKey, Check>,
+}
+
+/// A running accelerator.
+pub struct Accelerator {
+    state: tokio::sync::Mutex<State>,
+    view: RwLock<Arc<View>>,
+    limits: portico_accept::Limits,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Accelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accelerator").finish_non_exhaustive()
+    }
+}
+
+impl Accelerator {
+    /// Binds every static address of `spec` and starts forwarding and health checks, until
+    /// `shutdown` fires; tasks are spawned on `tasks`.
+    pub async fn start(
+        spec: &AcceleratorSpec,
+        limits: portico_accept::Limits,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<Arc<Self>, ApplyError> {
+        let accelerator = Arc::new(Self {
+            state: tokio::sync::Mutex::default(),
+            view: RwLock::new(Arc::new(View {
+                name: spec.name.clone(),
+                addresses: Vec::new(),
+                listeners: Vec::new(),
+                ip_ranges: IpRanges::new(&[], SystemTime::now()),
+            })),
+            limits,
+            shutdown,
+            tasks,
+        });
+        accelerator.apply(spec).await?;
+        Ok(accelerator)
+    }
+
+    /// The accelerator now, for status output.
+    pub fn view(&self) -> Arc<View> {
+        match self.view.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Moves the running accelerator to `spec` (see the module documentation). Returns
+    /// whether the set of static IPs changed.
+    pub async fn apply(&self, spec: &AcceleratorSpec) -> Result<bool, ApplyError> {
+        let mut state = self.state.lock().await;
+        let state = &mut *state;
+
+        // Endpoints and their checks: reuse what stays, start what is new.
+        let mut used_checks = HashMap::new();
+        let mut routes = Vec::new();
+        for listener in &spec.listeners {
+            let first_port = listener.ports.first().copied().unwrap_or(0);
+            let mut groups = Vec::new();
+            let mut connect_timeout = Duration::from_millis(100);
+            for g in &listener.groups {
+                connect_timeout =
+                    connect_timeout.max(crate::tcp::connect_timeout(g.health.timeout));
+                let port = g
+                    .port_overrides
+                    .get(&first_port)
+                    .copied()
+                    .unwrap_or(first_port);
+                let endpoints = g
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let traffic = e.target.address(port);
+                        let key = CheckKey {
+                            address: SocketAddr::new(
+                                traffic.ip(),
+                                g.health.port.unwrap_or(traffic.port()),
+                            ),
+                            check: g.health.clone(),
+                        };
+                        let check = self.check(state, &mut used_checks, key);
+                        Arc::new(Endpoint::new(
+                            e.target,
+                            e.weight,
+                            e.proxy_protocol,
+                            check.0,
+                            check.1,
+                        ))
+                    })
+                    .collect();
+                groups.push(EndpointGroup {
+                    region: g.region.clone(),
+                    traffic_dial_percentage: g.traffic_dial_percentage,
+                    port_overrides: g.port_overrides.clone(),
+                    endpoints,
+                });
+            }
+            routes.push(Arc::new(Route {
+                groups,
+                affinity: listener.affinity,
+                idle_timeout: listener.idle_timeout,
+                connect_timeout: connect_timeout.min(Duration::from_secs(5)),
+            }));
+        }
+
+        // Sockets: bind the new ones first, so a failure changes nothing.
+        let mut wanted: Vec<(SocketKey, usize)> = Vec::new();
+        for (i, listener) in spec.listeners.iter().enumerate() {
+            for ip in &spec.static_ips {
+                for &port in &listener.ports {
+                    let key = SocketKey {
+                        ip: *ip,
+                        transport: listener.transport,
+                        port,
+                        listener: (port == 0).then_some(i),
+                    };
+                    wanted.push((key, i));
+                }
+            }
+        }
+        let mut fresh: Vec<(SocketKey, usize, Socket)> = Vec::new();
+        for &(key, i) in &wanted {
+            if state.sockets.contains_key(&key) {
+                continue;
+            }
+            // A free port is chosen once per listener and reused on every static IP.
+            let port = if key.port == 0 {
+                state
+                    .sockets
+                    .iter()
+                    .filter(|(k, _)| k.listener == key.listener && k.transport == key.transport)
+                    .map(|(_, b)| b.address.port())
+                    .chain(
+                        fresh
+                            .iter()
+                            .filter(|(k, ..)| k.listener == key.listener)
+                            .map(|(.., s)| s.address().port()),
+                    )
+                    .next()
+                    .unwrap_or(0)
+            } else {
+                key.port
+            };
+            let address = SocketAddr::new(key.ip, port);
+            let socket = Socket::bind(key.transport, address)
+                .await
+                .map_err(|source| {
+                    for (_, _, s) in &fresh {
+                        tracing::debug!(address = %s.address(), "reload refused: unbinding");
+                    }
+                    ApplyError::Bind {
+                        transport: key.transport.name(),
+                        address,
+                        source,
+                    }
+                })?;
+            fresh.push((key, i, socket));
+        }
+
+        // Commit: swap routes, start new sockets, stop what left.
+        let wanted_keys: std::collections::HashSet<SocketKey> =
+            wanted.iter().map(|(k, _)| *k).collect();
+        state.sockets.retain(|key, bound| {
+            let keep = wanted_keys.contains(key);
+            if !keep {
+                tracing::info!(address = %bound.address, "static address left the configuration: draining");
+                bound.stop.cancel();
+            }
+            keep
+        });
+        for &(key, i) in &wanted {
+            if let Some(bound) = state.sockets.get(&key) {
+                bound.route.store(routes[i].clone());
+            }
+        }
+        for (key, i, socket) in fresh {
+            let address = socket.address();
+            let route = RouteCell::new_shared(routes[i].clone());
+            let stop = self.shutdown.child_token();
+            match socket {
+                Socket::Tcp(listener, _) => {
+                    self.tasks.spawn(crate::tcp::serve(
+                        listener,
+                        route.clone(),
+                        self.limits,
+                        stop.clone(),
+                    ));
+                }
+                Socket::Udp(socket, _) => {
+                    self.tasks
+                        .spawn(crate::udp::serve(socket, route.clone(), stop.clone()));
+                }
+            }
+            state.sockets.insert(
+                key,
+                Bound {
+                    address,
+                    route,
+                    stop,
+                },
+            );
+        }
+        state.checks.retain(|key, check| {
+            let keep = used_checks.contains_key(key);
+            if !keep {
+                check.stop.cancel();
+            }
+            keep
+        });
+
+        let ips_changed = state.changed.is_none() || state.static_ips != spec.static_ips;
+        if ips_changed {
+            state.static_ips = spec.static_ips.clone();
+            state.changed = Some(SystemTime::now());
+        }
+        let ip_ranges = IpRanges::new(
+            &state.static_ips,
+            state.changed.unwrap_or_else(SystemTime::now),
+        );
+        let mut addresses: Vec<(Transport, SocketAddr)> = state
+            .sockets
+            .iter()
+            .map(|(k, b)| (k.transport, b.address))
+            .collect();
+        addresses.sort();
+        let listeners = spec
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut ports: Vec<u16> = wanted
+                    .iter()
+                    .filter(|(_, li)| *li == i)
+                    .filter_map(|(k, _)| state.sockets.get(k).map(|b| b.address.port()))
+                    .collect();
+                ports.sort_unstable();
+                ports.dedup();
+                ListenerView {
+                    transport: l.transport,
+                    ports,
+                    route: routes[i].clone(),
+                }
+            })
+            .collect();
+        let view = Arc::new(View {
+            name: spec.name.clone(),
+            addresses,
+            listeners,
+            ip_ranges: ip_ranges.clone(),
+        });
+        match self.view.write() {
+            Ok(mut v) => *v = view,
+            Err(poisoned) => *poisoned.into_inner() = view,
+        }
+        if ips_changed {
+            if let Some(url) = spec.webhook.clone() {
+                self.tasks.spawn(async move {
+                    match crate::ip_ranges::notify(&url, &ip_ranges).await {
+                        Ok(()) => tracing::info!(%url, sync_token = %ip_ranges.sync_token, "ip-ranges webhook called"),
+                        Err(error) => tracing::warn!(%error, "ip-ranges webhook failed"),
+                    }
+                });
+            }
+        }
+        Ok(ips_changed)
+    }
+
+    /// The status and counter of the check `key`, started if new.
+    fn check(
+        &self,
+        state: &mut State,
+        used: &mut HashMap<CheckKey, ()>,
+        key: CheckKey,
+    ) -> (Arc<Status>, Arc<AtomicU64>) {
+        used.insert(key.clone(), ());
+        let check = state.checks.entry(key.clone()).or_insert_with(|| {
+            // Healthy until checks say otherwise, as Global Accelerator treats new endpoints.
+            let status = Arc::new(Status::new(Verdict::Healthy));
+            let stop = self.shutdown.child_token();
+            self.tasks.spawn(health::run(
+                key.address,
+                status.clone(),
+                key.check.clone(),
+                stop.clone(),
+            ));
+            Check {
+                status,
+                connections: Arc::default(),
+                stop,
+            }
+        });
+        (check.status.clone(), check.connections.clone())
+    }
+}
+
+/// A socket bound for a listener, not yet serving.
+enum Socket {
+    Tcp(TcpListener, SocketAddr),
+    Udp(UdpSocket, SocketAddr),
+}
+
+impl Socket {
+    async fn bind(transport: Transport, address: SocketAddr) -> std::io::Result<Self> {
+        Ok(match transport {
+            Transport::Tcp => {
+                let l = TcpListener::bind(address).await?;
+                let a = l.local_addr()?;
+                Self::Tcp(l, a)
+            }
+            Transport::Udp => {
+                let s = UdpSocket::bind(address).await?;
+                let a = s.local_addr()?;
+                Self::Udp(s, a)
+            }
+        })
+    }
+
+    fn address(&self) -> SocketAddr {
+        match self {
+            Self::Tcp(_, a) | Self::Udp(_, a) => *a,
+        }
+    }
+}

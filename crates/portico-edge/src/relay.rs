@@ -1,0 +1,196 @@
+//! Copying a forwarded TCP connection both ways, zero-copy, with an idle timeout.
+//!
+//! Each direction moves bytes with `splice(2)`: socket → pipe → socket, so payload never
+//! enters user space (HAProxy's `splice-auto` does the same). A direction's pipe is made the
+//! first time it has data, so an idle connection holds no pipe. When one side finishes
+//! sending, the other side's write half is shut down and the copy goes on in the other
+//! direction (half-close) until both are done. If neither direction moves a byte for the
+//! idle timeout, both sockets are closed, as Global Accelerator closes idle connections.
+
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The most bytes one `splice` call moves; also the pipe size asked for.
+const CHUNK: usize = 256 * 1024;
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// Bytes from the client to the endpoint.
+    pub up: u64,
+    /// Bytes from the endpoint to the client.
+    pub down: u64,
+    /// Closed by the idle timeout.
+    pub idle: bool,
+}
+
+/// Copies `client` ↔ `endpoint` until both directions finish, one fails, or nothing moves
+/// for `idle`.
+pub async fn relay(
+    client: &TcpStream,
+    endpoint: &TcpStream,
+    idle: Duration,
+) -> io::Result<Relayed> {
+    let started = Instant::now();
+    let activity = AtomicU64::new(0);
+    let both = async {
+        tokio::try_join!(
+            pump(client, endpoint, &activity, started),
+            pump(endpoint, client, &activity, started)
+        )
+    };
+    tokio::select! {
+        done = both => {
+            let (up, down) = done?;
+            Ok(Relayed { up, down, idle: false })
+        }
+        () = idle_watch(&activity, started, idle) => Ok(Relayed { up: 0, down: 0, idle: true }),
+    }
+}
+
+/// Returns once no direction has moved a byte for `idle`.
+async fn idle_watch(activity: &AtomicU64, started: Instant, idle: Duration) {
+    loop {
+        let last = started + Duration::from_millis(activity.load(Ordering::Relaxed));
+        if last.elapsed() >= idle {
+            return;
+        }
+        tokio::time::sleep_until(last + idle).await;
+    }
+}
+
+fn touch(activity: &AtomicU64, started: Instant) {
+    let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    activity.fetch_max(now, Ordering::Relaxed);
+}
+
+/// Moves bytes `from` → `to` until `from` ends, then shuts down `to`'s write half.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    activity: &AtomicU64,
+    started: Instant,
+) -> io::Result<u64> {
+    let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        if pipe.is_none() {
+            let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+            // A bigger pipe moves more per call; the default (64 KiB) is fine if refused.
+            let _ = rustix::pipe::fcntl_setpipe_size(&w, CHUNK);
+            pipe = Some((r, w));
+        }
+        let Some((pipe_r, pipe_w)) = &pipe else {
+            continue;
+        };
+        let moved = from.try_io(Interest::READABLE, || {
+            rustix::pipe::splice(
+                from,
+                None,
+                pipe_w,
+                None,
+                CHUNK,
+                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+            )
+            .map_err(io::Error::from)
+        });
+        let n = match moved {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut left = n;
+        while left > 0 {
+            to.writable().await?;
+            let sent = to.try_io(Interest::WRITABLE, || {
+                rustix::pipe::splice(
+                    pipe_r,
+                    None,
+                    to,
+                    None,
+                    left,
+                    SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+                )
+                .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+        touch(activity, started);
+    }
+    // The peer may already be gone; its own direction reports that.
+    let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, connected) = tokio::join!(listener.accept(), connect);
+        (accepted.unwrap().0, connected.unwrap())
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_with_half_close() {
+        let (client_outer, client_inner) = pair().await;
+        let (endpoint_inner, endpoint_outer) = pair().await;
+        let relay = tokio::spawn(async move {
+            relay(&client_inner, &endpoint_inner, Duration::from_secs(10)).await
+        });
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut cr, mut cw) = client_outer.into_split();
+        let (mut er, mut ew) = endpoint_outer.into_split();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            cw.write_all(&sent).await.unwrap();
+            cw.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        er.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got, payload, "upstream bytes arrive in order, then EOF");
+        ew.write_all(b"reply after the client finished")
+            .await
+            .unwrap();
+        ew.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        cr.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"reply after the client finished");
+        let done = relay.await.unwrap().unwrap();
+        assert_eq!((done.up, done.down, done.idle), (3_000_000, 31, false));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed() {
+        let (client_outer, client_inner) = pair().await;
+        let (endpoint_inner, _endpoint_outer) = pair().await;
+        let done = relay(&client_inner, &endpoint_inner, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(done.idle);
+        drop((client_inner, endpoint_inner));
+        let mut buf = [0u8; 1];
+        let mut client_outer = client_outer;
+        assert_eq!(client_outer.read(&mut buf).await.unwrap(), 0, "closed");
+    }
+}

@@ -1,0 +1,93 @@
+//! TCP listeners: accepting on a static address and forwarding each connection to an
+//! endpoint.
+//!
+//! The endpoint is chosen when the connection arrives, from the listener's current
+//! [`Route`] (a reload swaps it; connections already open keep their endpoint). Endpoints
+//! are tried best first; one that does not answer within the connect timeout is skipped
+//! for the next, so a region that vanished between two health checks costs a connection
+//! only that wait. Shutdown: stop accepting, let open connections finish for the drain
+//! time, then cut the rest.
+
+use crate::relay::relay;
+use crate::route::{Route, RouteCell};
+use crate::selection::candidates;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Forwards connections accepted on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    route: RouteCell,
+    limits: portico_accept::Limits,
+    shutdown: CancellationToken,
+) {
+    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, client| {
+        let route = route.current();
+        async move { forward(stream, client, &route).await }
+    })
+    .await;
+    if drained.cut_short > 0 {
+        tracing::warn!(
+            cut_short = drained.cut_short,
+            "edge drain timeout: open connections were cut"
+        );
+    }
+}
+
+async fn forward(inbound: TcpStream, client: SocketAddr, route: &Route) {
+    let Ok(local) = inbound.local_addr() else {
+        return;
+    };
+    let _ = inbound.set_nodelay(true);
+    let Some(outbound) = connect(client, local, route).await else {
+        tracing::warn!(%client, %local, "no endpoint reachable; connection closed");
+        return;
+    };
+    match relay(&inbound, &outbound, route.idle_timeout).await {
+        Ok(done) if done.idle => tracing::debug!(%client, "idle timeout: connection closed"),
+        Ok(done) => tracing::debug!(%client, up = done.up, down = done.down, "connection done"),
+        Err(error) => tracing::debug!(%client, %error, "connection ended with an error"),
+    }
+}
+
+/// Connects to the best reachable endpoint and sends the PROXY header if it wants one.
+async fn connect(client: SocketAddr, local: SocketAddr, route: &Route) -> Option<TcpStream> {
+    for (endpoint, address) in candidates(&route.groups, client, local.port(), route.affinity) {
+        let stream =
+            match tokio::time::timeout(route.connect_timeout, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(endpoint = %address, %error, "endpoint connect failed");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(endpoint = %address, "endpoint connect timed out");
+                    continue;
+                }
+            };
+        let mut stream = stream;
+        let _ = stream.set_nodelay(true);
+        if endpoint.proxy_protocol && !send_proxy_header(&mut stream, client, local).await {
+            continue;
+        }
+        endpoint.count_connection();
+        return Some(stream);
+    }
+    None
+}
+
+async fn send_proxy_header(stream: &mut TcpStream, client: SocketAddr, local: SocketAddr) -> bool {
+    let Ok(header) = portico_proxy_protocol::encode_header(client, local) else {
+        return false;
+    };
+    stream.write_all(&header).await.is_ok()
+}
+
+/// The connect timeout for endpoints checked every `interval`: the health check's own
+/// timeout, so a dead endpoint costs no more than a check does; at least 100 ms.
+pub fn connect_timeout(check_timeout: Duration) -> Duration {
+    check_timeout.max(Duration::from_millis(100))
+}
