@@ -85,6 +85,11 @@ impl Portico {
     /// terminated on drop) before anything can fail, so a failed start never leaves a
     /// process holding the test runner's output open.
     pub fn start(config: &str) -> Self {
+        Self::start_in(config, None, None)
+    }
+
+    /// Starts `portico up` inside the network namespace `netns` (when given) as `node`.
+    pub fn start_in(config: &str, netns: Option<&str>, node: Option<&str>) -> Self {
         let scratch = Scratch::new("up");
         // The admin API's default port would clash between tests running at once.
         let config = if config.contains("[admin_api]") {
@@ -93,8 +98,19 @@ impl Portico {
             format!("{config}\n[admin_api]\nport = 0\n")
         };
         let file = scratch.write("portico.toml", &config);
-        let child = Command::new(portico_bin())
-            .args(["up", file.to_str().unwrap()])
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(portico_bin());
+                c
+            }
+            None => Command::new(portico_bin()),
+        };
+        command.args(["up", file.to_str().unwrap()]);
+        if let Some(node) = node {
+            command.args(["--node", node]);
+        }
+        let child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
