@@ -201,6 +201,7 @@ impl HttpTargetGroup {
                 path: health.path.clone(),
                 accepts: move |status| matcher.accepts(status),
                 tls: false,
+                preface: Vec::new(),
             };
             let (schedule, thresholds) = crate::target_group::check_plan(health);
             self.tasks.spawn(portico_health::run(

@@ -103,7 +103,7 @@ pub struct EndpointSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// A new static address or port could not be bound; nothing was changed.
-    #[error("cannot bind {transport} {address}: {source}")]
+    #[error("cannot bind {transport} {address}")]
     Bind {
         /// TCP or UDP.
         transport: &'static str,
@@ -159,6 +159,8 @@ struct Bound {
 struct CheckKey {
     address: SocketAddr,
     check: HealthCheck,
+    /// The endpoint takes PROXY protocol v2.
+    proxy: bool,
 }
 
 struct Check {
@@ -255,6 +257,7 @@ impl Accelerator {
                                 g.health.port.unwrap_or(traffic.port()),
                             ),
                             check: g.health.clone(),
+                            proxy: e.proxy_protocol,
                         };
                         let check = self.check(state, &mut used_checks, key);
                         Arc::new(Endpoint::new(
@@ -458,7 +461,7 @@ impl Accelerator {
             self.tasks.spawn(health::run(
                 key.address,
                 status.clone(),
-                key.check.clone(),
+                (key.check.clone(), key.proxy),
                 stop.clone(),
             ));
             Check {

@@ -57,11 +57,13 @@ impl HealthCheck {
 }
 
 /// Checks `address` until `shutdown` fires, recording verdicts and round-trip times in
-/// `status`; Global Accelerator's one threshold count applies both ways.
+/// `status`; Global Accelerator's one threshold count applies both ways. HTTP and HTTPS
+/// checks toward an endpoint that takes PROXY protocol v2 (`proxy`) open with a `LOCAL`
+/// header, as a load balancer requiring the header refuses anything else.
 pub async fn run(
     address: SocketAddr,
     status: Arc<Status>,
-    check: HealthCheck,
+    (check, proxy): (HealthCheck, bool),
     shutdown: CancellationToken,
 ) {
     let schedule = Schedule {
@@ -82,6 +84,11 @@ pub async fn run(
                 path: check.path.clone(),
                 accepts: |status| status == 200,
                 tls: check.protocol == Protocol::Https,
+                preface: if proxy {
+                    portico_proxy_protocol::local_header()
+                } else {
+                    Vec::new()
+                },
             };
             portico_health::run(probe, status, schedule, thresholds, shutdown).await
         }

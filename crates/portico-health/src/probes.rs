@@ -48,6 +48,9 @@ pub struct HttpProbe<F> {
     pub accepts: F,
     /// Speak TLS (HTTPS checks).
     pub tls: bool,
+    /// Bytes sent first on each connection, before TLS or HTTP: a PROXY protocol `LOCAL`
+    /// header toward endpoints that require one. Usually empty.
+    pub preface: Vec<u8>,
 }
 
 impl<F: Fn(u16) -> bool + Send + Sync + 'static> HttpProbe<F> {
@@ -76,10 +79,15 @@ impl<F: Fn(u16) -> bool + Send + Sync + 'static> HttpProbe<F> {
 
 impl<F: Fn(u16) -> bool + Send + Sync + 'static> Probe for HttpProbe<F> {
     async fn check(&self) -> Result<(), Failure> {
-        let stream = TcpStream::connect(self.address)
+        let mut stream = TcpStream::connect(self.address)
             .await
             .map_err(|e| Failure::Failed(format!("connect: {e}")))?;
         let _ = stream.set_nodelay(true);
+        if !self.preface.is_empty() {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &self.preface)
+                .await
+                .map_err(|e| Failure::Failed(format!("preface: {e}")))?;
+        }
         let status = if self.tls {
             let name = rustls::pki_types::ServerName::IpAddress(self.address.ip().into());
             let stream = tokio_rustls::TlsConnector::from(unverified_client())

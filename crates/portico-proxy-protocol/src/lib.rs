@@ -90,6 +90,15 @@ pub fn encode_header(client: SocketAddr, destination: SocketAddr) -> std::io::Re
     Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (src, dst)).build()
 }
 
+/// A v2 `LOCAL` header: a connection of the proxy's own (a health check), with no client
+/// to report.
+pub fn local_header() -> Vec<u8> {
+    use ppp::v2::{Builder, Command, Protocol, Version};
+    Builder::new(Version::Two | Command::Local, Protocol::Unspecified as u8)
+        .build()
+        .unwrap_or_default()
+}
+
 fn to_v6(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V4(v4) => SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())),
@@ -127,10 +136,8 @@ mod tests {
 
     #[tokio::test]
     async fn local_command_has_no_client() {
-        use ppp::v2::{Builder, Command, Protocol, Version};
-        let bytes = Builder::new(Version::Two | Command::Local, Protocol::Unspecified as u8)
-            .build()
-            .unwrap();
+        let bytes = local_header();
+        assert!(!bytes.is_empty());
         assert_eq!(read_header(&mut bytes.as_slice(), T).await.unwrap(), None);
     }
 

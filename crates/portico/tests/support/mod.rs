@@ -77,6 +77,8 @@ pub struct Portico {
     pub load_balancers: Vec<(String, SocketAddr)>,
     pub invoke_api: Option<SocketAddr>,
     pub admin_api: Option<SocketAddr>,
+    /// The file it runs (rewrite it and send SIGHUP to reload).
+    pub config_file: PathBuf,
     _scratch: Scratch,
 }
 
@@ -121,6 +123,7 @@ impl Portico {
             load_balancers: Vec::new(),
             invoke_api: None,
             admin_api: None,
+            config_file: file.clone(),
             _scratch: scratch,
         };
         let stdout = portico.child.stdout.take().unwrap();
@@ -153,6 +156,13 @@ impl Portico {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Sends SIGHUP: reload the file.
+    pub fn reload(&self) {
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status();
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
