@@ -344,3 +344,56 @@ fn up_refuses_a_node_the_file_does_not_name() {
         "{stderr}"
     );
 }
+
+/// `examples/regions.toml`, on free ports.
+fn regions_example() -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/regions.toml"
+    ))
+    .unwrap();
+    format!(
+        "{}\n[invoke_api]\nport = 0\n",
+        text.replace("port = 8080", "port = 0")
+            .replace("port = 9080", "port = 0")
+            .replace("{portico_bin_dir}/hello", hello_bin().to_str().unwrap())
+    )
+}
+
+#[test]
+fn the_regions_example_spreads_by_dial_and_weight() {
+    let portico = Portico::start(&regions_example());
+    assert_eq!(portico.static_addresses.len(), 2);
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    const N: u32 = 300;
+    for i in 0..N {
+        let at = portico.static_addresses[i as usize % 2];
+        let r = curl(None, &[&format!("http://{at}/")]);
+        assert_eq!(r.status, 200, "{r:?}");
+        *counts
+            .entry(r.json()["function"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let share = |f: &str| f64::from(counts.get(f).copied().unwrap_or(0)) / f64::from(N);
+    // Expected: eu 80 % x 200/255 = 63 %, canary 80 % x 55/255 = 17 %, us 20 %.
+    assert!((0.50..0.76).contains(&share("hello-eu")), "{counts:?}");
+    assert!(
+        (0.08..0.28).contains(&share("hello-eu-canary")),
+        "{counts:?}"
+    );
+    assert!((0.10..0.31).contains(&share("hello-us")), "{counts:?}");
+    let status = admin_get(&portico, "/status");
+    let groups = &status["accelerator"]["listeners"][0]["endpoint_groups"];
+    assert_eq!(groups[0]["region"], "eu-west-1", "nearest first");
+    let shares: f64 = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["share_of_connections"].as_f64().unwrap())
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9);
+    assert!(
+        groups[1]["rtt_ms"].is_number(),
+        "HTTP checks of us-east-1 pass: {groups}"
+    );
+}
