@@ -32,6 +32,17 @@ pub(crate) struct Figures {
 }
 
 impl Figures {
+    /// Figures from the latencies of successful requests (any order).
+    pub(crate) fn new(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> Self {
+        latencies.sort_unstable();
+        Self {
+            requests: latencies.len(),
+            errors,
+            elapsed,
+            latencies,
+        }
+    }
+
     /// Successful requests per second.
     pub(crate) fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
@@ -90,14 +101,7 @@ pub(crate) async fn run(
         latencies.append(&mut l);
         errors += e;
     }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Ok(Figures {
-        requests: latencies.len(),
-        errors,
-        elapsed,
-        latencies,
-    })
+    Ok(Figures::new(latencies, errors, started.elapsed()))
 }
 
 struct Connection {

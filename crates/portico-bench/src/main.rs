@@ -6,9 +6,12 @@
 //! - `load`: the closed-loop HTTP load generator;
 //! - `servers`: starting, readying and stopping the systems under test;
 //! - `invoke`: the function runtime against `cargo lambda watch`;
-//! - `lb`: the load balancer against HAProxy and nginx, with `backend` as their target.
+//! - `lb`: the load balancer against HAProxy and nginx, with `backend` as their target;
+//! - `edge`: the accelerator's TCP forwarding against HAProxy in TCP mode, with its own
+//!   `tcp-backend`.
 
 mod backend;
+mod edge;
 mod invoke;
 mod lb;
 mod load;
@@ -36,12 +39,18 @@ enum Command {
     Lb(lb::Options),
     /// The HTTP backend of the `lb` benchmark (started by it).
     Backend(backend::Options),
+    /// Throughput, added latency and memory per held connection of the edge alone (TCP),
+    /// beside HAProxy in TCP mode.
+    Edge(edge::Options),
+    /// The TCP backend of the `edge` benchmark (started by it).
+    TcpBackend(edge::BackendOptions),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Backend(options) => backend::run(options),
+        Command::TcpBackend(options) => edge::backend(options),
         command => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
@@ -49,7 +58,8 @@ fn main() -> ExitCode {
                     match command {
                         Command::Invoke(options) => invoke::run(options).await,
                         Command::Lb(options) => lb::run(options).await,
-                        Command::Backend(_) => Ok(()),
+                        Command::Edge(options) => edge::run(options).await,
+                        Command::Backend(_) | Command::TcpBackend(_) => Ok(()),
                     }
                 })
             }),

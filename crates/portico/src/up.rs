@@ -37,6 +37,13 @@ const LISTENER_LIMITS: portico_accept::Limits = portico_accept::Limits {
     drain: Duration::from_secs(10),
 };
 
+/// Each static address and port: at most 100 000 connections at once (Global Accelerator has
+/// no per-listener cap; this bounds memory), and the same drain as every listener.
+const EDGE_LIMITS: portico_accept::Limits = portico_accept::Limits {
+    max_connections: 100_000,
+    drain: LISTENER_LIMITS.drain,
+};
+
 /// A bound load balancer listener, as the edge needs to know it.
 struct BoundListener {
     address: SocketAddr,
@@ -63,6 +70,7 @@ struct Started {
 /// Runs `config` until SIGINT or SIGTERM; SIGHUP reloads the accelerator from the file.
 pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     let Options { file, base, node } = options;
+    raise_file_limit();
     if let Some(node) = &node {
         let nodes = config.nodes();
         if !nodes.contains(node.as_str()) {
@@ -394,7 +402,7 @@ async fn start_edge(
     banner.accelerator = Some(acc.name.clone());
     let mut routes = Vec::new();
     let spec = edge_spec(acc, config, bound, &mut routes)?;
-    let accelerator = Accelerator::start(&spec, LISTENER_LIMITS, shutdown.clone(), tasks.clone())
+    let accelerator = Accelerator::start(&spec, EDGE_LIMITS, shutdown.clone(), tasks.clone())
         .await
         .context("accelerator")?;
     let view = accelerator.view();
@@ -467,6 +475,19 @@ async fn reload(
         _ => tracing::warn!("reload: adding or removing the accelerator needs a restart"),
     }
     Ok(())
+}
+
+/// Raises the open-file limit to its hard maximum, as HAProxy and nginx do: every held
+/// connection costs descriptors (two per forwarded connection at the edge).
+fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(%error, "could not raise the open-file limit");
+        }
+    }
 }
 
 /// One line on what a listener does: its rules' count and where its default action goes.
