@@ -258,7 +258,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 }
                 let proc = Proc::start(&mut cmd).with_context(|| format!("starting {name}"))?;
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                ready(addr).await.with_context(|| format!("{name}"))?;
+                ready(addr).await.context(name)?;
                 (addr, Some(proc))
             }
         };
