@@ -36,8 +36,9 @@ pub(crate) struct Options {
     /// Requests in each latency run.
     #[arg(long, default_value_t = 5000)]
     requests: usize,
-    /// Idle connections held for the memory measurement.
-    #[arg(long, default_value_t = 10_000)]
+    /// Idle connections held for the memory measurement. Each costs the proxy two
+    /// descriptors: keep `2 × idle` under the open-file limit (`ulimit -Hn`).
+    #[arg(long, default_value_t = 9_000)]
     idle: usize,
     /// The portico binary.
     #[arg(long)]
@@ -311,7 +312,7 @@ enabled = false
 }
 
 fn haproxy_config(port: u16, backend: u16, idle: usize) -> String {
-    let maxconn = idle * 2 + 1000;
+    let maxconn = idle + 500;
     format!(
         r#"
 global

@@ -1,8 +1,9 @@
 //! Copying a forwarded TCP connection both ways, zero-copy, with an idle timeout.
 //!
 //! Each direction moves bytes with `splice(2)`: socket → pipe → socket, so payload never
-//! enters user space (HAProxy's `splice-auto` does the same). A direction's pipe is made the
-//! first time it has data, so an idle connection holds no pipe. When one side finishes
+//! enters user space (HAProxy's `splice-auto` does the same). A direction holds a pipe only
+//! while it has data to move: an empty pipe goes back to a shared pool as soon as its socket
+//! has nothing more to read, so an idle connection costs its two sockets and no pipe. When one side finishes
 //! sending, the other side's write half is shut down and the copy goes on in the other
 //! direction (half-close) until both are done. If neither direction moves a byte for the
 //! idle timeout, both sockets are closed, as Global Accelerator closes idle connections.
@@ -10,6 +11,7 @@
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::Interest;
@@ -18,6 +20,40 @@ use tokio::time::Instant;
 
 /// The most bytes one `splice` call moves; also the pipe size asked for.
 const CHUNK: usize = 256 * 1024;
+
+/// Empty pipes kept for reuse, at most this many.
+const POOLED_PIPES: usize = 256;
+
+/// A pipe: read end, write end.
+type Pipe = (OwnedFd, OwnedFd);
+
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// An empty pipe: from the pool, or new.
+fn take_pipe() -> io::Result<Pipe> {
+    let pooled = match POOL.lock() {
+        Ok(mut pool) => pool.pop(),
+        Err(poisoned) => poisoned.into_inner().pop(),
+    };
+    if let Some(pipe) = pooled {
+        return Ok(pipe);
+    }
+    let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    // A bigger pipe moves more per call; the default (64 KiB) is fine if refused.
+    let _ = rustix::pipe::fcntl_setpipe_size(&w, CHUNK);
+    Ok((r, w))
+}
+
+/// Returns an empty pipe to the pool (or closes it when the pool is full).
+fn give_back(pipe: Pipe) {
+    let mut pool = match POOL.lock() {
+        Ok(pool) => pool,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if pool.len() < POOLED_PIPES {
+        pool.push(pipe);
+    }
+}
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,24 +113,20 @@ async fn pump(
     activity: &AtomicU64,
     started: Instant,
 ) -> io::Result<u64> {
-    let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
+    // Held only while this direction has data in flight; always empty when given back.
+    let mut pipe: Option<Pipe> = None;
     let mut total = 0u64;
     loop {
         from.readable().await?;
-        if pipe.is_none() {
-            let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-            // A bigger pipe moves more per call; the default (64 KiB) is fine if refused.
-            let _ = rustix::pipe::fcntl_setpipe_size(&w, CHUNK);
-            pipe = Some((r, w));
-        }
-        let Some((pipe_r, pipe_w)) = &pipe else {
-            continue;
+        let (pipe_r, pipe_w) = match pipe.take() {
+            Some(p) => p,
+            None => take_pipe()?,
         };
         let moved = from.try_io(Interest::READABLE, || {
             rustix::pipe::splice(
                 from,
                 None,
-                pipe_w,
+                &pipe_w,
                 None,
                 CHUNK,
                 SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
@@ -102,17 +134,27 @@ async fn pump(
             .map_err(io::Error::from)
         });
         let n = match moved {
-            Ok(0) => break,
+            Ok(0) => {
+                give_back((pipe_r, pipe_w));
+                break;
+            }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing to read: idle until the socket is readable again.
+                give_back((pipe_r, pipe_w));
+                continue;
+            }
+            Err(e) => {
+                give_back((pipe_r, pipe_w));
+                return Err(e);
+            }
         };
         let mut left = n;
         while left > 0 {
             to.writable().await?;
             let sent = to.try_io(Interest::WRITABLE, || {
                 rustix::pipe::splice(
-                    pipe_r,
+                    &pipe_r,
                     None,
                     to,
                     None,
@@ -122,12 +164,14 @@ async fn pump(
                 .map_err(io::Error::from)
             });
             match sent {
+                // A pipe with data left in it is dropped (closed), never pooled.
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
         }
+        pipe = Some((pipe_r, pipe_w));
         total += n as u64;
         touch(activity, started);
     }
