@@ -225,11 +225,8 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("portico-bench-edge-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let backend_port = free_port()?;
-    let _backend = Proc::start(Command::new(&me).args([
-        "tcp-backend",
-        "--port",
-        &backend_port.to_string(),
-    ]))?;
+    let _backend =
+        Proc::start(Command::new(&me).args(["tcp-backend", "--port", &backend_port.to_string()]))?;
     let backend_addr = SocketAddr::from(([127, 0, 0, 1], backend_port));
     ready(backend_addr).await.context("the backend")?;
     println!(
@@ -247,14 +244,22 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 let mut cmd = Command::new("taskset");
                 cmd.args(["-c", &proxy_core]);
                 if name == "portico" {
-                    let config = write(&scratch, "portico.toml", &portico_config(port, backend_port))?;
+                    let config = write(
+                        &scratch,
+                        "portico.toml",
+                        &portico_config(port, backend_port),
+                    )?;
                     cmd.arg(&portico)
                         .arg("up")
                         .arg(config)
                         .env("TOKIO_WORKER_THREADS", "1")
                         .env("RUST_LOG", "warn");
                 } else {
-                    let config = write(&scratch, "haproxy.cfg", &haproxy_config(port, backend_port, options.idle))?;
+                    let config = write(
+                        &scratch,
+                        "haproxy.cfg",
+                        &haproxy_config(port, backend_port, options.idle),
+                    )?;
                     cmd.args(["haproxy", "-db", "-f"]).arg(config);
                 }
                 let proc = Proc::start(&mut cmd).with_context(|| format!("starting {name}"))?;
@@ -264,8 +269,22 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             }
         };
         eprintln!("measuring {name} …");
-        load(addr, SMALL, options.concurrency, Duration::from_secs(1), None).await?;
-        let latency = load(addr, SMALL, 1, Duration::from_secs(600), Some(options.requests)).await?;
+        load(
+            addr,
+            SMALL,
+            options.concurrency,
+            Duration::from_secs(1),
+            None,
+        )
+        .await?;
+        let latency = load(
+            addr,
+            SMALL,
+            1,
+            Duration::from_secs(600),
+            Some(options.requests),
+        )
+        .await?;
         let small = load(addr, SMALL, options.concurrency, duration, None).await?;
         let large = load(addr, LARGE, options.concurrency, duration, None).await?;
         let per_connection_kib = match &proxy {
@@ -312,12 +331,14 @@ enabled = false
 }
 
 fn haproxy_config(port: u16, backend: u16, idle: usize) -> String {
-    let maxconn = idle + 500;
+    // Two descriptors per connection plus the pipes: kept under the hard open-file limit.
+    let maxconn = idle + 200;
     format!(
         r#"
 global
     nbthread 1
     maxconn {maxconn}
+    maxpipes 256
 defaults
     mode tcp
     option splice-auto
@@ -368,10 +389,20 @@ fn report(results: &[Measured], options: &Options) {
     {
         let added = |m: &Measured| m.latency.quantile_us(0.5) - direct.latency.quantile_us(0.5);
         println!();
-        println!("added p50 latency, 1 conn: portico {:.0} µs, haproxy {:.0} µs", added(ours), added(theirs));
+        println!(
+            "added p50 latency, 1 conn: portico {:.0} µs, haproxy {:.0} µs",
+            added(ours),
+            added(theirs)
+        );
         println!("ratios (portico vs haproxy):");
-        println!("  1 KB throughput per core   {:>5.2}x", ours.small.rps() / theirs.small.rps());
-        println!("  1 MB throughput per core   {:>5.2}x", ours.large.rps() / theirs.large.rps());
+        println!(
+            "  1 KB throughput per core   {:>5.2}x",
+            ours.small.rps() / theirs.small.rps()
+        );
+        println!(
+            "  1 MB throughput per core   {:>5.2}x",
+            ours.large.rps() / theirs.large.rps()
+        );
         println!(
             "  1 KB p99 ({c} conn)          {:>5.2}x lower",
             theirs.small.quantile_us(0.99) / ours.small.quantile_us(0.99)

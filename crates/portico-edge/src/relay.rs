@@ -1,9 +1,12 @@
 //! Copying a forwarded TCP connection both ways, zero-copy, with an idle timeout.
 //!
-//! Each direction moves bytes with `splice(2)`: socket → pipe → socket, so payload never
-//! enters user space (HAProxy's `splice-auto` does the same). A direction holds a pipe only
-//! while it has data to move: an empty pipe goes back to a shared pool as soon as its socket
-//! has nothing more to read, so an idle connection costs its two sockets and no pipe. When one side finishes
+//! Each direction starts a burst with one `recv` into a pooled buffer and one `send`: the
+//! cheapest path for request-sized messages (and a short read clears the socket's readiness,
+//! so no third call is needed to learn it is drained). A read that fills the buffer marks a
+//! bulk transfer, and the rest of the burst moves with `splice(2)`: socket → pipe → socket,
+//! so payload never enters user space (HAProxy's `splice-auto` makes the same choice).
+//! Buffers and pipes are held only while data is in flight and go back to shared pools
+//! between bursts, so an idle connection costs its two sockets and nothing more. When one side finishes
 //! sending, the other side's write half is shut down and the copy goes on in the other
 //! direction (half-close) until both are done. If neither direction moves a byte for the
 //! idle timeout, both sockets are closed, as Global Accelerator closes idle connections.
@@ -14,12 +17,39 @@ use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 /// The most bytes one `splice` call moves; also the pipe size asked for.
 const CHUNK: usize = 256 * 1024;
+
+/// The buffer of the copy path; a read that fills it switches the burst to `splice`.
+const BUFFER: usize = 16 * 1024;
+
+/// Buffers kept for reuse, at most this many.
+const POOLED_BUFFERS: usize = 256;
+
+static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+fn take_buffer() -> Vec<u8> {
+    let pooled = match BUFFERS.lock() {
+        Ok(mut pool) => pool.pop(),
+        Err(poisoned) => poisoned.into_inner().pop(),
+    };
+    pooled.unwrap_or_else(|| vec![0; BUFFER])
+}
+
+fn give_back_buffer(buffer: Vec<u8>) {
+    let mut pool = match BUFFERS.lock() {
+        Ok(pool) => pool,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if pool.len() < POOLED_BUFFERS {
+        pool.push(buffer);
+    }
+}
 
 /// Empty pipes kept for reuse, at most this many.
 const POOLED_PIPES: usize = 256;
@@ -69,16 +99,18 @@ pub struct Relayed {
 /// Copies `client` ↔ `endpoint` until both directions finish, one fails, or nothing moves
 /// for `idle`.
 pub async fn relay(
-    client: &TcpStream,
-    endpoint: &TcpStream,
+    client: &mut TcpStream,
+    endpoint: &mut TcpStream,
     idle: Duration,
 ) -> io::Result<Relayed> {
     let started = Instant::now();
     let activity = AtomicU64::new(0);
+    let (client_r, client_w) = client.split();
+    let (endpoint_r, endpoint_w) = endpoint.split();
     let both = async {
         tokio::try_join!(
-            pump(client, endpoint, &activity, started),
-            pump(endpoint, client, &activity, started)
+            pump(client_r, endpoint_w, &activity, started),
+            pump(endpoint_r, client_w, &activity, started)
         )
     };
     tokio::select! {
@@ -108,20 +140,48 @@ fn touch(activity: &AtomicU64, started: Instant) {
 
 /// Moves bytes `from` → `to` until `from` ends, then shuts down `to`'s write half.
 async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
     activity: &AtomicU64,
     started: Instant,
 ) -> io::Result<u64> {
-    // Held only while this direction has data in flight; always empty when given back.
-    let mut pipe: Option<Pipe> = None;
     let mut total = 0u64;
     loop {
-        from.readable().await?;
-        let (pipe_r, pipe_w) = match pipe.take() {
-            Some(p) => p,
-            None => take_pipe()?,
+        from.as_ref().readable().await?;
+        let mut buffer = take_buffer();
+        // A short read clears the readiness: the next wait is a real one.
+        let read = from.read(&mut buffer).await;
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                give_back_buffer(buffer);
+                return Err(e);
+            }
         };
+        if n == 0 {
+            give_back_buffer(buffer);
+            break;
+        }
+        let sent = to.write_all(&buffer[..n]).await;
+        give_back_buffer(buffer);
+        sent?;
+        total += n as u64;
+        if n == BUFFER {
+            total += splice_burst(from.as_ref(), to.as_ref()).await?;
+        }
+        touch(activity, started);
+    }
+    // The peer may already be gone; its own direction reports that.
+    let _ = to.shutdown().await;
+    Ok(total)
+}
+
+/// Splices `from` → `to` until `from` has nothing more to read now; returns the bytes moved.
+/// The end of the stream is left for the next read to see.
+async fn splice_burst(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    let (pipe_r, pipe_w) = take_pipe()?;
+    let mut total = 0u64;
+    loop {
         let moved = from.try_io(Interest::READABLE, || {
             rustix::pipe::splice(
                 from,
@@ -134,16 +194,9 @@ async fn pump(
             .map_err(io::Error::from)
         });
         let n = match moved {
-            Ok(0) => {
-                give_back((pipe_r, pipe_w));
-                break;
-            }
+            Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Nothing to read: idle until the socket is readable again.
-                give_back((pipe_r, pipe_w));
-                continue;
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => {
                 give_back((pipe_r, pipe_w));
                 return Err(e);
@@ -171,19 +224,15 @@ async fn pump(
                 Err(e) => return Err(e),
             }
         }
-        pipe = Some((pipe_r, pipe_w));
         total += n as u64;
-        touch(activity, started);
     }
-    // The peer may already be gone; its own direction reports that.
-    let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
+    give_back((pipe_r, pipe_w));
     Ok(total)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A connected pair of loopback sockets.
@@ -198,8 +247,14 @@ mod tests {
     async fn copies_both_ways_with_half_close() {
         let (client_outer, client_inner) = pair().await;
         let (endpoint_inner, endpoint_outer) = pair().await;
+        let (mut client_inner, mut endpoint_inner) = (client_inner, endpoint_inner);
         let relay = tokio::spawn(async move {
-            relay(&client_inner, &endpoint_inner, Duration::from_secs(10)).await
+            relay(
+                &mut client_inner,
+                &mut endpoint_inner,
+                Duration::from_secs(10),
+            )
+            .await
         });
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let (mut cr, mut cw) = client_outer.into_split();
@@ -226,11 +281,15 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_are_closed() {
-        let (client_outer, client_inner) = pair().await;
-        let (endpoint_inner, _endpoint_outer) = pair().await;
-        let done = relay(&client_inner, &endpoint_inner, Duration::from_millis(200))
-            .await
-            .unwrap();
+        let (client_outer, mut client_inner) = pair().await;
+        let (mut endpoint_inner, _endpoint_outer) = pair().await;
+        let done = relay(
+            &mut client_inner,
+            &mut endpoint_inner,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
         assert!(done.idle);
         drop((client_inner, endpoint_inner));
         let mut buf = [0u8; 1];

@@ -37,16 +37,16 @@ pub async fn serve(
     }
 }
 
-async fn forward(inbound: TcpStream, client: SocketAddr, route: &Route) {
+async fn forward(mut inbound: TcpStream, client: SocketAddr, route: &Route) {
     let Ok(local) = inbound.local_addr() else {
         return;
     };
     let _ = inbound.set_nodelay(true);
-    let Some(outbound) = connect(client, local, route).await else {
+    let Some(mut outbound) = connect(client, local, route).await else {
         tracing::warn!(%client, %local, "no endpoint reachable; connection closed");
         return;
     };
-    match relay(&inbound, &outbound, route.idle_timeout).await {
+    match relay(&mut inbound, &mut outbound, route.idle_timeout).await {
         Ok(done) if done.idle => tracing::debug!(%client, "idle timeout: connection closed"),
         Ok(done) => tracing::debug!(%client, up = done.up, down = done.down, "connection done"),
         Err(error) => tracing::debug!(%client, %error, "connection ended with an error"),
