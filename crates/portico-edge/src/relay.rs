@@ -167,7 +167,8 @@ async fn pump(
         sent?;
         total += n as u64;
         if n == BUFFER {
-            total += splice_burst(from.as_ref(), to.as_ref()).await?;
+            // Boxed: only bulk bursts pay for its state, idle connections do not.
+            total += Box::pin(splice_burst(from.as_ref(), to.as_ref())).await?;
         }
         touch(activity, started);
     }
