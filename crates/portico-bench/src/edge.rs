@@ -13,12 +13,12 @@
 //!   before and after, per connection.
 
 use crate::load::Figures;
-use crate::servers::free_port;
+use crate::servers::{Setup, free_port};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -182,14 +182,7 @@ async fn load(
             anyhow::Ok((latencies, errors))
         }));
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for worker in workers {
-        let (mut l, e) = worker.await??;
-        latencies.append(&mut l);
-        errors += e;
-    }
-    Ok(Figures::new(latencies, errors, started.elapsed()))
+    crate::load::collect(workers, started).await
 }
 
 /// Opens `n` connections through `addr`, each proven forwarded by one exchange, and holds
@@ -214,19 +207,16 @@ async fn idle(addr: SocketAddr, n: usize, proxy: &Proc) -> anyhow::Result<f64> {
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
-    let root = crate::workspace_root();
-    let portico = options
-        .portico
-        .clone()
-        .unwrap_or_else(|| root.join("target/release/portico"));
-    let me = std::env::current_exe()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let proxy_core = (cores - 1).to_string();
-    let scratch = std::env::temp_dir().join(format!("portico-bench-edge-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    let setup = Setup::new("edge", options.portico.clone())?;
+    let Setup {
+        portico,
+        me,
+        proxy_core,
+        ..
+    } = &setup;
     let backend_port = free_port()?;
     let _backend =
-        Proc::start(Command::new(&me).args(["tcp-backend", "--port", &backend_port.to_string()]))?;
+        Proc::start(Command::new(me).args(["tcp-backend", "--port", &backend_port.to_string()]))?;
     let backend_addr = SocketAddr::from(([127, 0, 0, 1], backend_port));
     ready(backend_addr).await.context("the backend")?;
     println!(
@@ -242,21 +232,17 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             _ => {
                 let port = free_port()?;
                 let mut cmd = Command::new("taskset");
-                cmd.args(["-c", &proxy_core]);
+                cmd.args(["-c", proxy_core]);
                 if name == "portico" {
-                    let config = write(
-                        &scratch,
-                        "portico.toml",
-                        &portico_config(port, backend_port),
-                    )?;
-                    cmd.arg(&portico)
+                    let config =
+                        setup.write("portico.toml", &portico_config(port, backend_port))?;
+                    cmd.arg(portico)
                         .arg("up")
                         .arg(config)
                         .env("TOKIO_WORKER_THREADS", "1")
                         .env("RUST_LOG", "warn");
                 } else {
-                    let config = write(
-                        &scratch,
+                    let config = setup.write(
                         "haproxy.cfg",
                         &haproxy_config(port, backend_port, options.idle),
                     )?;
@@ -299,15 +285,8 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             per_connection_kib,
         });
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     report(&results, &options);
     Ok(())
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
 }
 
 fn portico_config(port: u16, backend: u16) -> String {

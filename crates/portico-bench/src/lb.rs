@@ -8,7 +8,7 @@
 //! - throughput: `concurrency` connections for `duration`, with p50 and p99 under load.
 
 use crate::load::{self, Figures, Target};
-use crate::servers::{Server, free_port};
+use crate::servers::{Server, Setup, free_port};
 use anyhow::Context;
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -45,20 +45,17 @@ struct Measured {
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
-    let root = crate::workspace_root();
-    let portico = options
-        .portico
-        .clone()
-        .unwrap_or_else(|| root.join("target/release/portico"));
-    let me = std::env::current_exe()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let proxy_core = (cores - 1).to_string();
-    let scratch = std::env::temp_dir().join(format!("portico-bench-lb-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    let setup = Setup::new("lb", options.portico.clone())?;
+    let Setup {
+        portico,
+        me,
+        proxy_core,
+        scratch,
+    } = &setup;
 
     let backend_port = free_port()?;
     let mut backend =
-        Server::start(Command::new(&me).args(["backend", "--port", &backend_port.to_string()]))?;
+        Server::start(Command::new(me).args(["backend", "--port", &backend_port.to_string()]))?;
     backend
         .ready(&target(backend_port), Duration::from_secs(10))
         .await
@@ -77,34 +74,24 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         }
         let port = free_port()?;
         let mut cmd = Command::new("taskset");
-        cmd.args(["-c", &proxy_core]);
+        cmd.args(["-c", proxy_core]);
         match name {
             "portico" => {
-                let config = write(
-                    &scratch,
-                    "portico.toml",
-                    &portico_config(port, backend_port),
-                )?;
-                cmd.arg(&portico)
+                let config = setup.write("portico.toml", &portico_config(port, backend_port))?;
+                cmd.arg(portico)
                     .arg("up")
                     .arg(config)
                     .env("TOKIO_WORKER_THREADS", "1")
                     .env("RUST_LOG", "warn");
             }
             "haproxy" => {
-                let config = write(&scratch, "haproxy.cfg", &haproxy_config(port, backend_port))?;
+                let config = setup.write("haproxy.cfg", &haproxy_config(port, backend_port))?;
                 cmd.args(["haproxy", "-db", "-f"]).arg(config);
             }
             _ => {
-                let config = write(
-                    &scratch,
-                    "nginx.conf",
-                    &nginx_config(port, backend_port, &scratch),
-                )?;
-                cmd.args(["nginx", "-p"])
-                    .arg(&scratch)
-                    .arg("-c")
-                    .arg(config);
+                let config =
+                    setup.write("nginx.conf", &nginx_config(port, backend_port, scratch))?;
+                cmd.args(["nginx", "-p"]).arg(scratch).arg("-c").arg(config);
             }
         }
         eprintln!("measuring {name} …");
@@ -133,7 +120,6 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         });
     }
     drop(backend);
-    let _ = std::fs::remove_dir_all(&scratch);
     report(&results, &options);
     Ok(())
 }
@@ -144,12 +130,6 @@ fn target(port: u16) -> Target {
         path: "/orders".to_owned(),
         body: Bytes::from_static(BODY.as_bytes()),
     }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
 }
 
 fn portico_config(port: u16, backend: u16) -> String {

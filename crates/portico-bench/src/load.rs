@@ -94,6 +94,14 @@ pub(crate) async fn run(
             anyhow::Ok((latencies, errors))
         }));
     }
+    collect(workers, started).await
+}
+
+/// One load worker's latencies and errors.
+pub(crate) type Worker = tokio::task::JoinHandle<anyhow::Result<(Vec<Duration>, usize)>>;
+
+/// Waits for every worker of a run that began at `started` and sums up their figures.
+pub(crate) async fn collect(workers: Vec<Worker>, started: Instant) -> anyhow::Result<Figures> {
     let mut latencies = Vec::new();
     let mut errors = 0;
     for worker in workers {

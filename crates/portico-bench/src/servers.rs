@@ -69,3 +69,45 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
+
+/// What every proxy benchmark starts from: the portico binary to measure, this binary (for
+/// its backends), the core proxies are pinned to, and a scratch directory for configs.
+pub(crate) struct Setup {
+    pub(crate) portico: std::path::PathBuf,
+    pub(crate) me: std::path::PathBuf,
+    pub(crate) proxy_core: String,
+    pub(crate) scratch: std::path::PathBuf,
+}
+
+impl Setup {
+    /// The setup of benchmark `name`; `portico` overrides `target/release/portico`.
+    pub(crate) fn new(name: &str, portico: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
+        let portico =
+            portico.unwrap_or_else(|| crate::workspace_root().join("target/release/portico"));
+        let me = std::env::current_exe()?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let scratch =
+            std::env::temp_dir().join(format!("portico-bench-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        Ok(Self {
+            portico,
+            me,
+            proxy_core: (cores - 1).to_string(),
+            scratch,
+        })
+    }
+
+    /// Writes a config file into the scratch directory.
+    pub(crate) fn write(&self, name: &str, text: &str) -> anyhow::Result<std::path::PathBuf> {
+        use anyhow::Context;
+        let path = self.scratch.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}

@@ -181,17 +181,7 @@ fn webhook() -> (SocketAddr, mpsc::Receiver<serde_json::Value>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap() > 2 {
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap();
-                }
-                line.clear();
-            }
-            let mut body = vec![0u8; length];
-            reader.read_exact(&mut body).unwrap();
+            let (_, body) = read_message(&stream);
             let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
             let _ = tx.send(serde_json::from_slice(&body).unwrap());
         }
@@ -213,9 +203,14 @@ fn keep_alive_request(stream: &mut TcpStream) -> String {
     stream
         .write_all(b"GET /hello HTTP/1.1\r\nHost: edge\r\n\r\n")
         .unwrap();
+    read_message(stream).0
+}
+
+/// Reads one HTTP/1.1 message with a `Content-Length` body: its first line and its body.
+fn read_message(stream: &TcpStream) -> (String, Vec<u8>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
     let mut length = 0;
     let mut line = String::new();
     while reader.read_line(&mut line).unwrap() > 2 {
@@ -226,7 +221,7 @@ fn keep_alive_request(stream: &mut TcpStream) -> String {
     }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).unwrap();
-    status.trim().to_owned()
+    (first.trim().to_owned(), body)
 }
 
 #[test]
