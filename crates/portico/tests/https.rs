@@ -459,3 +459,51 @@ enabled = false
         );
     }
 }
+
+#[test]
+fn the_edge_checks_an_https_load_balancer_with_https_health_checks() {
+    let scratch = Scratch::new("tls-edge");
+    let pki = make_pki(&scratch);
+    let group = |path: &str| {
+        format!(
+            r#"
+[[accelerator.listeners]]
+port = 0
+[[accelerator.listeners.endpoint_groups]]
+region = "tls"
+health_check_protocol = "HTTPS"
+health_check_path = "{path}"
+health_check_interval_seconds = 0.1
+endpoints = [{{ load_balancer = "web" }}]
+"#
+        )
+    };
+    let accelerator = format!(
+        "[accelerator]\nstatic_ips = [\"127.0.0.1\"]\n{}{}",
+        group("/hello"),
+        // A redirect is not a 200: this listener's endpoint turns unhealthy.
+        group("/moved")
+    );
+    let portico = Portico::start(&format!("{}\n{accelerator}", config(&pki, true, "")));
+    let admin = portico.admin_api.unwrap();
+    let endpoint = |listener: usize| {
+        let status = request(&[&format!("http://{admin}/status")]).reply.json();
+        status["accelerator"]["listeners"][listener]["endpoint_groups"][0]["endpoints"][0].clone()
+    };
+    let mut passed = false;
+    for _ in 0..100 {
+        if endpoint(0)["rtt_ms"].is_number() && endpoint(1)["health"] == "unhealthy" {
+            passed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(passed, "{} / {}", endpoint(0), endpoint(1));
+    assert_eq!(endpoint(0)["health"], "healthy");
+    // TLS passes through the edge untouched: the client verifies the load balancer's
+    // certificate through the static address.
+    let edge = portico.static_addresses[0];
+    let (resolve, url) = url_for("api.example.com", edge, "/hello");
+    let seen = request(&["--cacert", &pki.path("ca.pem"), "--resolve", &resolve, &url]);
+    assert_eq!(seen.reply.status, 200);
+}
