@@ -17,7 +17,7 @@ use crate::ip_ranges::IpRanges;
 use crate::route::{Route, RouteCell};
 use crate::selection::Affinity;
 use portico_health::{Status, Verdict};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -219,10 +219,7 @@ impl Accelerator {
 
     /// The accelerator now, for status output.
     pub fn view(&self) -> Arc<View> {
-        match self.view.read() {
-            Ok(v) => v.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Moves the running accelerator to `spec` (see the module documentation). Returns
@@ -232,7 +229,7 @@ impl Accelerator {
         let state = &mut *state;
 
         // Endpoints and their checks: reuse what stays, start what is new.
-        let mut used_checks = HashMap::new();
+        let mut used_checks = HashSet::new();
         let mut routes = Vec::new();
         for listener in &spec.listeners {
             let first_port = listener.ports.first().copied().unwrap_or(0);
@@ -325,22 +322,17 @@ impl Accelerator {
             let address = SocketAddr::new(key.ip, port);
             let socket = Socket::bind(key.transport, address)
                 .await
-                .map_err(|source| {
-                    for (_, _, s) in &fresh {
-                        tracing::debug!(address = %s.address(), "reload refused: unbinding");
-                    }
-                    ApplyError::Bind {
-                        transport: key.transport.name(),
-                        address,
-                        source,
-                    }
+                // Returning drops the sockets bound so far: they were never served.
+                .map_err(|source| ApplyError::Bind {
+                    transport: key.transport.name(),
+                    address,
+                    source,
                 })?;
             fresh.push((key, i, socket));
         }
 
         // Commit: swap routes, start new sockets, stop what left.
-        let wanted_keys: std::collections::HashSet<SocketKey> =
-            wanted.iter().map(|(k, _)| *k).collect();
+        let wanted_keys: HashSet<SocketKey> = wanted.iter().map(|(k, _)| *k).collect();
         state.sockets.retain(|key, bound| {
             let keep = wanted_keys.contains(key);
             if !keep {
@@ -356,7 +348,7 @@ impl Accelerator {
         }
         for (key, i, socket) in fresh {
             let address = socket.address();
-            let route = RouteCell::new_shared(routes[i].clone());
+            let route = RouteCell::new(routes[i].clone());
             let stop = self.shutdown.child_token();
             match socket {
                 Socket::Tcp(listener, _) => {
@@ -382,7 +374,7 @@ impl Accelerator {
             );
         }
         state.checks.retain(|key, check| {
-            let keep = used_checks.contains_key(key);
+            let keep = used_checks.contains(key);
             if !keep {
                 check.stop.cancel();
             }
@@ -429,10 +421,7 @@ impl Accelerator {
             listeners,
             ip_ranges: ip_ranges.clone(),
         });
-        match self.view.write() {
-            Ok(mut v) => *v = view,
-            Err(poisoned) => *poisoned.into_inner() = view,
-        }
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
         if ips_changed {
             if let Some(url) = spec.webhook.clone() {
                 self.tasks.spawn(async move {
@@ -450,10 +439,10 @@ impl Accelerator {
     fn check(
         &self,
         state: &mut State,
-        used: &mut HashMap<CheckKey, ()>,
+        used: &mut HashSet<CheckKey>,
         key: CheckKey,
     ) -> (Arc<Status>, Arc<AtomicU64>) {
-        used.insert(key.clone(), ());
+        used.insert(key.clone());
         let check = state.checks.entry(key.clone()).or_insert_with(|| {
             // Healthy until checks say otherwise, as Global Accelerator treats new endpoints.
             let status = Arc::new(Status::new(Verdict::Healthy));

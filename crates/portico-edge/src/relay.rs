@@ -28,61 +28,51 @@ const CHUNK: usize = 256 * 1024;
 /// The buffer of the copy path; a read that fills it switches the burst to `splice`.
 const BUFFER: usize = 16 * 1024;
 
-/// Buffers kept for reuse, at most this many.
-const POOLED_BUFFERS: usize = 256;
-
-static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-fn take_buffer() -> Vec<u8> {
-    let pooled = match BUFFERS.lock() {
-        Ok(mut pool) => pool.pop(),
-        Err(poisoned) => poisoned.into_inner().pop(),
-    };
-    pooled.unwrap_or_else(|| vec![0; BUFFER])
+/// Things kept for reuse between bursts: at most `max`, beyond that dropped.
+struct Pool<T> {
+    items: Mutex<Vec<T>>,
+    max: usize,
 }
 
-fn give_back_buffer(buffer: Vec<u8>) {
-    let mut pool = match BUFFERS.lock() {
-        Ok(pool) => pool,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    if pool.len() < POOLED_BUFFERS {
-        pool.push(buffer);
+impl<T> Pool<T> {
+    const fn new(max: usize) -> Self {
+        Self {
+            items: Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    fn take(&self) -> Option<T> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn give_back(&self, item: T) {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        if items.len() < self.max {
+            items.push(item);
+        }
     }
 }
 
-/// Empty pipes kept for reuse, at most this many.
-const POOLED_PIPES: usize = 256;
-
-/// A pipe: read end, write end.
+/// A pipe: read end, write end. Only empty pipes are pooled.
 type Pipe = (OwnedFd, OwnedFd);
 
-static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+static BUFFERS: Pool<Vec<u8>> = Pool::new(256);
+static PIPES: Pool<Pipe> = Pool::new(256);
+
+fn take_buffer() -> Vec<u8> {
+    BUFFERS.take().unwrap_or_else(|| vec![0; BUFFER])
+}
 
 /// An empty pipe: from the pool, or new.
 fn take_pipe() -> io::Result<Pipe> {
-    let pooled = match POOL.lock() {
-        Ok(mut pool) => pool.pop(),
-        Err(poisoned) => poisoned.into_inner().pop(),
-    };
-    if let Some(pipe) = pooled {
+    if let Some(pipe) = PIPES.take() {
         return Ok(pipe);
     }
     let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     // A bigger pipe moves more per call; the default (64 KiB) is fine if refused.
     let _ = rustix::pipe::fcntl_setpipe_size(&w, CHUNK);
     Ok((r, w))
-}
-
-/// Returns an empty pipe to the pool (or closes it when the pool is full).
-fn give_back(pipe: Pipe) {
-    let mut pool = match POOL.lock() {
-        Ok(pool) => pool,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    if pool.len() < POOLED_PIPES {
-        pool.push(pipe);
-    }
 }
 
 /// How a relay ended.
@@ -154,16 +144,16 @@ async fn pump(
         let n = match read {
             Ok(n) => n,
             Err(e) => {
-                give_back_buffer(buffer);
+                BUFFERS.give_back(buffer);
                 return Err(e);
             }
         };
         if n == 0 {
-            give_back_buffer(buffer);
+            BUFFERS.give_back(buffer);
             break;
         }
         let sent = to.write_all(&buffer[..n]).await;
-        give_back_buffer(buffer);
+        BUFFERS.give_back(buffer);
         sent?;
         total += n as u64;
         if n == BUFFER {
@@ -199,7 +189,7 @@ async fn splice_burst(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => {
-                give_back((pipe_r, pipe_w));
+                PIPES.give_back((pipe_r, pipe_w));
                 return Err(e);
             }
         };
@@ -227,7 +217,7 @@ async fn splice_burst(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
         }
         total += n as u64;
     }
-    give_back((pipe_r, pipe_w));
+    PIPES.give_back((pipe_r, pipe_w));
     Ok(total)
 }
 

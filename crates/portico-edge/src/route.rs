@@ -26,29 +26,18 @@ pub struct Route {
 pub struct RouteCell(Arc<RwLock<Arc<Route>>>);
 
 impl RouteCell {
-    /// A cell holding `route`.
-    pub fn new(route: Route) -> Self {
-        Self::new_shared(Arc::new(route))
-    }
-
-    /// A cell holding `route`, shared with other cells.
-    pub fn new_shared(route: Arc<Route>) -> Self {
+    /// A cell holding `route` (which other cells may share).
+    pub fn new(route: Arc<Route>) -> Self {
         Self(Arc::new(RwLock::new(route)))
     }
 
     /// The route now.
     pub fn current(&self) -> Arc<Route> {
-        match self.0.read() {
-            Ok(route) => route.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Replaces the route for new connections.
     pub fn store(&self, route: Arc<Route>) {
-        match self.0.write() {
-            Ok(mut slot) => *slot = route,
-            Err(poisoned) => *poisoned.into_inner() = route,
-        }
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = route;
     }
 }

@@ -74,10 +74,7 @@ pub async fn serve(socket: UdpSocket, route: RouteCell, shutdown: CancellationTo
             tracing::debug!(%client, endpoint = ?flow.socket.peer_addr().ok(), %error, "udp send to endpoint failed");
         }
     }
-    let flows = match flows.lock() {
-        Ok(mut f) => std::mem::take(&mut *f),
-        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-    };
+    let flows = std::mem::take(&mut *lock(&flows));
     for flow in flows.values() {
         flow.stop.cancel();
     }
@@ -89,10 +86,7 @@ fn touch(last: &AtomicU64, started: Instant) {
 }
 
 fn lock(flows: &Flows) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<Flow>>> {
-    match flows.lock() {
-        Ok(f) => f,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    flows.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The client's open flow, or a new one; `None` when no endpoint can take it or the table
