@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
-use support::{Portico, curl, hello_bin, portico_bin};
+use support::{Portico, curl, hello_bin, hello_target_group, portico_bin};
 
 /// Two free TCP ports in a row (and free for UDP), found by binding.
 fn free_port_pair() -> u16 {
@@ -56,17 +56,12 @@ port = 0
 proxy_protocol_v2 = true
 default_action = {{ type = "forward", target_group = "hello" }}
 
-[target_groups.hello]
-target_type = "lambda"
-function = "hello"
-
-[functions.hello]
-command = ["{}"]
+{}
 
 [invoke_api]
 port = 0
 "#,
-        hello_bin().display()
+        hello_target_group()
     )
 }
 

@@ -171,12 +171,7 @@ action = {{ type = "redirect", path = "/new", status_code = "HTTP_301" }}
 port = 0
 default_action = {{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "plain" }}
 
-[target_groups.hello]
-target_type = "lambda"
-function = "hello"
-
-[functions.hello]
-command = ["{}"]
+{hello}
 
 [invoke_api]
 enabled = false
@@ -186,7 +181,7 @@ enabled = false
         pki.entry("wild"),
         pki.entry("both-rsa"),
         pki.entry("both-ec"),
-        hello_bin().display()
+        hello = hello_target_group()
     )
 }
 

@@ -28,17 +28,12 @@ endpoints = [{{ load_balancer = "web" }}]
 [load_balancers.web]
 listeners = [{{ port = 0, proxy_protocol_v2 = true, default_action = {{ type = "forward", target_group = "hello" }} }}]
 
-[target_groups.hello]
-target_type = "lambda"
-function = "hello"
-
-[functions.hello]
-command = ["{}"]
+{}
 
 [invoke_api]
 port = 0
 "#,
-        hello_bin().display()
+        hello_target_group()
     )
 }
 

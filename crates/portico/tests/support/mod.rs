@@ -8,6 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A Lambda target group `hello` in front of the demo function `hello`, as TOML.
+pub fn hello_target_group() -> String {
+    format!(
+        "[target_groups.hello]\ntarget_type = \"lambda\"\nfunction = \"hello\"\n\n\
+         [functions.hello]\ncommand = [\"{}\"]\n",
+        hello_bin().display()
+    )
+}
+
 /// The portico binary under test.
 pub fn portico_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portico"))
