@@ -100,12 +100,16 @@ async fn flow_for(
     started: Instant,
     shutdown: &CancellationToken,
 ) -> Option<Arc<Flow>> {
-    let route = route.current();
     let existing = lock(flows).get(&client).cloned();
     if let Some(flow) = existing {
         let open = !flow.closed.load(Ordering::Relaxed);
+        // The route is read only for a flow that may have to move: not per datagram.
         let can_move = !flow.endpoint.is_healthy()
-            && route.groups.iter().any(|g| g.available().next().is_some());
+            && route
+                .current()
+                .groups
+                .iter()
+                .any(|g| g.available().next().is_some());
         if open && !can_move {
             return Some(flow);
         }
@@ -114,6 +118,7 @@ async fn flow_for(
     if lock(flows).len() >= MAX_FLOWS {
         return None;
     }
+    let route = route.current();
     for (endpoint, address) in candidates(&route.groups, client, local.port(), route.affinity) {
         let unspecified: IpAddr = match address {
             SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
