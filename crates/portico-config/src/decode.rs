@@ -7,6 +7,7 @@
 //! than `deny_unknown_fields`, so that all of them are reported in one pass.
 
 use crate::error::{ConfigError, LoadError};
+use crate::gateway::{ApiKey, ApiKeyFile};
 use crate::model::Config;
 use crate::validate::validate;
 use serde::de::DeserializeOwned;
@@ -57,6 +58,40 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, LoadError> {
     }
 }
 
+/// Reads an API key file (`[[keys]]` entries) and checks its keys against `config`: each
+/// error names the file and the key's index.
+pub fn load_api_key_file(path: &Path, config: &Config) -> Result<Vec<ApiKey>, LoadError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| LoadError::Syntax {
+            origin: origin.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+    let mut errors = Vec::new();
+    let file: Option<ApiKeyFile> = decode_value(toml::Value::Table(table), "", &mut errors);
+    let keys = file.map(|f| f.keys).unwrap_or_default();
+    let mut seen = config
+        .api_keys
+        .keys
+        .iter()
+        .flat_map(|k| {
+            std::iter::once(format!("value:{}", k.value))
+                .chain(k.name.iter().map(|n| format!("name:{n}")))
+        })
+        .collect();
+    errors.extend(crate::validate::api_keys("keys", &keys, config, &mut seen));
+    if errors.is_empty() {
+        Ok(keys)
+    } else {
+        Err(LoadError::Invalid { origin, errors })
+    }
+}
+
 fn decode_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
     let mut config = Config::default();
     for (key, value) in table {
@@ -73,6 +108,13 @@ fn decode_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
             "invoke_api" => {
                 if let Some(api) = decode_value(value, &key, errors) {
                     config.invoke_api = api;
+                }
+            }
+            "authorizers" => config.authorizers = decode_named(value, &key, errors),
+            "usage_plans" => config.usage_plans = decode_named(value, &key, errors),
+            "api_keys" => {
+                if let Some(keys) = decode_value(value, &key, errors) {
+                    config.api_keys = keys;
                 }
             }
             "admin_api" => {

@@ -8,17 +8,20 @@
 //! Layout:
 //! - [`model`]: the typed topology and its defaults (what each key means);
 //! - [`routing`]: listener rules, conditions and actions;
+//! - [`gateway`]: JWT authorizers, API keys, usage plans, rate limits, validation, CORS;
 //! - [`decode`]: TOML to model, collecting unknown keys and type errors with paths;
 //! - [`validate`]: the rules the model must follow (ranges, names, references);
 //! - [`error`]: the error types.
 
 pub mod decode;
 pub mod error;
+pub mod gateway;
 pub mod model;
 pub mod routing;
 pub mod validate;
 
-pub use decode::{load_file, parse};
+pub use decode::{load_api_key_file, load_file, parse};
 pub use error::{ConfigError, LoadError};
+pub use gateway::*;
 pub use model::*;
 pub use routing::*;

@@ -36,6 +36,15 @@ pub struct Config {
     /// Settings of the function runtime as a whole.
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// JWT authorizers by name, for `gateway.jwt` on listeners and rules.
+    #[serde(default)]
+    pub authorizers: BTreeMap<String, crate::gateway::Authorizer>,
+    /// API keys, for `gateway.api_key_required`.
+    #[serde(default)]
+    pub api_keys: crate::gateway::ApiKeys,
+    /// Usage plans by name: the quotas API keys count against.
+    #[serde(default)]
+    pub usage_plans: BTreeMap<String, crate::gateway::UsagePlan>,
 }
 
 impl Config {
@@ -466,6 +475,9 @@ pub struct LbListener {
     pub rules: Vec<Rule>,
     /// What to do with a request no rule matches.
     pub default_action: Action,
+    /// Gateway checks on every request of the listener, before its rules. Default none.
+    #[serde(default)]
+    pub gateway: crate::gateway::Gateway,
 }
 
 fn default_lb_address() -> IpAddr {

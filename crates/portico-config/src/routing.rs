@@ -23,6 +23,9 @@ pub struct Rule {
     pub conditions: Vec<RuleCondition>,
     /// What to do with a matching request.
     pub action: Action,
+    /// Gateway checks on the requests this rule matches, after the listener's. Default none.
+    #[serde(default)]
+    pub gateway: crate::gateway::Gateway,
 }
 
 /// A rule condition; its values are OR'ed.

@@ -11,7 +11,9 @@ use crate::model::{
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
+mod gateway;
 mod routing;
+pub use gateway::*;
 pub use routing::*;
 
 /// The most sockets the accelerator's listeners may bind: ports times static IPs.
@@ -68,6 +70,7 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             "must be at least 1",
         );
     }
+    v.gateway_resources(config);
     v.bind_clashes(config);
     v.errors
 }
@@ -358,7 +361,8 @@ impl Validator {
             let lp = format!("{path}.listeners[{i}]");
             self.certificates(&lp, l);
             self.action(&format!("{lp}.default_action"), &l.default_action, config);
-            self.rules(&lp, &l.rules, config);
+            self.gateway(&lp, &l.gateway, None, config);
+            self.rules(&lp, l, config);
         }
     }
 

@@ -1,9 +1,11 @@
 //! The rules for listener rules, actions and target groups, with ALB's limits.
 
 use super::Validator;
-use crate::model::{Algorithm, Config, HealthCheck, Matcher, TargetGroup, TargetType};
+use crate::model::{
+    Algorithm, Config, HealthCheck, LbListener, Matcher, TargetGroup, TargetType,
+};
 use crate::routing::{
-    Action, FIXED_RESPONSE_CONTENT_TYPES, FixedResponse, Redirect, Rule, RuleCondition,
+    Action, FIXED_RESPONSE_CONTENT_TYPES, FixedResponse, Redirect, RuleCondition,
 };
 use std::collections::HashSet;
 
@@ -28,9 +30,9 @@ pub const FIXED_BODY_CHARS: usize = 1024;
 
 impl Validator {
     /// Checks the rules of one listener.
-    pub(super) fn rules(&mut self, path: &str, rules: &[Rule], config: &Config) {
+    pub(super) fn rules(&mut self, path: &str, listener: &LbListener, config: &Config) {
         let mut priorities = HashSet::new();
-        for (r, rule) in rules.iter().enumerate() {
+        for (r, rule) in listener.rules.iter().enumerate() {
             let rp = format!("{path}.rules[{r}]");
             self.range(format!("{rp}.priority"), rule.priority, PRIORITIES, "");
             if !priorities.insert(rule.priority) {
@@ -44,6 +46,7 @@ impl Validator {
             }
             self.conditions(&rp, &rule.conditions);
             self.action(&format!("{rp}.action"), &rule.action, config);
+            self.gateway(&rp, &rule.gateway, Some(&listener.gateway), config);
         }
     }
 
