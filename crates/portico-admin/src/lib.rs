@@ -5,6 +5,8 @@
 //!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`);
 //! - `GET /status` is [`status`]: endpoint groups with health, RTT and share of
 //!   connections, and target health (what `portico status` prints);
+//! - `GET /metrics` is Prometheus metrics (OpenMetrics text): gateway decisions, rate
+//!   limits and usage plan quotas (see `portico_gateway::metrics`);
 //! - `GET /ip-ranges.json` is the accelerator's static IPs in the shape of AWS's
 //!   `ip-ranges.json` (what `portico ips` prints); 404 on a node without the accelerator;
 //! - anything else is 404.
@@ -36,6 +38,8 @@ pub struct Admin {
     pub target_groups: BTreeMap<String, TargetGroup>,
     /// The accelerator, when this node runs one.
     pub accelerator: Option<Arc<portico_edge::Accelerator>>,
+    /// The gateway, whose metrics `GET /metrics` serves.
+    pub gateway: Arc<portico_gateway::Gateway>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` fires, then drains.
@@ -63,6 +67,13 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() == Method::GET && req.uri().path() == "/status" {
         let document = status::document(admin).to_string();
         return respond(StatusCode::OK, "application/json", document);
+    }
+    if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        return respond(
+            StatusCode::OK,
+            portico_gateway::metrics::CONTENT_TYPE,
+            admin.gateway.encode_metrics(),
+        );
     }
     if req.method() == Method::GET && req.uri().path() == "/ip-ranges.json" {
         if let Some(acc) = &admin.accelerator {

@@ -82,6 +82,10 @@ pub enum LbError {
         /// The limit.
         limit: usize,
     },
+    /// A gateway policy refused the request (JWT, API key, rate limit, validation); it is
+    /// answered as API Gateway answers, not with ALB's error page.
+    #[error("gateway: {0}")]
+    Gateway(#[from] portico_gateway::Rejection),
 }
 
 impl LbError {
@@ -105,6 +109,7 @@ impl LbError {
             | Self::FunctionFailed { .. }
             | Self::InvalidReply(_)
             | Self::ReplyTooLarge { .. } => StatusCode::BAD_GATEWAY,
+            Self::Gateway(rejection) => rejection.status(),
         }
     }
 
@@ -122,7 +127,8 @@ impl LbError {
             | Self::NoTargets
             | Self::TargetConnect(_)
             | Self::TargetFailed(_)
-            | Self::TargetTimeout { .. } => "-",
+            | Self::TargetTimeout { .. }
+            | Self::Gateway(_) => "-",
             Self::Invoke(InvokeError::Throttled { .. }) => "LambdaThrottling",
             Self::Invoke(InvokeError::ShuttingDown) => "LambdaServiceException",
             Self::Invoke(InvokeError::NotFound(_)) => "LambdaResourceNotFound",
@@ -142,7 +148,8 @@ impl LbError {
             | Self::HeaderTooLarge { .. }
             | Self::UpgradeRefused
             | Self::BadBody(_)
-            | Self::BadRequest(_) => Side::Client,
+            | Self::BadRequest(_)
+            | Self::Gateway(_) => Side::Client,
             Self::Invoke(InvokeError::RequestTooLarge { .. }) => Side::Client,
             Self::Invoke(InvokeError::ShuttingDown) => Side::Portico,
             _ => Side::Target,
@@ -151,7 +158,10 @@ impl LbError {
 
     /// The response the client gets.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        error_page(self.status())
+        match self {
+            Self::Gateway(rejection) => rejection.into_response(),
+            other => error_page(other.status()),
+        }
     }
 }
 

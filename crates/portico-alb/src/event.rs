@@ -54,6 +54,14 @@ pub struct AlbEvent<'a> {
 #[derive(Debug, Serialize)]
 struct RequestContext<'a> {
     elb: Elb<'a>,
+    /// A verified JWT, in API Gateway HTTP APIs' shape: `authorizer.jwt.{claims, scopes}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorizer: Option<Authorizer<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Authorizer<'a> {
+    jwt: &'a portico_gateway::jwt::Verified,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +79,7 @@ impl<'a> AlbEvent<'a> {
         let mut event = AlbEvent {
             request_context: RequestContext {
                 elb: Elb { target_group_arn },
+                authorizer: None,
             },
             http_method: req.method,
             path: req.path,
@@ -90,6 +99,12 @@ impl<'a> AlbEvent<'a> {
             event.headers = Some(header_pairs.collect());
         }
         event
+    }
+
+    /// Adds a verified JWT as `requestContext.authorizer.jwt`.
+    pub fn with_jwt(mut self, jwt: Option<&'a portico_gateway::jwt::Verified>) -> Self {
+        self.request_context.authorizer = jwt.map(|jwt| Authorizer { jwt });
+        self
     }
 
     /// The event as JSON bytes.

@@ -15,8 +15,9 @@ use crate::sticky;
 use crate::target_group::TargetGroup;
 use crate::tls::Negotiated;
 use http::{HeaderValue, Request, Response, header};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use portico_gateway::{Grant, Policy};
 use portico_invoke::Invoker;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub const MAX_REQUEST_LINE_BYTES: usize = 16 * 1024;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// ALB's limit on all headers together: 64 KB.
 pub const MAX_HEADERS_TOTAL_BYTES: usize = 64 * 1024;
+/// Largest body a gateway policy reads to validate: 1 MB, Lambda targets' limit.
+pub const MAX_VALIDATED_BODY_BYTES: usize = 1024 * 1024;
 
 /// What every request of one listener shares.
 pub struct Context {
@@ -80,7 +83,9 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
         .as_ref()
         .map(|_| record_of(ctx, conn, &req, received));
     let mut outcome = Outcome::default();
-    let response = match respond(ctx, conn.client.ip(), req, &mut outcome).await {
+    let mut cors = None;
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut response = match respond(ctx, conn.client.ip(), req, &mut outcome, &mut cors).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(
@@ -92,6 +97,9 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
             crate::body::boxed(error.into_response())
         }
     };
+    if let Some(cors) = cors.and_then(Policy::cors) {
+        cors.decorate(origin.as_ref(), response.headers_mut());
+    }
     tracing::debug!(
         client = %conn.client, %method, path = uri.path(), status = response.status().as_u16(),
         elapsed_ms = received.elapsed().as_secs_f64() * 1000.0,
@@ -172,11 +180,12 @@ fn head_bytes<B>(response: &Response<B>) -> u64 {
     "HTTP/1.1 200 OK\r\n\r\n".len() as u64 + head_bytes_of(response.headers())
 }
 
-async fn respond(
-    ctx: &Context,
+async fn respond<'c>(
+    ctx: &'c Context,
     client: IpAddr,
     mut req: Request<Incoming>,
     outcome: &mut Outcome,
+    cors: &mut Option<&'c Policy>,
 ) -> Result<Response<Body>, LbError> {
     check_head(&req)?;
     if req.version() == http::Version::HTTP_2 {
@@ -190,6 +199,8 @@ async fn respond(
             }
         }
     }
+    // Only the gateway says what a verified token holds.
+    req.headers_mut().remove(portico_gateway::CLAIMS_HEADER);
     let view = RequestView {
         method: req.method().as_str(),
         path: req.uri().path(),
@@ -197,15 +208,31 @@ async fn respond(
         headers: req.headers(),
         source: client,
     };
+    let listener_policy = ctx.router.policy();
+    if ctx.router.has_cors() && portico_gateway::cors::is_preflight(req.method(), req.headers()) {
+        if let Some(preflight) = answer_preflight(ctx, &view, outcome) {
+            return Ok(preflight);
+        }
+    }
+    let routed = ctx.router.route(&view);
+    outcome.rule_priority = Some(routed.priority);
+    outcome.action = Some(routed.action.name());
+    *cors = routed
+        .policy
+        .filter(|p| p.cors().is_some())
+        .or(listener_policy.filter(|p| p.cors().is_some()));
+    let policies = [listener_policy, routed.policy];
+    let req = if policies.iter().flatten().next().is_some() {
+        admit(&policies, client, req).await?
+    } else {
+        req.map(BodyExt::boxed)
+    };
     let origin = Origin {
         client,
         proto: ctx.proto,
         port: ctx.port,
     };
-    let (priority, action) = ctx.router.route(&view);
-    outcome.rule_priority = Some(priority);
-    outcome.action = Some(action.name());
-    match action {
+    match routed.action {
         Action::FixedResponse(fixed) => Ok(fixed.respond()),
         Action::Redirect(redirect) => {
             let host = req
@@ -247,6 +274,78 @@ async fn respond(
             Ok(response)
         }
     }
+}
+
+/// Answers a CORS preflight from the policy of the rule the real request would match (the
+/// method asked about stands in for `OPTIONS`), else the listener's; `None` when neither
+/// has CORS, and the preflight is routed like any request.
+fn answer_preflight(
+    ctx: &Context,
+    view: &RequestView<'_>,
+    outcome: &mut Outcome,
+) -> Option<Response<Body>> {
+    let method = portico_gateway::cors::requested_method(view.headers)?;
+    let real = RequestView {
+        method: method.as_str(),
+        ..*view
+    };
+    let routed = ctx.router.route(&real);
+    let policy = routed
+        .policy
+        .filter(|p| p.cors().is_some())
+        .or(ctx.router.policy().filter(|p| p.cors().is_some()))?;
+    outcome.rule_priority = Some(routed.priority);
+    policy.count_preflight();
+    policy
+        .cors()
+        .map(|cors| crate::body::boxed(cors.preflight(view.headers)))
+}
+
+/// Runs the gateway policies (the listener's, then the rule's) on `req`: the head checks,
+/// then, when a policy validates bodies, the body read in full (up to
+/// [`MAX_VALIDATED_BODY_BYTES`]). A verified token's claims go to the target in
+/// [`portico_gateway::CLAIMS_HEADER`] and, for Lambda targets, in the event.
+async fn admit(
+    policies: &[Option<&Policy>; 2],
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Request<Body>, LbError> {
+    let mut grant = Grant::default();
+    for policy in policies.iter().flatten() {
+        policy
+            .admit(req.headers(), req.uri().query(), client, &mut grant)
+            .await?;
+    }
+    let (mut parts, body) = req.into_parts();
+    let body = if policies.iter().flatten().any(|p| p.wants_body()) {
+        if content_length(&parts.headers).is_some_and(|n| n > MAX_VALIDATED_BODY_BYTES as u64) {
+            return Err(LbError::RequestTooLarge {
+                limit: MAX_VALIDATED_BODY_BYTES,
+            });
+        }
+        let bytes = match Limited::new(body, MAX_VALIDATED_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(LbError::RequestTooLarge {
+                    limit: MAX_VALIDATED_BODY_BYTES,
+                });
+            }
+            Err(e) => return Err(LbError::BadBody(e.to_string())),
+        };
+        for policy in policies.iter().flatten().filter(|p| p.wants_body()) {
+            policy.check_body(&bytes)?;
+        }
+        crate::body::full(bytes)
+    } else {
+        body.boxed()
+    };
+    if let Some(jwt) = &grant.jwt {
+        if let Ok(value) = HeaderValue::from_str(&jwt.claims_header()) {
+            parts.headers.insert(portico_gateway::CLAIMS_HEADER, value);
+        }
+    }
+    parts.extensions.insert(grant);
+    Ok(Request::from_parts(parts, body))
 }
 
 /// HTTP/2 clients may split `Cookie` into one field per cookie; targets get them as one

@@ -22,7 +22,6 @@ use crate::target_group::stable_hash;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -288,7 +287,7 @@ impl HttpTargetGroup {
     /// Proxies `req` to a target, noting which one and when in `outcome`.
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         origin: Origin,
         timeout: Duration,
         outcome: &mut Outcome,
@@ -314,7 +313,7 @@ impl HttpTargetGroup {
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         outcome.trace_id = Some(forwarded::apply(&mut parts.headers, origin));
-        let request = Request::from_parts(parts, body.boxed());
+        let request = Request::from_parts(parts, body);
 
         let outstanding = Outstanding::new(target.clone());
         outcome.dispatched = Some(Instant::now());

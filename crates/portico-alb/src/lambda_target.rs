@@ -10,7 +10,6 @@ use crate::target_group::LambdaTargetGroup;
 use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use portico_invoke::{Invocation, Invoker};
 use std::time::Instant;
 
@@ -23,7 +22,7 @@ pub async fn forward(
     tg: &LambdaTargetGroup,
     invoker: &dyn Invoker,
     origin: Origin,
-    req: Request<Incoming>,
+    req: Request<Body>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, LbError> {
     if req.headers().contains_key(header::UPGRADE) {
@@ -65,7 +64,13 @@ pub async fn forward(
         headers,
         body: &body,
     };
-    let event = AlbEvent::new(&request, &tg.arn, tg.multi_value_headers).to_json();
+    let jwt = parts
+        .extensions
+        .get::<portico_gateway::Grant>()
+        .and_then(|g| g.jwt.as_deref());
+    let event = AlbEvent::new(&request, &tg.arn, tg.multi_value_headers)
+        .with_jwt(jwt)
+        .to_json();
     outcome.dispatched = Some(Instant::now());
     let output = invoker
         .invoke(Invocation {

@@ -7,7 +7,9 @@ use crate::rules::{Conditions, RequestView};
 use crate::sticky;
 use crate::target_group::{TargetGroup, stable_hash};
 use http::HeaderMap;
+use portico_gateway::Policy;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a listener's rules could not be compiled.
@@ -16,6 +18,9 @@ pub enum RouteError {
     /// An action names a target group that does not exist.
     #[error("no target group named {0:?}")]
     UnknownTargetGroup(String),
+    /// A `gateway` table cannot be compiled.
+    #[error(transparent)]
+    Gateway(#[from] portico_gateway::GatewayError),
     /// A condition cannot be compiled.
     #[error("rule {priority}: {reason}")]
     BadCondition {
@@ -127,26 +132,53 @@ struct Rule {
     priority: u32,
     conditions: Conditions,
     action: Action,
+    policy: Option<Arc<Policy>>,
 }
 
-/// A listener's rules and default action.
+/// A listener's rules and default action, with their gateway policies.
 #[derive(Debug, Clone)]
 pub struct Router {
     rules: Vec<Rule>,
     default: Action,
+    /// The listener's own policy, applied before any rule's.
+    policy: Option<Arc<Policy>>,
+    /// Whether any policy answers CORS preflights.
+    cors: bool,
 }
 
+/// What routing chose for a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    /// The matching rule's priority; 0 for the default action, as ALB logs it.
+    pub priority: u32,
+    /// What to do.
+    pub action: &'a Action,
+    /// The matching rule's gateway policy, if it has one.
+    pub policy: Option<&'a Policy>,
+}
+
+/// Compiles a `gateway` table; the rule index is `None` for the listener's own.
+pub type PolicyCompiler<'a> = dyn FnMut(
+        &portico_config::Gateway,
+        Option<usize>,
+    ) -> Result<Option<Arc<Policy>>, portico_gateway::GatewayError>
+    + 'a;
+
 impl Router {
-    /// Compiles a listener's configuration against the load balancer's target groups.
+    /// Compiles a listener's configuration against the load balancer's target groups;
+    /// `policies` compiles its `gateway` tables.
     pub fn compile(
         listener: &portico_config::LbListener,
         groups: &BTreeMap<String, TargetGroup>,
+        policies: &mut PolicyCompiler<'_>,
     ) -> Result<Self, RouteError> {
         let mut rules = listener
             .rules
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
                 Ok(Rule {
+                    policy: policies(&r.gateway, Some(i))?,
                     priority: r.priority,
                     conditions: Conditions::compile(&r.conditions).map_err(|reason| {
                         RouteError::BadCondition {
@@ -159,19 +191,54 @@ impl Router {
             })
             .collect::<Result<Vec<_>, RouteError>>()?;
         rules.sort_by_key(|r| r.priority);
+        let policy = policies(&listener.gateway, None)?;
+        let cors = policy
+            .iter()
+            .chain(rules.iter().filter_map(|r| r.policy.as_ref()))
+            .any(|p| p.cors().is_some());
         Ok(Self {
             rules,
             default: compile_action(&listener.default_action, groups)?,
+            policy,
+            cors,
         })
     }
 
-    /// The action for a request, and the priority of the rule that chose it (0: the
-    /// default action, as ALB logs it).
-    pub fn route(&self, request: &RequestView<'_>) -> (u32, &Action) {
+    /// A router without gateway policies.
+    pub fn without_policies(
+        listener: &portico_config::LbListener,
+        groups: &BTreeMap<String, TargetGroup>,
+    ) -> Result<Self, RouteError> {
+        Self::compile(listener, groups, &mut |_, _| Ok(None))
+    }
+
+    /// What the first rule, by priority, whose conditions hold says, or the default action.
+    pub fn route(&self, request: &RequestView<'_>) -> Routed<'_> {
         self.rules
             .iter()
             .find(|r| r.conditions.match_all(request))
-            .map_or((0, &self.default), |r| (r.priority, &r.action))
+            .map_or(
+                Routed {
+                    priority: 0,
+                    action: &self.default,
+                    policy: None,
+                },
+                |r| Routed {
+                    priority: r.priority,
+                    action: &r.action,
+                    policy: r.policy.as_deref(),
+                },
+            )
+    }
+
+    /// The listener's own policy.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_deref()
+    }
+
+    /// Whether any policy of the listener answers CORS preflights.
+    pub fn has_cors(&self) -> bool {
+        self.cors
     }
 }
 

@@ -241,14 +241,25 @@ mod tests {
             s.identify(Some(b"disabled-key-0123456789abc")).unwrap_err(),
             KeyError::Invalid
         );
-        assert_eq!(s.identify(Some(b"\xff\xfe")).unwrap_err(), KeyError::Invalid);
-        assert_eq!(&*s.identify(Some(b"alice-key-0123456789abcdef")).unwrap().name, "alice");
+        assert_eq!(
+            s.identify(Some(b"\xff\xfe")).unwrap_err(),
+            KeyError::Invalid
+        );
+        assert_eq!(
+            &*s.identify(Some(b"alice-key-0123456789abcdef"))
+                .unwrap()
+                .name,
+            "alice"
+        );
     }
 
     #[test]
     fn quota_counts_per_period_and_says_when_it_resets() {
         let s = store(3, QuotaPeriod::Day);
-        let key = s.identify(Some(b"alice-key-0123456789abcdef")).unwrap().clone();
+        let key = s
+            .identify(Some(b"alice-key-0123456789abcdef"))
+            .unwrap()
+            .clone();
         let noon = 20_000 * DAY + 12 * 3600;
         for _ in 0..3 {
             s.consume(&key, noon).unwrap();

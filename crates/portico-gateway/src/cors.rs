@@ -27,7 +27,13 @@ impl Allowed {
             Self::List(
                 values
                     .iter()
-                    .map(|v| if fold_case { v.to_ascii_lowercase() } else { v.clone() })
+                    .map(|v| {
+                        if fold_case {
+                            v.to_ascii_lowercase()
+                        } else {
+                            v.clone()
+                        }
+                    })
                     .collect(),
             )
         }
@@ -112,7 +118,10 @@ impl CorsPolicy {
         *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
         out.insert(header::VARY, vary());
-        let Some(origin) = headers.get(header::ORIGIN).and_then(|o| self.allow_origin(o)) else {
+        let Some(origin) = headers
+            .get(header::ORIGIN)
+            .and_then(|o| self.allow_origin(o))
+        else {
             return response;
         };
         let method_ok = headers
@@ -132,9 +141,10 @@ impl CorsPolicy {
             return response;
         }
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        let methods = self.methods_value.clone().or_else(|| {
-            headers.get(header::ACCESS_CONTROL_REQUEST_METHOD).cloned()
-        });
+        let methods = self
+            .methods_value
+            .clone()
+            .or_else(|| headers.get(header::ACCESS_CONTROL_REQUEST_METHOD).cloned());
         if let Some(methods) = methods {
             out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
         }
@@ -229,13 +239,19 @@ mod tests {
         let r = c.preflight(&request(&[
             ("origin", "https://app.example.com"),
             ("access-control-request-method", "POST"),
-            ("access-control-request-headers", "content-type, Authorization"),
+            (
+                "access-control-request-headers",
+                "content-type, Authorization",
+            ),
         ]));
         assert_eq!(r.status(), 204);
         let h = r.headers();
         assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
         assert_eq!(h["access-control-allow-methods"], "GET,POST");
-        assert_eq!(h["access-control-allow-headers"], "Content-Type,Authorization");
+        assert_eq!(
+            h["access-control-allow-headers"],
+            "Content-Type,Authorization"
+        );
         assert_eq!(h["access-control-max-age"], "600");
         assert_eq!(h["access-control-allow-credentials"], "true");
         assert_eq!(h["vary"], "Origin");
@@ -245,8 +261,14 @@ mod tests {
     fn refused_preflight_has_no_allow_headers() {
         let c = cors(&["https://app.example.com"], false);
         for req in [
-            request(&[("origin", "https://evil.example"), ("access-control-request-method", "GET")]),
-            request(&[("origin", "https://app.example.com"), ("access-control-request-method", "DELETE")]),
+            request(&[
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "GET"),
+            ]),
+            request(&[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "DELETE"),
+            ]),
             request(&[
                 ("origin", "https://app.example.com"),
                 ("access-control-request-method", "GET"),

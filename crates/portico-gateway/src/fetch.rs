@@ -81,7 +81,11 @@ async fn exchange(url: &str, limit: usize) -> Result<Bytes, FetchError> {
     }
 }
 
-async fn send<S>(stream: S, request: Request<Empty<Bytes>>, limit: usize) -> Result<Bytes, FetchError>
+async fn send<S>(
+    stream: S,
+    request: Request<Empty<Bytes>>,
+    limit: usize,
+) -> Result<Bytes, FetchError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -117,7 +121,10 @@ fn verified_client() -> Arc<rustls::ClientConfig> {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map(|b| b.with_root_certificates(roots.clone()).with_no_client_auth())
+                .map(|b| {
+                    b.with_root_certificates(roots.clone())
+                        .with_no_client_auth()
+                })
                 .unwrap_or_else(|_| {
                     rustls::ClientConfig::builder()
                         .with_root_certificates(roots)

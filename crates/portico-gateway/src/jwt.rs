@@ -74,7 +74,7 @@ impl JwtError {
 }
 
 /// A token that passed: its claims and scopes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Verified {
     /// Every claim of the token.
     pub claims: Map<String, Value>,
@@ -83,6 +83,13 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// The value of [`crate::CLAIMS_HEADER`]: the claims as JSON, base64url without padding.
+    pub fn claims_header(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(&self.claims).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
     /// A claim as text: strings as they are, numbers and booleans printed.
     pub fn claim_text(&self, name: &str) -> Option<String> {
         match self.claims.get(name)? {
@@ -126,7 +133,12 @@ impl Authorizer {
     }
 
     /// Runs steps 2–5 on `token` at Unix time `now`; `scopes` are the rule's.
-    pub async fn verify(&self, token: &str, scopes: &[String], now: u64) -> Result<Verified, JwtError> {
+    pub async fn verify(
+        &self,
+        token: &str,
+        scopes: &[String],
+        now: u64,
+    ) -> Result<Verified, JwtError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(JwtError::TooLarge);
         }
@@ -184,7 +196,11 @@ impl Authorizer {
     }
 
     fn check_times(&self, claims: &Map<String, Value>, now: u64) -> Result<(), JwtError> {
-        let time = |name: &str| claims.get(name).map(|v| v.as_f64().ok_or(JwtError::Malformed));
+        let time = |name: &str| {
+            claims
+                .get(name)
+                .map(|v| v.as_f64().ok_or(JwtError::Malformed))
+        };
         let exp = time("exp").ok_or_else(|| JwtError::MissingClaim("exp".into()))??;
         let now = now as f64;
         let skew = self.skew as f64;
@@ -203,7 +219,10 @@ impl Authorizer {
     /// `aud` (a string or a list) must hold one of the audiences; without `aud`,
     /// `client_id` must be one.
     fn check_audience(&self, claims: &Map<String, Value>) -> Result<(), JwtError> {
-        let allowed = |v: &Value| v.as_str().is_some_and(|s| self.audiences.iter().any(|a| a == s));
+        let allowed = |v: &Value| {
+            v.as_str()
+                .is_some_and(|s| self.audiences.iter().any(|a| a == s))
+        };
         let ok = match (claims.get("aud"), claims.get("client_id")) {
             (Some(Value::Array(list)), _) => list.iter().any(allowed),
             (Some(aud), _) => allowed(aud),

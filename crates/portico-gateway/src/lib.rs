@@ -135,12 +135,14 @@ impl Gateway {
             .filter(|(n, _)| used.contains(n.as_str()))
         {
             let jwks = match (&a.jwks_file, &a.jwks_url) {
-                (Some(file), _) => Arc::new(Jwks::from_file(&base.join(file)).map_err(|source| {
-                    GatewayError::Jwks {
-                        name: name.clone(),
-                        source,
-                    }
-                })?),
+                (Some(file), _) => {
+                    Arc::new(Jwks::from_file(&base.join(file)).map_err(|source| {
+                        GatewayError::Jwks {
+                            name: name.clone(),
+                            source,
+                        }
+                    })?)
+                }
                 (None, Some(url)) => {
                     let refresh = Duration::from_secs(u64::from(a.jwks_refresh_seconds));
                     Jwks::from_url(url, refresh, tasks, shutdown).await
@@ -187,12 +189,14 @@ impl Gateway {
             .jwt
             .as_ref()
             .map(|j| {
-                let authorizer = self.authorizers.get(&j.authorizer).cloned().ok_or_else(|| {
-                    GatewayError::UnknownAuthorizer {
+                let authorizer = self
+                    .authorizers
+                    .get(&j.authorizer)
+                    .cloned()
+                    .ok_or_else(|| GatewayError::UnknownAuthorizer {
                         path: path.to_owned(),
                         name: j.authorizer.clone(),
-                    }
-                })?;
+                    })?;
                 Ok::<_, GatewayError>(JwtCheck {
                     authorizer,
                     scopes: j.scopes.clone(),
@@ -237,7 +241,10 @@ impl Gateway {
         let counter = |outcome: &'static str| {
             self.metrics
                 .decisions
-                .get_or_create(&vec![("policy", path.to_owned()), ("outcome", outcome.to_owned())])
+                .get_or_create(&vec![
+                    ("policy", path.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ])
                 .clone()
         };
         let outcomes = OUTCOMES.iter().map(|o| (*o, counter(o))).collect();
@@ -263,7 +270,10 @@ impl Gateway {
             for (key, used) in plan.usage(now) {
                 self.metrics
                     .quota_used
-                    .get_or_create(&vec![("plan", plan.name.to_string()), ("api_key", key.to_string())])
+                    .get_or_create(&vec![
+                        ("plan", plan.name.to_string()),
+                        ("api_key", key.to_string()),
+                    ])
                     .set(i64::try_from(used).unwrap_or(i64::MAX));
             }
         }
@@ -366,7 +376,9 @@ impl Policy {
 
     /// Whether the body must be read for [`Policy::check_body`].
     pub fn wants_body(&self) -> bool {
-        self.validator.as_ref().is_some_and(RequestValidator::wants_body)
+        self.validator
+            .as_ref()
+            .is_some_and(RequestValidator::wants_body)
     }
 
     /// Runs the checks that need only the request head; what they establish goes into
@@ -382,7 +394,12 @@ impl Policy {
             let verified = match headers.get(http::header::AUTHORIZATION) {
                 None => Err(jwt::JwtError::Missing),
                 Some(value) => match Authorizer::token_of(value.as_bytes()) {
-                    Ok(token) => check.authorizer.verify(token, &check.scopes, unix_now()).await,
+                    Ok(token) => {
+                        check
+                            .authorizer
+                            .verify(token, &check.scopes, unix_now())
+                            .await
+                    }
                     Err(e) => Err(e),
                 },
             };
@@ -398,7 +415,9 @@ impl Policy {
         }
         let key = match &self.keys {
             Some(store) => {
-                let header = headers.get(api_keys::HEADER).map(http::HeaderValue::as_bytes);
+                let header = headers
+                    .get(api_keys::HEADER)
+                    .map(http::HeaderValue::as_bytes);
                 match store.identify(header) {
                     Ok(key) => {
                         grant.api_key = Some(key.name.clone());

@@ -110,9 +110,16 @@ mod tests {
         let results: Vec<_> = (0..8).map(|_| limiter.check(&client)).collect();
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
         let wait = results[7].unwrap_err();
-        assert!(wait > Duration::from_secs(11) && wait <= Duration::from_secs(12), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(11) && wait <= Duration::from_secs(12),
+            "{wait:?}"
+        );
         // Another client has its own bucket.
-        assert!(limiter.check(&BucketKey::Ip("192.0.2.2".parse().unwrap())).is_ok());
+        assert!(
+            limiter
+                .check(&BucketKey::Ip("192.0.2.2".parse().unwrap()))
+                .is_ok()
+        );
         assert_eq!(limiter.prune(), 2);
     }
 

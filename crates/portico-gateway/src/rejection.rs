@@ -60,9 +60,13 @@ impl Rejection {
     /// API Gateway's error type and message.
     fn error_type_and_message(&self) -> (&'static str, &str) {
         match self {
-            Self::Jwt { error, .. } if error.is_forbidden() => ("AccessDeniedException", "Forbidden"),
+            Self::Jwt { error, .. } if error.is_forbidden() => {
+                ("AccessDeniedException", "Forbidden")
+            }
             Self::Jwt { .. } => ("UnauthorizedException", "Unauthorized"),
-            Self::ApiKey(KeyError::OverQuota { .. }) => ("LimitExceededException", "Limit Exceeded"),
+            Self::ApiKey(KeyError::OverQuota { .. }) => {
+                ("LimitExceededException", "Limit Exceeded")
+            }
             Self::ApiKey(_) => ("ForbiddenException", "Forbidden"),
             Self::Throttled(_) => ("TooManyRequestsException", "Too Many Requests"),
             Self::Invalid(message) => ("BadRequestException", message),
@@ -76,7 +80,10 @@ impl Rejection {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert("x-amzn-errortype", HeaderValue::from_static(error_type));
         match &self {
             Self::Jwt { error, scopes } => {
@@ -93,7 +100,10 @@ impl Rejection {
                     headers.insert(header::WWW_AUTHENTICATE, value);
                 }
             }
-            Self::Throttled(wait) | Self::ApiKey(KeyError::OverQuota { retry_after: wait, .. }) => {
+            Self::Throttled(wait)
+            | Self::ApiKey(KeyError::OverQuota {
+                retry_after: wait, ..
+            }) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_seconds(*wait)));
             }
             _ => {}

@@ -173,11 +173,18 @@ mod tests {
     fn body_errors_name_the_field() {
         let v = validator();
         assert!(v.check_body(br#"{"sku":"ABC-1234","quantity":2}"#).is_ok());
-        let e = v.check_body(br#"{"sku":"ABC-1234","quantity":0}"#).unwrap_err();
-        assert!(e.starts_with("Invalid request body: /quantity: 0 is less than the minimum of 1"), "{e}");
+        let e = v
+            .check_body(br#"{"sku":"ABC-1234","quantity":0}"#)
+            .unwrap_err();
+        assert!(
+            e.starts_with("Invalid request body: /quantity: 0 is less than the minimum of 1"),
+            "{e}"
+        );
         let e = v.check_body(br#"{"quantity":1}"#).unwrap_err();
         assert!(e.contains("\"sku\" is a required property"), "{e}");
-        let e = v.check_body(br#"{"sku":"x","quantity":1,"items":[3]}"#).unwrap_err();
+        let e = v
+            .check_body(br#"{"sku":"x","quantity":1,"items":[3]}"#)
+            .unwrap_err();
         assert!(e.contains("/sku:") && e.contains("/items/0:"), "{e}");
         let e = v.check_body(b"{\"sku\": ").unwrap_err();
         assert!(e.starts_with("Invalid request body: not JSON"), "{e}");

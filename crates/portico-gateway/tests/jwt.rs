@@ -9,11 +9,11 @@ mod keys;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keys::TestKey;
 use portico_gateway::jwks::{Jwks, KeySet};
 use portico_gateway::jwt::{Authorizer, JwtError, MAX_TOKEN_BYTES};
 use portico_gateway::token::{Claims, mint};
 use std::sync::Arc;
-use keys::TestKey;
 
 const NOW: u64 = 1_795_608_000;
 const ISSUER: &str = "https://auth.example.com";
@@ -26,7 +26,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let (rsa, ec, ed) = (keys::rsa("rsa-1"), keys::p256("ec-1"), keys::ed25519("ed-1"));
+    let (rsa, ec, ed) = (
+        keys::rsa("rsa-1"),
+        keys::p256("ec-1"),
+        keys::ed25519("ed-1"),
+    );
     let set = KeySet::parse(keys::jwks(&[&rsa, &ec, &ed]).as_bytes()).unwrap();
     let authorizer = Authorizer::new(
         ISSUER.into(),
@@ -84,19 +88,31 @@ async fn times_are_checked_with_the_clock_skew() {
     let t = token(&f.ed, "ed-1", &claims(), NOW);
     // Expired 30 s ago: within the 60 s skew. 90 s ago: not.
     assert!(f.authorizer.verify(&t, &[], NOW + 330).await.is_ok());
-    assert_eq!(f.authorizer.verify(&t, &[], NOW + 390).await, Err(JwtError::Expired));
+    assert_eq!(
+        f.authorizer.verify(&t, &[], NOW + 390).await,
+        Err(JwtError::Expired)
+    );
     // Issued (and valid from) 2 minutes in the future.
     let early = token(&f.ed, "ed-1", &claims(), NOW + 120);
-    assert_eq!(f.authorizer.verify(&early, &[], NOW).await, Err(JwtError::NotYetValid));
+    assert_eq!(
+        f.authorizer.verify(&early, &[], NOW).await,
+        Err(JwtError::NotYetValid)
+    );
     let mut c = claims();
     c.extra.insert("nbf".into(), NOW.into());
     c.extra.insert("iat".into(), (NOW + 600).into());
     let t = token(&f.ed, "ed-1", &c, NOW);
-    assert_eq!(f.authorizer.verify(&t, &[], NOW).await, Err(JwtError::IssuedInFuture));
+    assert_eq!(
+        f.authorizer.verify(&t, &[], NOW).await,
+        Err(JwtError::IssuedInFuture)
+    );
     let mut c = claims();
     c.extra.insert("exp".into(), serde_json::Value::Null);
     let t = token(&f.ed, "ed-1", &c, NOW);
-    assert_eq!(f.authorizer.verify(&t, &[], NOW).await, Err(JwtError::Malformed));
+    assert_eq!(
+        f.authorizer.verify(&t, &[], NOW).await,
+        Err(JwtError::Malformed)
+    );
 }
 
 #[tokio::test]
@@ -105,16 +121,23 @@ async fn issuer_audience_and_scopes_are_checked() {
     let mut c = claims();
     c.issuer = "https://evil.example.com".into();
     let t = token(&f.rsa, "rsa-1", &c, NOW);
-    assert_eq!(f.authorizer.verify(&t, &[], NOW).await, Err(JwtError::Issuer));
+    assert_eq!(
+        f.authorizer.verify(&t, &[], NOW).await,
+        Err(JwtError::Issuer)
+    );
 
     let mut c = claims();
     c.audience = "somebody-else".into();
     let t = token(&f.rsa, "rsa-1", &c, NOW);
-    assert_eq!(f.authorizer.verify(&t, &[], NOW).await, Err(JwtError::Audience));
+    assert_eq!(
+        f.authorizer.verify(&t, &[], NOW).await,
+        Err(JwtError::Audience)
+    );
 
     // A list of audiences with one of ours passes.
     let mut c = claims();
-    c.extra.insert("aud".into(), serde_json::json!(["x", "billing"]));
+    c.extra
+        .insert("aud".into(), serde_json::json!(["x", "billing"]));
     let t = token(&f.rsa, "rsa-1", &c, NOW);
     assert!(f.authorizer.verify(&t, &[], NOW).await.is_ok());
 
@@ -127,12 +150,24 @@ async fn issuer_audience_and_scopes_are_checked() {
     // `aud` wins over `client_id` when both are there; a null `aud` matches nothing.
     c.extra.insert("aud".into(), serde_json::Value::Null);
     let t = token(&f.ec, "ec-1", &c, NOW);
-    assert_eq!(f.authorizer.verify(&t, &[], NOW).await, Err(JwtError::Audience));
+    assert_eq!(
+        f.authorizer.verify(&t, &[], NOW).await,
+        Err(JwtError::Audience)
+    );
 
     let t = token(&f.ed, "ed-1", &claims(), NOW);
     let need = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert!(f.authorizer.verify(&t, &need(&["admin", "orders:write"]), NOW).await.is_ok());
-    let e = f.authorizer.verify(&t, &need(&["admin"]), NOW).await.unwrap_err();
+    assert!(
+        f.authorizer
+            .verify(&t, &need(&["admin", "orders:write"]), NOW)
+            .await
+            .is_ok()
+    );
+    let e = f
+        .authorizer
+        .verify(&t, &need(&["admin"]), NOW)
+        .await
+        .unwrap_err();
     assert_eq!(e, JwtError::Scope);
     assert!(e.is_forbidden());
 
@@ -141,7 +176,12 @@ async fn issuer_audience_and_scopes_are_checked() {
     c.scopes.clear();
     c.extra.insert("scp".into(), serde_json::json!(["admin"]));
     let t = token(&f.ed, "ed-1", &c, NOW);
-    assert!(f.authorizer.verify(&t, &need(&["admin"]), NOW).await.is_ok());
+    assert!(
+        f.authorizer
+            .verify(&t, &need(&["admin"]), NOW)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -155,8 +195,15 @@ async fn forged_and_malformed_tokens_are_refused() {
 
     // alg: none, with and without a signature.
     for sig in ["", "AAAA"] {
-        let t = raw(serde_json::json!({"alg": "none", "kid": "rsa-1"}), payload.clone(), sig);
-        assert_eq!(f.authorizer.verify(&t, &[], NOW).await, Err(JwtError::Algorithm));
+        let t = raw(
+            serde_json::json!({"alg": "none", "kid": "rsa-1"}),
+            payload.clone(),
+            sig,
+        );
+        assert_eq!(
+            f.authorizer.verify(&t, &[], NOW).await,
+            Err(JwtError::Algorithm)
+        );
     }
     // HS256 "signed" with the RSA public key's JWK as the secret (algorithm confusion).
     let hs = jsonwebtoken::encode(
@@ -168,38 +215,69 @@ async fn forged_and_malformed_tokens_are_refused() {
         &jsonwebtoken::EncodingKey::from_secret(f.rsa.jwk.to_string().as_bytes()),
     )
     .unwrap();
-    assert_eq!(f.authorizer.verify(&hs, &[], NOW).await, Err(JwtError::Algorithm));
+    assert_eq!(
+        f.authorizer.verify(&hs, &[], NOW).await,
+        Err(JwtError::Algorithm)
+    );
 
     // The payload changed after signing.
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
     let mut forged = payload.clone();
     forged["sub"] = "admin".into();
     parts[1] = URL_SAFE_NO_PAD.encode(forged.to_string());
-    assert_eq!(f.authorizer.verify(&parts.join("."), &[], NOW).await, Err(JwtError::Signature));
+    assert_eq!(
+        f.authorizer.verify(&parts.join("."), &[], NOW).await,
+        Err(JwtError::Signature)
+    );
 
     // Signed by a key the authorizer does not trust, under a trusted kid.
     let stranger = keys::ed25519("ed-1");
     let t = token(&stranger, "ed-1", &claims(), NOW);
-    assert_eq!(f.authorizer.verify(&t, &[], NOW).await, Err(JwtError::Signature));
+    assert_eq!(
+        f.authorizer.verify(&t, &[], NOW).await,
+        Err(JwtError::Signature)
+    );
     // A kid nobody knows; and a kid of another algorithm's key.
     let t = token(&f.ed, "nope", &claims(), NOW);
-    assert_eq!(f.authorizer.verify(&t, &[], NOW).await, Err(JwtError::UnknownKey));
+    assert_eq!(
+        f.authorizer.verify(&t, &[], NOW).await,
+        Err(JwtError::UnknownKey)
+    );
     let t = token(&f.ed, "rsa-1", &claims(), NOW);
-    assert_eq!(f.authorizer.verify(&t, &[], NOW).await, Err(JwtError::UnknownKey));
+    assert_eq!(
+        f.authorizer.verify(&t, &[], NOW).await,
+        Err(JwtError::UnknownKey)
+    );
 
     // A header without `alg`.
-    assert_eq!(f.authorizer.verify("e30.e30.", &[], NOW).await, Err(JwtError::Algorithm));
+    assert_eq!(
+        f.authorizer.verify("e30.e30.", &[], NOW).await,
+        Err(JwtError::Algorithm)
+    );
     for garbage in ["abc", "a.b.c", "....", "\u{1F600}.x.y"] {
-        assert_eq!(f.authorizer.verify(garbage, &[], NOW).await, Err(JwtError::Malformed), "{garbage}");
+        assert_eq!(
+            f.authorizer.verify(garbage, &[], NOW).await,
+            Err(JwtError::Malformed),
+            "{garbage}"
+        );
     }
     let huge = format!("{good}{}", "A".repeat(MAX_TOKEN_BYTES));
-    assert_eq!(f.authorizer.verify(&huge, &[], NOW).await, Err(JwtError::TooLarge));
-    assert_eq!(f.authorizer.verify("", &[], NOW).await, Err(JwtError::Missing));
+    assert_eq!(
+        f.authorizer.verify(&huge, &[], NOW).await,
+        Err(JwtError::TooLarge)
+    );
+    assert_eq!(
+        f.authorizer.verify("", &[], NOW).await,
+        Err(JwtError::Missing)
+    );
 }
 
 #[test]
 fn the_token_is_read_with_or_without_bearer() {
-    assert_eq!(Authorizer::token_of(b"Bearer abc.def.ghi").unwrap(), "abc.def.ghi");
+    assert_eq!(
+        Authorizer::token_of(b"Bearer abc.def.ghi").unwrap(),
+        "abc.def.ghi"
+    );
     assert_eq!(Authorizer::token_of(b"bearer abc").unwrap(), "abc");
     assert_eq!(Authorizer::token_of(b"abc.def.ghi").unwrap(), "abc.def.ghi");
     assert_eq!(Authorizer::token_of(b"\xff"), Err(JwtError::Malformed));

@@ -100,6 +100,35 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print a JWT signed with KEY, to call routes behind a JWT authorizer while testing.
+    ///
+    /// The algorithm follows the key: RS256 for RSA, ES256 for P-256, EdDSA for Ed25519.
+    Token {
+        /// The private key, in PEM (PKCS#8, or PKCS#1/SEC1).
+        #[arg(long)]
+        key: PathBuf,
+        /// The `kid` header: which key of the authorizer's JWKS verifies it.
+        #[arg(long)]
+        kid: Option<String>,
+        /// The `iss` claim.
+        #[arg(long)]
+        issuer: String,
+        /// The `aud` claim.
+        #[arg(long)]
+        audience: String,
+        /// The `sub` claim.
+        #[arg(long, default_value = "test-user")]
+        subject: String,
+        /// A scope for the `scope` claim; repeat for more.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Seconds until it expires.
+        #[arg(long, default_value_t = 3600)]
+        expires_in: u64,
+        /// Another claim, `NAME=VALUE`; VALUE is read as JSON when it is JSON, else as text.
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+    },
 }
 
 /// Which running portico a client command talks to.
@@ -188,6 +217,52 @@ fn main() -> ExitCode {
             let api = client::endpoint(client::Api::Admin, endpoint.as_deref(), config.as_deref())?;
             client::status(api, json).await
         }),
+        Command::Token {
+            key,
+            kid,
+            issuer,
+            audience,
+            subject,
+            scopes,
+            expires_in,
+            claims,
+        } => {
+            let claims = portico_gateway::token::Claims {
+                issuer,
+                audience,
+                subject,
+                scopes,
+                lifetime_seconds: expires_in,
+                extra: claims
+                    .iter()
+                    .map(|c| {
+                        let (name, value) = c.split_once('=').unwrap_or((c, ""));
+                        let value = serde_json::from_str(value)
+                            .unwrap_or_else(|_| serde_json::Value::from(value));
+                        (name.to_owned(), value)
+                    })
+                    .collect(),
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let minted = std::fs::read(&key)
+                .map_err(|e| format!("{}: {e}", key.display()))
+                .and_then(|pem| {
+                    portico_gateway::token::mint(&pem, None, kid.as_deref(), &claims, now)
+                        .map_err(|e| format!("{}: {e}", key.display()))
+                });
+            match minted {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("portico: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Ips { endpoint, config } => run_async(async move {
             let api = client::endpoint(client::Api::Admin, endpoint.as_deref(), config.as_deref())?;
             client::ips(api).await

@@ -192,6 +192,7 @@ async fn start(
         ));
     }
     let groups = topology::target_groups(config, &invoker, tasks, shutdown);
+    let gateway = portico_gateway::Gateway::start(config, base, tasks, shutdown).await?;
     let bound = &mut started.bound;
     for (name, lb) in &config.load_balancers {
         let access_log = match &lb.access_logs {
@@ -223,8 +224,15 @@ async fn start(
                     )
                 })?;
             let address = listener.local_addr()?;
-            let router = portico_alb::Router::compile(l, &groups)
-                .with_context(|| format!("load_balancers.{name}.listeners[{i}]"))?;
+            let path = format!("load_balancers.{name}.listeners[{i}]");
+            let router = portico_alb::Router::compile(l, &groups, &mut |spec, rule| {
+                let path = match rule {
+                    Some(r) => format!("{path}.rules[{r}].gateway"),
+                    None => format!("{path}.gateway"),
+                };
+                gateway.policy(spec, &path, base)
+            })
+            .with_context(|| path.clone())?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             banner.load_balancers.push((name.clone(), scheme, address));
             banner.routes.push(format!(
@@ -273,6 +281,7 @@ async fn start(
         let admin = Arc::new(portico_admin::Admin {
             target_groups: groups,
             accelerator,
+            gateway,
         });
         tasks.spawn(portico_admin::serve(
             listener,

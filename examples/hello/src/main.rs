@@ -47,6 +47,7 @@ async fn handler(event: Request) -> Result<Response<Body>, Error> {
         "x_forwarded_port": header("x-forwarded-port"),
         "trace_id": header("x-amzn-trace-id"),
         "body": String::from_utf8_lossy(event.body().as_ref()),
+        "jwt_claims": jwt_claims(&header("x-portico-jwt-claims")),
     });
     let response = Response::builder()
         .status(200)
@@ -54,6 +55,17 @@ async fn handler(event: Request) -> Result<Response<Body>, Error> {
         .header("x-demo-function", "hello")
         .body(Body::from(reply.to_string()))?;
     Ok(response)
+}
+
+/// The claims of the token portico's JWT authorizer verified, from the header it sets
+/// (base64url JSON); `null` when the route has no authorizer.
+fn jwt_claims(header: &str) -> serde_json::Value {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 #[tokio::main]

@@ -74,7 +74,12 @@ impl Validator {
                 );
             }
         }
-        let errors = api_keys("api_keys.keys", &config.api_keys.keys, config, &mut HashSet::new());
+        let errors = api_keys(
+            "api_keys.keys",
+            &config.api_keys.keys,
+            config,
+            &mut HashSet::new(),
+        );
         self.errors.extend(errors);
     }
 
@@ -89,10 +94,9 @@ impl Validator {
             );
         }
         match (&a.jwks_file, &a.jwks_url) {
-            (Some(_), Some(_)) | (None, None) => self.err(
-                path,
-                "set exactly one of jwks_file and jwks_url",
-            ),
+            (Some(_), Some(_)) | (None, None) => {
+                self.err(path, "set exactly one of jwks_file and jwks_url")
+            }
             (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
                 self.err(
                     format!("{path}.jwks_url"),
@@ -141,10 +145,7 @@ impl Validator {
                 );
             }
         }
-        if g.api_key_required
-            && config.api_keys.keys.is_empty()
-            && config.api_keys.file.is_none()
-        {
+        if g.api_key_required && config.api_keys.keys.is_empty() && config.api_keys.file.is_none() {
             self.err(
                 format!("{path}.api_key_required"),
                 "no API keys are configured ([api_keys])",
@@ -255,9 +256,8 @@ impl Validator {
 /// An HTTP token (RFC 9110 §5.6.2): what header names and methods are made of.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// `scheme://host[:port]`, with nothing after the authority.
@@ -266,7 +266,9 @@ fn is_origin(s: &str) -> bool {
         return false;
     };
     !scheme.is_empty()
-        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
         && !rest.is_empty()
         && !rest.contains(['/', '?', '#', ' '])
 }

@@ -1,9 +1,7 @@
 //! The rules for listener rules, actions and target groups, with ALB's limits.
 
 use super::Validator;
-use crate::model::{
-    Algorithm, Config, HealthCheck, LbListener, Matcher, TargetGroup, TargetType,
-};
+use crate::model::{Algorithm, Config, HealthCheck, LbListener, Matcher, TargetGroup, TargetType};
 use crate::routing::{
     Action, FIXED_RESPONSE_CONTENT_TYPES, FixedResponse, Redirect, RuleCondition,
 };

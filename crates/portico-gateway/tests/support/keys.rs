@@ -20,7 +20,11 @@ fn pkcs8_pem(der: &[u8]) -> Vec<u8> {
         .chunks(64)
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect();
-    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n")).into_bytes()
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+    .into_bytes()
 }
 
 /// A new Ed25519 key (`EdDSA`).
@@ -41,7 +45,8 @@ pub fn ed25519(kid: &str) -> TestKey {
 pub fn p256(kid: &str) -> TestKey {
     let rng = ring::rand::SystemRandom::new();
     let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng).unwrap();
     let point = pair.public_key().as_ref();
     TestKey {
         pem: pkcs8_pem(der.as_ref()),
@@ -61,12 +66,27 @@ pub fn rsa(kid: &str) -> TestKey {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("key.pem");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     };
     let path = file.to_str().unwrap();
-    run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", path]);
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        path,
+    ]);
     let modulus = String::from_utf8(run(&["rsa", "-in", path, "-noout", "-modulus"])).unwrap();
     let hex = modulus.trim().trim_start_matches("Modulus=");
     let n: Vec<u8> = (0..hex.len())
@@ -86,5 +106,6 @@ pub fn rsa(kid: &str) -> TestKey {
 
 /// A JWKS document of `keys`' public halves.
 pub fn jwks(keys: &[&TestKey]) -> String {
-    serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
+    serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
+        .to_string()
 }
