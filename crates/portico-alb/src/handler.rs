@@ -87,6 +87,12 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut response = match respond(ctx, conn.client.ip(), req, &mut outcome, &mut cors).await {
         Ok(response) => response,
+        Err(LbError::Gateway(rejection)) => {
+            // Refusals are the gateway working, and can come by the thousand: counted in
+            // metrics and access logs, logged only at debug level.
+            tracing::debug!(client = %conn.client, %method, path = uri.path(), %rejection, "refused");
+            crate::body::boxed(rejection.into_response())
+        }
         Err(error) => {
             tracing::warn!(
                 client = %conn.client, %method, path = uri.path(), status = error.status().as_u16(),

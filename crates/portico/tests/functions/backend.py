@@ -2,7 +2,7 @@
 
     backend.py NAME PORT     (PORT 0 picks a free one; the first line printed is the port)
 
-GET /health answers 200. GET /status/CODE answers CODE. GET /slow sleeps 3 s first. Anything else answers 200 with JSON:
+GET /health answers 200. GET /count answers how many other requests it served. GET /status/CODE answers CODE. GET /slow sleeps 3 s first. Anything else answers 200 with JSON:
 the backend's name, the path with its query, the request headers (lower-cased names) and
 the body's length, so tests can see what the load balancer sent.
 """
@@ -13,6 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAME = sys.argv[1]
+SERVED = 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -22,6 +23,16 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def answer(self):
+        global SERVED
+        if self.path == "/count":
+            payload = str(SERVED).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if self.path != "/health":
+            SERVED += 1
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         if self.path == "/slow":
