@@ -199,6 +199,38 @@ mod tests {
         serde_json::from_slice(&AlbEvent::new(p, ARN, multi).to_json()).unwrap()
     }
 
+    /// A verified token is in `requestContext.authorizer.jwt` (API Gateway HTTP APIs'
+    /// shape), and the official ALB type still reads the event.
+    #[test]
+    fn verified_jwt_goes_into_the_request_context() {
+        let p = parts(None, &[("host", "a")], b"");
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), "user-7".into());
+        let jwt = portico_gateway::jwt::Verified {
+            claims,
+            scopes: vec!["orders:read".into()],
+        };
+        let json = AlbEvent::new(&p, ARN, false).with_jwt(Some(&jwt)).to_json();
+        let v: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            v["requestContext"],
+            json!({
+                "elb": { "targetGroupArn": ARN },
+                "authorizer": { "jwt": { "claims": { "sub": "user-7" }, "scopes": ["orders:read"] } }
+            })
+        );
+        let official: AlbTargetGroupRequest = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            official.request_context.elb.target_group_arn.as_deref(),
+            Some(ARN)
+        );
+        assert!(
+            event_json(&p, false)["requestContext"]
+                .get("authorizer")
+                .is_none()
+        );
+    }
+
     /// The example event of the ALB documentation ("Lambda functions as targets").
     #[test]
     fn documented_example_event() {

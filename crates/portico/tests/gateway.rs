@@ -557,3 +557,94 @@ fn validation_and_cors_answer_before_the_target_is_called() {
         "only the real CORS request reached the target"
     );
 }
+
+/// `examples/gateway.toml`, on free ports, its files found where the example keeps them.
+fn example_config() -> String {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let text = std::fs::read_to_string(format!("{examples}/gateway.toml")).unwrap();
+    text.replace("port = 9090", "port = 0")
+        .replace("port = 9091", "port = 0")
+        .replace("port = 9092", "port = 0")
+        .replace("\"keys/", &format!("\"{examples}/keys/"))
+        .replace("\"schemas/", &format!("\"{examples}/schemas/"))
+        .replace("{portico_bin_dir}/hello", hello_bin().to_str().unwrap())
+}
+
+#[test]
+fn the_gateway_example_does_what_it_says() {
+    let portico = Portico::start(&example_config());
+    let lb = portico.load_balancers[0].1;
+    let url = |path: &str| format!("http://{lb}{path}");
+
+    assert_eq!(curl(None, &[&url("/public")]).status, 200);
+    assert_eq!(curl(None, &[&url("/private")]).status, 401);
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/keys/private.pem"
+    );
+    let out = Command::new(portico_bin())
+        .args(["token", "--key", key, "--kid", "example-1"])
+        .args([
+            "--issuer",
+            "https://auth.portico.example",
+            "--audience",
+            "portico-example",
+        ])
+        .args(["--scope", "orders:read", "--subject", "reader"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let r = get(lb, "/private", &[("authorization", &bearer(token.trim()))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["jwt_claims"]["sub"], "reader");
+
+    let codes: Vec<u16> = (0..7)
+        .map(|_| curl(None, &[&url("/limited")]).status)
+        .collect();
+    assert_eq!(codes, [200, 200, 200, 200, 200, 429, 429]);
+
+    let order = |body: &str| curl(None, &["-X", "POST", "-d", body, &url("/orders")]);
+    assert_eq!(order(r#"{"sku":"ABC-1234","quantity":2}"#).status, 200);
+    let r = order(r#"{"sku":"abc","quantity":0}"#);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("/sku") && r.body.contains("/quantity"),
+        "{}",
+        r.body
+    );
+
+    let partner = |key: &str| get(lb, "/partner", &[("x-api-key", key)]).status;
+    assert_eq!(partner("example-partner-a-key-0001"), 200);
+    assert_eq!(
+        partner("example-partner-b-key-0002"),
+        403,
+        "partner-b is disabled"
+    );
+
+    let r = curl(
+        None,
+        &[
+            "-X",
+            "OPTIONS",
+            "-H",
+            "Origin: https://app.portico.example",
+            "-H",
+            "Access-Control-Request-Method: POST",
+            &url("/orders"),
+        ],
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.portico.example")
+    );
+    assert!(
+        metrics(&portico)
+            .contains("portico_usage_plan_used{plan=\"partners\",api_key=\"partner-a\"} 1")
+    );
+}
