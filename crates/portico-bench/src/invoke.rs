@@ -138,6 +138,7 @@ fn target(port: u16) -> Target {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         path: format!("/2015-03-31/functions/{FUNCTION}/invocations"),
         body: Bytes::from_static(PAYLOAD.as_bytes()),
+        headers: Vec::new(),
     }
 }
 

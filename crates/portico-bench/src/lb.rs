@@ -34,6 +34,84 @@ pub(crate) struct Options {
     /// Measure only this system (`portico`, `haproxy`, `nginx`).
     #[arg(long)]
     only: Option<String>,
+    /// Instead of HAProxy and nginx, measure portico with each gateway feature on (CORS,
+    /// rate limit, API key, body validation, JWT) beside portico without any.
+    #[arg(long)]
+    gateway: bool,
+}
+
+/// The gateway variants of `--gateway`: name, listener `gateway` table, extra TOML, and
+/// the request headers the feature needs.
+fn gateway_variants(
+    setup: &Setup,
+) -> anyhow::Result<Vec<(&'static str, String, String, Vec<(&'static str, String)>)>> {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/keys");
+    let schema = setup.write(
+        "schema.json",
+        r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","required":["order"],
+           "properties":{"order":{"type":"object","required":["id","items"],
+             "properties":{"id":{"type":"integer","minimum":1},"items":{"type":"array","items":{"type":"string"}},"note":{"type":"string"}}}}}"#,
+    )?;
+    let token = Command::new(&setup.portico)
+        .args([
+            "token",
+            "--key",
+            &format!("{keys}/private.pem"),
+            "--kid",
+            "example-1",
+        ])
+        .args([
+            "--issuer",
+            "https://bench",
+            "--audience",
+            "bench",
+            "--scope",
+            "orders:write",
+        ])
+        .args(["--expires-in", "86400"])
+        .output()
+        .context("portico token")?;
+    anyhow::ensure!(token.status.success(), "portico token failed");
+    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let api_key = "bench-key-0123456789abcdef";
+    Ok(vec![
+        ("portico", String::new(), String::new(), Vec::new()),
+        (
+            "portico+cors",
+            r#"gateway = { cors = { allow_origins = ["https://app.example"] } }"#.into(),
+            String::new(),
+            vec![("origin", "https://app.example".into())],
+        ),
+        (
+            "portico+rate-limit",
+            "gateway = { rate_limit = { requests = 1000000000, period_seconds = 1 } }".into(),
+            String::new(),
+            Vec::new(),
+        ),
+        (
+            "portico+api-key",
+            "gateway = { api_key_required = true }".into(),
+            format!("[api_keys]\nkeys = [{{ value = \"{api_key}\" }}]\n"),
+            vec![("x-api-key", api_key.into())],
+        ),
+        (
+            "portico+validate",
+            format!(
+                "gateway = {{ validate = {{ body_schema = \"{}\" }} }}",
+                schema.display()
+            ),
+            String::new(),
+            Vec::new(),
+        ),
+        (
+            "portico+jwt",
+            r#"gateway = { jwt = { authorizer = "bench", scopes = ["orders:write"] } }"#.into(),
+            format!(
+                "[authorizers.bench]\nissuer = \"https://bench\"\naudiences = [\"bench\"]\njwks_file = \"{keys}/jwks.json\"\n"
+            ),
+            vec![("authorization", format!("Bearer {token}"))],
+        ),
+    ])
 }
 
 const BODY: &str = r#"{"order":{"id":42,"items":["a","b","c"],"note":"benchmark"}}"#;
@@ -68,7 +146,15 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     );
 
     let mut results = Vec::new();
-    for name in ["portico", "haproxy", "nginx"] {
+    let systems = if options.gateway {
+        gateway_variants(&setup)?
+    } else {
+        ["portico", "haproxy", "nginx"]
+            .into_iter()
+            .map(|name| (name, String::new(), String::new(), Vec::new()))
+            .collect()
+    };
+    for (name, gateway, extra, headers) in systems {
         if options.only.as_deref().is_some_and(|only| only != name) {
             continue;
         }
@@ -76,8 +162,11 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", proxy_core]);
         match name {
-            "portico" => {
-                let config = setup.write("portico.toml", &portico_config(port, backend_port))?;
+            name if name.starts_with("portico") => {
+                let config = setup.write(
+                    "portico.toml",
+                    &portico_config(port, backend_port, &gateway, &extra),
+                )?;
                 cmd.arg(portico)
                     .arg("up")
                     .arg(config)
@@ -96,7 +185,10 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         }
         eprintln!("measuring {name} …");
         let mut server = Server::start(&mut cmd).with_context(|| format!("starting {name}"))?;
-        let target = target(port);
+        let target = Target {
+            headers,
+            ..target(port)
+        };
         server
             .ready(&target, Duration::from_secs(20))
             .await
@@ -129,14 +221,21 @@ fn target(port: u16) -> Target {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         path: "/orders".to_owned(),
         body: Bytes::from_static(BODY.as_bytes()),
+        headers: Vec::new(),
     }
 }
 
-fn portico_config(port: u16, backend: u16) -> String {
+fn portico_config(port: u16, backend: u16, gateway: &str, extra: &str) -> String {
+    let gateway = if gateway.is_empty() {
+        String::new()
+    } else {
+        format!(", {gateway}")
+    };
     format!(
         r#"
+{extra}
 [load_balancers.bench]
-listeners = [{{ port = {port}, default_action = {{ type = "forward", target_group = "backend" }} }}]
+listeners = [{{ port = {port}, default_action = {{ type = "forward", target_group = "backend" }}{gateway} }}]
 
 [target_groups.backend]
 target_type = "ip"
@@ -206,7 +305,7 @@ fn report(results: &[Measured], options: &Options) {
     let c = options.concurrency;
     println!();
     println!(
-        "{:<10} {:>9} {:>9} {:>12} {:>11} {:>11} {:>7}",
+        "{:<20} {:>9} {:>9} {:>12} {:>11} {:>11} {:>7}",
         "system",
         "p50 µs",
         "p99 µs",
@@ -217,7 +316,7 @@ fn report(results: &[Measured], options: &Options) {
     );
     for m in results {
         println!(
-            "{:<10} {:>9.0} {:>9.0} {:>12.0} {:>11.0} {:>11.0} {:>7}",
+            "{:<20} {:>9.0} {:>9.0} {:>12.0} {:>11.0} {:>11.0} {:>7}",
             m.name,
             m.latency.quantile_us(0.5),
             m.latency.quantile_us(0.99),
@@ -228,7 +327,27 @@ fn report(results: &[Measured], options: &Options) {
         );
     }
     if let Some(ours) = results.iter().find(|m| m.name == "portico") {
-        for theirs in results.iter().filter(|m| m.name != "portico") {
+        let features: Vec<_> = results
+            .iter()
+            .filter(|m| m.name.starts_with("portico+"))
+            .collect();
+        if !features.is_empty() {
+            println!();
+            println!("cost of each gateway feature (vs portico without one):");
+        }
+        for f in &features {
+            println!(
+                "  {:<20} throughput {:>5.2}x ({:+.1} %), p50 1 conn {:+.0} µs",
+                f.name,
+                f.loaded.rps() / ours.loaded.rps(),
+                (f.loaded.rps() / ours.loaded.rps() - 1.0) * 100.0,
+                f.latency.quantile_us(0.5) - ours.latency.quantile_us(0.5),
+            );
+        }
+        for theirs in results
+            .iter()
+            .filter(|m| m.name != "portico" && !m.name.starts_with("portico+"))
+        {
             println!();
             println!("ratios (portico vs {}):", theirs.name);
             println!(

@@ -19,6 +19,8 @@ pub(crate) struct Target {
     pub(crate) path: String,
     /// POST body.
     pub(crate) body: Bytes,
+    /// More request headers.
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 /// What a run measured.
@@ -129,10 +131,13 @@ impl Connection {
 
     async fn send(&mut self, target: &Target) -> anyhow::Result<()> {
         self.sender.ready().await?;
-        let request = Request::post(target.path.as_str())
+        let mut request = Request::post(target.path.as_str())
             .header(http::header::HOST, target.addr.to_string())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(target.body.clone()))?;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        for (name, value) in &target.headers {
+            request = request.header(*name, value.as_str());
+        }
+        let request = request.body(Full::new(target.body.clone()))?;
         let response = self.sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
