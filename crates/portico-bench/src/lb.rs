@@ -40,11 +40,12 @@ pub(crate) struct Options {
     gateway: bool,
 }
 
-/// The gateway variants of `--gateway`: name, listener `gateway` table, extra TOML, and
-/// the request headers the feature needs.
-fn gateway_variants(
-    setup: &Setup,
-) -> anyhow::Result<Vec<(&'static str, String, String, Vec<(&'static str, String)>)>> {
+/// A system measured: its name, the listener's `gateway` table, more TOML, and the request
+/// headers the feature needs (all empty for HAProxy and nginx).
+type Variant = (&'static str, String, String, Vec<(&'static str, String)>);
+
+/// The gateway variants of `--gateway`.
+fn gateway_variants(setup: &Setup) -> anyhow::Result<Vec<Variant>> {
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/keys");
     let schema = setup.write(
         "schema.json",
@@ -146,7 +147,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     );
 
     let mut results = Vec::new();
-    let systems = if options.gateway {
+    let systems: Vec<Variant> = if options.gateway {
         gateway_variants(&setup)?
     } else {
         ["portico", "haproxy", "nginx"]
