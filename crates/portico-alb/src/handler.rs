@@ -174,6 +174,29 @@ pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// Reads a request body in full: 413 when its declared length or its bytes are over
+/// `limit`, 400 when it cannot be read.
+pub(crate) async fn read_body<B>(
+    headers: &http::HeaderMap,
+    body: B,
+    limit: usize,
+) -> Result<bytes::Bytes, LbError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if content_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(LbError::RequestTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(LbError::RequestTooLarge { limit })
+        }
+        Err(e) => Err(LbError::BadBody(e.to_string())),
+    }
+}
+
 fn head_bytes_of(headers: &http::HeaderMap) -> u64 {
     headers
         .iter()
@@ -223,10 +246,7 @@ async fn respond<'c>(
     let routed = ctx.router.route(&view);
     outcome.rule_priority = Some(routed.priority);
     outcome.action = Some(routed.action.name());
-    *cors = routed
-        .policy
-        .filter(|p| p.cors().is_some())
-        .or(listener_policy.filter(|p| p.cors().is_some()));
+    *cors = ctx.router.cors_policy(&routed);
     let policies = [listener_policy, routed.policy];
     let req = if policies.iter().flatten().next().is_some() {
         admit(&policies, client, req).await?
@@ -296,10 +316,7 @@ fn answer_preflight(
         ..*view
     };
     let routed = ctx.router.route(&real);
-    let policy = routed
-        .policy
-        .filter(|p| p.cors().is_some())
-        .or(ctx.router.policy().filter(|p| p.cors().is_some()))?;
+    let policy = ctx.router.cors_policy(&routed)?;
     outcome.rule_priority = Some(routed.priority);
     policy.count_preflight();
     policy
@@ -324,20 +341,7 @@ async fn admit(
     }
     let (mut parts, body) = req.into_parts();
     let body = if policies.iter().flatten().any(|p| p.wants_body()) {
-        if content_length(&parts.headers).is_some_and(|n| n > MAX_VALIDATED_BODY_BYTES as u64) {
-            return Err(LbError::RequestTooLarge {
-                limit: MAX_VALIDATED_BODY_BYTES,
-            });
-        }
-        let bytes = match Limited::new(body, MAX_VALIDATED_BODY_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(LbError::RequestTooLarge {
-                    limit: MAX_VALIDATED_BODY_BYTES,
-                });
-            }
-            Err(e) => return Err(LbError::BadBody(e.to_string())),
-        };
+        let bytes = read_body(&parts.headers, body, MAX_VALIDATED_BODY_BYTES).await?;
         for policy in policies.iter().flatten().filter(|p| p.wants_body()) {
             policy.check_body(&bytes)?;
         }

@@ -9,7 +9,6 @@ use crate::reply;
 use crate::target_group::LambdaTargetGroup;
 use bytes::Bytes;
 use http::{Request, Response, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use portico_invoke::{Invocation, Invoker};
 use std::time::Instant;
 
@@ -28,23 +27,8 @@ pub async fn forward(
     if req.headers().contains_key(header::UPGRADE) {
         return Err(LbError::UpgradeRefused);
     }
-    if crate::handler::content_length(req.headers())
-        .is_some_and(|n| n > MAX_REQUEST_BODY_BYTES as u64)
-    {
-        return Err(LbError::RequestTooLarge {
-            limit: MAX_REQUEST_BODY_BYTES,
-        });
-    }
     let (mut parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_REQUEST_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(LbError::RequestTooLarge {
-                limit: MAX_REQUEST_BODY_BYTES,
-            });
-        }
-        Err(e) => return Err(LbError::BadBody(e.to_string())),
-    };
+    let body = crate::handler::read_body(&parts.headers, body, MAX_REQUEST_BODY_BYTES).await?;
     let trace_id = forwarded::apply(&mut parts.headers, origin);
     outcome.trace_id = Some(trace_id.clone());
     let headers: Vec<(String, String)> = parts

@@ -236,6 +236,16 @@ impl Router {
         self.policy.as_deref()
     }
 
+    /// The policy whose CORS settings apply to a routed request: its rule's, else the
+    /// listener's.
+    pub fn cors_policy<'a>(&'a self, routed: &Routed<'a>) -> Option<&'a Policy> {
+        let with_cors = |p: &&Policy| p.cors().is_some();
+        routed
+            .policy
+            .filter(with_cors)
+            .or(self.policy().filter(with_cors))
+    }
+
     /// Whether any policy of the listener answers CORS preflights.
     pub fn has_cors(&self) -> bool {
         self.cors
