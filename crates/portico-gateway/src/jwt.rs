@@ -13,7 +13,7 @@
 //! Steps 1–4 failing is 401 with `WWW-Authenticate: Bearer … error="invalid_token"`; step 5
 //! failing is 403 with `error="insufficient_scope"`.
 
-use crate::jwks::{ALGORITHMS, Jwks};
+use crate::jwks::Jwks;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
@@ -145,18 +145,14 @@ impl Authorizer {
         if token.is_empty() {
             return Err(JwtError::Missing);
         }
-        check_algorithm(token)?;
-        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
-        if !ALGORITHMS.contains(&header.alg) {
-            return Err(JwtError::Algorithm);
-        }
-        let kid = header.kid.as_deref();
+        let (alg, kid) = read_header(token)?;
+        let kid = kid.as_deref();
         let mut keys = self.jwks.current();
-        if keys.find(kid, header.alg).is_none() && self.jwks.refresh_for_unknown_key().await {
+        if keys.find(kid, alg).is_none() && self.jwks.refresh_for_unknown_key().await {
             keys = self.jwks.current();
         }
-        let key = keys.find(kid, header.alg).ok_or(JwtError::UnknownKey)?;
-        let claims = self.signed_claims(token, &key.key, header.alg)?;
+        let key = keys.find(kid, alg).ok_or(JwtError::UnknownKey)?;
+        let claims = self.signed_claims(token, &key.key, alg)?;
         self.check_times(&claims, now)?;
         self.check_audience(&claims)?;
         let granted = scopes_of(&claims);
@@ -233,23 +229,27 @@ impl Authorizer {
     }
 }
 
-/// Refuses a token whose header's `alg` is not one portico verifies (`none` above all)
-/// before anything else is read from it.
-fn check_algorithm(token: &str) -> Result<(), JwtError> {
+/// The algorithm and `kid` of a token's header, refusing an `alg` portico does not verify
+/// (`none` above all) before anything else is read from the token.
+fn read_header(token: &str) -> Result<(Algorithm, Option<String>), JwtError> {
     use base64::Engine;
     #[derive(serde::Deserialize)]
     struct Head {
         alg: Option<String>,
+        kid: Option<String>,
     }
     let head = token.split('.').next().unwrap_or_default();
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(head)
         .map_err(|_| JwtError::Malformed)?;
     let head: Head = serde_json::from_slice(&json).map_err(|_| JwtError::Malformed)?;
-    match head.alg.as_deref() {
-        Some("RS256" | "ES256" | "EdDSA") => Ok(()),
-        _ => Err(JwtError::Algorithm),
-    }
+    let alg = match head.alg.as_deref() {
+        Some("RS256") => Algorithm::RS256,
+        Some("ES256") => Algorithm::ES256,
+        Some("EdDSA") => Algorithm::EdDSA,
+        _ => return Err(JwtError::Algorithm),
+    };
+    Ok((alg, head.kid))
 }
 
 /// The scopes a token grants: `scope` split on spaces, or `scp` as a list or a string.
