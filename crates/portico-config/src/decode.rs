@@ -75,15 +75,10 @@ pub fn load_api_key_file(path: &Path, config: &Config) -> Result<Vec<ApiKey>, Lo
     let mut errors = Vec::new();
     let file: Option<ApiKeyFile> = decode_value(toml::Value::Table(table), "", &mut errors);
     let keys = file.map(|f| f.keys).unwrap_or_default();
-    let mut seen = config
-        .api_keys
-        .keys
-        .iter()
-        .flat_map(|k| {
-            std::iter::once(format!("value:{}", k.value))
-                .chain(k.name.iter().map(|n| format!("name:{n}")))
-        })
-        .collect();
+    // The inline keys claim their values and names first; their own problems are
+    // reported when the file is validated.
+    let mut seen = std::collections::HashSet::new();
+    let _ = crate::validate::api_keys("", &config.api_keys.keys, config, &mut seen);
     errors.extend(crate::validate::api_keys("keys", &keys, config, &mut seen));
     if errors.is_empty() {
         Ok(keys)

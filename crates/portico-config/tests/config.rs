@@ -85,3 +85,36 @@ fn unreadable_file_names_the_path() {
     assert!(matches!(err, LoadError::Read { .. }));
     assert!(err.to_string().contains("/nonexistent/portico.toml"));
 }
+
+#[test]
+fn api_key_files_are_checked_against_the_inline_keys() {
+    let config = parse(
+        "[api_keys]\nfile = \"keys.toml\"\nkeys = [{ name = \"a\", value = \"inline-key-0123456789ab\" }]\n",
+        "test.toml",
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("portico-keyfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys.toml");
+    std::fs::write(
+        &file,
+        "[[keys]]\nname = \"a\"\nvalue = \"inline-key-0123456789ab\"\n\n[[keys]]\nvalue = \"short\"\nusage_plan = \"none\"\n",
+    )
+    .unwrap();
+    let Err(LoadError::Invalid { errors, .. }) = portico_config::load_api_key_file(&file, &config)
+    else {
+        panic!("the key file should be refused");
+    };
+    let mut got: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "keys[0].name: another key is named \"a\"",
+            "keys[0].value: this key is listed twice",
+            "keys[1].usage_plan: no usage plan named \"none\"",
+            "keys[1].value: an API key is 20-128 printable ASCII characters without spaces",
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
