@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
-use support::{Portico, curl, hello_bin, hello_target_group, portico_bin};
+use support::{Portico, curl, hello_bin, hello_target_group, portico_bin, portico_ok};
 
 /// Two free TCP ports in a row (and free for UDP), found by binding.
 fn free_port_pair() -> u16 {
@@ -244,20 +244,9 @@ port = 0
     assert_eq!(prefixes(&first), ["127.0.0.1/32"]);
     assert_eq!(first["prefixes"][0]["service"], "GLOBALACCELERATOR");
     assert_eq!(admin_get(&portico, "/ip-ranges.json"), first);
-    let out = Command::new(portico_bin())
-        .args([
-            "ips",
-            "--endpoint",
-            &format!("http://{}", portico.admin_api.unwrap()),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let endpoint = format!("http://{}", portico.admin_api.unwrap());
+    let printed: serde_json::Value =
+        serde_json::from_str(&portico_ok(&["ips", "--endpoint", &endpoint])).unwrap();
     assert_eq!(printed, first);
 
     let kept = portico.static_addresses[0];

@@ -62,25 +62,17 @@ fn mint(scratch: &Scratch, key: &keys::TestKey, kid: &str, args: &[&str]) -> Str
         &format!("{kid}.pem"),
         std::str::from_utf8(&key.pem).unwrap(),
     );
-    let out = Command::new(portico_bin())
-        .args(["token", "--key", pem.to_str().unwrap(), "--kid", kid])
-        .args([
-            "--issuer",
-            ISSUER,
-            "--audience",
-            AUDIENCE,
-            "--subject",
-            "user-7",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let mut all = vec!["token", "--key", pem.to_str().unwrap(), "--kid", kid];
+    all.extend([
+        "--issuer",
+        ISSUER,
+        "--audience",
+        AUDIENCE,
+        "--subject",
+        "user-7",
+    ]);
+    all.extend(args);
+    portico_ok(&all).trim().to_owned()
 }
 
 fn get(lb: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -582,23 +574,21 @@ fn the_gateway_example_does_what_it_says() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/keys/private.pem"
     );
-    let out = Command::new(portico_bin())
-        .args(["token", "--key", key, "--kid", "example-1"])
-        .args([
-            "--issuer",
-            "https://auth.portico.example",
-            "--audience",
-            "portico-example",
-        ])
-        .args(["--scope", "orders:read", "--subject", "reader"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap();
+    let token = portico_ok(&[
+        "token",
+        "--key",
+        key,
+        "--kid",
+        "example-1",
+        "--issuer",
+        "https://auth.portico.example",
+        "--audience",
+        "portico-example",
+        "--scope",
+        "orders:read",
+        "--subject",
+        "reader",
+    ]);
     let r = get(lb, "/private", &[("authorization", &bearer(token.trim()))]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["jwt_claims"]["sub"], "reader");

@@ -83,18 +83,11 @@ fn portico_status_shows_groups_with_health_rtt_and_share_of_connections() {
     }
     let endpoint = format!("http://{}", portico.admin_api.unwrap());
     let status = |json: bool| {
-        let mut cmd = Command::new(portico_bin());
-        cmd.args(["status", "--endpoint", &endpoint]);
+        let mut args = vec!["status", "--endpoint", &endpoint];
         if json {
-            cmd.arg("--json");
+            args.push("--json");
         }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        portico_ok(&args)
     };
     let doc: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
     let acc = &doc["accelerator"];
@@ -335,13 +328,5 @@ memory_size_mb = 64
     assert_eq!(out.status.code(), Some(64));
 
     let good = scratch.write("good.toml", &demo_config());
-    let out = Command::new(portico_bin())
-        .args(["validate", good.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    portico_ok(&["validate", good.to_str().unwrap()]);
 }

@@ -17,6 +17,18 @@ pub fn hello_target_group() -> String {
     )
 }
 
+/// Runs the portico CLI with `args`, asserts that it succeeded (showing its stderr if not),
+/// and returns what it printed.
+pub fn portico_ok(args: &[&str]) -> String {
+    let out = Command::new(portico_bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "portico {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The portico binary under test.
 pub fn portico_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portico"))
