@@ -19,6 +19,11 @@ pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Reads, decodes and validates the file at `path`.
 pub fn load_file(path: &Path) -> Result<Config, LoadError> {
+    parse(&read_text(path)?, &path.display().to_string())
+}
+
+/// The text of the file at `path`, refused above [`MAX_CONFIG_BYTES`].
+fn read_text(path: &Path) -> Result<String, LoadError> {
     let read_err = |source| LoadError::Read {
         path: path.to_owned(),
         source,
@@ -33,18 +38,21 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
             )],
         });
     }
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
-    parse(&text, &path.display().to_string())
+    std::fs::read_to_string(path).map_err(read_err)
+}
+
+/// `text` as a TOML table; `origin` names it in the syntax error.
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table, LoadError> {
+    text.parse()
+        .map_err(|e: toml::de::Error| LoadError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
 }
 
 /// Decodes and validates `text`; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Config, LoadError> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| LoadError::Syntax {
-            origin: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+    let table = parse_table(text, origin)?;
     let mut errors = Vec::new();
     let config = decode_table(table, &mut errors);
     errors.extend(validate(&config));
@@ -58,20 +66,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, LoadError> {
     }
 }
 
-/// Reads an API key file (`[[keys]]` entries) and checks its keys against `config`: each
+/// Reads an API key file (`[[keys]]` entries, at most [`MAX_CONFIG_BYTES`]) and checks its keys against `config`: each
 /// error names the file and the key's index.
 pub fn load_api_key_file(path: &Path, config: &Config) -> Result<Vec<ApiKey>, LoadError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| LoadError::Syntax {
-            origin: origin.clone(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+    let table = parse_table(&read_text(path)?, &origin)?;
     let mut errors = Vec::new();
     let file: Option<ApiKeyFile> = decode_value(toml::Value::Table(table), "", &mut errors);
     let keys = file.map(|f| f.keys).unwrap_or_default();

@@ -116,5 +116,16 @@ fn api_key_files_are_checked_against_the_inline_keys() {
             "keys[1].value: an API key is 20-128 printable ASCII characters without spaces",
         ]
     );
+    // A key file is bounded like the config file.
+    let huge = format!("# {}\n", "x".repeat(5 * 1024 * 1024));
+    std::fs::write(&file, huge).unwrap();
+    let Err(LoadError::Invalid { errors, .. }) = portico_config::load_api_key_file(&file, &config)
+    else {
+        panic!("an oversize key file should be refused");
+    };
+    assert!(
+        errors[0].to_string().contains("over the limit"),
+        "{errors:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
