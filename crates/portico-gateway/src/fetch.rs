@@ -103,7 +103,15 @@ where
             .collect()
             .await
             .map(|c| c.to_bytes())
-            .map_err(|_| FetchError::TooLarge(limit))
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    FetchError::TooLarge(limit)
+                } else {
+                    FetchError::Transport(e.to_string())
+                }
+            })
     }
     .await;
     conn.abort();
