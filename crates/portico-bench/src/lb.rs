@@ -6,6 +6,11 @@
 //! load generator and the backend share the other cores. Measured, for each in turn:
 //! - latency: one connection, requests back to back, p50 and p99;
 //! - throughput: `concurrency` connections for `duration`, with p50 and p99 under load.
+//!
+//! `--baseline BINARY` measures a second portico build (say, one from before a change) with
+//! the same config beside the current one; `--rounds N` measures every system N times in
+//! turn and keeps each one's median round, so a slow moment of the machine does not decide a
+//! ratio.
 
 use crate::load::{self, Figures, Target};
 use crate::servers::{Server, Setup, free_port};
@@ -31,18 +36,55 @@ pub(crate) struct Options {
     /// The portico binary.
     #[arg(long)]
     portico: Option<PathBuf>,
-    /// Measure only this system (`portico`, `haproxy`, `nginx`).
-    #[arg(long)]
-    only: Option<String>,
+    /// Measure only these systems (`portico`, `baseline`, `haproxy`, `nginx`, or a gateway
+    /// variant such as `portico+jwt`), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Instead of HAProxy and nginx, measure portico with each gateway feature on (CORS,
     /// rate limit, API key, body validation, JWT) beside portico without any.
     #[arg(long)]
     gateway: bool,
+    /// Another portico binary (a build from before a change) measured as `baseline` with the
+    /// same config, beside portico.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Measure every system this many times, in turn, and report each one's median round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15))]
+    rounds: u32,
 }
 
-/// A system measured: its name, the listener's `gateway` table, more TOML, and the request
-/// headers the feature needs (all empty for HAProxy and nginx).
-type Variant = (&'static str, String, String, Vec<(&'static str, String)>);
+/// A system measured.
+struct Variant {
+    /// Its name in the report: `portico`, `portico+FEATURE`, `baseline`, `haproxy`, `nginx`.
+    name: &'static str,
+    /// The listener's `gateway` table (portico only).
+    gateway: String,
+    /// More top-level TOML (portico only).
+    extra: String,
+    /// Request headers the feature needs.
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Variant {
+    /// A system measured with its defaults.
+    fn plain(name: &'static str) -> Self {
+        Self::with(name, String::new(), String::new(), Vec::new())
+    }
+
+    fn with(
+        name: &'static str,
+        gateway: String,
+        extra: String,
+        headers: Vec<(&'static str, String)>,
+    ) -> Self {
+        Self {
+            name,
+            gateway,
+            extra,
+            headers,
+        }
+    }
+}
 
 /// The gateway variants of `--gateway`.
 fn gateway_variants(setup: &Setup) -> anyhow::Result<Vec<Variant>> {
@@ -76,26 +118,26 @@ fn gateway_variants(setup: &Setup) -> anyhow::Result<Vec<Variant>> {
     let token = String::from_utf8(token.stdout)?.trim().to_owned();
     let api_key = "bench-key-0123456789abcdef";
     Ok(vec![
-        ("portico", String::new(), String::new(), Vec::new()),
-        (
+        Variant::plain("portico"),
+        Variant::with(
             "portico+cors",
             r#"gateway = { cors = { allow_origins = ["https://app.example"] } }"#.into(),
             String::new(),
             vec![("origin", "https://app.example".into())],
         ),
-        (
+        Variant::with(
             "portico+rate-limit",
             "gateway = { rate_limit = { requests = 1000000000, period_seconds = 1 } }".into(),
             String::new(),
             Vec::new(),
         ),
-        (
+        Variant::with(
             "portico+api-key",
             "gateway = { api_key_required = true }".into(),
             format!("[api_keys]\nkeys = [{{ value = \"{api_key}\" }}]\n"),
             vec![("x-api-key", api_key.into())],
         ),
-        (
+        Variant::with(
             "portico+validate",
             format!(
                 "gateway = {{ validate = {{ body_schema = \"{}\" }} }}",
@@ -104,7 +146,7 @@ fn gateway_variants(setup: &Setup) -> anyhow::Result<Vec<Variant>> {
             String::new(),
             Vec::new(),
         ),
-        (
+        Variant::with(
             "portico+jwt",
             r#"gateway = { jwt = { authorizer = "bench", scopes = ["orders:write"] } }"#.into(),
             format!(
@@ -125,12 +167,7 @@ struct Measured {
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let setup = Setup::new("lb", options.portico.clone())?;
-    let Setup {
-        portico,
-        me,
-        proxy_core,
-        scratch,
-    } = &setup;
+    let Setup { me, proxy_core, .. } = &setup;
 
     let backend_port = free_port()?;
     let mut backend =
@@ -146,75 +183,117 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         options.concurrency
     );
 
-    let mut results = Vec::new();
-    let systems: Vec<Variant> = if options.gateway {
+    let mut systems: Vec<Variant> = if options.gateway {
         gateway_variants(&setup)?
     } else {
         ["portico", "haproxy", "nginx"]
             .into_iter()
-            .map(|name| (name, String::new(), String::new(), Vec::new()))
+            .map(Variant::plain)
             .collect()
     };
-    for (name, gateway, extra, headers) in systems {
-        if options.only.as_deref().is_some_and(|only| only != name) {
-            continue;
-        }
-        let port = free_port()?;
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", proxy_core]);
-        match name {
-            name if name.starts_with("portico") => {
-                let config = setup.write(
-                    "portico.toml",
-                    &portico_config(port, backend_port, &gateway, &extra),
-                )?;
-                cmd.arg(portico)
-                    .arg("up")
-                    .arg(config)
-                    .env("TOKIO_WORKER_THREADS", "1")
-                    .env("RUST_LOG", "warn");
-            }
-            "haproxy" => {
-                let config = setup.write("haproxy.cfg", &haproxy_config(port, backend_port))?;
-                cmd.args(["haproxy", "-db", "-f"]).arg(config);
-            }
-            _ => {
-                let config =
-                    setup.write("nginx.conf", &nginx_config(port, backend_port, scratch))?;
-                cmd.args(["nginx", "-p"]).arg(scratch).arg("-c").arg(config);
-            }
-        }
-        eprintln!("measuring {name} …");
-        let mut server = Server::start(&mut cmd).with_context(|| format!("starting {name}"))?;
-        let target = Target {
-            headers,
-            ..target(port)
-        };
-        server
-            .ready(&target, Duration::from_secs(20))
-            .await
-            .with_context(|| format!("{name} did not answer"))?;
-        // Warm up connection pools and caches.
-        load::run(&target, options.concurrency, Duration::from_secs(2), None).await?;
-        let latency =
-            load::run(&target, 1, Duration::from_secs(600), Some(options.requests)).await?;
-        let loaded = load::run(
-            &target,
-            options.concurrency,
-            Duration::from_secs(options.duration),
-            None,
-        )
-        .await?;
-        drop(server);
-        results.push(Measured {
-            name,
-            latency,
-            loaded,
-        });
+    if options.baseline.is_some() {
+        systems.insert(1, Variant::plain("baseline"));
     }
+    systems.retain(|v| options.only.is_empty() || options.only.iter().any(|o| o == v.name));
+    let mut rounds: Vec<Vec<Measured>> = systems.iter().map(|_| Vec::new()).collect();
+    for round in 1..=options.rounds {
+        if options.rounds > 1 {
+            eprintln!("round {round} of {}", options.rounds);
+        }
+        for (variant, measured) in systems.iter().zip(&mut rounds) {
+            measured.push(measure(&setup, &options, variant, backend_port).await?);
+        }
+    }
+    let results: Vec<Measured> = rounds.into_iter().filter_map(median_round).collect();
     drop(backend);
     report(&results, &options);
     Ok(())
+}
+
+/// Starts one system, warms it up, and measures its latency and throughput.
+async fn measure(
+    setup: &Setup,
+    options: &Options,
+    variant: &Variant,
+    backend_port: u16,
+) -> anyhow::Result<Measured> {
+    let name = variant.name;
+    let port = free_port()?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &setup.proxy_core]);
+    match name {
+        "haproxy" => {
+            let config = setup.write("haproxy.cfg", &haproxy_config(port, backend_port))?;
+            cmd.args(["haproxy", "-db", "-f"]).arg(config);
+        }
+        "nginx" => {
+            let config = setup.write(
+                "nginx.conf",
+                &nginx_config(port, backend_port, &setup.scratch),
+            )?;
+            cmd.args(["nginx", "-p"])
+                .arg(&setup.scratch)
+                .arg("-c")
+                .arg(config);
+        }
+        _ => {
+            let binary = match (name, &options.baseline) {
+                ("baseline", Some(baseline)) => baseline,
+                _ => &setup.portico,
+            };
+            let config = setup.write(
+                "portico.toml",
+                &portico_config(port, backend_port, &variant.gateway, &variant.extra),
+            )?;
+            cmd.arg(binary)
+                .arg("up")
+                .arg(config)
+                .env("TOKIO_WORKER_THREADS", "1")
+                .env("RUST_LOG", "warn");
+        }
+    }
+    eprintln!("measuring {name} …");
+    let mut server = Server::start(&mut cmd).with_context(|| format!("starting {name}"))?;
+    let target = Target {
+        headers: variant.headers.clone(),
+        ..target(port)
+    };
+    server
+        .ready(&target, Duration::from_secs(20))
+        .await
+        .with_context(|| format!("{name} did not answer"))?;
+    // Warm up connection pools and caches.
+    load::run(&target, options.concurrency, Duration::from_secs(2), None).await?;
+    let latency = load::run(&target, 1, Duration::from_secs(600), Some(options.requests)).await?;
+    let loaded = load::run(
+        &target,
+        options.concurrency,
+        Duration::from_secs(options.duration),
+        None,
+    )
+    .await?;
+    drop(server);
+    Ok(Measured {
+        name,
+        latency,
+        loaded,
+    })
+}
+
+/// One system's rounds folded into one: the latency run with the median p50 and the
+/// throughput run with the median rate.
+fn median_round(rounds: Vec<Measured>) -> Option<Measured> {
+    let name = rounds.first()?.name;
+    let middle = rounds.len() / 2;
+    let (mut latency, mut loaded): (Vec<Figures>, Vec<Figures>) =
+        rounds.into_iter().map(|m| (m.latency, m.loaded)).unzip();
+    latency.sort_by(|a, b| a.quantile_us(0.5).total_cmp(&b.quantile_us(0.5)));
+    loaded.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
+    Some(Measured {
+        name,
+        latency: latency.into_iter().nth(middle)?,
+        loaded: loaded.into_iter().nth(middle)?,
+    })
 }
 
 fn target(port: u16) -> Target {
