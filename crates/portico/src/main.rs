@@ -8,11 +8,13 @@
 //! - `up`: `portico up`: binding, wiring the tiers together, and the shutdown sequence;
 //! - `banner`: what `portico up` prints at start (static addresses and routes);
 //! - `signals`: SIGINT/SIGTERM as a future;
+//! - `scheduler`: the tokio scheduler and its thread count (`TOKIO_WORKER_THREADS`);
 //! - `client`: `portico invoke`, `portico logs` and `portico status`, talking to a running
 //!   portico.
 
 mod banner;
 mod client;
+mod scheduler;
 mod signals;
 mod topology;
 mod up;
@@ -270,12 +272,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `work` on a multi-threaded tokio runtime; an error is printed and fails the process.
+/// Runs `work` on the tokio runtime `TOKIO_WORKER_THREADS` asks for (see `scheduler`); an
+/// error is printed and fails the process.
 fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let variable = std::env::var_os(scheduler::VARIABLE).map(|v| v.to_string_lossy().into_owned());
+    let threads = match scheduler::threads(variable.as_deref()) {
+        Ok(threads) => threads,
+        Err(error) => {
+            eprintln!("portico: {error}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let runtime = match scheduler::builder(threads).build() {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");

@@ -76,6 +76,49 @@ fn requests_through_each_static_ip_reach_the_function_with_the_callers_address()
 }
 
 #[test]
+fn one_worker_thread_serves_every_tier_on_the_main_thread() {
+    // TOKIO_WORKER_THREADS=1 is the current-thread scheduler: the edge, the load balancer,
+    // the function runtime and the APIs all share the main thread.
+    let mut portico = Portico::start_with_env(&demo_config(), &[("TOKIO_WORKER_THREADS", "1")]);
+    for addr in &portico.static_addresses {
+        let r = curl(Some(CLIENT_IP), &[&format!("http://{addr}/hello?name=one")]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["client"], CLIENT_IP);
+    }
+    let invoke = portico.invoke_api.unwrap();
+    let r = curl(
+        None,
+        &[
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+            &format!("http://{invoke}/2015-03-31/functions/hello/invocations"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(portico.terminate().success());
+}
+
+#[test]
+fn a_bad_worker_thread_count_is_refused_before_anything_starts() {
+    for bad in ["0", "many", ""] {
+        let out = Command::new(portico_bin())
+            .arg("up")
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("TOKIO_WORKER_THREADS=") && stderr.contains("whole number of threads"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "nothing may start: {bad:?}");
+    }
+}
+
+#[test]
 fn portico_status_shows_groups_with_health_rtt_and_share_of_connections() {
     let portico = Portico::start(&demo_config());
     for addr in &portico.static_addresses {

@@ -113,6 +113,15 @@ impl Portico {
 
     /// Starts `portico up` inside the network namespace `netns` (when given) as `node`.
     pub fn start_in(config: &str, netns: Option<&str>, node: Option<&str>) -> Self {
+        Self::launch(config, netns, node, &[])
+    }
+
+    /// Starts `portico up` on `config` with these environment variables set.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(config, None, None, env)
+    }
+
+    fn launch(config: &str, netns: Option<&str>, node: Option<&str>, env: &[(&str, &str)]) -> Self {
         let scratch = Scratch::new("up");
         // The admin API's default port would clash between tests running at once.
         let config = if config.contains("[admin_api]") {
@@ -134,6 +143,7 @@ impl Portico {
             command.args(["--node", node]);
         }
         let child = command
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
