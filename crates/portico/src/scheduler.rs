@@ -2,10 +2,11 @@
 //!
 //! Unset: the multi-threaded scheduler with one worker per core. `N` > 1: that scheduler
 //! with `N` workers. `1`: the current-thread scheduler, so every task runs on the main
-//! thread. One worker of the multi-threaded scheduler still costs a second thread and a
-//! cross-thread wake-up per event the main thread waits on; on one core the current-thread
-//! scheduler serves about an eighth more requests (`scripts/bench lb`). Anything else is
-//! refused with a clear message instead of tokio's panic.
+//! thread. One worker of the multi-threaded scheduler still pays for work stealing (atomic
+//! run queues, wake-ups that must be safe across threads) that one thread has no use for;
+//! on one core the current-thread scheduler serves 8–13 % more requests
+//! (`scripts/bench lb`). Anything else is refused with a clear message instead of tokio's
+//! panic.
 
 use tokio::runtime::Builder;
 
