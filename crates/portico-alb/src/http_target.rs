@@ -19,12 +19,9 @@ use crate::error::LbError;
 use crate::forwarded::{self, Origin};
 use crate::sticky;
 use crate::target_group::stable_hash;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Request, Response, Uri, Version, header};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use crate::upstream::Upstream;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
 use portico_config::{Algorithm, HealthCheckSettings};
 use portico_health::{HttpProbe, Status, Verdict};
 use std::net::SocketAddr;
@@ -34,10 +31,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long a connection to a target may take to open (ALB: 10 s).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a pooled connection to a target may sit idle.
-const POOL_IDLE: Duration = Duration::from_secs(60);
+pub use crate::upstream::CONNECT_TIMEOUT;
 
 /// One target: an HTTP server.
 #[derive(Debug)]
@@ -46,8 +40,10 @@ pub struct Target {
     pub address: SocketAddr,
     /// Its health.
     pub status: Arc<Status>,
-    /// `address` as a URI authority, made once.
-    authority: Authority,
+    /// `address` as a `Host` header, for requests that came without one (HTTP/1.0).
+    host: HeaderValue,
+    /// Keep-alive connections to it.
+    upstream: Arc<Upstream>,
     in_flight: AtomicUsize,
     draining: AtomicBool,
     cookie: u64,
@@ -111,7 +107,6 @@ pub struct HttpTargetGroup {
     spec: HttpGroupSpec,
     targets: RwLock<Vec<Arc<Target>>>,
     next: AtomicUsize,
-    client: Client<HttpConnector, Body>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -124,17 +119,9 @@ impl HttpTargetGroup {
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(connector);
         let group = Arc::new(Self {
             targets: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
-            client,
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
             spec,
@@ -182,16 +169,18 @@ impl HttpTargetGroup {
             Verdict::Healthy
         };
         let text = address.to_string();
+        let checks = self.shutdown.child_token();
         let target = Arc::new(Target {
             address,
             status: Arc::new(Status::new(verdict)),
-            // A socket address always reads as an authority.
-            authority: Authority::try_from(text.as_str())
-                .unwrap_or_else(|_| Authority::from_static("invalid")),
+            // A socket address is always a valid header value.
+            host: HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            upstream: Upstream::start(address, checks.clone(), &self.tasks),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             cookie: stable_hash(text.as_bytes()),
-            checks: self.shutdown.child_token(),
+            checks,
         });
         if health.enabled {
             let matcher = health.matcher.clone();
@@ -299,33 +288,29 @@ impl HttpTargetGroup {
         let target = self.pick(sticky).ok_or(LbError::NoTargets)?;
         outcome.target = Some(target.address);
         let (mut parts, body) = req.into_parts();
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(target.authority.clone());
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        parts.uri = Uri::from_parts(uri).map_err(|e| LbError::BadRequest(e.to_string()))?;
+        // Origin form, as HTTP/1.1 sends it to a server.
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
         parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, target.host.clone());
+        }
         strip_hop_by_hop(&mut parts.headers);
         outcome.trace_id = Some(forwarded::apply(&mut parts.headers, origin));
         let request = Request::from_parts(parts, body);
 
         let outstanding = Outstanding::new(target.clone());
         outcome.dispatched = Some(Instant::now());
-        let response = tokio::time::timeout(timeout, self.client.request(request)).await;
+        let response =
+            tokio::time::timeout(timeout, target.upstream.send(request, &self.tasks)).await;
         drop(outstanding);
         let mut response = match response {
             Err(_) => return Err(LbError::TargetTimeout { timeout }),
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(LbError::TargetConnect(source_chain(&e)));
-            }
-            Ok(Err(e)) => return Err(LbError::TargetFailed(source_chain(&e))),
-            Ok(Ok(response)) => response,
+            Ok(result) => result?,
         };
         outcome.answered = Some(Instant::now());
         outcome.target_status = Some(response.status().as_u16());
@@ -335,7 +320,7 @@ impl HttpTargetGroup {
                 response.headers_mut().append(header::SET_COOKIE, value);
             }
         }
-        Ok(response.map(|b| b.boxed()))
+        Ok(response)
     }
 }
 
@@ -403,15 +388,4 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -13,7 +13,8 @@
 //! 5. [`forwarded`] adds `X-Forwarded-For/-Proto/-Port` and `X-Amzn-Trace-Id`;
 //! 6. a Lambda target group ([`lambda_target`]) builds the [`event`], invokes the function
 //!    through [`portico_invoke::Invoker`] and turns the [`reply`] into the response; an HTTP
-//!    target group ([`http_target`]) proxies to a healthy target over pooled connections;
+//!    target group ([`http_target`]) proxies to a healthy target over its keep-alive
+//!    connections (`upstream`);
 //! 7. any failure becomes ALB's status code and error page in [`error`], and nowhere else.
 //!
 //! [`access_log`] writes ALB's access log lines. [`target_group`] holds what a target group is at run time; [`body`] is the one response
@@ -36,6 +37,7 @@ pub mod rules;
 pub mod sticky;
 pub mod target_group;
 pub mod tls;
+mod upstream;
 
 pub use listener::{ListenerSpec, serve};
 pub use router::Router;
