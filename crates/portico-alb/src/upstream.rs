@@ -7,7 +7,7 @@
 //! target marked for closing, is dropped instead. hyper-util's pooled client does the same
 //! job, but for every HTTP/1 request it looks the pool up in a hashed map behind a lock and
 //! spawns a task that waits for the connection to become idle; on one core that
-//! bookkeeping cost about a tenth of the load balancer's throughput (`scripts/bench lb`).
+//! bookkeeping cost about 6 % of the load balancer's throughput (`scripts/bench lb`).
 //!
 //! A request written to a reused connection that the target had closed meanwhile (its
 //! keep-alive timeout raced ours) never reached it: hyper hands it back, and it goes out
