@@ -10,12 +10,16 @@
 //! `--baseline BINARY` measures a second portico build (say, one from before a change) with
 //! the same config beside the current one; `--rounds N` measures every system N times in
 //! turn and keeps each one's median round, so a slow moment of the machine does not decide a
-//! ratio.
+//! ratio. `--instructions N` counts instead what one request costs in user-space
+//! instructions under callgrind (see `instructions`), which the machine's noise does not
+//! move.
 
+use crate::instructions::Callgrind;
 use crate::load::{self, Figures, Target};
 use crate::servers::{Server, Setup, free_port};
 use anyhow::Context;
 use bytes::Bytes;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +55,10 @@ pub(crate) struct Options {
     /// Measure every system this many times, in turn, and report each one's median round.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15))]
     rounds: u32,
+    /// Instead of timing, count each system's user-space instructions per request over
+    /// this many requests on one connection, under callgrind (needs valgrind).
+    #[arg(long, value_name = "REQUESTS", value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+    instructions: Option<u64>,
 }
 
 /// A system measured.
@@ -195,6 +203,16 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         systems.insert(1, Variant::plain("baseline"));
     }
     systems.retain(|v| options.only.is_empty() || options.only.iter().any(|o| o == v.name));
+    if let Some(requests) = options.instructions {
+        let mut counted = Vec::new();
+        for variant in &systems {
+            let per_request = count(&setup, &options, variant, backend_port, requests).await?;
+            counted.push((variant.name, per_request));
+        }
+        drop(backend);
+        report_instructions(&counted, requests);
+        return Ok(());
+    }
     let mut rounds: Vec<Vec<Measured>> = systems.iter().map(|_| Vec::new()).collect();
     for round in 1..=options.rounds {
         if options.rounds > 1 {
@@ -219,39 +237,8 @@ async fn measure(
 ) -> anyhow::Result<Measured> {
     let name = variant.name;
     let port = free_port()?;
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", &setup.proxy_core]);
-    match name {
-        "haproxy" => {
-            let config = setup.write("haproxy.cfg", &haproxy_config(port, backend_port))?;
-            cmd.args(["haproxy", "-db", "-f"]).arg(config);
-        }
-        "nginx" => {
-            let config = setup.write(
-                "nginx.conf",
-                &nginx_config(port, backend_port, &setup.scratch),
-            )?;
-            cmd.args(["nginx", "-p"])
-                .arg(&setup.scratch)
-                .arg("-c")
-                .arg(config);
-        }
-        _ => {
-            let binary = match (name, &options.baseline) {
-                ("baseline", Some(baseline)) => baseline,
-                _ => &setup.portico,
-            };
-            let config = setup.write(
-                "portico.toml",
-                &portico_config(port, backend_port, &variant.gateway, &variant.extra),
-            )?;
-            cmd.arg(binary)
-                .arg("up")
-                .arg(config)
-                .env("TOKIO_WORKER_THREADS", "1")
-                .env("RUST_LOG", "warn");
-        }
-    }
+    let pin = ["taskset", "-c", &setup.proxy_core].map(OsString::from);
+    let mut cmd = command(setup, options, variant, port, backend_port, &pin)?;
     eprintln!("measuring {name} …");
     let mut server = Server::start(&mut cmd).with_context(|| format!("starting {name}"))?;
     let target = Target {
@@ -278,6 +265,119 @@ async fn measure(
         latency,
         loaded,
     })
+}
+
+/// The command that starts `variant` on `port`, after `prefix` (a pinning or a profiler).
+fn command(
+    setup: &Setup,
+    options: &Options,
+    variant: &Variant,
+    port: u16,
+    backend_port: u16,
+    prefix: &[OsString],
+) -> anyhow::Result<Command> {
+    let (program, wrapper) = prefix.split_first().context("an empty command prefix")?;
+    let mut cmd = Command::new(program);
+    cmd.args(wrapper);
+    match variant.name {
+        "haproxy" => {
+            let config = setup.write("haproxy.cfg", &haproxy_config(port, backend_port))?;
+            cmd.args(["haproxy", "-db", "-f"]).arg(config);
+        }
+        "nginx" => {
+            // Counted, nginx must be one process: its forked worker would share the counts file.
+            let single = options.instructions.is_some();
+            let config = setup.write(
+                "nginx.conf",
+                &nginx_config(port, backend_port, &setup.scratch, single),
+            )?;
+            cmd.args(["nginx", "-p"])
+                .arg(&setup.scratch)
+                .arg("-c")
+                .arg(config);
+        }
+        name => {
+            let binary = match (name, &options.baseline) {
+                ("baseline", Some(baseline)) => baseline,
+                _ => &setup.portico,
+            };
+            let config = setup.write(
+                "portico.toml",
+                &portico_config(port, backend_port, &variant.gateway, &variant.extra),
+            )?;
+            cmd.arg(binary)
+                .arg("up")
+                .arg(config)
+                .env("TOKIO_WORKER_THREADS", "1")
+                .env("RUST_LOG", "warn");
+        }
+    }
+    Ok(cmd)
+}
+
+/// Runs `variant` under callgrind and returns its user-space instructions per request over
+/// `requests` requests on one connection, after a warm-up that is not counted.
+async fn count(
+    setup: &Setup,
+    options: &Options,
+    variant: &Variant,
+    backend_port: u16,
+    requests: u64,
+) -> anyhow::Result<f64> {
+    let name = variant.name;
+    let port = free_port()?;
+    let callgrind = Callgrind::new(&setup.scratch, name);
+    let mut cmd = command(
+        setup,
+        options,
+        variant,
+        port,
+        backend_port,
+        &callgrind.prefix(),
+    )?;
+    eprintln!("counting {name} …");
+    let mut server = Server::start(&mut cmd).with_context(|| format!("starting {name}"))?;
+    let target = Target {
+        headers: variant.headers.clone(),
+        ..target(port)
+    };
+    server
+        .ready(&target, Duration::from_secs(120))
+        .await
+        .with_context(|| format!("{name} did not answer under valgrind"))?;
+    let forever = Duration::from_secs(3600);
+    let warm = load::run(&target, 1, forever, Some(200)).await?;
+    callgrind.zero(server.pid())?;
+    let counted = load::run(&target, 1, forever, Some(requests as usize)).await?;
+    let total = callgrind.dump(server.pid())?;
+    let errors = warm.errors + counted.errors;
+    anyhow::ensure!(
+        errors == 0,
+        "{name}: {errors} requests failed while counting"
+    );
+    Ok(total as f64 / counted.requests as f64)
+}
+
+fn report_instructions(counted: &[(&'static str, f64)], requests: u64) {
+    println!();
+    println!("{:<20} {:>22}", "system", "instructions/request");
+    for (name, per_request) in counted {
+        println!("{name:<20} {per_request:>22.0}");
+    }
+    if let Some((_, ours)) = counted.iter().find(|(name, _)| *name == "portico") {
+        println!();
+        for (name, theirs) in counted.iter().filter(|(name, _)| *name != "portico") {
+            println!(
+                "  {name:<20} {:>5.2}x portico's instructions per request ({:+.1} %)",
+                theirs / ours,
+                (theirs / ours - 1.0) * 100.0
+            );
+        }
+    }
+    println!(
+        "\n(user space, every thread, counted by callgrind over {requests} requests on one \
+         connection after 200 uncounted; kernel work not included)"
+    );
 }
 
 /// One system's rounds folded into one: the latency run with the median p50 and the
@@ -349,10 +449,12 @@ backend backend
     )
 }
 
-fn nginx_config(port: u16, backend: u16, dir: &Path) -> String {
+fn nginx_config(port: u16, backend: u16, dir: &Path, single_process: bool) -> String {
+    let master = if single_process { "off" } else { "on" };
     format!(
         r#"
 daemon off;
+master_process {master};
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log /dev/null;

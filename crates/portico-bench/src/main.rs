@@ -5,6 +5,7 @@
 //! Layout:
 //! - `load`: the closed-loop HTTP load generator;
 //! - `servers`: starting, readying and stopping the systems under test;
+//! - `instructions`: user-space instructions per request, counted by callgrind;
 //! - `invoke`: the function runtime against `cargo lambda watch`;
 //! - `lb`: the load balancer against HAProxy and nginx, with `backend` as their target;
 //! - `edge`: the accelerator's TCP forwarding against HAProxy in TCP mode, with its own
@@ -12,6 +13,7 @@
 
 mod backend;
 mod edge;
+mod instructions;
 mod invoke;
 mod lb;
 mod load;

@@ -25,6 +25,11 @@ impl Server {
         Ok(Self { child })
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until `target` answers a request with 200, up to `limit`; returns how long it
     /// took from the call.
     pub(crate) async fn ready(
