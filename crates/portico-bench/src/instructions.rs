@@ -89,11 +89,9 @@ fn control(flag: &str, pid: u32) -> anyhow::Result<()> {
 
 /// The `totals:` (or `summary:`) line of a callgrind dump: the instructions counted.
 fn total(dump: &str) -> Option<u64> {
-    dump.lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
-        })
+    let line = |key: &str| dump.lines().find_map(|l| l.strip_prefix(key));
+    line("totals:")
+        .or_else(|| line("summary:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
