@@ -6,7 +6,7 @@
 //! absent → a new `Root`; present with a `Root` → a `Self` field is added in front; present
 //! without a `Root` → a `Root` is added in front of the fields kept.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,10 +50,11 @@ pub fn apply(headers: &mut HeaderMap, origin: Origin) -> String {
     trace
 }
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_PORT: &str = "x-forwarded-port";
-const X_AMZN_TRACE_ID: &str = "x-amzn-trace-id";
+// Names made once: a `&str` name is parsed and checked again at every use.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 
 /// The `X-Amzn-Trace-Id` ALB forwards, given the one received.
 pub fn trace_header(received: Option<&str>) -> String {

@@ -47,8 +47,8 @@ pub use rejection::Rejection;
 
 /// The request header that carries a verified JWT's claims to targets: the claims as
 /// JSON, base64url-encoded without padding. Set only by the gateway; a client's own is
-/// removed.
-pub const CLAIMS_HEADER: &str = "x-portico-jwt-claims";
+/// removed. A `HeaderName`, so the request path never parses it.
+pub const CLAIMS_HEADER: http::HeaderName = http::HeaderName::from_static("x-portico-jwt-claims");
 
 /// How often rate limit buckets that have refilled are dropped.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
