@@ -236,19 +236,10 @@ async fn measure(
     backend_port: u16,
 ) -> anyhow::Result<Measured> {
     let name = variant.name;
-    let port = free_port()?;
-    let pin = ["taskset", "-c", &setup.proxy_core].map(OsString::from);
-    let mut cmd = command(setup, options, variant, port, backend_port, &pin)?;
     eprintln!("measuring {name} …");
-    let mut server = Server::start(&mut cmd).with_context(|| format!("starting {name}"))?;
-    let target = Target {
-        headers: variant.headers.clone(),
-        ..target(port)
-    };
-    server
-        .ready(&target, Duration::from_secs(20))
-        .await
-        .with_context(|| format!("{name} did not answer"))?;
+    let pin = ["taskset", "-c", &setup.proxy_core].map(OsString::from);
+    let ready = Duration::from_secs(20);
+    let (server, target) = start(setup, options, variant, backend_port, &pin, ready).await?;
     // Warm up connection pools and caches.
     load::run(&target, options.concurrency, Duration::from_secs(2), None).await?;
     let latency = load::run(&target, 1, Duration::from_secs(600), Some(options.requests)).await?;
@@ -265,6 +256,31 @@ async fn measure(
         latency,
         loaded,
     })
+}
+
+/// Starts `variant` on a free port after `prefix` and waits up to `ready` until it
+/// answers; returns it and the request to send it.
+async fn start(
+    setup: &Setup,
+    options: &Options,
+    variant: &Variant,
+    backend_port: u16,
+    prefix: &[OsString],
+    ready: Duration,
+) -> anyhow::Result<(Server, Target)> {
+    let name = variant.name;
+    let port = free_port()?;
+    let mut cmd = command(setup, options, variant, port, backend_port, prefix)?;
+    let mut server = Server::start(&mut cmd).with_context(|| format!("starting {name}"))?;
+    let target = Target {
+        headers: variant.headers.clone(),
+        ..target(port)
+    };
+    server
+        .ready(&target, ready)
+        .await
+        .with_context(|| format!("{name} did not answer"))?;
+    Ok((server, target))
 }
 
 /// The command that starts `variant` on `port`, after `prefix` (a pinning or a profiler).
@@ -325,26 +341,11 @@ async fn count(
     requests: u64,
 ) -> anyhow::Result<f64> {
     let name = variant.name;
-    let port = free_port()?;
-    let callgrind = Callgrind::new(&setup.scratch, name);
-    let mut cmd = command(
-        setup,
-        options,
-        variant,
-        port,
-        backend_port,
-        &callgrind.prefix(),
-    )?;
     eprintln!("counting {name} …");
-    let mut server = Server::start(&mut cmd).with_context(|| format!("starting {name}"))?;
-    let target = Target {
-        headers: variant.headers.clone(),
-        ..target(port)
-    };
-    server
-        .ready(&target, Duration::from_secs(120))
-        .await
-        .with_context(|| format!("{name} did not answer under valgrind"))?;
+    let callgrind = Callgrind::new(&setup.scratch, name);
+    let ready = Duration::from_secs(120); // valgrind starts slowly
+    let prefix = callgrind.prefix();
+    let (server, target) = start(setup, options, variant, backend_port, &prefix, ready).await?;
     let forever = Duration::from_secs(3600);
     let warm = load::run(&target, 1, forever, Some(200)).await?;
     callgrind.zero(server.pid())?;
