@@ -41,6 +41,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle connection to a target is kept.
 pub(crate) const POOL_IDLE: Duration = Duration::from_secs(60);
 
+/// How long a connection handed back may take to become ready before another is used.
+const READY_WAIT: Duration = Duration::from_millis(10);
+
 /// Most idle connections kept per target; more are closed when their response ends.
 const MAX_IDLE: usize = 1024;
 
@@ -128,13 +131,22 @@ impl Upstream {
     }
 
     /// The most recently idle connection that is still usable, once hyper has it ready.
+    ///
+    /// A connection handed back a moment ago is ready as soon as its task has run. One
+    /// that stays busy longer is still sending a request body its target answered early
+    /// (a 413 to an upload, say): waiting for it would make this request wait on that
+    /// client, so after [`READY_WAIT`] it is left to finish and close, and the next one is
+    /// tried.
     async fn checkout(&self) -> Option<SendRequest<Body>> {
         loop {
             let Idle { mut sender, since } = self.lock().pop()?;
             if sender.is_closed() || since.elapsed() >= POOL_IDLE {
                 continue;
             }
-            if sender.ready().await.is_ok() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
                 return Some(sender);
             }
         }
@@ -365,6 +377,45 @@ mod tests {
         drop(upstream.send(request(), &tasks).await.unwrap());
         assert!(upstream.lock().is_empty());
         assert_eq!(get(&upstream, &tasks).await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A request body that never ends: a client uploading for ever.
+    struct Endless;
+
+    impl http_body::Body for Endless {
+        type Data = bytes::Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_an_answered_upload_does_not_hold_up_the_next_request() {
+        // The target answers as soon as it has the head, without reading the body.
+        let (address, accepted) = target(After::KeepAlive).await;
+        let tasks = TaskTracker::new();
+        let upstream = Upstream::start(address, CancellationToken::new(), &tasks);
+        let upload = Request::builder()
+            .method(http::Method::POST)
+            .uri("/upload")
+            .header(http::header::HOST, "target")
+            .body(Endless.boxed())
+            .unwrap();
+        let response = upstream.send(upload, &tasks).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        // That connection is still busy with the upload; the next request must not wait
+        // for it.
+        let next = tokio::time::timeout(Duration::from_secs(2), get(&upstream, &tasks))
+            .await
+            .expect("the next request went ahead on another connection");
+        assert_eq!(next.unwrap(), "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
