@@ -326,6 +326,15 @@ mod tests {
         (address, accepted)
     }
 
+    /// Connections to a new test target: the pool, its tasks, and the target's count of
+    /// accepted connections.
+    async fn pool(after: After) -> (Arc<Upstream>, TaskTracker, Arc<AtomicUsize>) {
+        let (address, accepted) = target(after).await;
+        let tasks = TaskTracker::new();
+        let upstream = Upstream::start(address, CancellationToken::new(), &tasks);
+        (upstream, tasks, accepted)
+    }
+
     fn request() -> Request<Body> {
         Request::builder()
             .uri("/")
@@ -342,9 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_has_ended() {
-        let (address, accepted) = target(After::KeepAlive).await;
-        let tasks = TaskTracker::new();
-        let upstream = Upstream::start(address, CancellationToken::new(), &tasks);
+        let (upstream, tasks, accepted) = pool(After::KeepAlive).await;
         for _ in 0..20 {
             assert_eq!(get(&upstream, &tasks).await.unwrap(), "ok");
         }
@@ -360,9 +367,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_target_closed_is_replaced_without_failing_a_request() {
-        let (address, accepted) = target(After::SilentClose).await;
-        let tasks = TaskTracker::new();
-        let upstream = Upstream::start(address, CancellationToken::new(), &tasks);
+        let (upstream, tasks, accepted) = pool(After::SilentClose).await;
         for _ in 0..10 {
             assert_eq!(get(&upstream, &tasks).await.unwrap(), "ok");
         }
@@ -371,9 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_dropped_before_its_end_takes_its_connection_with_it() {
-        let (address, accepted) = target(After::KeepAlive).await;
-        let tasks = TaskTracker::new();
-        let upstream = Upstream::start(address, CancellationToken::new(), &tasks);
+        let (upstream, tasks, accepted) = pool(After::KeepAlive).await;
         drop(upstream.send(request(), &tasks).await.unwrap());
         assert!(upstream.lock().is_empty());
         assert_eq!(get(&upstream, &tasks).await.unwrap(), "ok");
@@ -398,9 +401,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_still_sending_an_answered_upload_does_not_hold_up_the_next_request() {
         // The target answers as soon as it has the head, without reading the body.
-        let (address, accepted) = target(After::KeepAlive).await;
-        let tasks = TaskTracker::new();
-        let upstream = Upstream::start(address, CancellationToken::new(), &tasks);
+        let (upstream, tasks, accepted) = pool(After::KeepAlive).await;
         let upload = Request::builder()
             .method(http::Method::POST)
             .uri("/upload")
@@ -456,9 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_close_after_the_pool_idle_time() {
-        let (address, accepted) = target(After::KeepAlive).await;
-        let tasks = TaskTracker::new();
-        let upstream = Upstream::start(address, CancellationToken::new(), &tasks);
+        let (upstream, tasks, accepted) = pool(After::KeepAlive).await;
         get(&upstream, &tasks).await.unwrap();
         upstream.drop_idle_for(POOL_IDLE);
         assert_eq!(upstream.lock().len(), 1, "not idle long enough");
