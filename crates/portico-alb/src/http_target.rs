@@ -305,8 +305,7 @@ impl HttpTargetGroup {
 
         let outstanding = Outstanding::new(target.clone());
         outcome.dispatched = Some(Instant::now());
-        let response =
-            tokio::time::timeout(timeout, target.upstream.send(request, &self.tasks)).await;
+        let response = tokio::time::timeout(timeout, target.upstream.send(request)).await;
         drop(outstanding);
         let mut response = match response {
             Err(_) => return Err(LbError::TargetTimeout { timeout }),

@@ -60,6 +60,8 @@ pub(crate) struct Upstream {
     /// Fired when the target goes away: idle connections close, busy ones after their
     /// response.
     closed: CancellationToken,
+    /// Owns every connection's task and the expiry task.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -72,8 +74,8 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Connections to `address`, kept until `closed` fires; `tasks` owns the task that
-    /// closes idle connections after [`POOL_IDLE`].
+    /// Connections to `address`, kept until `closed` fires; `tasks` owns their tasks and
+    /// the one that closes idle connections after [`POOL_IDLE`].
     pub(crate) fn start(
         address: SocketAddr,
         closed: CancellationToken,
@@ -83,6 +85,7 @@ impl Upstream {
             address,
             idle: Mutex::new(Vec::new()),
             closed,
+            tasks: tasks.clone(),
         });
         tasks.spawn(upstream.clone().expire());
         upstream
@@ -93,12 +96,11 @@ impl Upstream {
     pub(crate) async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
-        tasks: &TaskTracker,
     ) -> Result<Response<Body>, LbError> {
         loop {
             let (mut sender, reused) = match self.checkout().await {
                 Some(sender) => (sender, true),
-                None => (self.connect(tasks).await?, false),
+                None => (self.connect().await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(self.returning(sender, response)),
@@ -153,7 +155,7 @@ impl Upstream {
     }
 
     /// A new connection, driven by a task of its own until it closes.
-    async fn connect(&self, tasks: &TaskTracker) -> Result<SendRequest<Body>, LbError> {
+    async fn connect(&self) -> Result<SendRequest<Body>, LbError> {
         let address = self.address;
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await
         {
@@ -172,7 +174,7 @@ impl Upstream {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| LbError::TargetConnect(format!("{address}: {}", source_chain(&e))))?;
-        tasks.spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%address, %error, "target connection ended");
             }
@@ -326,13 +328,11 @@ mod tests {
         (address, accepted)
     }
 
-    /// Connections to a new test target: the pool, its tasks, and the target's count of
-    /// accepted connections.
-    async fn pool(after: After) -> (Arc<Upstream>, TaskTracker, Arc<AtomicUsize>) {
+    /// Connections to a new test target, and the target's count of accepted connections.
+    async fn pool(after: After) -> (Arc<Upstream>, Arc<AtomicUsize>) {
         let (address, accepted) = target(after).await;
-        let tasks = TaskTracker::new();
-        let upstream = Upstream::start(address, CancellationToken::new(), &tasks);
-        (upstream, tasks, accepted)
+        let upstream = Upstream::start(address, CancellationToken::new(), &TaskTracker::new());
+        (upstream, accepted)
     }
 
     fn request() -> Request<Body> {
@@ -343,43 +343,43 @@ mod tests {
             .unwrap()
     }
 
-    async fn get(upstream: &Arc<Upstream>, tasks: &TaskTracker) -> Result<String, LbError> {
-        let response = upstream.send(request(), tasks).await?;
+    async fn get(upstream: &Arc<Upstream>) -> Result<String, LbError> {
+        let response = upstream.send(request()).await?;
         let body = response.into_body().collect().await.unwrap().to_bytes();
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
 
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_has_ended() {
-        let (upstream, tasks, accepted) = pool(After::KeepAlive).await;
+        let (upstream, accepted) = pool(After::KeepAlive).await;
         for _ in 0..20 {
-            assert_eq!(get(&upstream, &tasks).await.unwrap(), "ok");
+            assert_eq!(get(&upstream).await.unwrap(), "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // Two at once need two connections; both are kept and reused afterwards.
-        let (a, b) = tokio::join!(get(&upstream, &tasks), get(&upstream, &tasks));
+        let (a, b) = tokio::join!(get(&upstream), get(&upstream));
         assert_eq!((a.unwrap(), b.unwrap()), ("ok".into(), "ok".into()));
         for _ in 0..5 {
-            get(&upstream, &tasks).await.unwrap();
+            get(&upstream).await.unwrap();
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_connection_the_target_closed_is_replaced_without_failing_a_request() {
-        let (upstream, tasks, accepted) = pool(After::SilentClose).await;
+        let (upstream, accepted) = pool(After::SilentClose).await;
         for _ in 0..10 {
-            assert_eq!(get(&upstream, &tasks).await.unwrap(), "ok");
+            assert_eq!(get(&upstream).await.unwrap(), "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 10);
     }
 
     #[tokio::test]
     async fn a_response_dropped_before_its_end_takes_its_connection_with_it() {
-        let (upstream, tasks, accepted) = pool(After::KeepAlive).await;
-        drop(upstream.send(request(), &tasks).await.unwrap());
+        let (upstream, accepted) = pool(After::KeepAlive).await;
+        drop(upstream.send(request()).await.unwrap());
         assert!(upstream.lock().is_empty());
-        assert_eq!(get(&upstream, &tasks).await.unwrap(), "ok");
+        assert_eq!(get(&upstream).await.unwrap(), "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -401,19 +401,19 @@ mod tests {
     #[tokio::test]
     async fn a_connection_still_sending_an_answered_upload_does_not_hold_up_the_next_request() {
         // The target answers as soon as it has the head, without reading the body.
-        let (upstream, tasks, accepted) = pool(After::KeepAlive).await;
+        let (upstream, accepted) = pool(After::KeepAlive).await;
         let upload = Request::builder()
             .method(http::Method::POST)
             .uri("/upload")
             .header(http::header::HOST, "target")
             .body(Endless.boxed())
             .unwrap();
-        let response = upstream.send(upload, &tasks).await.unwrap();
+        let response = upstream.send(upload).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         // That connection is still busy with the upload; the next request must not wait
         // for it.
-        let next = tokio::time::timeout(Duration::from_secs(2), get(&upstream, &tasks))
+        let next = tokio::time::timeout(Duration::from_secs(2), get(&upstream))
             .await
             .expect("the next request went ahead on another connection");
         assert_eq!(next.unwrap(), "ok");
@@ -427,7 +427,7 @@ mod tests {
         drop(unused);
         let tasks = TaskTracker::new();
         let upstream = Upstream::start(address, CancellationToken::new(), &tasks);
-        match get(&upstream, &tasks).await {
+        match get(&upstream).await {
             Err(LbError::TargetConnect(reason)) => assert!(reason.contains(&address.to_string())),
             other => panic!("expected a connect error, got {other:?}"),
         }
@@ -439,12 +439,12 @@ mod tests {
         let tasks = TaskTracker::new();
         let closed = CancellationToken::new();
         let upstream = Upstream::start(address, closed.clone(), &tasks);
-        let (a, b) = tokio::join!(get(&upstream, &tasks), get(&upstream, &tasks));
+        let (a, b) = tokio::join!(get(&upstream), get(&upstream));
         assert_eq!((a.unwrap(), b.unwrap()), ("ok".into(), "ok".into()));
         assert_eq!(upstream.lock().len(), 2);
         // A response in flight when the target goes away still ends, then its connection
         // closes instead of going back.
-        let in_flight = upstream.send(request(), &tasks).await.unwrap();
+        let in_flight = upstream.send(request()).await.unwrap();
         closed.cancel();
         let body = in_flight.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
@@ -457,13 +457,13 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_close_after_the_pool_idle_time() {
-        let (upstream, tasks, accepted) = pool(After::KeepAlive).await;
-        get(&upstream, &tasks).await.unwrap();
+        let (upstream, accepted) = pool(After::KeepAlive).await;
+        get(&upstream).await.unwrap();
         upstream.drop_idle_for(POOL_IDLE);
         assert_eq!(upstream.lock().len(), 1, "not idle long enough");
         upstream.drop_idle_for(Duration::ZERO);
         assert!(upstream.lock().is_empty(), "expired");
-        get(&upstream, &tasks).await.unwrap();
+        get(&upstream).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
