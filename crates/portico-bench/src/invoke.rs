@@ -49,6 +49,8 @@ const FUNCTION: &str = "echo";
 struct System {
     name: &'static str,
     command: Box<dyn Fn(u16) -> Command>,
+    /// Answers `X-Amz-Invocation-Type: DryRun` (204, the function not run).
+    dry_run: bool,
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
@@ -83,6 +85,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 cmd.arg("up").arg(config).env("RUST_LOG", "warn");
                 cmd
             }),
+            dry_run: true,
         },
         System {
             name: "cargo-lambda",
@@ -101,6 +104,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 .env("RUST_LOG", "warn");
                 cmd
             }),
+            dry_run: false,
         },
     ];
 
@@ -131,6 +135,8 @@ struct Measured {
     single: Figures,
     loaded: Figures,
     cold: Duration,
+    /// Sequential `DryRun` calls: the Invoke API's round trip without the function.
+    hop: Option<Figures>,
 }
 
 fn target(port: u16) -> Target {
@@ -171,6 +177,14 @@ async fn measure(
     let duration = Duration::from_secs(options.duration);
     let single = load::run(&target, 1, duration, None).await?;
     let loaded = load::run(&target, concurrency, duration, None).await?;
+    let hop = if system.dry_run {
+        let mut dry = target.clone();
+        dry.headers
+            .push(("x-amz-invocation-type", "DryRun".to_owned()));
+        Some(load::run(&dry, 1, Duration::from_secs(600), Some(options.requests)).await?)
+    } else {
+        None
+    };
     drop(server);
     Ok(Measured {
         name: system.name,
@@ -178,6 +192,7 @@ async fn measure(
         single,
         loaded,
         cold,
+        hop,
     })
 }
 
@@ -204,6 +219,18 @@ fn report(results: &[Measured], options: &Options, concurrency: usize) {
             m.warm.errors + m.single.errors + m.loaded.errors,
             m.cold.as_secs_f64() * 1000.0,
         );
+    }
+    for m in results {
+        if let Some(hop) = &m.hop {
+            println!(
+                "{}: DryRun (the Invoke API round trip, no function) p50 {:.0} µs, p99 {:.0} µs; \
+                 the rest of the warm p50, {:.0} µs, is the exchange with the function",
+                m.name,
+                hop.quantile_us(0.5),
+                hop.quantile_us(0.99),
+                m.warm.quantile_us(0.5) - hop.quantile_us(0.5),
+            );
+        }
     }
     if let [ours, theirs] = results {
         println!();

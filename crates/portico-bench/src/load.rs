@@ -60,13 +60,18 @@ impl Figures {
     }
 }
 
-/// Sends one request on a fresh connection; `Ok` only for a 200.
+/// Sends one request on a fresh connection; `Ok` only for a 200 (or a 204).
 pub(crate) async fn once(target: &Target) -> anyhow::Result<()> {
     let mut conn = Connection::open(target.addr).await?;
     conn.send(target).await
 }
 
 /// Runs `concurrency` workers until `requests` were sent in all, or `duration` is over.
+///
+/// The workers are spread over one thread per core this process may run on (at most one
+/// per worker), each with a current-thread runtime that drives its connections and their
+/// requests: no request waits for a wake-up from another thread, so the generator adds as
+/// little as it can to every system's latency (wrk's model: an event loop per thread).
 pub(crate) async fn run(
     target: &Target,
     concurrency: usize,
@@ -76,27 +81,66 @@ pub(crate) async fn run(
     let started = Instant::now();
     let deadline = started + duration;
     let per_worker = requests.map(|n| n.div_ceil(concurrency));
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = concurrency.clamp(1, cores);
+    let mut loops = Vec::new();
+    for t in 0..threads {
+        // Workers t, t + threads, t + 2 × threads, … run on thread t.
+        let workers = (concurrency + threads - 1 - t) / threads;
         let target = target.clone();
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0usize;
-            let mut conn = Connection::open(target.addr).await?;
-            while Instant::now() < deadline && per_worker.is_none_or(|n| latencies.len() < n) {
-                let sent = Instant::now();
-                match conn.send(&target).await {
-                    Ok(()) => latencies.push(sent.elapsed()),
-                    Err(_) => {
-                        errors += 1;
-                        conn = Connection::open(target.addr).await?;
-                    }
-                }
-            }
-            anyhow::Ok((latencies, errors))
+        loops.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let workers: Vec<Worker> = (0..workers)
+                    .map(|_| tokio::spawn(worker(target.clone(), deadline, per_worker)))
+                    .collect();
+                gather(workers).await
+            })
         }));
     }
-    collect(workers, started).await
+    let gathered = tokio::task::spawn_blocking(move || {
+        loops
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("load thread panicked")))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for part in gathered {
+        let (mut l, e) = part?;
+        latencies.append(&mut l);
+        errors += e;
+    }
+    Ok(Figures::new(latencies, errors, started.elapsed()))
+}
+
+/// One worker: its own keep-alive connection, requests back to back until `deadline` or
+/// until it sent `requests`; a failed request is counted and the connection opened again.
+async fn worker(
+    target: Target,
+    deadline: Instant,
+    requests: Option<usize>,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut latencies = Vec::new();
+    let mut errors = 0usize;
+    let mut conn = Connection::open(target.addr).await?;
+    while Instant::now() < deadline && requests.is_none_or(|n| latencies.len() < n) {
+        let sent = Instant::now();
+        match conn.send(&target).await {
+            Ok(()) => latencies.push(sent.elapsed()),
+            Err(_) => {
+                errors += 1;
+                conn = Connection::open(target.addr).await?;
+            }
+        }
+    }
+    Ok((latencies, errors))
 }
 
 /// One load worker's latencies and errors.
@@ -104,6 +148,12 @@ pub(crate) type Worker = tokio::task::JoinHandle<anyhow::Result<(Vec<Duration>, 
 
 /// Waits for every worker of a run that began at `started` and sums up their figures.
 pub(crate) async fn collect(workers: Vec<Worker>, started: Instant) -> anyhow::Result<Figures> {
+    let (latencies, errors) = gather(workers).await?;
+    Ok(Figures::new(latencies, errors, started.elapsed()))
+}
+
+/// Every worker's latencies, together, and the sum of their errors.
+async fn gather(workers: Vec<Worker>) -> anyhow::Result<(Vec<Duration>, usize)> {
     let mut latencies = Vec::new();
     let mut errors = 0;
     for worker in workers {
@@ -111,7 +161,7 @@ pub(crate) async fn collect(workers: Vec<Worker>, started: Instant) -> anyhow::R
         latencies.append(&mut l);
         errors += e;
     }
-    Ok(Figures::new(latencies, errors, started.elapsed()))
+    Ok((latencies, errors))
 }
 
 struct Connection {
@@ -141,7 +191,7 @@ impl Connection {
         let response = self.sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
-        if status != http::StatusCode::OK {
+        if status != http::StatusCode::OK && status != http::StatusCode::NO_CONTENT {
             bail!("{status}: {}", String::from_utf8_lossy(&body));
         }
         if body.windows(9).any(|w| w == b"errorType") {
