@@ -14,7 +14,9 @@
 use hyper_util::server::graceful::GracefulConnection;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -126,14 +128,10 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
-                let connection = handle(stream, peer);
-                let cut = cut.clone();
-                connections.spawn(async move {
-                    tokio::select! {
-                        _ = connection => {}
-                        _ = cut.cancelled() => {}
-                    }
-                    drop(slot);
+                connections.spawn(Connection {
+                    handler: handle(stream, peer),
+                    cut: cut.clone().cancelled_owned(),
+                    _slot: slot,
                 });
             }
             Err(error) => {
@@ -154,6 +152,32 @@ where
         connections.wait().await;
     }
     Drained { cut_short }
+}
+
+pin_project_lite::pin_project! {
+    /// One connection's task: its handler, cut short when the drain is over, holding the
+    /// connection's slot until it ends. A struct rather than an `async` block, so that the
+    /// handler's future is stored once: an `async` block keeps the future it captured
+    /// beside the copy it polls, which doubled what each held connection costs.
+    struct Connection<F> {
+        #[pin]
+        handler: F,
+        #[pin]
+        cut: tokio_util::sync::WaitForCancellationFutureOwned,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Connection<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.handler.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.cut.poll(cx)
+    }
 }
 
 #[cfg(test)]

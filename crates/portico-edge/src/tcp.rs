@@ -12,6 +12,7 @@ use crate::relay::relay;
 use crate::route::{Route, RouteCell};
 use crate::selection::candidates;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,8 +26,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let drained = portico_accept::serve(listener, &shutdown, limits, |stream, client| {
-        let route = route.current();
-        async move { forward(stream, client, &route).await }
+        forward(stream, client, route.current())
     })
     .await;
     if drained.cut_short > 0 {
@@ -37,12 +37,12 @@ pub async fn serve(
     }
 }
 
-async fn forward(mut inbound: TcpStream, client: SocketAddr, route: &Route) {
+async fn forward(mut inbound: TcpStream, client: SocketAddr, route: Arc<Route>) {
     let Ok(local) = inbound.local_addr() else {
         return;
     };
     let _ = inbound.set_nodelay(true);
-    let Some(mut outbound) = connect(client, local, route).await else {
+    let Some(mut outbound) = connect(client, local, &route).await else {
         tracing::warn!(%client, %local, "no endpoint reachable; connection closed");
         return;
     };
