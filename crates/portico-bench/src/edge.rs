@@ -12,7 +12,7 @@
 //! - idle connections: `idle` connections opened and held, and the proxy's resident memory
 //!   before and after, per connection.
 
-use crate::load::Figures;
+use crate::load::{Figures, median_by};
 use crate::servers::{Setup, free_port};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, killpg};
@@ -40,6 +40,10 @@ pub(crate) struct Options {
     /// descriptors: keep `2 × idle` under the open-file limit (`ulimit -Hn`).
     #[arg(long, default_value_t = 9_000)]
     idle: usize,
+    /// Times each system is measured, in turn (direct, portico, HAProxy, then again);
+    /// each figure reported is the median of its rounds. Memory is measured in the first.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// The portico binary.
     #[arg(long)]
     portico: Option<PathBuf>,
@@ -208,85 +212,123 @@ async fn idle(addr: SocketAddr, n: usize, proxy: &Proc) -> anyhow::Result<f64> {
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let setup = Setup::new("edge", options.portico.clone())?;
-    let Setup {
-        portico,
-        me,
-        proxy_core,
-        ..
-    } = &setup;
+    let Setup { me, proxy_core, .. } = &setup;
     let backend_port = free_port()?;
     let _backend =
         Proc::start(Command::new(me).args(["tcp-backend", "--port", &backend_port.to_string()]))?;
-    let backend_addr = SocketAddr::from(([127, 0, 0, 1], backend_port));
-    ready(backend_addr).await.context("the backend")?;
+    ready(SocketAddr::from(([127, 0, 0, 1], backend_port)))
+        .await
+        .context("the backend")?;
     println!(
         "edge alone: TCP to one backend; each proxy on one worker pinned to core {proxy_core}; \
          {} connections for throughput, {} idle connections held",
         options.concurrency, options.idle
     );
-    let duration = Duration::from_secs(options.duration);
-    let mut results = Vec::new();
-    for name in ["direct", "portico", "haproxy"] {
-        let (addr, proxy) = match name {
-            "direct" => (backend_addr, None),
-            _ => {
-                let port = free_port()?;
-                let mut cmd = Command::new("taskset");
-                cmd.args(["-c", proxy_core]);
-                if name == "portico" {
-                    let config =
-                        setup.write("portico.toml", &portico_config(port, backend_port))?;
-                    cmd.arg(portico)
-                        .arg("up")
-                        .arg(config)
-                        .env("TOKIO_WORKER_THREADS", "1")
-                        .env("RUST_LOG", "warn");
-                } else {
-                    let config = setup.write(
-                        "haproxy.cfg",
-                        &haproxy_config(port, backend_port, options.idle),
-                    )?;
-                    cmd.args(["haproxy", "-db", "-f"]).arg(config);
-                }
-                let proc = Proc::start(&mut cmd).with_context(|| format!("starting {name}"))?;
-                let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                ready(addr).await.context(name)?;
-                (addr, Some(proc))
-            }
-        };
-        eprintln!("measuring {name} …");
-        load(
-            addr,
-            SMALL,
-            options.concurrency,
-            Duration::from_secs(1),
-            None,
-        )
-        .await?;
-        let latency = load(
-            addr,
-            SMALL,
-            1,
-            Duration::from_secs(600),
-            Some(options.requests),
-        )
-        .await?;
-        let small = load(addr, SMALL, options.concurrency, duration, None).await?;
-        let large = load(addr, LARGE, options.concurrency, duration, None).await?;
-        let per_connection_kib = match &proxy {
-            Some(p) => Some(idle(addr, options.idle, p).await?),
-            None => None,
-        };
-        results.push(Measured {
-            name,
-            latency,
-            small,
-            large,
-            per_connection_kib,
-        });
+    let mut rounds: [Vec<Measured>; 3] = Default::default();
+    for round in 1..=options.rounds.max(1) {
+        if options.rounds > 1 {
+            eprintln!("round {round} of {}", options.rounds);
+        }
+        for (name, measured) in SYSTEMS.into_iter().zip(&mut rounds) {
+            let with_memory = round == 1;
+            measured.push(measure(name, &setup, backend_port, &options, with_memory).await?);
+        }
     }
+    let results: Vec<Measured> = rounds.into_iter().filter_map(median_round).collect();
     report(&results, &options);
     Ok(())
+}
+
+/// What is compared, in the order measured.
+const SYSTEMS: [&str; 3] = ["direct", "portico", "haproxy"];
+
+/// Starts `name` (nothing for `direct`), measures it and stops it.
+async fn measure(
+    name: &'static str,
+    setup: &Setup,
+    backend_port: u16,
+    options: &Options,
+    with_memory: bool,
+) -> anyhow::Result<Measured> {
+    let backend_addr = SocketAddr::from(([127, 0, 0, 1], backend_port));
+    let (addr, proxy) = match name {
+        "direct" => (backend_addr, None),
+        _ => {
+            let port = free_port()?;
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &setup.proxy_core]);
+            if name == "portico" {
+                let config = setup.write("portico.toml", &portico_config(port, backend_port))?;
+                cmd.arg(&setup.portico)
+                    .arg("up")
+                    .arg(config)
+                    .env("TOKIO_WORKER_THREADS", "1")
+                    .env("RUST_LOG", "warn");
+            } else {
+                let config = setup.write(
+                    "haproxy.cfg",
+                    &haproxy_config(port, backend_port, options.idle),
+                )?;
+                cmd.args(["haproxy", "-db", "-f"]).arg(config);
+            }
+            let proc = Proc::start(&mut cmd).with_context(|| format!("starting {name}"))?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            ready(addr).await.context(name)?;
+            (addr, Some(proc))
+        }
+    };
+    eprintln!("measuring {name} …");
+    let duration = Duration::from_secs(options.duration);
+    load(
+        addr,
+        SMALL,
+        options.concurrency,
+        Duration::from_secs(1),
+        None,
+    )
+    .await?;
+    let latency = load(
+        addr,
+        SMALL,
+        1,
+        Duration::from_secs(600),
+        Some(options.requests),
+    )
+    .await?;
+    let small = load(addr, SMALL, options.concurrency, duration, None).await?;
+    let large = load(addr, LARGE, options.concurrency, duration, None).await?;
+    let per_connection_kib = match &proxy {
+        Some(p) if with_memory => Some(idle(addr, options.idle, p).await?),
+        _ => None,
+    };
+    Ok(Measured {
+        name,
+        latency,
+        small,
+        large,
+        per_connection_kib,
+    })
+}
+
+/// One system's rounds folded into one: each figure the median of its rounds.
+fn median_round(rounds: Vec<Measured>) -> Option<Measured> {
+    let name = rounds.first()?.name;
+    let per_connection_kib = rounds.iter().find_map(|m| m.per_connection_kib);
+    let mut latency = Vec::new();
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    for m in rounds {
+        latency.push(m.latency);
+        small.push(m.small);
+        large.push(m.large);
+    }
+    Some(Measured {
+        name,
+        latency: median_by(latency, |f| f.quantile_us(0.5))?,
+        small: median_by(small, Figures::rps)?,
+        large: median_by(large, Figures::rps)?,
+        per_connection_kib,
+    })
 }
 
 fn portico_config(port: u16, backend: u16) -> String {

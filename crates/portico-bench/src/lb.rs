@@ -385,15 +385,12 @@ fn report_instructions(counted: &[(&'static str, f64)], requests: u64) {
 /// throughput run with the median rate.
 fn median_round(rounds: Vec<Measured>) -> Option<Measured> {
     let name = rounds.first()?.name;
-    let middle = rounds.len() / 2;
-    let (mut latency, mut loaded): (Vec<Figures>, Vec<Figures>) =
+    let (latency, loaded): (Vec<Figures>, Vec<Figures>) =
         rounds.into_iter().map(|m| (m.latency, m.loaded)).unzip();
-    latency.sort_by(|a, b| a.quantile_us(0.5).total_cmp(&b.quantile_us(0.5)));
-    loaded.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
     Some(Measured {
         name,
-        latency: latency.into_iter().nth(middle)?,
-        loaded: loaded.into_iter().nth(middle)?,
+        latency: load::median_by(latency, |f| f.quantile_us(0.5))?,
+        loaded: load::median_by(loaded, Figures::rps)?,
     })
 }
 

@@ -60,6 +60,13 @@ impl Figures {
     }
 }
 
+/// The run whose `key` is the median of `runs` (the upper one of an even count).
+pub(crate) fn median_by(mut runs: Vec<Figures>, key: impl Fn(&Figures) -> f64) -> Option<Figures> {
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let middle = runs.len() / 2;
+    runs.into_iter().nth(middle)
+}
+
 /// Sends one request on a fresh connection; `Ok` only for a 200 (or a 204).
 pub(crate) async fn once(target: &Target) -> anyhow::Result<()> {
     let mut conn = Connection::open(target.addr).await?;

@@ -6,27 +6,39 @@
 //! bulk transfer, and the rest of the burst moves with `splice(2)`: socket → pipe → socket,
 //! so payload never enters user space (HAProxy's `splice-auto` makes the same choice).
 //! Buffers and pipes are held only while data is in flight and go back to shared pools
-//! between bursts, so an idle connection costs its two sockets and nothing more. When one side finishes
-//! sending, the other side's write half is shut down and the copy goes on in the other
-//! direction (half-close) until both are done. If neither direction moves a byte for the
-//! idle timeout, both sockets are closed, as Global Accelerator closes idle connections.
+//! between bursts, so an idle connection costs its two sockets and its small state. When one
+//! side finishes sending, the other side's write half is shut down and the copy goes on in
+//! the other direction (half-close) until both are done. If neither direction moves a byte
+//! for the idle timeout, both sockets are closed, as Global Accelerator closes idle
+//! connections.
+//!
+//! The relay is one hand-written future polling both directions: a held connection is a few
+//! hundred bytes of state, and a message costs its two system calls and no clock read. The
+//! idle timeout is kept in eighths: a timer ticks every `idle / 8`, and a connection is
+//! closed at the ninth tick after its last byte (the first of them partial): between `idle`
+//! and `9/8 × idle` after it.
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
+use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// The most bytes one `splice` call moves; also the pipe size asked for.
 const CHUNK: usize = 256 * 1024;
 
 /// The buffer of the copy path; a read that fills it switches the burst to `splice`.
 const BUFFER: usize = 16 * 1024;
+
+/// A tick is `idle / IDLE_TICKS`; more quiet ticks in a row than this make a connection idle.
+const IDLE_TICKS: u32 = 8;
 
 /// Things kept for reuse between bursts: at most `max`, beyond that dropped.
 struct Pool<T> {
@@ -93,137 +105,233 @@ pub async fn relay(
     endpoint: &mut TcpStream,
     idle: Duration,
 ) -> io::Result<Relayed> {
-    let started = Instant::now();
-    let activity = AtomicU64::new(0);
     let (client_r, client_w) = client.split();
     let (endpoint_r, endpoint_w) = endpoint.split();
-    let both = async {
-        tokio::try_join!(
-            pump(client_r, endpoint_w, &activity, started),
-            pump(endpoint_r, client_w, &activity, started)
-        )
-    };
-    tokio::select! {
-        done = both => {
-            let (up, down) = done?;
-            Ok(Relayed { up, down, idle: false })
-        }
-        () = idle_watch(&activity, started, idle) => Ok(Relayed { up: 0, down: 0, idle: true }),
+    let tick = (idle / IDLE_TICKS).max(Duration::from_millis(1));
+    Relay {
+        up: Pump::new(client_r, endpoint_w),
+        down: Pump::new(endpoint_r, client_w),
+        tick,
+        timer: Box::pin(tokio::time::sleep(tick)),
+        quiet_ticks: 0,
     }
+    .await
 }
 
-/// Returns once no direction has moved a byte for `idle`.
-async fn idle_watch(activity: &AtomicU64, started: Instant, idle: Duration) {
-    loop {
-        let last = started + Duration::from_millis(activity.load(Ordering::Relaxed));
-        if last.elapsed() >= idle {
-            return;
+/// Both directions of one connection and its idle clock.
+struct Relay<'a> {
+    up: Pump<'a>,
+    down: Pump<'a>,
+    tick: Duration,
+    /// Fires every `tick`; boxed so that the relay can be moved and polled by `&mut`.
+    timer: Pin<Box<Sleep>>,
+    /// Ticks since a byte last moved (the first of them partial).
+    quiet_ticks: u32,
+}
+
+impl Future for Relay<'_> {
+    type Output = io::Result<Relayed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let up = this.up.poll(cx)?;
+        let down = this.down.poll(cx)?;
+        if let (Poll::Ready(up), Poll::Ready(down)) = (up, down) {
+            return Poll::Ready(Ok(Relayed {
+                up,
+                down,
+                idle: false,
+            }));
         }
-        tokio::time::sleep_until(last + idle).await;
-    }
-}
-
-fn touch(activity: &AtomicU64, started: Instant) {
-    let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    activity.fetch_max(now, Ordering::Relaxed);
-}
-
-/// Moves bytes `from` → `to` until `from` ends, then shuts down `to`'s write half.
-async fn pump(
-    mut from: ReadHalf<'_>,
-    mut to: WriteHalf<'_>,
-    activity: &AtomicU64,
-    started: Instant,
-) -> io::Result<u64> {
-    let mut total = 0u64;
-    loop {
-        from.as_ref().readable().await?;
-        let mut buffer = take_buffer();
-        // A short read clears the readiness: the next wait is a real one.
-        let read = from.read(&mut buffer).await;
-        let n = match read {
-            Ok(n) => n,
-            Err(e) => {
-                BUFFERS.give_back(buffer);
-                return Err(e);
+        if this.up.moved || this.down.moved {
+            this.up.moved = false;
+            this.down.moved = false;
+            this.quiet_ticks = 0;
+        }
+        while this.timer.as_mut().poll(cx).is_ready() {
+            this.quiet_ticks += 1;
+            if this.quiet_ticks > IDLE_TICKS {
+                return Poll::Ready(Ok(Relayed {
+                    up: 0,
+                    down: 0,
+                    idle: true,
+                }));
             }
-        };
-        if n == 0 {
-            BUFFERS.give_back(buffer);
-            break;
+            let next = Instant::now() + this.tick;
+            this.timer.as_mut().reset(next);
         }
-        let sent = to.write_all(&buffer[..n]).await;
-        BUFFERS.give_back(buffer);
-        sent?;
-        total += n as u64;
-        if n == BUFFER {
-            // Boxed: only bulk bursts pay for its state, idle connections do not.
-            total += Box::pin(splice_burst(from.as_ref(), to.as_ref())).await?;
-        }
-        touch(activity, started);
+        Poll::Pending
     }
-    // The peer may already be gone; its own direction reports that.
-    let _ = to.shutdown().await;
-    Ok(total)
 }
 
-/// Splices `from` → `to` until `from` has nothing more to read now; returns the bytes moved.
-/// The end of the stream is left for the next read to see.
-async fn splice_burst(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
-    let (pipe_r, pipe_w) = take_pipe()?;
-    let mut total = 0u64;
-    loop {
-        let moved = from.try_io(Interest::READABLE, || {
-            rustix::pipe::splice(
-                from,
-                None,
-                &pipe_w,
-                None,
-                CHUNK,
-                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-            )
-            .map_err(io::Error::from)
-        });
-        let n = match moved {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => {
-                PIPES.give_back((pipe_r, pipe_w));
-                return Err(e);
-            }
-        };
-        let mut left = n;
-        while left > 0 {
-            to.writable().await?;
-            let sent = to.try_io(Interest::WRITABLE, || {
-                rustix::pipe::splice(
-                    &pipe_r,
-                    None,
-                    to,
-                    None,
-                    left,
-                    SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-                )
-                .map_err(io::Error::from)
-            });
-            match sent {
-                // A pipe with data left in it is dropped (closed), never pooled.
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+/// One direction: bytes `from` → `to` until `from` ends, then `to`'s write half shut down.
+struct Pump<'a> {
+    from: ReadHalf<'a>,
+    to: WriteHalf<'a>,
+    state: Stage,
+    /// Bytes delivered so far.
+    total: u64,
+    /// Whether a byte moved since the relay last looked.
+    moved: bool,
+}
+
+/// Where a [`Pump`] is.
+enum Stage {
+    /// Waiting for something to read; holds nothing.
+    Idle,
+    /// Sending `buffer[sent..len]`, read in one `recv`.
+    Sending {
+        buffer: Vec<u8>,
+        sent: usize,
+        len: usize,
+    },
+    /// A bulk burst: `pending` bytes in `pipe` still to splice out.
+    Splicing { pipe: Pipe, pending: usize },
+    /// `from` ended: shutting down `to`'s write half.
+    Closing,
+    /// Finished.
+    Done,
+}
+
+impl<'a> Pump<'a> {
+    fn new(from: ReadHalf<'a>, to: WriteHalf<'a>) -> Self {
+        Self {
+            from,
+            to,
+            state: Stage::Idle,
+            total: 0,
+            moved: false,
+        }
+    }
+
+    /// Moves what can be moved now; `Ready` with the total once the direction is done.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        loop {
+            match &mut self.state {
+                Stage::Idle => {
+                    // No buffer is taken until there is something to read.
+                    ready!(self.from.as_ref().poll_read_ready(cx))?;
+                    let mut buffer = take_buffer();
+                    let mut read = ReadBuf::new(&mut buffer);
+                    // A short read clears the readiness: the next wait is a real one.
+                    match Pin::new(&mut self.from).poll_read(cx, &mut read) {
+                        Poll::Ready(Ok(())) => {
+                            let len = read.filled().len();
+                            if len == 0 {
+                                BUFFERS.give_back(buffer);
+                                self.state = Stage::Closing;
+                            } else {
+                                self.state = Stage::Sending {
+                                    buffer,
+                                    sent: 0,
+                                    len,
+                                };
+                            }
+                        }
+                        Poll::Ready(Err(e)) => {
+                            BUFFERS.give_back(buffer);
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => {
+                            BUFFERS.give_back(buffer);
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                Stage::Sending { buffer, sent, len } => {
+                    while *sent < *len {
+                        match ready!(Pin::new(&mut self.to).poll_write(cx, &buffer[*sent..*len])) {
+                            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            Ok(n) => *sent += n,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                    }
+                    let len = *len;
+                    if let Stage::Sending { buffer, .. } =
+                        std::mem::replace(&mut self.state, Stage::Idle)
+                    {
+                        BUFFERS.give_back(buffer);
+                    }
+                    self.total += len as u64;
+                    self.moved = true;
+                    if len == BUFFER {
+                        self.state = Stage::Splicing {
+                            pipe: take_pipe()?,
+                            pending: 0,
+                        };
+                    }
+                }
+                Stage::Splicing { pipe, pending } => {
+                    let (pipe_r, pipe_w) = (&pipe.0, &pipe.1);
+                    if *pending > 0 {
+                        // A pipe with data left in it is dropped (closed), never pooled.
+                        let to = self.to.as_ref();
+                        ready!(to.poll_write_ready(cx))?;
+                        let left = *pending;
+                        match to.try_io(Interest::WRITABLE, || splice(pipe_r, to, left)) {
+                            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            Ok(n) => {
+                                *pending -= n;
+                                self.total += n as u64;
+                                self.moved = true;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                        continue;
+                    }
+                    // The pipe is empty: the burst goes on while `from` has more now. The
+                    // end of the stream is left for the next read to see.
+                    let from = self.from.as_ref();
+                    match from.try_io(Interest::READABLE, || splice(from, pipe_w, CHUNK)) {
+                        Ok(n) if n > 0 => *pending = n,
+                        Ok(_) => self.end_burst(),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.end_burst(),
+                        Err(e) => {
+                            self.end_burst();
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+                Stage::Closing => {
+                    // The peer may already be gone; its own direction reports that.
+                    let _ = ready!(Pin::new(&mut self.to).poll_shutdown(cx));
+                    self.state = Stage::Done;
+                }
+                Stage::Done => return Poll::Ready(Ok(self.total)),
             }
         }
-        total += n as u64;
     }
-    PIPES.give_back((pipe_r, pipe_w));
-    Ok(total)
+
+    /// Ends a bulk burst with its pipe empty: the pipe goes back to the pool.
+    fn end_burst(&mut self) {
+        if let Stage::Splicing { pipe, .. } = std::mem::replace(&mut self.state, Stage::Idle) {
+            PIPES.give_back(pipe);
+        }
+    }
+}
+
+/// One non-blocking `splice` of at most `len` bytes.
+fn splice(
+    from: impl std::os::fd::AsFd,
+    to: impl std::os::fd::AsFd,
+    len: usize,
+) -> io::Result<usize> {
+    rustix::pipe::splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+    )
+    .map_err(io::Error::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A connected pair of loopback sockets.
@@ -268,6 +376,33 @@ mod tests {
         assert_eq!(reply, b"reply after the client finished");
         let done = relay.await.unwrap().unwrap();
         assert_eq!((done.up, done.down, done.idle), (3_000_000, 31, false));
+    }
+
+    #[tokio::test]
+    async fn traffic_keeps_a_connection_open_and_it_closes_one_idle_timeout_after() {
+        let (mut client_outer, mut client_inner) = pair().await;
+        let (mut endpoint_inner, mut endpoint_outer) = pair().await;
+        let idle = Duration::from_millis(400);
+        let relay = tokio::spawn(async move {
+            let done = relay(&mut client_inner, &mut endpoint_inner, idle).await;
+            (done, Instant::now())
+        });
+        // Traffic every 150 ms for 1.2 s (three idle timeouts) keeps it open.
+        let mut byte = [0u8; 1];
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            client_outer.write_all(b"x").await.unwrap();
+            endpoint_outer.read_exact(&mut byte).await.unwrap();
+        }
+        assert!(!relay.is_finished(), "open while traffic flows");
+        let last = Instant::now();
+        let (done, closed) = relay.await.unwrap();
+        assert!(done.unwrap().idle);
+        let quiet = closed - last;
+        assert!(
+            quiet >= idle && quiet < idle * 9 / 8 + Duration::from_millis(200),
+            "closed {quiet:?} after the last byte, idle timeout {idle:?}"
+        );
     }
 
     #[tokio::test]
