@@ -16,6 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -113,7 +114,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let connections = TaskTracker::new();
-    let cut = CancellationToken::new();
+    let cut = Cut::default();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let slot = tokio::select! {
@@ -130,7 +131,9 @@ where
             Ok((stream, peer)) => {
                 connections.spawn(Connection {
                     handler: handle(stream, peer),
-                    cut: cut.clone().cancelled_owned(),
+                    cut: cut.token.clone().cancelled_owned(),
+                    cutting: cut.cutting.clone(),
+                    watching: false,
                     _slot: slot,
                 });
             }
@@ -148,10 +151,26 @@ where
         .is_err()
     {
         cut_short = connections.len();
-        cut.cancel();
+        cut.fire();
         connections.wait().await;
     }
     Drained { cut_short }
+}
+
+/// The end of a listener's drain, told to every connection still open.
+#[derive(Default)]
+struct Cut {
+    token: CancellationToken,
+    /// Set before `token` fires. Connections look at it on each wake-up instead of polling
+    /// the token, which takes a lock.
+    cutting: Arc<AtomicBool>,
+}
+
+impl Cut {
+    fn fire(&self) {
+        self.cutting.store(true, Ordering::Release);
+        self.token.cancel();
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -162,8 +181,12 @@ pin_project_lite::pin_project! {
     struct Connection<F> {
         #[pin]
         handler: F,
+        // Polled once to register this task's waker, then again only once `cutting` is set
+        // (the token's notification wakes the task; the flag says why).
         #[pin]
         cut: tokio_util::sync::WaitForCancellationFutureOwned,
+        cutting: Arc<AtomicBool>,
+        watching: bool,
         _slot: tokio::sync::OwnedSemaphorePermit,
     }
 }
@@ -176,7 +199,11 @@ impl<F: Future<Output = ()>> Future for Connection<F> {
         if this.handler.poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        this.cut.poll(cx)
+        if !*this.watching || this.cutting.load(Ordering::Acquire) {
+            *this.watching = true;
+            return this.cut.poll(cx);
+        }
+        Poll::Pending
     }
 }
 
@@ -223,6 +250,41 @@ mod tests {
         shutdown.cancel();
         assert_eq!(server.await.unwrap(), Drained { cut_short: 0 });
         assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_woken_many_times_is_still_cut_at_the_drain_deadline() {
+        let (listener, addr) = bound().await;
+        let shutdown = CancellationToken::new();
+        let server = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                serve(
+                    listener,
+                    &shutdown,
+                    limits(100, 50),
+                    |mut s, _| async move {
+                        // Echoes forever: every message wakes the task again.
+                        let mut buf = [0u8; 16];
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    },
+                )
+                .await
+            })
+        };
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 4];
+        for _ in 0..20 {
+            client.write_all(b"ping").await.unwrap();
+            client.read_exact(&mut buf).await.unwrap();
+        }
+        shutdown.cancel();
+        assert_eq!(server.await.unwrap(), Drained { cut_short: 1 });
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0, "the cut closed it");
     }
 
     #[tokio::test]
