@@ -144,6 +144,26 @@ pub struct Outcome {
     pub redirect_url: Option<String>,
     /// ALB's error reason (Lambda targets); none is `-`.
     pub error_reason: Option<&'static str>,
+    /// Whether an access log will read this outcome: the fields only it reads (the target
+    /// group's ARN, the two times) are filled only then, so a request without one takes
+    /// no clock readings and makes no copies for them.
+    pub logged: bool,
+}
+
+impl Outcome {
+    /// Notes that the request goes to the target now.
+    pub fn mark_dispatched(&mut self) {
+        if self.logged {
+            self.dispatched = Some(Instant::now());
+        }
+    }
+
+    /// Notes that the target's answer arrived now.
+    pub fn mark_answered(&mut self) {
+        if self.logged {
+            self.answered = Some(Instant::now());
+        }
+    }
 }
 
 fn dash<T: std::fmt::Display>(value: Option<T>) -> String {
@@ -333,6 +353,7 @@ mod tests {
                 trace_id: Some("Root=1-x".into()),
                 redirect_url: None,
                 error_reason: None,
+                logged: true,
             },
             status: 200,
             tls: None,
@@ -367,5 +388,23 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn times_are_taken_only_for_a_logged_request() {
+        let mut unlogged = Outcome::default();
+        unlogged.mark_dispatched();
+        unlogged.mark_answered();
+        assert_eq!((unlogged.dispatched, unlogged.answered), (None, None));
+        let mut logged = Outcome {
+            logged: true,
+            ..Outcome::default()
+        };
+        logged.mark_dispatched();
+        logged.mark_answered();
+        let (Some(dispatched), Some(answered)) = (logged.dispatched, logged.answered) else {
+            panic!("a logged request keeps both times");
+        };
+        assert!(answered >= dispatched);
     }
 }

@@ -82,7 +82,10 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
         .access_log
         .as_ref()
         .map(|_| record_of(ctx, conn, &req, received));
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome {
+        logged: record.is_some(),
+        ..Outcome::default()
+    };
     let mut cors = None;
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut response = match respond(ctx, conn.client.ip(), req, &mut outcome, &mut cors).await {
@@ -283,7 +286,9 @@ async fn respond<'c>(
         }
         Action::Forward(forward) => {
             let picked = forward.pick(req.headers()).ok_or(LbError::NoTargets)?;
-            outcome.target_group_arn = Some(picked.group.arn().to_owned());
+            if outcome.logged {
+                outcome.target_group_arn = Some(picked.group.arn().to_owned());
+            }
             let mut response = match picked.group {
                 TargetGroup::Lambda(tg) => {
                     lambda_target::forward(tg, ctx.invoker.as_ref(), origin, req, outcome).await?

@@ -27,7 +27,7 @@ use portico_health::{HttpProbe, Status, Verdict};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -304,14 +304,14 @@ impl HttpTargetGroup {
         let request = Request::from_parts(parts, body);
 
         let outstanding = Outstanding::new(target.clone());
-        outcome.dispatched = Some(Instant::now());
+        outcome.mark_dispatched();
         let response = tokio::time::timeout(timeout, target.upstream.send(request)).await;
         drop(outstanding);
         let mut response = match response {
             Err(_) => return Err(LbError::TargetTimeout { timeout }),
             Ok(result) => result?,
         };
-        outcome.answered = Some(Instant::now());
+        outcome.mark_answered();
         outcome.target_status = Some(response.status().as_u16());
         strip_hop_by_hop(response.headers_mut());
         if let Some(duration) = self.spec.stickiness {

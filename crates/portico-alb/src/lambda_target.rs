@@ -10,7 +10,6 @@ use crate::target_group::LambdaTargetGroup;
 use bytes::Bytes;
 use http::{Request, Response, header};
 use portico_invoke::{Invocation, Invoker};
-use std::time::Instant;
 
 /// Largest request body a Lambda target accepts: 1 MB.
 pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
@@ -55,7 +54,7 @@ pub async fn forward(
     let event = AlbEvent::new(&request, &tg.arn, tg.multi_value_headers)
         .with_jwt(jwt)
         .to_json();
-    outcome.dispatched = Some(Instant::now());
+    outcome.mark_dispatched();
     let output = invoker
         .invoke(Invocation {
             function: tg.function.clone(),
@@ -64,7 +63,7 @@ pub async fn forward(
             ..Invocation::default()
         })
         .await;
-    outcome.answered = Some(Instant::now());
+    outcome.mark_answered();
     let output = output?;
     if let Some(failure) = output.function_error {
         return Err(LbError::FunctionFailed {
