@@ -219,30 +219,36 @@ mod tests {
         }
     }
 
-    async fn bound() -> (TcpListener, SocketAddr) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = l.local_addr().unwrap();
-        (l, a)
+    /// [`serve`] on a loopback port with `handle`: its address, the shutdown that stops it,
+    /// and what its drain reports.
+    async fn start<F, Fut>(
+        limits: Limits,
+        handle: F,
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<Drained>,
+    )
+    where
+        F: FnMut(TcpStream, SocketAddr) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { serve(listener, &shutdown, limits, handle).await })
+        };
+        (addr, shutdown, server)
     }
 
     #[tokio::test]
     async fn serves_until_shutdown_then_refuses() {
-        let (listener, addr) = bound().await;
-        let shutdown = CancellationToken::new();
-        let server = {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                serve(
-                    listener,
-                    &shutdown,
-                    limits(100, 1000),
-                    |mut s, _| async move {
-                        let _ = s.write_all(b"hi").await;
-                    },
-                )
-                .await
-            })
-        };
+        let (addr, shutdown, server) = start(limits(100, 1000), |mut s, _| async move {
+            let _ = s.write_all(b"hi").await;
+        })
+        .await;
         let mut c = TcpStream::connect(addr).await.unwrap();
         let mut buf = [0; 2];
         c.read_exact(&mut buf).await.unwrap();
@@ -254,28 +260,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connection_woken_many_times_is_still_cut_at_the_drain_deadline() {
-        let (listener, addr) = bound().await;
-        let shutdown = CancellationToken::new();
-        let server = {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                serve(
-                    listener,
-                    &shutdown,
-                    limits(100, 50),
-                    |mut s, _| async move {
-                        // Echoes forever: every message wakes the task again.
-                        let mut buf = [0u8; 16];
-                        while let Ok(n) = s.read(&mut buf).await {
-                            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                                std::future::pending::<()>().await;
-                            }
-                        }
-                    },
-                )
-                .await
-            })
-        };
+        let (addr, shutdown, server) = start(limits(100, 50), |mut s, _| async move {
+            // Echoes forever: every message wakes the task again.
+            let mut buf = [0u8; 16];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         let mut buf = [0u8; 4];
         for _ in 0..20 {
@@ -289,17 +283,8 @@ mod tests {
 
     #[tokio::test]
     async fn connections_that_outlive_the_drain_are_cut() {
-        let (listener, addr) = bound().await;
-        let shutdown = CancellationToken::new();
-        let server = {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                serve(listener, &shutdown, limits(100, 50), |_, _| {
-                    std::future::pending::<()>()
-                })
-                .await
-            })
-        };
+        let (addr, shutdown, server) =
+            start(limits(100, 50), |_, _| std::future::pending::<()>()).await;
         let _held = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         shutdown.cancel();
@@ -308,19 +293,12 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_cap_new_connections_wait_for_a_free_slot() {
-        let (listener, addr) = bound().await;
-        let shutdown = CancellationToken::new();
-        {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                // Greets, then holds the connection until the client closes it.
-                serve(listener, &shutdown, limits(1, 50), |mut s, _| async move {
-                    let _ = s.write_all(b"hi").await;
-                    let _ = s.read(&mut [0; 1]).await;
-                })
-                .await
-            });
-        }
+        // Greets, then holds the connection until the client closes it.
+        let (addr, shutdown, _server) = start(limits(1, 50), |mut s, _| async move {
+            let _ = s.write_all(b"hi").await;
+            let _ = s.read(&mut [0; 1]).await;
+        })
+        .await;
         let mut first = TcpStream::connect(addr).await.unwrap();
         let mut buf = [0; 2];
         first.read_exact(&mut buf).await.unwrap();

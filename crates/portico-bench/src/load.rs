@@ -117,13 +117,7 @@ pub(crate) async fn run(
             .collect::<Vec<_>>()
     })
     .await?;
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for part in gathered {
-        let (mut l, e) = part?;
-        latencies.append(&mut l);
-        errors += e;
-    }
+    let (latencies, errors) = merge(gathered)?;
     Ok(Figures::new(latencies, errors, started.elapsed()))
 }
 
@@ -161,10 +155,21 @@ pub(crate) async fn collect(workers: Vec<Worker>, started: Instant) -> anyhow::R
 
 /// Every worker's latencies, together, and the sum of their errors.
 async fn gather(workers: Vec<Worker>) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut parts = Vec::with_capacity(workers.len());
+    for worker in workers {
+        parts.push(worker.await?);
+    }
+    merge(parts)
+}
+
+/// Latencies and errors of several workers or threads as one; the first failure wins.
+fn merge(
+    parts: impl IntoIterator<Item = anyhow::Result<(Vec<Duration>, usize)>>,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
     let mut latencies = Vec::new();
     let mut errors = 0;
-    for worker in workers {
-        let (mut l, e) = worker.await??;
+    for part in parts {
+        let (mut l, e) = part?;
         latencies.append(&mut l);
         errors += e;
     }
