@@ -6,14 +6,30 @@ use http::Response;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-/// Every response body the load balancer sends.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// Why a body stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client's request body broke off.
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+    /// A target's response body broke off.
+    #[error(transparent)]
+    Target(#[from] portico_h1::Error),
+}
+
+/// Every body the load balancer sends or forwards.
+pub type Body = BoxBody<Bytes, BodyError>;
 
 /// A body from a buffer.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// A client's request body, as a [`Body`].
+pub fn incoming(body: hyper::body::Incoming) -> Body {
+    body.map_err(BodyError::from).boxed()
 }
 
 /// A buffered response as a [`Body`] response.

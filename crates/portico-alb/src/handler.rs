@@ -254,7 +254,7 @@ async fn respond<'c>(
     let req = if policies.iter().flatten().next().is_some() {
         admit(&policies, client, req).await?
     } else {
-        req.map(BodyExt::boxed)
+        req.map(crate::body::incoming)
     };
     let origin = Origin {
         client,
@@ -352,7 +352,7 @@ async fn admit(
         }
         crate::body::full(bytes)
     } else {
-        body.boxed()
+        crate::body::incoming(body)
     };
     if let Some(jwt) = &grant.jwt {
         if let Ok(value) = HeaderValue::from_str(&jwt.claims_header()) {

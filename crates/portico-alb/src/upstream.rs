@@ -2,34 +2,28 @@
 //!
 //! Each target keeps a short stack of idle connections (the most recently used on top, so
 //! the warmest is reused and the coldest age out). A connection goes back on the stack when
-//! its response body has ended; the next request waits for hyper to mark it ready, which
-//! it is by then or a moment later. A connection whose response was cut off, or that the
-//! target marked for closing, is dropped instead. hyper-util's pooled client does the same
-//! job, but for every HTTP/1 request it looks the pool up in a hashed map behind a lock and
-//! spawns a task that waits for the connection to become idle; on one core that
-//! bookkeeping cost about 6 % of the load balancer's throughput (`scripts/bench lb`).
+//! its response body has ended, if it can carry another request (see `portico-h1`); one
+//! whose response was cut off, whose request was not sent in full (a target answering an
+//! upload early), or that the target marked for closing, is closed instead.
 //!
-//! A request written to a reused connection that the target had closed meanwhile (its
-//! keep-alive timeout raced ours) never reached it: hyper hands it back, and it goes out
-//! again on the next connection, as hyper-util's client retries it.
+//! A connection the target closed while it sat idle is seen at checkout and dropped. A
+//! request written to a reused connection that the target closed just then (its keep-alive
+//! timeout racing ours) is sent again on the next connection when that is safe: nothing
+//! came back, the request is still whole in its buffer, and it was not written at all or
+//! its method is idempotent.
 //!
-//! Lifetimes: a connection's task ends when the connection closes, which happens once its
-//! sender is dropped and nothing is in flight on it. Idle connections are dropped after
-//! [`POOL_IDLE`], and all of them when `closed` fires (the target is deregistered or
-//! portico shuts down); connections busy at that moment finish their response first.
+//! Connections have no task: idle ones are sockets on the stack, busy ones belong to the
+//! response body being read. Idle connections are dropped after [`POOL_IDLE`], and all of
+//! them when `closed` fires (the target is deregistered or portico shuts down); connections
+//! busy at that moment finish their response first.
 
-use crate::body::Body;
+use crate::body::{Body, BodyError};
 use crate::error::LbError;
 use http::{Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use portico_h1::{Connection, Outgoing, Recycle};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -41,15 +35,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle connection to a target is kept.
 pub(crate) const POOL_IDLE: Duration = Duration::from_secs(60);
 
-/// How long a connection handed back may take to become ready before another is used.
-const READY_WAIT: Duration = Duration::from_millis(10);
-
 /// Most idle connections kept per target; more are closed when their response ends.
 const MAX_IDLE: usize = 1024;
 
 /// An idle connection and when it became idle.
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Connection,
     since: Instant,
 }
 
@@ -60,8 +51,6 @@ pub(crate) struct Upstream {
     /// Fired when the target goes away: idle connections close, busy ones after their
     /// response.
     closed: CancellationToken,
-    /// Owns every connection's task and the expiry task.
-    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -73,9 +62,18 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// Hands connections whose response has ended back to their target's stack.
+struct Home(Arc<Upstream>);
+
+impl Recycle for Home {
+    fn recycle(self, conn: Connection) {
+        self.0.give_back(conn);
+    }
+}
+
 impl Upstream {
-    /// Connections to `address`, kept until `closed` fires; `tasks` owns their tasks and
-    /// the one that closes idle connections after [`POOL_IDLE`].
+    /// Connections to `address`, kept until `closed` fires; `tasks` owns the task that
+    /// closes idle connections after [`POOL_IDLE`].
     pub(crate) fn start(
         address: SocketAddr,
         closed: CancellationToken,
@@ -85,7 +83,6 @@ impl Upstream {
             address,
             idle: Mutex::new(Vec::new()),
             closed,
-            tasks: tasks.clone(),
         });
         tasks.spawn(upstream.clone().expire());
         upstream
@@ -95,67 +92,46 @@ impl Upstream {
     /// returns the response head; its body hands the connection back when it ends.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        mut req: Request<Body>,
+        req: Request<Body>,
     ) -> Result<Response<Body>, LbError> {
+        let (parts, body) = req.into_parts();
+        let mut request = Outgoing::new(&parts, body);
         loop {
-            let (mut sender, reused) = match self.checkout().await {
-                Some(sender) => (sender, true),
+            let (conn, reused) = match self.checkout() {
+                Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.returning(sender, response)),
-                Err(mut error) => match error.take_message() {
-                    // Never written to the target: safe to send again elsewhere.
-                    Some(back) if reused => req = back,
-                    _ => return Err(LbError::TargetFailed(source_chain(&error.into_error()))),
-                },
-            }
+            let failure = match conn.send(request, Home(self.clone())).await {
+                Ok(response) => return Ok(response.map(target_body)),
+                Err(failure) => failure,
+            };
+            let error = if reused {
+                match failure.into_retry() {
+                    Ok(again) => {
+                        request = again;
+                        continue;
+                    }
+                    Err(error) => error,
+                }
+            } else {
+                failure.error
+            };
+            return Err(LbError::TargetFailed(source_chain(&error)));
         }
     }
 
-    /// The response with a body that gives `sender` back once it has ended.
-    fn returning(
-        self: &Arc<Self>,
-        sender: SendRequest<Body>,
-        response: Response<Incoming>,
-    ) -> Response<Body> {
-        let (parts, body) = response.into_parts();
-        let empty = body.is_end_stream();
-        let mut body = Returning {
-            body,
-            back: Some((sender, self.clone())),
-        };
-        if empty {
-            // Nothing will poll an empty body to its end (a 204, a HEAD reply).
-            body.release();
-        }
-        Response::from_parts(parts, body.boxed())
-    }
-
-    /// The most recently idle connection that is still usable, once hyper has it ready.
-    ///
-    /// A connection handed back a moment ago is ready as soon as its task has run. One
-    /// that stays busy longer is still sending a request body its target answered early
-    /// (a 413 to an upload, say): waiting for it would make this request wait on that
-    /// client, so after [`READY_WAIT`] it is left to finish and close, and the next one is
-    /// tried.
-    async fn checkout(&self) -> Option<SendRequest<Body>> {
+    /// The most recently idle connection that the target has not closed.
+    fn checkout(&self) -> Option<Connection> {
         loop {
-            let Idle { mut sender, since } = self.lock().pop()?;
-            if sender.is_closed() || since.elapsed() >= POOL_IDLE {
-                continue;
-            }
-            if sender.is_ready() {
-                return Some(sender);
-            }
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                return Some(sender);
+            let Idle { mut conn, since } = self.lock().pop()?;
+            if since.elapsed() < POOL_IDLE && !conn.is_stale() {
+                return Some(conn);
             }
         }
     }
 
-    /// A new connection, driven by a task of its own until it closes.
-    async fn connect(&self) -> Result<SendRequest<Body>, LbError> {
+    /// A new connection.
+    async fn connect(&self) -> Result<Connection, LbError> {
         let address = self.address;
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await
         {
@@ -171,27 +147,19 @@ impl Upstream {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| LbError::TargetConnect(format!("{address}: {}", source_chain(&e))))?;
-        self.tasks.spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%address, %error, "target connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Connection::new(stream))
     }
 
     /// Puts a connection whose response has ended back on the stack, unless the target is
-    /// gone, the connection is closing, or the stack is full.
-    fn give_back(&self, sender: SendRequest<Body>) {
-        if self.closed.is_cancelled() || sender.is_closed() {
+    /// gone or the stack is full.
+    fn give_back(&self, conn: Connection) {
+        if self.closed.is_cancelled() {
             return;
         }
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -214,7 +182,7 @@ impl Upstream {
     /// Closes the connections idle for `limit` or more, and those the target closed.
     fn drop_idle_for(&self, limit: Duration) {
         self.lock()
-            .retain(|idle| idle.since.elapsed() < limit && !idle.sender.is_closed());
+            .retain_mut(|idle| idle.since.elapsed() < limit && !idle.conn.is_stale());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -222,48 +190,9 @@ impl Upstream {
     }
 }
 
-/// A target's response body that hands its connection back when it ends. Dropped before
-/// its end (the client went away), it takes the connection with it, and hyper closes it.
-struct Returning {
-    body: Incoming,
-    back: Option<(SendRequest<Body>, Arc<Upstream>)>,
-}
-
-impl Returning {
-    fn release(&mut self) {
-        if let Some((sender, upstream)) = self.back.take() {
-            upstream.give_back(sender);
-        }
-    }
-}
-
-impl http_body::Body for Returning {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            None => this.release(),
-            Some(Ok(_)) if this.body.is_end_stream() => this.release(),
-            // A broken body leaves the connection in no state to reuse.
-            Some(Err(_)) => this.back = None,
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
+/// A target's response body as a [`Body`].
+fn target_body(body: portico_h1::ResponseBody<Body, Home>) -> Body {
+    body.map_err(BodyError::Target).boxed()
 }
 
 /// An error and its sources, as one line.
@@ -281,7 +210,10 @@ pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Frame;
+    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -388,7 +320,7 @@ mod tests {
 
     impl http_body::Body for Endless {
         type Data = bytes::Bytes;
-        type Error = hyper::Error;
+        type Error = BodyError;
 
         fn poll_frame(
             self: Pin<&mut Self>,
@@ -465,5 +397,284 @@ mod tests {
         assert!(upstream.lock().is_empty(), "expired");
         get(&upstream).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// What the scripted target does with a request.
+    enum Reply {
+        /// Writes these bytes and reads the next request.
+        Answer(Vec<u8>),
+        /// Writes these bytes and closes the connection.
+        AnswerAndClose(Vec<u8>),
+        /// Closes the connection unanswered.
+        Drop,
+    }
+
+    fn answer(bytes: &[u8]) -> Reply {
+        Reply::Answer(bytes.to_vec())
+    }
+
+    /// A target that answers each request it reads with `reply(index)`, where `index`
+    /// counts requests over all connections. Returns its address and the requests it read
+    /// (head and body, as they came on the wire).
+    async fn scripted(reply: fn(usize) -> Reply) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut wire = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        while let Some(length) = whole_request(&wire) {
+                            let request: Vec<u8> = wire.drain(..length).collect();
+                            let index = {
+                                let mut log = log.lock().unwrap();
+                                log.push(request.clone());
+                                log.len() - 1
+                            };
+                            let (bytes, close) = match reply(index) {
+                                Reply::Answer(bytes) => (bytes, false),
+                                Reply::AnswerAndClose(bytes) => (bytes, true),
+                                Reply::Drop => return,
+                            };
+                            if stream.write_all(&bytes).await.is_err() || close {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => wire.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (address, seen)
+    }
+
+    /// The length of the whole request at the front of `wire` (head and a
+    /// `Content-Length` or chunked body), if it is all there.
+    fn whole_request(wire: &[u8]) -> Option<usize> {
+        let head_end = wire.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&wire[..head_end]).to_ascii_lowercase();
+        if head.contains("transfer-encoding: chunked") {
+            let end = wire[head_end..]
+                .windows(5)
+                .position(|w| w == b"0\r\n\r\n")?;
+            return Some(head_end + end + 5);
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+        (wire.len() >= head_end + length).then_some(head_end + length)
+    }
+
+    fn upstream_to(address: SocketAddr) -> Arc<Upstream> {
+        Upstream::start(address, CancellationToken::new(), &TaskTracker::new())
+    }
+
+    fn with_method(method: http::Method, body: Body) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri("/p?q=1")
+            .header(http::header::HOST, "target")
+            .body(body)
+            .unwrap()
+    }
+
+    async fn text(response: Response<Body>) -> Result<String, BodyError> {
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_is_decoded_and_its_connection_reused() {
+        let (address, seen) = scripted(|_| {
+            answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nx-t: 1\r\n\r\n")
+        })
+        .await;
+        let upstream = upstream_to(address);
+        for _ in 0..3 {
+            let response = upstream.send(request()).await.unwrap();
+            assert_eq!(text(response).await.unwrap(), "abcde");
+        }
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        assert_eq!(
+            upstream.lock().len(),
+            1,
+            "one connection, back on the stack"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_goes_chunked_and_a_known_one_with_its_length() {
+        let (address, seen) =
+            scripted(|_| answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")).await;
+        let upstream = upstream_to(address);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stream = Channel(rx).boxed();
+        let sending = tokio::spawn(async move {
+            for piece in ["hel", "lo"] {
+                tx.send(bytes::Bytes::from(piece)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let response = upstream
+            .send(with_method(http::Method::POST, stream))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        sending.await.unwrap();
+        let sized = crate::body::full(bytes::Bytes::from_static(b"hello"));
+        upstream
+            .send(with_method(http::Method::PUT, sized))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap();
+        let chunked = String::from_utf8_lossy(&seen[0]);
+        assert!(chunked.starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{chunked}");
+        assert!(
+            chunked.contains("transfer-encoding: chunked\r\n"),
+            "{chunked}"
+        );
+        assert!(
+            chunked.ends_with("\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"),
+            "{chunked}"
+        );
+        let sized = String::from_utf8_lossy(&seen[1]);
+        assert!(
+            sized.contains("content-length: 5\r\n") && sized.ends_with("\r\n\r\nhello"),
+            "{sized}"
+        );
+    }
+
+    /// A request body of unknown length, sent piece by piece over a channel.
+    struct Channel(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+    impl http_body::Body for Channel {
+        type Data = bytes::Bytes;
+        type Error = BodyError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|piece| piece.map(|p| Ok(Frame::data(p))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_response_has_no_body_whatever_its_length_says() {
+        let (address, seen) =
+            scripted(|_| answer(b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n")).await;
+        let upstream = upstream_to(address);
+        let empty = || crate::body::full(bytes::Bytes::new());
+        let response = upstream
+            .send(with_method(http::Method::HEAD, empty()))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-length"], "42");
+        assert_eq!(text(response).await.unwrap(), "");
+        upstream
+            .send(with_method(http::Method::HEAD, empty()))
+            .await
+            .unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert_eq!(upstream.lock().len(), 1, "the connection was reused");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_or_oversized_response_head_is_a_target_failure() {
+        let (address, _) = scripted(|index| match index {
+            0 => answer(b"HTTP/1.1 OK\r\n\r\n"),
+            _ => Reply::Answer(
+                format!(
+                    "HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n",
+                    "a".repeat(40 * 1024)
+                )
+                .into_bytes(),
+            ),
+        })
+        .await;
+        let upstream = upstream_to(address);
+        for expected in ["malformed response head", "larger than 32768 bytes"] {
+            match upstream.send(request()).await {
+                Err(LbError::TargetFailed(reason)) => {
+                    assert!(reason.contains(expected), "{reason}")
+                }
+                other => panic!("expected a target failure, got {other:?}"),
+            }
+        }
+        assert!(upstream.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_its_connection_is_not_reused() {
+        let (address, seen) = scripted(|index| match index {
+            0 => answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
+            _ => answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        })
+        .await;
+        let upstream = upstream_to(address);
+        let response = upstream.send(request()).await.unwrap();
+        // The target keeps the connection open; a read timeout stands in for the
+        // client giving up, and the connection goes with the response.
+        let cut = tokio::time::timeout(Duration::from_millis(200), text(response)).await;
+        assert!(cut.is_err(), "the body never ends");
+        assert!(upstream.lock().is_empty());
+        assert_eq!(get(&upstream).await.unwrap(), "ok");
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_target_closing_in_the_middle_of_a_body_fails_the_body() {
+        let (address, _) = scripted(|_| {
+            Reply::AnswerAndClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec())
+        })
+        .await;
+        let upstream = upstream_to(address);
+        let response = upstream.send(request()).await.unwrap();
+        let error = text(response).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("in the middle of its response body"),
+            "{error}"
+        );
+        assert!(upstream.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_the_target_dropped_is_sent_again_only_when_that_is_safe() {
+        // Every request but the first is read and dropped with its connection, unanswered:
+        // a target whose keep-alive timeout fired just as the request came.
+        let (address, seen) = scripted(|index| match index {
+            0 | 2 => answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            _ => Reply::Drop,
+        })
+        .await;
+        let upstream = upstream_to(address);
+        assert_eq!(get(&upstream).await.unwrap(), "ok");
+        // A GET on the reused connection is dropped (request 1), then sent again on a new
+        // one (request 2).
+        assert_eq!(get(&upstream).await.unwrap(), "ok");
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        // A POST on the reused connection is dropped (request 3): it may have been acted
+        // on, so it is not sent twice.
+        let post = with_method(
+            http::Method::POST,
+            crate::body::full(bytes::Bytes::from_static(b"x")),
+        );
+        match upstream.send(post).await {
+            Err(LbError::TargetFailed(reason)) => assert!(reason.contains("closed"), "{reason}"),
+            other => panic!("expected a target failure, got {other:?}"),
+        }
+        assert_eq!(seen.lock().unwrap().len(), 4);
     }
 }
