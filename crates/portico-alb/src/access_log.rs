@@ -139,7 +139,7 @@ pub struct Outcome {
     /// The target's status.
     pub target_status: Option<u16>,
     /// `X-Amzn-Trace-Id` as sent on.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<http::HeaderValue>,
     /// A redirect's `Location`.
     pub redirect_url: Option<String>,
     /// ALB's error reason (Lambda targets); none is `-`.
@@ -231,7 +231,8 @@ impl Record {
             tls.map_or("-", |t| t.protocol),
             self.outcome.target_group_arn.as_deref().unwrap_or("-")
         );
-        quoted(&mut out, self.outcome.trace_id.as_deref().unwrap_or("-"));
+        let trace_id = self.outcome.trace_id.as_ref().and_then(|v| v.to_str().ok());
+        quoted(&mut out, trace_id.unwrap_or("-"));
         out.push(' ');
         quoted(
             &mut out,
@@ -350,7 +351,7 @@ mod tests {
                 dispatched: Some(received + Duration::from_millis(1)),
                 answered: Some(received + Duration::from_millis(21)),
                 target_status: Some(200),
-                trace_id: Some("Root=1-x".into()),
+                trace_id: Some(http::HeaderValue::from_static("Root=1-x")),
                 redirect_url: None,
                 error_reason: None,
                 logged: true,

@@ -6,6 +6,7 @@
 //! absent → a new `Root`; present with a `Root` → a `Self` field is added in front; present
 //! without a `Root` → a `Root` is added in front of the fields kept.
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,18 +23,19 @@ pub struct Origin {
 }
 
 /// Applies ALB's forwarding headers to `headers`. Returns the trace header value sent on.
-pub fn apply(headers: &mut HeaderMap, origin: Origin) -> String {
-    let client = origin.client.to_string();
-    let mut xff = Vec::new();
+///
+/// Built without `format!` or copies (the address is written digit by digit, and each
+/// value takes its buffer over): this runs for every request forwarded.
+pub fn apply(headers: &mut HeaderMap, origin: Origin) -> HeaderValue {
+    let mut xff = Vec::with_capacity(48);
     for prior in headers.get_all(X_FORWARDED_FOR) {
         xff.extend_from_slice(prior.as_bytes());
         xff.extend_from_slice(b", ");
     }
-    xff.extend_from_slice(client.as_bytes());
+    push_ip(&mut xff, origin.client);
     // Each piece was a valid header value, and so is their join; the fallback is for form.
-    let xff = HeaderValue::from_bytes(&xff)
-        .or_else(|_| HeaderValue::from_str(&client))
-        .unwrap_or(HeaderValue::from_static("-"));
+    let xff =
+        HeaderValue::from_maybe_shared(Bytes::from(xff)).unwrap_or(HeaderValue::from_static("-"));
     let trace = trace_header(
         headers
             .get_all(X_AMZN_TRACE_ID)
@@ -41,13 +43,39 @@ pub fn apply(headers: &mut HeaderMap, origin: Origin) -> String {
             .next_back()
             .and_then(|v| v.to_str().ok()),
     );
+    // Kept fields came from a valid header value, and the rest is ours.
+    let trace = HeaderValue::from_maybe_shared(Bytes::from(trace.into_bytes()))
+        .unwrap_or(HeaderValue::from_static("-"));
+    headers.reserve(4);
     headers.insert(X_FORWARDED_FOR, xff);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
     headers.insert(X_FORWARDED_PORT, HeaderValue::from(origin.port));
-    if let Ok(value) = HeaderValue::from_str(&trace) {
-        headers.insert(X_AMZN_TRACE_ID, value);
-    }
+    headers.insert(X_AMZN_TRACE_ID, trace.clone());
     trace
+}
+
+/// Appends an address as text: IPv4 digit by digit, IPv6 through its `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 // Names made once: a `&str` name is parsed and checked again at every use.
@@ -92,25 +120,29 @@ pub fn new_trace_id() -> String {
 /// Length of a trace id: `1-`, 8 digits, `-`, 24 digits.
 const TRACE_ID_LEN: usize = 2 + 8 + 1 + 24;
 
-/// Appends a new trace id. Written digit by digit: `format!` cost more than the rest of
-/// the forwarding headers together, once per request.
+/// Appends a new trace id. Written digit by digit into a stack buffer: `format!` cost more
+/// than the rest of the forwarding headers together, once per request.
 fn push_trace_id(out: &mut String) {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let random = fastrand::u128(..);
-    out.push_str("1-");
-    push_hex(out, u128::from(secs as u32), 8);
-    out.push('-');
-    push_hex(out, random, 24);
+    let mut id = [0u8; TRACE_ID_LEN];
+    id[..2].copy_from_slice(b"1-");
+    write_hex(&mut id[2..10], u128::from(secs as u32));
+    id[10] = b'-';
+    write_hex(&mut id[11..], random);
+    // Hex digits and dashes: ASCII.
+    out.push_str(std::str::from_utf8(&id).unwrap_or_default());
 }
 
-/// Appends the low `digits` hex digits of `value`, lower case, zero-padded.
-fn push_hex(out: &mut String, value: u128, digits: u32) {
-    for i in (0..digits).rev() {
-        let nibble = (value >> (4 * i)) & 0xf;
-        out.push(char::from(b"0123456789abcdef"[nibble as usize]));
+/// Fills `out` with the low hex digits of `value`, lower case, zero-padded.
+fn write_hex(out: &mut [u8], value: u128) {
+    let digits = out.len();
+    for (i, slot) in out.iter_mut().enumerate() {
+        let nibble = (value >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789abcdef"[nibble as usize];
     }
 }
 
@@ -139,15 +171,33 @@ mod tests {
             (1u128 << 96) - 1,
             u128::MAX,
         ] {
-            let mut eight = String::new();
-            push_hex(&mut eight, value, 8);
-            assert_eq!(eight, format!("{:08x}", value as u32));
-            let mut twenty_four = String::new();
-            push_hex(&mut twenty_four, value, 24);
-            assert_eq!(twenty_four, format!("{:024x}", value & ((1u128 << 96) - 1)));
+            let mut eight = [0u8; 8];
+            write_hex(&mut eight, value);
+            assert_eq!(&eight[..], format!("{:08x}", value as u32).as_bytes());
+            let mut twenty_four = [0u8; 24];
+            write_hex(&mut twenty_four, value);
+            let expected = format!("{:024x}", value & ((1u128 << 96) - 1));
+            assert_eq!(&twenty_four[..], expected.as_bytes());
         }
         let id = new_trace_id();
         assert!(is_trace_id(&id) && id.len() == TRACE_ID_LEN, "{id}");
+    }
+
+    #[test]
+    fn addresses_are_written_as_their_display() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.254.1.200",
+            "127.0.0.1",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().into_bytes());
+        }
     }
 
     #[test]
@@ -210,7 +260,7 @@ mod tests {
         assert_eq!(get("x-forwarded-for"), ["10.0.0.1, 10.0.0.2, 203.0.113.9"]);
         assert_eq!(get("x-forwarded-proto"), ["http"]);
         assert_eq!(get("x-forwarded-port"), ["8080"]);
-        assert_eq!(get("x-amzn-trace-id"), [trace.as_str()]);
+        assert_eq!(get("x-amzn-trace-id"), [trace.to_str().unwrap()]);
         assert_eq!(get("host"), ["x"]);
     }
 }

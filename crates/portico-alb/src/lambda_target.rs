@@ -59,7 +59,7 @@ pub async fn forward(
         .invoke(Invocation {
             function: tg.function.clone(),
             payload: Bytes::from(event),
-            trace_id: Some(trace_id),
+            trace_id: trace_id.to_str().ok().map(str::to_owned),
             ..Invocation::default()
         })
         .await;

@@ -96,7 +96,10 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(spec.idle_timeout)
+        // The connection's idle watchdog (`serve_http`) already closes a connection whose
+        // next request head has not come whole within the idle timeout; hyper's own timer
+        // would be reset on every request for nothing.
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES);
     builder
         .http2()

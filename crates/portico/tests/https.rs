@@ -406,6 +406,44 @@ fn idle_http2_connections_get_a_goaway_after_the_idle_timeout_and_bad_handshakes
     assert_eq!(seen.reply.status, 200);
 }
 
+/// Opens an HTTP/1.1 connection to `addr`, sends `sent`, and returns what came back and how
+/// long the load balancer kept the connection open.
+fn held_open(addr: SocketAddr, sent: &[u8]) -> (String, Duration) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let opened = Instant::now();
+    stream.write_all(sent).unwrap();
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf);
+    (String::from_utf8_lossy(&buf).into_owned(), opened.elapsed())
+}
+
+#[test]
+fn idle_http1_connections_and_request_heads_that_never_end_are_closed_at_the_idle_timeout() {
+    let scratch = Scratch::new("h1-idle");
+    let pki = make_pki(&scratch);
+    let portico = Portico::start(&config(&pki, false, ""));
+    let http = portico.load_balancers[1].1;
+    // A head that never ends, from the first request or after an answered one: closed
+    // once the connection has been without a request for the 1 s idle timeout.
+    for sent in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let (reply, open_for) = held_open(http, sent);
+        assert!(
+            open_for >= Duration::from_millis(900) && open_for < Duration::from_millis(2500),
+            "closed after {open_for:?}, idle timeout is 1 s; sent {:?}",
+            String::from_utf8_lossy(sent)
+        );
+        let answered = sent.windows(4).filter(|w| w == b"\r\n\r\n").count();
+        assert_eq!(reply.matches("HTTP/1.1 200").count(), answered, "{reply}");
+    }
+}
+
 #[test]
 fn bad_certificates_stop_portico_up_with_a_clear_error() {
     let scratch = Scratch::new("tls-bad");
