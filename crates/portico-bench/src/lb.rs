@@ -9,10 +9,10 @@
 //!
 //! `--baseline BINARY` measures a second portico build (say, one from before a change) with
 //! the same config beside the current one; `--rounds N` measures every system N times in
-//! turn and keeps each one's median round, so a slow moment of the machine does not decide a
-//! ratio. `--instructions N` counts instead what one request costs in user-space
-//! instructions under callgrind (see `instructions`), which the machine's noise does not
-//! move.
+//! turn (each round starting with the next system, each measurement printed as it ends) and
+//! keeps each one's median round, so a slow moment of the machine does not decide a ratio.
+//! `--instructions N` counts instead what one request costs in user-space instructions under
+//! callgrind (see `instructions`), which the machine's noise does not move.
 
 use crate::instructions::Callgrind;
 use crate::load::{self, Figures, Target};
@@ -214,12 +214,25 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut rounds: Vec<Vec<Measured>> = systems.iter().map(|_| Vec::new()).collect();
-    for round in 1..=options.rounds {
+    for round in 0..options.rounds as usize {
         if options.rounds > 1 {
-            eprintln!("round {round} of {}", options.rounds);
+            eprintln!("round {} of {}", round + 1, options.rounds);
         }
-        for (variant, measured) in systems.iter().zip(&mut rounds) {
-            measured.push(measure(&setup, &options, variant, backend_port).await?);
+        // Each round starts with the next system, so that none is always measured first
+        // (right after the backend has rested) or last.
+        for turn in 0..systems.len() {
+            let index = (round + turn) % systems.len();
+            let measured = measure(&setup, &options, &systems[index], backend_port).await?;
+            eprintln!(
+                "  {}: {:.0} req/s, p99 {:.0} µs ({} conn); p50 {:.0} µs, p99 {:.0} µs (1 conn)",
+                measured.name,
+                measured.loaded.rps(),
+                measured.loaded.quantile_us(0.99),
+                options.concurrency,
+                measured.latency.quantile_us(0.5),
+                measured.latency.quantile_us(0.99),
+            );
+            rounds[index].push(measured);
         }
     }
     let results: Vec<Measured> = rounds.into_iter().filter_map(median_round).collect();
