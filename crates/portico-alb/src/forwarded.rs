@@ -13,26 +13,34 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where a request came from and arrived.
 #[derive(Debug, Clone, Copy)]
-pub struct Origin {
+pub struct Origin<'a> {
     /// The client's address (from PROXY v2 when enabled, else the TCP peer).
     pub client: IpAddr,
     /// `http` or `https`.
     pub proto: &'static str,
-    /// The listener's port.
-    pub port: u16,
+    /// The listener's port, as the `X-Forwarded-Port` value (made once per listener).
+    pub port: &'a HeaderValue,
 }
 
-/// Applies ALB's forwarding headers to `headers`. Returns the trace header value sent on.
+/// Applies ALB's forwarding headers to `headers`; the trace header sent on is then
+/// `headers[X_AMZN_TRACE_ID]`.
 ///
 /// Built without `format!` or copies (the address is written digit by digit, and each
-/// value takes its buffer over): this runs for every request forwarded.
-pub fn apply(headers: &mut HeaderMap, origin: Origin) -> HeaderValue {
-    let mut xff = Vec::with_capacity(48);
+/// value takes over a buffer of exactly its size): this runs for every request forwarded.
+pub fn apply(headers: &mut HeaderMap, origin: Origin<'_>) {
+    let mut ip = [0u8; MAX_IP_TEXT];
+    let ip = write_ip(&mut ip, origin.client);
+    let prior: usize = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.len() + 2)
+        .sum();
+    let mut xff = Vec::with_capacity(prior + ip.len());
     for prior in headers.get_all(X_FORWARDED_FOR) {
         xff.extend_from_slice(prior.as_bytes());
         xff.extend_from_slice(b", ");
     }
-    push_ip(&mut xff, origin.client);
+    xff.extend_from_slice(ip);
     // Each piece was a valid header value, and so is their join; the fallback is for form.
     let xff =
         HeaderValue::from_maybe_shared(Bytes::from(xff)).unwrap_or(HeaderValue::from_static("-"));
@@ -49,40 +57,51 @@ pub fn apply(headers: &mut HeaderMap, origin: Origin) -> HeaderValue {
     headers.reserve(4);
     headers.insert(X_FORWARDED_FOR, xff);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(origin.port));
-    headers.insert(X_AMZN_TRACE_ID, trace.clone());
-    trace
+    headers.insert(X_FORWARDED_PORT, origin.port.clone());
+    headers.insert(X_AMZN_TRACE_ID, trace);
 }
 
-/// Appends an address as text: IPv4 digit by digit, IPv6 through its `Display`.
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+/// Longest address text: an IPv6 address with an embedded IPv4 one.
+const MAX_IP_TEXT: usize = 45;
+
+/// Writes an address as text into `buf` and returns it: IPv4 digit by digit, IPv6 through
+/// its `Display`.
+fn write_ip(buf: &mut [u8; MAX_IP_TEXT], ip: IpAddr) -> &[u8] {
+    let mut len = 0;
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    buf[len] = b'.';
+                    len += 1;
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
                 }
-                out.push(b'0' + octet % 10);
+                buf[len] = b'0' + octet % 10;
+                len += 1;
             }
         }
         IpAddr::V6(v6) => {
             use std::io::Write;
-            let _ = write!(out, "{v6}");
+            let mut cursor = &mut buf[..];
+            let _ = write!(cursor, "{v6}");
+            len = MAX_IP_TEXT - cursor.len();
         }
     }
+    &buf[..len]
 }
 
 // Names made once: a `&str` name is parsed and checked again at every use.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
+pub(crate) const X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 
 /// The `X-Amzn-Trace-Id` ALB forwards, given the one received.
 pub fn trace_header(received: Option<&str>) -> String {
@@ -192,11 +211,11 @@ mod tests {
             "127.0.0.1",
             "2001:db8::1",
             "::ffff:10.0.0.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut out = Vec::new();
-            push_ip(&mut out, ip);
-            assert_eq!(out, ip.to_string().into_bytes());
+            let mut buf = [0u8; MAX_IP_TEXT];
+            assert_eq!(write_ip(&mut buf, ip), ip.to_string().as_bytes());
         }
     }
 
@@ -248,9 +267,10 @@ mod tests {
         let origin = Origin {
             client: "203.0.113.9".parse().unwrap(),
             proto: "http",
-            port: 8080,
+            port: &HeaderValue::from_static("8080"),
         };
-        let trace = apply(&mut h, origin);
+        apply(&mut h, origin);
+        let trace = h[X_AMZN_TRACE_ID].clone();
         let get = |n: &str| {
             h.get_all(n)
                 .iter()

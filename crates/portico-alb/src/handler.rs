@@ -40,8 +40,10 @@ pub struct Context {
     pub invoker: Arc<dyn Invoker>,
     /// `http` or `https`.
     pub proto: &'static str,
-    /// The listener's port, for `X-Forwarded-Port` and redirects.
+    /// The listener's port, for redirects.
     pub port: u16,
+    /// The same as an `X-Forwarded-Port` value.
+    pub port_header: HeaderValue,
     /// How long an HTTP target may take to answer (the load balancer's idle timeout).
     pub target_timeout: Duration,
     /// The load balancer's id as access logs name it, `app/NAME/ID`.
@@ -259,7 +261,7 @@ async fn respond<'c>(
     let origin = Origin {
         client,
         proto: ctx.proto,
-        port: ctx.port,
+        port: &ctx.port_header,
     };
     match routed.action {
         Action::FixedResponse(fixed) => Ok(fixed.respond()),

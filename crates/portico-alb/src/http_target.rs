@@ -277,7 +277,7 @@ impl HttpTargetGroup {
     pub async fn forward(
         &self,
         req: Request<Body>,
-        origin: Origin,
+        origin: Origin<'_>,
         timeout: Duration,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, LbError> {
@@ -300,7 +300,10 @@ impl HttpTargetGroup {
             parts.headers.insert(header::HOST, target.host.clone());
         }
         strip_hop_by_hop(&mut parts.headers);
-        outcome.trace_id = Some(forwarded::apply(&mut parts.headers, origin));
+        forwarded::apply(&mut parts.headers, origin);
+        if outcome.logged {
+            outcome.trace_id = parts.headers.get(forwarded::X_AMZN_TRACE_ID).cloned();
+        }
         let request = Request::from_parts(parts, body);
 
         let outstanding = Outstanding::new(target.clone());

@@ -19,7 +19,7 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
 pub async fn forward(
     tg: &LambdaTargetGroup,
     invoker: &dyn Invoker,
-    origin: Origin,
+    origin: Origin<'_>,
     req: Request<Body>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, LbError> {
@@ -28,8 +28,9 @@ pub async fn forward(
     }
     let (mut parts, body) = req.into_parts();
     let body = crate::handler::read_body(&parts.headers, body, MAX_REQUEST_BODY_BYTES).await?;
-    let trace_id = forwarded::apply(&mut parts.headers, origin);
-    outcome.trace_id = Some(trace_id.clone());
+    forwarded::apply(&mut parts.headers, origin);
+    let trace_id = parts.headers.get(forwarded::X_AMZN_TRACE_ID).cloned();
+    outcome.trace_id = trace_id.clone();
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -59,7 +60,10 @@ pub async fn forward(
         .invoke(Invocation {
             function: tg.function.clone(),
             payload: Bytes::from(event),
-            trace_id: trace_id.to_str().ok().map(str::to_owned),
+            trace_id: trace_id
+                .as_ref()
+                .and_then(|t| t.to_str().ok())
+                .map(str::to_owned),
             ..Invocation::default()
         })
         .await;

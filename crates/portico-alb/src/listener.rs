@@ -88,6 +88,7 @@ pub async fn serve(
         invoker,
         proto: if spec.tls.is_some() { "https" } else { "http" },
         port: local.map_or(0, |a| a.port()),
+        port_header: http::HeaderValue::from(local.map_or(0, |a| a.port())),
         target_timeout: spec.idle_timeout,
         elb: spec.elb.as_str().into(),
         access_log: spec.access_log.clone(),

@@ -92,18 +92,20 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Er
         .filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty())
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes().to_vec()).ok());
     // Where each field lies in the head, so that values can share its bytes once frozen.
+    // The head is at most MAX_HEAD (32 KB) bytes, so offsets fit in u16; the array is kept
+    // small because it is zeroed for every response.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let offset = |at: usize| u16::try_from(at).map_err(|_| Error::HeadTooLarge { limit: MAX_HEAD });
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     let count = parsed.headers.len();
     for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
         let name = field.name.as_ptr() as usize - base;
         let value = field.value.as_ptr() as usize - base;
-        // The head is at most MAX_HEAD bytes: offsets fit in u32.
         *span = (
-            name as u32,
-            field.name.len() as u32,
-            value as u32,
-            field.value.len() as u32,
+            offset(name)?,
+            offset(field.name.len())?,
+            offset(value)?,
+            offset(field.value.len())?,
         );
     }
     let bytes = buf.split_to(length).freeze();
@@ -114,10 +116,12 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Er
     let mut other_coding = false;
     let (mut close, mut keep_alive_token) = (false, false);
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-        let name_bytes = &bytes[name_at as usize..(name_at + name_len) as usize];
+        let (name_at, name_len) = (usize::from(name_at), usize::from(name_len));
+        let (value_at, value_len) = (usize::from(value_at), usize::from(value_len));
+        let name_bytes = &bytes[name_at..name_at + name_len];
         let name = HeaderName::from_bytes(name_bytes)
             .map_err(|_| Error::BadHeader(String::from_utf8_lossy(name_bytes).into_owned()))?;
-        let value_bytes = bytes.slice(value_at as usize..(value_at + value_len) as usize);
+        let value_bytes = bytes.slice(value_at..value_at + value_len);
         let value = HeaderValue::from_maybe_shared(value_bytes)
             .map_err(|_| Error::BadHeader(name.as_str().to_owned()))?;
         if name == header::CONTENT_LENGTH {
