@@ -212,7 +212,12 @@ async fn idle(addr: SocketAddr, n: usize, proxy: &Proc) -> anyhow::Result<f64> {
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let setup = Setup::new("edge", options.portico.clone())?;
-    let Setup { me, proxy_core, .. } = &setup;
+    let Setup {
+        me,
+        proxy_core,
+        other_cores,
+        ..
+    } = &setup;
     let backend_port = free_port()?;
     let _backend =
         Proc::start(Command::new(me).args(["tcp-backend", "--port", &backend_port.to_string()]))?;
@@ -220,9 +225,12 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         .await
         .context("the backend")?;
     println!(
-        "edge alone: TCP to one backend; each proxy on one worker pinned to core {proxy_core}; \
-         {} connections for throughput, {} idle connections held",
-        options.concurrency, options.idle
+        "edge alone: TCP to one backend; each proxy on one worker pinned to core {proxy_core}, \
+         the load generator and backend to cores {}; {} connections for throughput, {} idle \
+         connections held",
+        other_cores.as_deref().unwrap_or("(the same)"),
+        options.concurrency,
+        options.idle
     );
     let mut rounds: [Vec<Measured>; 3] = Default::default();
     for round in 1..=options.rounds.max(1) {

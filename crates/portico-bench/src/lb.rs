@@ -3,7 +3,8 @@
 //!
 //! Per core: each proxy runs with one worker (portico: `TOKIO_WORKER_THREADS=1`, HAProxy:
 //! `nbthread 1`, nginx: `worker_processes 1`) pinned to the last core with `taskset`; the
-//! load generator and the backend share the other cores. Measured, for each in turn:
+//! load generator and the backend are pinned to the other cores, so nothing else runs on
+//! the proxy's. Measured, for each in turn:
 //! - latency: one connection, requests back to back, p50 and p99;
 //! - throughput: `concurrency` connections for `duration`, with p50 and p99 under load.
 //!
@@ -175,7 +176,12 @@ struct Measured {
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let setup = Setup::new("lb", options.portico.clone())?;
-    let Setup { me, proxy_core, .. } = &setup;
+    let Setup {
+        me,
+        proxy_core,
+        other_cores,
+        ..
+    } = &setup;
 
     let backend_port = free_port()?;
     let mut backend =
@@ -186,8 +192,10 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         .context("the backend did not start")?;
     println!(
         "load balancer alone: POST of {} bytes to one HTTP backend; each proxy on one worker \
-         pinned to core {proxy_core}; {} connections for throughput",
+         pinned to core {proxy_core}, the load generator and backend to cores {}; {} \
+         connections for throughput",
         BODY.len(),
+        other_cores.as_deref().unwrap_or("(the same)"),
         options.concurrency
     );
 

@@ -76,21 +76,40 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 }
 
 /// What every proxy benchmark starts from: the portico binary to measure, this binary (for
-/// its backends), the core proxies are pinned to, and a scratch directory for configs.
+/// its backends), the core proxies are pinned to, the cores everything else runs on, and a
+/// scratch directory for configs.
 pub(crate) struct Setup {
     pub(crate) portico: std::path::PathBuf,
     pub(crate) me: std::path::PathBuf,
     pub(crate) proxy_core: String,
+    /// The other cores, where this process (the load generator) and the backends it starts
+    /// are pinned, so that the proxy has its core to itself; `None` on one core.
+    pub(crate) other_cores: Option<String>,
     pub(crate) scratch: std::path::PathBuf,
 }
 
 impl Setup {
     /// The setup of benchmark `name`; `portico` overrides `target/release/portico`.
+    ///
+    /// Pins this process (every thread, and the processes it starts later) to all cores but
+    /// the last, which is the proxies' alone: without that, the load generator and the
+    /// backend run on the proxy's core whenever it idles, and how much they take depends on
+    /// each proxy's sleeping pattern rather than its speed.
     pub(crate) fn new(name: &str, portico: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
+        use anyhow::Context;
         let portico =
             portico.unwrap_or_else(|| crate::workspace_root().join("target/release/portico"));
         let me = std::env::current_exe()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let other_cores = (cores > 1).then(|| format!("0-{}", cores - 2));
+        if let Some(others) = &other_cores {
+            let pinned = std::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", others, &std::process::id().to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .context("running taskset (util-linux) to pin the load generator")?;
+            anyhow::ensure!(pinned.success(), "taskset could not pin the load generator");
+        }
         let scratch =
             std::env::temp_dir().join(format!("portico-bench-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
@@ -98,6 +117,7 @@ impl Setup {
             portico,
             me,
             proxy_core: (cores - 1).to_string(),
+            other_cores,
             scratch,
         })
     }
