@@ -10,6 +10,12 @@
 //!
 //! [`serve_connection`] is the other half for HTTP listeners: one connection served by hyper
 //! until it ends, finishing its requests in progress gracefully when shutdown begins.
+//! [`Dormant`] keeps what waits beside a connection's I/O (its shutdown, its timers) from
+//! being polled on every one of the connection's wake-ups.
+
+mod dormant;
+
+pub use dormant::Dormant;
 
 use hyper_util::server::graceful::GracefulConnection;
 use std::future::Future;
@@ -34,7 +40,8 @@ where
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => result,
-        _ = shutdown.cancelled() => {
+        // Polled when it fires, not on every wake-up of the connection (it takes a lock).
+        _ = Dormant::new(shutdown.cancelled()) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -220,12 +220,13 @@ async fn serve_http<I>(
     let idle_timeout = listener.spec.idle_timeout;
     // After the idle timeout, a graceful close; a peer that does not take part in it (an
     // HTTP/2 client that never acknowledges the GOAWAY's PING) is cut one more timeout later.
-    let watchdog = async {
+    // Polled when its timers fire, not on every wake-up of the connection.
+    let watchdog = portico_accept::Dormant::new(async {
         activity.idle(idle_timeout).await;
         tracing::debug!("idle timeout: closing the connection");
         close.cancel();
         tokio::time::sleep(idle_timeout).await;
-    };
+    });
     tokio::select! {
         result = served => {
             if let Err(error) = result {
