@@ -138,8 +138,8 @@ where
             match conn.poll_fill(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if matches!(this.decoder, Decoder::UntilClose) => {
+                    // Keep-alive is already off for such a body (see `response`).
                     this.decoder = Decoder::Done;
-                    this.keep_alive = false;
                     this.finish();
                     return Poll::Ready(None);
                 }

@@ -104,17 +104,10 @@ impl Connection {
         B::Error: std::error::Error + Send + Sync + 'static,
         R: Recycle,
     {
-        let head_request = request.is_head();
         let mut answered = false;
         let mut write_error = None;
         let head = std::future::poll_fn(|cx| {
-            self.poll_head(
-                &mut request,
-                head_request,
-                &mut answered,
-                &mut write_error,
-                cx,
-            )
+            self.poll_head(&mut request, &mut answered, &mut write_error, cx)
         })
         .await;
         match head {
@@ -135,7 +128,6 @@ impl Connection {
     fn poll_head<B>(
         &mut self,
         request: &mut Outgoing<B>,
-        head_request: bool,
         answered: &mut bool,
         write_error: &mut Option<io::Error>,
         cx: &mut Context<'_>,
@@ -154,7 +146,7 @@ impl Connection {
         }
         loop {
             if !self.read.is_empty() {
-                match response::parse(&mut self.read, head_request)? {
+                match response::parse(&mut self.read, request.is_head())? {
                     Parsed::Final(head) => return Poll::Ready(Ok(head)),
                     Parsed::Interim => continue,
                     Parsed::Partial => {}

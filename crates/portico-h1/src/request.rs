@@ -17,7 +17,8 @@ use tokio::net::TcpStream;
 /// Body bytes gathered into the buffer before it is written.
 const FILL_LIMIT: usize = 64 * 1024;
 
-/// A request being sent.
+/// A request being sent. Sending it twice is harmless when nothing of it was written, or
+/// when its method is idempotent (RFC 9110 §9.2.2, as `Method::is_idempotent` has it).
 pub struct Outgoing<B> {
     buf: Vec<u8>,
     written: usize,
@@ -99,7 +100,7 @@ where
             body,
             chunked,
             whole: true,
-            idempotent: is_idempotent(&head.method),
+            idempotent: head.method.is_idempotent(),
             head: head.method == Method::HEAD,
         }
     }
@@ -111,8 +112,8 @@ where
         io: &mut TcpStream,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
+        self.fill(cx)?;
         loop {
-            self.fill(cx)?;
             while self.written < self.buf.len() {
                 match Pin::new(&mut *io).poll_write(cx, &self.buf[self.written..]) {
                     Poll::Ready(Ok(0)) => {
@@ -207,14 +208,6 @@ impl<B> Outgoing<B> {
         }
         replayable
     }
-}
-
-/// GET, HEAD, OPTIONS, TRACE, PUT and DELETE.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// Appends `n` in lower-case hex, as a chunk size.

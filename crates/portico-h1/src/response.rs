@@ -110,10 +110,10 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Er
     }
     let bytes = buf.split_to(length).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    let mut framing = Framing::UntilClose;
     let mut length_seen: Option<u64> = None;
-    let mut chunked = false;
-    let mut other_coding = false;
+    // Whether the last transfer coding is chunked, when there is any: only that one decides
+    // (several `Transfer-Encoding` fields make one list).
+    let mut final_coding_chunked: Option<bool> = None;
     let (mut close, mut keep_alive_token) = (false, false);
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
         let (name_at, name_len) = (usize::from(name_at), usize::from(name_len));
@@ -131,14 +131,12 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Er
             }
             length_seen = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            // Only the last coding decides: chunked must be the final one.
             let last = value
                 .as_bytes()
                 .rsplit(|&b| b == b',')
                 .next()
                 .unwrap_or(b"");
-            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            other_coding |= !chunked;
+            final_coding_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -152,21 +150,21 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Er
         Version::HTTP_10 => keep_alive_token && !close,
         _ => !close,
     };
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        framing = Framing::Empty;
-    } else if chunked && !other_coding {
-        framing = Framing::Chunked;
-        // Both framings at once is a smuggling smell: answer, but close afterwards.
-        keep_alive &= length_seen.is_none();
-    } else if chunked || other_coding {
-        framing = Framing::UntilClose;
-    } else if let Some(n) = length_seen {
-        framing = if n == 0 {
+    let framing =
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
         } else {
-            Framing::Length(n)
+            match (final_coding_chunked, length_seen) {
+                (Some(true), length) => {
+                    // Both framings at once is a smuggling smell: answer, but close afterwards.
+                    keep_alive &= length.is_none();
+                    Framing::Chunked
+                }
+                (Some(false), _) | (None, None) => Framing::UntilClose,
+                (None, Some(0)) => Framing::Empty,
+                (None, Some(n)) => Framing::Length(n),
+            }
         };
-    }
     if framing == Framing::UntilClose {
         keep_alive = false;
     }
@@ -250,6 +248,15 @@ mod tests {
         assert!(chunked.keep_alive);
         let gzip = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert_eq!(gzip.framing, Framing::UntilClose);
+        // Two fields are one list: the last coding decides, whichever field it is in.
+        let split = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(split.framing, Framing::Chunked);
+        let after = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+        );
+        assert_eq!(after.framing, Framing::UntilClose);
         let both =
             head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(both.framing, Framing::Chunked);
