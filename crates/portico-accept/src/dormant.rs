@@ -5,6 +5,10 @@
 //! state, a timer re-checks its deadline and re-registers its waker. [`Dormant`] gives the
 //! inner future a waker of its own that raises a flag before waking the task; the task's
 //! other wake-ups find the flag down and skip the inner future with one atomic swap.
+//!
+//! The accept loop's drain cut does the same with less: it fires its token itself, so one
+//! flag shared by every connection says when to look, with no waker of its own per
+//! connection (held connections are counted in bytes, see `Connection` in the crate root).
 
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -19,8 +23,8 @@ pin_project! {
         #[pin]
         inner: F,
         alarm: Arc<Alarm>,
-        // The waker `inner` is polled with, made on the first poll.
-        own: Option<Waker>,
+        // The waker `inner` is polled with: it raises `alarm`.
+        own: Waker,
         // The task waker `alarm` holds, to notice a change without taking its lock.
         task: Option<Waker>,
     }
@@ -29,10 +33,11 @@ pin_project! {
 impl<F> Dormant<F> {
     /// Wraps `inner`.
     pub fn new(inner: F) -> Self {
+        let alarm = Arc::new(Alarm::default());
         Self {
             inner,
-            alarm: Arc::new(Alarm::default()),
-            own: None,
+            own: Waker::from(alarm.clone()),
+            alarm,
             task: None,
         }
     }
@@ -81,10 +86,7 @@ impl<F: Future> Future for Dormant<F> {
         } else if !this.alarm.raised.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        let own = this
-            .own
-            .get_or_insert_with(|| Waker::from(this.alarm.clone()));
-        this.inner.poll(&mut Context::from_waker(own))
+        this.inner.poll(&mut Context::from_waker(this.own))
     }
 }
 

@@ -82,13 +82,13 @@ pub async fn serve(
     invoker: Arc<dyn Invoker>,
     shutdown: CancellationToken,
 ) {
-    let local = listener.local_addr().ok();
+    let port = listener.local_addr().map_or(0, |a| a.port());
     let ctx = Arc::new(Context {
         router: spec.router.clone(),
         invoker,
         proto: if spec.tls.is_some() { "https" } else { "http" },
-        port: local.map_or(0, |a| a.port()),
-        port_header: http::HeaderValue::from(local.map_or(0, |a| a.port())),
+        port,
+        port_header: http::HeaderValue::from(port),
         target_timeout: spec.idle_timeout,
         elb: spec.elb.as_str().into(),
         access_log: spec.access_log.clone(),
