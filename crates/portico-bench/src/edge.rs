@@ -12,7 +12,7 @@
 //! - idle connections: `idle` connections opened and held, and the proxy's resident memory
 //!   before and after, per connection.
 
-use crate::load::{Figures, median_by};
+use crate::load::{self, Figures, median_by};
 use crate::servers::{Setup, free_port};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, killpg};
@@ -40,7 +40,7 @@ pub(crate) struct Options {
     /// descriptors: keep `2 × idle` under the open-file limit (`ulimit -Hn`).
     #[arg(long, default_value_t = 9_000)]
     idle: usize,
-    /// Times each system is measured, in turn (direct, portico, HAProxy, then again);
+    /// Times each system is measured, in turn (each round starting with the next system);
     /// each figure reported is the median of its rounds. Memory is measured in the first.
     #[arg(long, default_value_t = 1)]
     rounds: u32,
@@ -233,13 +233,14 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         options.idle
     );
     let mut rounds: [Vec<Measured>; 3] = Default::default();
-    for round in 1..=options.rounds.max(1) {
+    for round in 0..options.rounds.max(1) as usize {
         if options.rounds > 1 {
-            eprintln!("round {round} of {}", options.rounds);
+            eprintln!("round {} of {}", round + 1, options.rounds);
         }
-        for (name, measured) in SYSTEMS.into_iter().zip(&mut rounds) {
-            let with_memory = round == 1;
-            measured.push(measure(name, &setup, backend_port, &options, with_memory).await?);
+        for index in load::turns(round, SYSTEMS.len()) {
+            let with_memory = round == 0;
+            let measured = measure(SYSTEMS[index], &setup, backend_port, &options, with_memory);
+            rounds[index].push(measured.await?);
         }
     }
     let results: Vec<Measured> = rounds.into_iter().filter_map(median_round).collect();

@@ -226,10 +226,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         if options.rounds > 1 {
             eprintln!("round {} of {}", round + 1, options.rounds);
         }
-        // Each round starts with the next system, so that none is always measured first
-        // (right after the backend has rested) or last.
-        for turn in 0..systems.len() {
-            let index = (round + turn) % systems.len();
+        for index in load::turns(round, systems.len()) {
             let measured = measure(&setup, &options, &systems[index], backend_port).await?;
             eprintln!(
                 "  {}: {:.0} req/s, p99 {:.0} µs ({} conn); p50 {:.0} µs, p99 {:.0} µs (1 conn)",

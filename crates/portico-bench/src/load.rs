@@ -60,6 +60,13 @@ impl Figures {
     }
 }
 
+/// The order `systems` systems are measured in during round `round` (from 0): each round
+/// starts with the next one, so that none is always measured first (right after the
+/// backend has rested) or last.
+pub(crate) fn turns(round: usize, systems: usize) -> impl Iterator<Item = usize> {
+    (0..systems).map(move |turn| (round + turn) % systems)
+}
+
 /// The run whose `key` is the median of `runs` (the upper one of an even count).
 pub(crate) fn median_by(mut runs: Vec<Figures>, key: impl Fn(&Figures) -> f64) -> Option<Figures> {
     runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
