@@ -17,7 +17,7 @@
 
 use crate::instructions::Callgrind;
 use crate::load::{self, Figures, Target};
-use crate::servers::{Server, Setup, free_port};
+use crate::servers::{self, Server, Setup, free_port};
 use anyhow::Context;
 use bytes::Bytes;
 use std::ffi::OsString;
@@ -171,7 +171,27 @@ const BODY: &str = r#"{"order":{"id":42,"items":["a","b","c"],"note":"benchmark"
 struct Measured {
     name: &'static str,
     latency: Figures,
-    loaded: Figures,
+    loaded: Loaded,
+}
+
+/// The throughput run, and how long the proxy's core was busy during it.
+struct Loaded {
+    figures: Figures,
+    busy: Duration,
+}
+
+impl Loaded {
+    /// Requests per second of the proxy core's busy time: the throughput one core gives when
+    /// it does nothing else. This is the figure to compare when the load generator, not the
+    /// proxy, is what runs out of CPU first (as on a machine with two cores).
+    fn per_core(&self) -> f64 {
+        self.figures.requests as f64 / self.busy.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// The share of the run the proxy's core was busy, in per cent.
+    fn busy_percent(&self) -> f64 {
+        self.busy.as_secs_f64() / self.figures.elapsed.as_secs_f64() * 100.0
+    }
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
@@ -229,10 +249,13 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         for index in load::turns(round, systems.len()) {
             let measured = measure(&setup, &options, &systems[index], backend_port).await?;
             eprintln!(
-                "  {}: {:.0} req/s, p99 {:.0} µs ({} conn); p50 {:.0} µs, p99 {:.0} µs (1 conn)",
+                "  {}: {:.0} req/s, {:.0} req per core-second (core {:.0} % busy), p99 {:.0} µs \
+                 ({} conn); p50 {:.0} µs, p99 {:.0} µs (1 conn)",
                 measured.name,
-                measured.loaded.rps(),
-                measured.loaded.quantile_us(0.99),
+                measured.loaded.figures.rps(),
+                measured.loaded.per_core(),
+                measured.loaded.busy_percent(),
+                measured.loaded.figures.quantile_us(0.99),
                 options.concurrency,
                 measured.latency.quantile_us(0.5),
                 measured.latency.quantile_us(0.99),
@@ -261,13 +284,16 @@ async fn measure(
     // Warm up connection pools and caches.
     load::run(&target, options.concurrency, Duration::from_secs(2), None).await?;
     let latency = load::run(&target, 1, Duration::from_secs(600), Some(options.requests)).await?;
-    let loaded = load::run(
+    let busy_before = servers::core_busy(&setup.proxy_core)?;
+    let figures = load::run(
         &target,
         options.concurrency,
         Duration::from_secs(options.duration),
         None,
     )
     .await?;
+    let busy = servers::core_busy(&setup.proxy_core)?.saturating_sub(busy_before);
+    let loaded = Loaded { figures, busy };
     drop(server);
     Ok(Measured {
         name,
@@ -400,15 +426,15 @@ fn report_instructions(counted: &[(&'static str, f64)], requests: u64) {
 }
 
 /// One system's rounds folded into one: the latency run with the median p50 and the
-/// throughput run with the median rate.
+/// throughput run with the median throughput per core.
 fn median_round(rounds: Vec<Measured>) -> Option<Measured> {
     let name = rounds.first()?.name;
-    let (latency, loaded): (Vec<Figures>, Vec<Figures>) =
+    let (latency, loaded): (Vec<Figures>, Vec<Loaded>) =
         rounds.into_iter().map(|m| (m.latency, m.loaded)).unzip();
     Some(Measured {
         name,
         latency: load::median_by(latency, |f| f.quantile_us(0.5))?,
-        loaded: load::median_by(loaded, Figures::rps)?,
+        loaded: load::median_by(loaded, Loaded::per_core)?,
     })
 }
 
@@ -503,25 +529,30 @@ fn report(results: &[Measured], options: &Options) {
     let c = options.concurrency;
     println!();
     println!(
-        "{:<20} {:>9} {:>9} {:>12} {:>11} {:>11} {:>7}",
+        "{:<20} {:>9} {:>9} {:>12} {:>10} {:>11} {:>11} {:>11} {:>7}",
         "system",
         "p50 µs",
         "p99 µs",
         &format!("req/s ({c})"),
+        "core busy",
+        "req/core-s",
         &format!("p50 µs ({c})"),
         &format!("p99 µs ({c})"),
         "errors"
     );
     for m in results {
+        let loaded = &m.loaded.figures;
         println!(
-            "{:<20} {:>9.0} {:>9.0} {:>12.0} {:>11.0} {:>11.0} {:>7}",
+            "{:<20} {:>9.0} {:>9.0} {:>12.0} {:>9.0}% {:>11.0} {:>11.0} {:>11.0} {:>7}",
             m.name,
             m.latency.quantile_us(0.5),
             m.latency.quantile_us(0.99),
-            m.loaded.rps(),
-            m.loaded.quantile_us(0.5),
-            m.loaded.quantile_us(0.99),
-            m.latency.errors + m.loaded.errors,
+            loaded.rps(),
+            m.loaded.busy_percent(),
+            m.loaded.per_core(),
+            loaded.quantile_us(0.5),
+            loaded.quantile_us(0.99),
+            m.latency.errors + loaded.errors,
         );
     }
     if let Some(ours) = results.iter().find(|m| m.name == "portico") {
@@ -534,11 +565,12 @@ fn report(results: &[Measured], options: &Options) {
             println!("cost of each gateway feature (vs portico without one):");
         }
         for f in &features {
+            let ratio = f.loaded.per_core() / ours.loaded.per_core();
             println!(
-                "  {:<20} throughput {:>5.2}x ({:+.1} %), p50 1 conn {:+.0} µs",
+                "  {:<20} throughput per core {:>5.2}x ({:+.1} %), p50 1 conn {:+.0} µs",
                 f.name,
-                f.loaded.rps() / ours.loaded.rps(),
-                (f.loaded.rps() / ours.loaded.rps() - 1.0) * 100.0,
+                ratio,
+                (ratio - 1.0) * 100.0,
                 f.latency.quantile_us(0.5) - ours.latency.quantile_us(0.5),
             );
         }
@@ -550,7 +582,11 @@ fn report(results: &[Measured], options: &Options) {
             println!("ratios (portico vs {}):", theirs.name);
             println!(
                 "  throughput per core ({c} conn)  {:>5.2}x",
-                ours.loaded.rps() / theirs.loaded.rps()
+                ours.loaded.per_core() / theirs.loaded.per_core()
+            );
+            println!(
+                "  req/s ({c} conn)                {:>5.2}x",
+                ours.loaded.figures.rps() / theirs.loaded.figures.rps()
             );
             println!(
                 "  p50 latency, 1 conn           {:>5.2}x lower",
@@ -562,12 +598,14 @@ fn report(results: &[Measured], options: &Options) {
             );
             println!(
                 "  p99 latency, {c} conn          {:>5.2}x lower",
-                theirs.loaded.quantile_us(0.99) / ours.loaded.quantile_us(0.99)
+                theirs.loaded.figures.quantile_us(0.99) / ours.loaded.figures.quantile_us(0.99)
             );
         }
     }
     println!(
-        "\n(latency: {} sequential requests on one connection; throughput: {} s)",
+        "\n(latency: {} sequential requests on one connection; throughput: {} s; throughput \
+         per core: requests per second of the proxy core's busy time, user, system and \
+         softirq, from /proc/stat)",
         options.requests, options.duration
     );
 }

@@ -68,7 +68,7 @@ pub(crate) fn turns(round: usize, systems: usize) -> impl Iterator<Item = usize>
 }
 
 /// The run whose `key` is the median of `runs` (the upper one of an even count).
-pub(crate) fn median_by(mut runs: Vec<Figures>, key: impl Fn(&Figures) -> f64) -> Option<Figures> {
+pub(crate) fn median_by<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
     runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let middle = runs.len() / 2;
     runs.into_iter().nth(middle)

@@ -136,3 +136,28 @@ impl Drop for Setup {
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
+
+/// How long one core has been busy since boot: user, system, interrupt and softirq ticks
+/// of `/proc/stat` (not idle, I/O wait, or steal, when the hypervisor ran something else). A proxy pinned to
+/// a core of its own is charged this way for all the work it causes there, the kernel's
+/// TCP work included, which its own process times leave out when it runs in softirqs.
+pub(crate) fn core_busy(core: &str) -> anyhow::Result<Duration> {
+    use anyhow::Context;
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let label = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(label.as_str()))
+        .with_context(|| format!("/proc/stat has no line for {label}"))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("/proc/stat: a malformed {label} line"))?;
+    // user nice system idle iowait irq softirq steal (guest times are inside user).
+    const BUSY: [usize; 5] = [0, 1, 2, 5, 6];
+    let busy: u64 = BUSY.iter().filter_map(|&field| ticks.get(field)).sum();
+    // /proc/stat counts in USER_HZ, which the kernel's ABI fixes at 100 per second.
+    Ok(Duration::from_millis(busy.saturating_mul(10)))
+}
