@@ -17,7 +17,7 @@
 
 use crate::instructions::Callgrind;
 use crate::load::{self, Figures, Target};
-use crate::servers::{self, Server, Setup, free_port};
+use crate::servers::{CoreTime, Server, Setup, free_port};
 use anyhow::Context;
 use bytes::Bytes;
 use std::ffi::OsString;
@@ -177,7 +177,7 @@ struct Measured {
 /// The throughput run, and how long the proxy's core was busy during it.
 struct Loaded {
     figures: Figures,
-    busy: Duration,
+    core: CoreTime,
 }
 
 impl Loaded {
@@ -185,12 +185,19 @@ impl Loaded {
     /// it does nothing else. This is the figure to compare when the load generator, not the
     /// proxy, is what runs out of CPU first (as on a machine with two cores).
     fn per_core(&self) -> f64 {
-        self.figures.requests as f64 / self.busy.as_secs_f64().max(f64::EPSILON)
+        self.figures.requests as f64 / self.core.busy().as_secs_f64().max(f64::EPSILON)
     }
 
     /// The share of the run the proxy's core was busy, in per cent.
     fn busy_percent(&self) -> f64 {
-        self.busy.as_secs_f64() / self.figures.elapsed.as_secs_f64() * 100.0
+        self.core.busy().as_secs_f64() / self.figures.elapsed.as_secs_f64() * 100.0
+    }
+
+    /// Microseconds of the proxy core per request: user, system, softirq.
+    fn per_request_us(&self) -> [f64; 3] {
+        let requests = self.figures.requests.max(1) as f64;
+        let core = &self.core;
+        [core.user, core.system, core.softirq].map(|d| d.as_secs_f64() * 1e6 / requests)
     }
 }
 
@@ -248,9 +255,11 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         }
         for index in load::turns(round, systems.len()) {
             let measured = measure(&setup, &options, &systems[index], backend_port).await?;
+            let [user, system, softirq] = measured.loaded.per_request_us();
             eprintln!(
-                "  {}: {:.0} req/s, {:.0} req per core-second (core {:.0} % busy), p99 {:.0} µs \
-                 ({} conn); p50 {:.0} µs, p99 {:.0} µs (1 conn)",
+                "  {}: {:.0} req/s, {:.0} req per core-second (core {:.0} % busy; µs/req user \
+                 {user:.1}, system {system:.1}, softirq {softirq:.1}), p99 {:.0} µs ({} conn); \
+                 p50 {:.0} µs, p99 {:.0} µs (1 conn)",
                 measured.name,
                 measured.loaded.figures.rps(),
                 measured.loaded.per_core(),
@@ -284,7 +293,7 @@ async fn measure(
     // Warm up connection pools and caches.
     load::run(&target, options.concurrency, Duration::from_secs(2), None).await?;
     let latency = load::run(&target, 1, Duration::from_secs(600), Some(options.requests)).await?;
-    let busy_before = servers::core_busy(&setup.proxy_core)?;
+    let before = CoreTime::read(&setup.proxy_core)?;
     let figures = load::run(
         &target,
         options.concurrency,
@@ -292,8 +301,8 @@ async fn measure(
         None,
     )
     .await?;
-    let busy = servers::core_busy(&setup.proxy_core)?.saturating_sub(busy_before);
-    let loaded = Loaded { figures, busy };
+    let core = CoreTime::read(&setup.proxy_core)?.since(&before);
+    let loaded = Loaded { figures, core };
     drop(server);
     Ok(Measured {
         name,

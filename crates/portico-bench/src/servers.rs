@@ -137,27 +137,61 @@ impl Drop for Setup {
     }
 }
 
-/// How long one core has been busy since boot: user, system, interrupt and softirq ticks
-/// of `/proc/stat` (not idle, I/O wait, or steal, when the hypervisor ran something else). A proxy pinned to
-/// a core of its own is charged this way for all the work it causes there, the kernel's
-/// TCP work included, which its own process times leave out when it runs in softirqs.
-pub(crate) fn core_busy(core: &str) -> anyhow::Result<Duration> {
-    use anyhow::Context;
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let label = format!("cpu{core}");
-    let line = stat
-        .lines()
-        .find(|line| line.split_whitespace().next() == Some(label.as_str()))
-        .with_context(|| format!("/proc/stat has no line for {label}"))?;
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("/proc/stat: a malformed {label} line"))?;
-    // user nice system idle iowait irq softirq steal (guest times are inside user).
-    const BUSY: [usize; 5] = [0, 1, 2, 5, 6];
-    let busy: u64 = BUSY.iter().filter_map(|&field| ticks.get(field)).sum();
-    // /proc/stat counts in USER_HZ, which the kernel's ABI fixes at 100 per second.
-    Ok(Duration::from_millis(busy.saturating_mul(10)))
+/// How long one core has been busy since boot, from the ticks of `/proc/stat`: in user
+/// space, in the kernel (system and hard interrupts), and in softirqs (where loopback TCP
+/// runs). Idle, I/O wait and steal (the hypervisor running something else) are left out. A
+/// proxy pinned to a core of its own is charged this way for all the work it causes there, the
+/// kernel's TCP work included, which its own process times leave out when it runs in softirqs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CoreTime {
+    /// user and nice.
+    pub(crate) user: Duration,
+    /// system and irq.
+    pub(crate) system: Duration,
+    /// softirq.
+    pub(crate) softirq: Duration,
+}
+
+impl CoreTime {
+    /// Reads `core`'s line of `/proc/stat`.
+    pub(crate) fn read(core: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let label = format!("cpu{core}");
+        let line = stat
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(label.as_str()))
+            .with_context(|| format!("/proc/stat has no line for {label}"))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("/proc/stat: a malformed {label} line"))?;
+        // user nice system idle iowait irq softirq steal (guest times are inside user).
+        let sum = |fields: &[usize]| {
+            let ticks: u64 = fields.iter().filter_map(|&f| ticks.get(f)).sum();
+            // /proc/stat counts in USER_HZ, which the kernel's ABI fixes at 100 per second.
+            Duration::from_millis(ticks.saturating_mul(10))
+        };
+        Ok(Self {
+            user: sum(&[0, 1]),
+            system: sum(&[2, 5]),
+            softirq: sum(&[6]),
+        })
+    }
+
+    /// All three together.
+    pub(crate) fn busy(&self) -> Duration {
+        self.user + self.system + self.softirq
+    }
+
+    /// The time from `earlier` to this reading.
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+            softirq: self.softirq.saturating_sub(earlier.softirq),
+        }
+    }
 }
