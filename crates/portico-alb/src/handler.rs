@@ -83,7 +83,9 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
     let record = ctx
         .access_log
         .as_ref()
-        .map(|_| record_of(ctx, conn, &req, received));
+        // Boxed: a record is hundreds of bytes, which the request's future would otherwise
+        // carry (and copy into place) on every request, with an access log or without.
+        .map(|_| Box::new(record_of(ctx, conn, &req, received)));
     let mut outcome = Outcome {
         logged: record.is_some(),
         ..Outcome::default()
@@ -121,7 +123,7 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
             record.status = response.status().as_u16();
             record.outcome = outcome;
             let head = head_bytes(&response);
-            response.map(|body| LoggedBody::new(body, head, record, log.clone()).boxed())
+            response.map(|body| LoggedBody::new(body, head, *record, log.clone()).boxed())
         }
         _ => response,
     }

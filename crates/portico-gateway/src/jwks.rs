@@ -229,7 +229,10 @@ impl Jwks {
             return false;
         }
         *last = Some(Instant::now());
-        self.fetch().await
+        // Boxed: the fetch (an HTTPS client) is a future of kilobytes, and without the box it
+        // would be carried inline by every request's future that checks a token, copied
+        // into place per request, while it runs only when a key is unknown.
+        Box::pin(self.fetch()).await
     }
 
     /// One fetch; installs the set and returns true on success, logs and returns false on
