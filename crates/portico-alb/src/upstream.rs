@@ -95,7 +95,7 @@ impl Upstream {
         req: Request<Body>,
     ) -> Result<Response<Body>, LbError> {
         let (parts, body) = req.into_parts();
-        let mut request = Outgoing::new(&parts, body);
+        let mut request = Outgoing::new(parts, body);
         loop {
             let (conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),

@@ -146,7 +146,8 @@ impl Connection {
         }
         loop {
             if !self.read.is_empty() {
-                match response::parse(&mut self.read, request.is_head())? {
+                let head_request = request.is_head();
+                match response::parse(&mut self.read, head_request, request.spare_headers())? {
                     Parsed::Final(head) => return Poll::Ready(Ok(head)),
                     Parsed::Interim => continue,
                     Parsed::Partial => {}

@@ -4,10 +4,16 @@
 //! A request whose body is all at hand when it starts (most are: the body arrived with the
 //! head) is one buffer, written with one call, and kept until the response comes, so it
 //! can be sent again on another connection if this one turns out to be dead.
+//!
+//! Its header map, emptied once the head is encoded, is kept to hold the response's
+//! headers: the map (its allocation, grown to fit this kind of traffic) goes round from
+//! request to response instead of one being allocated per message. hyper's server does the
+//! same with a response's map for the next request on its connection, so on a keep-alive
+//! connection one map carries every message.
 
 use crate::error::Error;
 use bytes::Bytes;
-use http::{Method, header, request};
+use http::{HeaderMap, Method, header, request};
 use http_body::Body;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -30,6 +36,8 @@ pub struct Outgoing<B> {
     idempotent: bool,
     /// A `HEAD` request: its response has no body.
     head: bool,
+    /// The request's header map, emptied, for the response's headers.
+    spare: HeaderMap,
 }
 
 impl<B> std::fmt::Debug for Outgoing<B> {
@@ -51,7 +59,7 @@ where
     /// Encodes the head of a request (origin-form target, `Host` already among the
     /// headers) for `body`. Framing headers the client sent are replaced by the ones that
     /// fit the body as it is forwarded.
-    pub fn new(head: &request::Parts, body: B) -> Self {
+    pub fn new(head: request::Parts, body: B) -> Self {
         let mut buf = Vec::with_capacity(512);
         buf.extend_from_slice(head.method.as_str().as_bytes());
         buf.push(b' ');
@@ -94,6 +102,8 @@ where
             Some(body)
         };
         buf.extend_from_slice(b"\r\n");
+        let mut spare = head.headers;
+        spare.clear();
         Self {
             buf,
             written: 0,
@@ -102,6 +112,7 @@ where
             whole: true,
             idempotent: head.method.is_idempotent(),
             head: head.method == Method::HEAD,
+            spare,
         }
     }
 
@@ -190,6 +201,12 @@ impl<B> Outgoing<B> {
     /// Whether this is a `HEAD` request.
     pub(crate) fn is_head(&self) -> bool {
         self.head
+    }
+
+    /// The emptied header map of the request, for the response's headers (an empty map
+    /// without an allocation once taken).
+    pub(crate) fn spare_headers(&mut self) -> &mut HeaderMap {
+        &mut self.spare
     }
 
     /// Whether all of the request has been written.

@@ -52,8 +52,13 @@ pub(crate) enum Parsed {
 }
 
 /// Parses the response head at the front of `buf`, consuming it when whole. `head_request`:
-/// the request was `HEAD`, so the response has no body whatever it says.
-pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Error> {
+/// the request was `HEAD`, so the response has no body whatever it says. A final head's
+/// headers go into `spare` (emptied and taken), whose allocation is used when it has one.
+pub(crate) fn parse(
+    buf: &mut BytesMut,
+    head_request: bool,
+    spare: &mut HeaderMap,
+) -> Result<Parsed, Error> {
     let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -109,7 +114,9 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Er
         );
     }
     let bytes = buf.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    headers.reserve(count);
     let mut length_seen: Option<u64> = None;
     // Whether the last transfer coding is chunked, when there is any: only that one decides
     // (several `Transfer-Encoding` fields make one list).
@@ -202,7 +209,11 @@ fn content_length(value: &[u8]) -> Result<u64, Error> {
 /// The head of a response as bytes, for tests.
 #[cfg(test)]
 pub(crate) fn parse_all(text: &[u8], head_request: bool) -> Result<Parsed, Error> {
-    parse(&mut BytesMut::from(text), head_request)
+    parse(
+        &mut BytesMut::from(text),
+        head_request,
+        &mut HeaderMap::new(),
+    )
 }
 
 #[cfg(test)]
@@ -300,9 +311,13 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"[..],
         );
-        assert!(matches!(parse(&mut buf, false), Ok(Parsed::Interim)));
+        let mut spare = HeaderMap::new();
+        assert!(matches!(
+            parse(&mut buf, false, &mut spare),
+            Ok(Parsed::Interim)
+        ));
         assert!(
-            matches!(parse(&mut buf, false), Ok(Parsed::Final(h)) if h.response.status() == 201)
+            matches!(parse(&mut buf, false, &mut spare), Ok(Parsed::Final(h)) if h.response.status() == 201)
         );
         assert!(buf.is_empty());
         assert!(matches!(
@@ -320,6 +335,25 @@ mod tests {
             .get::<hyper::ext::ReasonPhrase>()
             .unwrap();
         assert_eq!(reason.as_bytes(), b"Fine Thanks");
+    }
+
+    #[test]
+    fn the_spare_map_holds_the_headers_and_nothing_it_had() {
+        let mut spare = HeaderMap::with_capacity(24);
+        let capacity = spare.capacity();
+        spare.insert("x-left-over", HeaderValue::from_static("from the request"));
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n"[..]);
+        let Ok(Parsed::Final(head)) = parse(&mut buf, false, &mut spare) else {
+            panic!("no head");
+        };
+        let headers = head.response.headers();
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers["x-a"], "1");
+        assert!(!headers.contains_key("x-left-over"));
+        // The map's allocation went with it: no new one per response.
+        assert_eq!(headers.capacity(), capacity);
+        assert_eq!(spare.capacity(), 0);
     }
 
     #[test]
