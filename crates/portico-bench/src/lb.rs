@@ -272,10 +272,69 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             rounds[index].push(measured);
         }
     }
-    let results: Vec<Measured> = rounds.into_iter().filter_map(median_round).collect();
     drop(backend);
+    let paired = paired_ratios(&rounds);
+    let results: Vec<Measured> = rounds.into_iter().filter_map(median_round).collect();
     report(&results, &options);
+    if !paired.is_empty() {
+        println!(
+            "\npaired by round (portico vs each, measured back to back in the same round, so \
+             that the machine's slow drift cancels out): median [lowest, highest] of {} rounds",
+            options.rounds
+        );
+        for line in paired {
+            println!("  {line}");
+        }
+    }
     Ok(())
+}
+
+/// For every system beside portico: the ratio of portico's throughput per core to its own,
+/// and of its p99 under load to portico's, round by round (both above 1 when portico is
+/// better), as median, lowest and highest. Empty with fewer than two rounds.
+fn paired_ratios(rounds: &[Vec<Measured>]) -> Vec<String> {
+    let Some(ours) = rounds
+        .iter()
+        .find(|r| r.first().is_some_and(|m| m.name == "portico"))
+    else {
+        return Vec::new();
+    };
+    if ours.len() < 2 {
+        return Vec::new();
+    }
+    let spread = |mut ratios: Vec<f64>| {
+        ratios.sort_by(f64::total_cmp);
+        let middle = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+        let (low, high) = (ratios.first(), ratios.last());
+        format!(
+            "{middle:.2}x [{:.2}, {:.2}]",
+            low.copied().unwrap_or(f64::NAN),
+            high.copied().unwrap_or(f64::NAN)
+        )
+    };
+    rounds
+        .iter()
+        .filter_map(|theirs| {
+            let name = theirs.first()?.name;
+            if name == "portico" {
+                return None;
+            }
+            let pairs = || ours.iter().zip(theirs);
+            let per_core = pairs()
+                .map(|(o, t)| o.loaded.per_core() / t.loaded.per_core())
+                .collect();
+            let p99 = pairs()
+                .map(|(o, t)| {
+                    t.loaded.figures.quantile_us(0.99) / o.loaded.figures.quantile_us(0.99)
+                })
+                .collect();
+            Some(format!(
+                "vs {name:<18} throughput per core {}, p99 under load {} lower",
+                spread(per_core),
+                spread(p99)
+            ))
+        })
+        .collect()
 }
 
 /// Starts one system, warms it up, and measures its latency and throughput.
