@@ -104,6 +104,11 @@ where
         buf.extend_from_slice(b"\r\n");
         let mut spare = head.headers;
         spare.clear();
+        if spare.capacity() > crate::response::MAX_HEADERS {
+            // Room for more fields than a response may have: a client's many headers are
+            // not kept for the rest of its connection.
+            spare = HeaderMap::new();
+        }
         Self {
             buf,
             written: 0,
@@ -232,5 +237,37 @@ fn push_hex(buf: &mut Vec<u8>, n: usize) {
     let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
     for i in (0..digits).rev() {
         buf.push(b"0123456789abcdef"[(n >> (4 * i)) & 0xf]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Empty;
+
+    fn outgoing(fields: usize) -> (usize, Outgoing<Empty<Bytes>>) {
+        let mut builder = http::Request::builder().uri("/x").header("host", "a");
+        for i in 0..fields {
+            builder = builder.header(format!("x-{i}"), "v");
+        }
+        let (head, body) = builder.body(Empty::new()).unwrap().into_parts();
+        let capacity = head.headers.capacity();
+        (capacity, Outgoing::new(head, body))
+    }
+
+    #[test]
+    fn the_emptied_header_map_is_kept_for_the_response() {
+        let (capacity, mut request) = outgoing(6);
+        assert!(String::from_utf8_lossy(&request.buf).contains("x-5: v\r\n"));
+        let spare = request.spare_headers();
+        assert!(spare.is_empty());
+        assert_eq!(spare.capacity(), capacity);
+    }
+
+    #[test]
+    fn a_map_larger_than_any_response_is_not_kept() {
+        let (capacity, mut request) = outgoing(300);
+        assert!(capacity > crate::response::MAX_HEADERS);
+        assert_eq!(request.spare_headers().capacity(), 0);
     }
 }
