@@ -289,8 +289,8 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// For every system beside portico: the ratio of portico's throughput per core to its own,
-/// and of its p99 under load to portico's, round by round (both above 1 when portico is
+/// For every system beside portico: the ratio of portico's throughput per core and req/s to
+/// its own, and of its p99 under load to portico's, round by round (both above 1 when portico is
 /// better), as median, lowest and highest. Empty with fewer than two rounds.
 fn paired_ratios(rounds: &[Vec<Measured>]) -> Vec<String> {
     let Some(ours) = rounds
@@ -323,14 +323,18 @@ fn paired_ratios(rounds: &[Vec<Measured>]) -> Vec<String> {
             let per_core = pairs()
                 .map(|(o, t)| o.loaded.per_core() / t.loaded.per_core())
                 .collect();
+            let rps = pairs()
+                .map(|(o, t)| o.loaded.figures.rps() / t.loaded.figures.rps())
+                .collect();
             let p99 = pairs()
                 .map(|(o, t)| {
                     t.loaded.figures.quantile_us(0.99) / o.loaded.figures.quantile_us(0.99)
                 })
                 .collect();
             Some(format!(
-                "vs {name:<18} throughput per core {}, p99 under load {} lower",
+                "vs {name:<18} throughput per core {}, req/s {}, p99 under load {} lower",
                 spread(per_core),
+                spread(rps),
                 spread(p99)
             ))
         })
