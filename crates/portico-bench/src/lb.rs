@@ -302,15 +302,11 @@ fn paired_ratios(rounds: &[Vec<Measured>]) -> Vec<String> {
     if ours.len() < 2 {
         return Vec::new();
     }
-    let spread = |mut ratios: Vec<f64>| {
-        ratios.sort_by(f64::total_cmp);
-        let middle = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
-        let (low, high) = (ratios.first(), ratios.last());
-        format!(
-            "{middle:.2}x [{:.2}, {:.2}]",
-            low.copied().unwrap_or(f64::NAN),
-            high.copied().unwrap_or(f64::NAN)
-        )
+    let spread = |ratios: Vec<f64>| {
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let middle = load::median_by(ratios, |r| *r).unwrap_or(f64::NAN);
+        format!("{middle:.2}x [{low:.2}, {high:.2}]")
     };
     rounds
         .iter()
