@@ -8,6 +8,10 @@
 //! - latency: one connection, requests back to back, p50 and p99;
 //! - throughput: `concurrency` connections for `duration`, with p50 and p99 under load.
 //!
+//! Every proxy sends the target what ALB sends: `X-Forwarded-For`, `X-Forwarded-Proto`,
+//! `X-Forwarded-Port` and a trace id with the time and random digits (`X-Amzn-Trace-Id`), so
+//! that each does the same work per request.
+//!
 //! `--baseline BINARY` measures a second portico build (say, one from before a change) with
 //! the same config beside the current one; `--rounds N` measures every system N times in
 //! turn (each round starting with the next system, each measurement printed as it ends) and
@@ -552,6 +556,9 @@ defaults
     http-reuse always
 frontend bench
     bind 127.0.0.1:{port}
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Amzn-Trace-Id Root=1-%[date,hex]-%[rand,hex]%[rand,hex]%[rand,hex]
     default_backend backend
 backend backend
     server b1 127.0.0.1:{backend}
@@ -585,6 +592,9 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Amzn-Trace-Id "Root=1-$msec-$request_id";
         }}
     }}
 }}
