@@ -115,7 +115,11 @@ pub(crate) fn parse(
     }
     let bytes = buf.split_to(length).freeze();
     let mut headers = std::mem::take(spare);
-    headers.clear();
+    // The spare comes emptied (`Outgoing` clears it); clearing an empty map would still
+    // rewrite its whole index, so only a map that holds something is cleared.
+    if !headers.is_empty() {
+        headers.clear();
+    }
     headers.reserve(count);
     let mut length_seen: Option<u64> = None;
     // Whether the last transfer coding is chunked, when there is any: only that one decides
