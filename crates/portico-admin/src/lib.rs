@@ -4,7 +4,8 @@
 //! - `POST /` speaks AWS's Query protocol: the Elastic Load Balancing v2 target group
 //!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`);
 //! - `GET /status` is [`status`]: endpoint groups with health, RTT and share of
-//!   connections, and target health (what `portico status` prints);
+//!   connections, the node's hold on the static IPs (VRRP or BGP), and target health (what
+//!   `portico status` prints);
 //! - `GET /metrics` is Prometheus metrics (OpenMetrics text): gateway decisions, rate
 //!   limits and usage plan quotas (see `portico_gateway::metrics`);
 //! - `GET /ip-ranges.json` is the accelerator's static IPs in the shape of AWS's
@@ -38,6 +39,8 @@ pub struct Admin {
     pub target_groups: BTreeMap<String, TargetGroup>,
     /// The accelerator, when this node runs one.
     pub accelerator: Option<Arc<portico_edge::Accelerator>>,
+    /// The daemon that holds or announces the static IPs, on a node of several.
+    pub ha: Option<Arc<portico_ha::Ha>>,
     /// The gateway, whose metrics `GET /metrics` serves.
     pub gateway: Arc<portico_gateway::Gateway>,
 }

@@ -105,5 +105,6 @@ pub fn document(admin: &Admin) -> Value {
             }),
         })
         .collect();
-    json!({ "accelerator": accelerator, "target_groups": target_groups })
+    let ha = admin.ha.as_ref().map(|ha| ha.status());
+    json!({ "accelerator": accelerator, "ha": ha, "target_groups": target_groups })
 }

@@ -8,6 +8,7 @@
 //! Layout:
 //! - [`model`]: the typed topology and its defaults (what each key means);
 //! - [`routing`]: listener rules, conditions and actions;
+//! - [`ha`]: the accelerator on several nodes, VRRP or BGP;
 //! - [`gateway`]: JWT authorizers, API keys, usage plans, rate limits, validation, CORS;
 //! - [`decode`]: TOML to model, collecting unknown keys and type errors with paths;
 //! - [`validate`]: the rules the model must follow (ranges, names, references);
@@ -16,6 +17,7 @@
 pub mod decode;
 pub mod error;
 pub mod gateway;
+pub mod ha;
 pub mod model;
 pub mod routing;
 pub mod validate;
@@ -23,5 +25,6 @@ pub mod validate;
 pub use decode::{load_api_key_file, load_file, parse};
 pub use error::{ConfigError, LoadError};
 pub use gateway::*;
+pub use ha::*;
 pub use model::*;
 pub use routing::*;

@@ -52,7 +52,12 @@ impl Config {
     pub fn nodes(&self) -> std::collections::BTreeSet<&str> {
         self.accelerator
             .iter()
-            .filter_map(|a| a.node.as_deref())
+            .flat_map(|a| {
+                a.node
+                    .as_deref()
+                    .into_iter()
+                    .chain(a.nodes.iter().map(|n| n.name.as_str()))
+            })
             .chain(
                 self.load_balancers
                     .values()
@@ -143,9 +148,17 @@ pub struct Accelerator {
     #[serde(default = "default_accelerator_name")]
     pub name: String,
     /// The host that runs the accelerator (`portico up FILE --node NAME`). Default: every
-    /// node.
+    /// node. Set this or `nodes`.
     #[serde(default)]
     pub node: Option<String>,
+    /// The hosts that run the accelerator together, each serving every static IP and
+    /// listener; `ha` says how the static IPs move between them. Set this or `node`.
+    #[serde(default)]
+    pub nodes: Vec<crate::ha::EdgeNode>,
+    /// How the static IPs stay reachable when a node fails: VRRP or BGP. Required with
+    /// `nodes`.
+    #[serde(default)]
+    pub ha: Option<crate::ha::HighAvailability>,
     /// The static IP addresses, IPv4 and IPv6. Every listener listens on every one of them.
     pub static_ips: Vec<IpAddr>,
     /// Listeners: the ports accepted on each static IP.
@@ -157,6 +170,21 @@ pub struct Accelerator {
     /// the accelerator starts and whenever a reload changes them. Default: none.
     #[serde(default)]
     pub ip_ranges_webhook: Option<String>,
+}
+
+impl Accelerator {
+    /// Whether portico run as `node` runs the accelerator (`None`: everything runs).
+    pub fn runs_on(&self, node: Option<&str>) -> bool {
+        match node {
+            Some(node) if !self.nodes.is_empty() => self.nodes.iter().any(|n| n.name == node),
+            _ => runs_on(self.node.as_deref(), node),
+        }
+    }
+
+    /// The entry of `nodes` named `node`.
+    pub fn edge_node(&self, node: &str) -> Option<&crate::ha::EdgeNode> {
+        self.nodes.iter().find(|n| n.name == node)
+    }
 }
 
 fn default_accelerator_name() -> String {

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
 mod gateway;
+mod ha;
+pub use ha::{ADVERT_INTERVAL_SECONDS, BFD_INTERVAL_MS, MAX_PREEMPT_DELAY_SECONDS};
 mod routing;
 pub use gateway::*;
 pub use routing::*;
@@ -104,6 +106,7 @@ impl Validator {
         if acc.listeners.is_empty() {
             self.err("accelerator.listeners", "at least one listener is required");
         }
+        self.high_availability(acc);
         if let Some(url) = &acc.ip_ranges_webhook {
             let rest = url.strip_prefix("http://").unwrap_or_default();
             if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
@@ -323,7 +326,10 @@ impl Validator {
                         ),
                     );
                 }
-                let elsewhere = matches!((&acc.node, &target.node), (Some(a), Some(b)) if a != b);
+                let elsewhere = target
+                    .node
+                    .as_deref()
+                    .is_some_and(|n| !acc.runs_on(Some(n)));
                 if elsewhere && first.is_some_and(|l| l.address.is_unspecified() || l.port.0 == 0) {
                     self.err(
                         format!("{ep_path}.load_balancer"),

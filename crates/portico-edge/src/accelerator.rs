@@ -56,6 +56,9 @@ pub struct AcceleratorSpec {
     pub listeners: Vec<ListenerSpec>,
     /// Where `ip-ranges.json` is POSTed when the static IPs change.
     pub webhook: Option<String>,
+    /// Bind the static IPs whether or not this host has them (`IP_FREEBIND`): on a node of
+    /// several, an address that moves here is served at once, without a rebind.
+    pub freebind: bool,
 }
 
 /// One listener.
@@ -222,6 +225,50 @@ impl Accelerator {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Connections forwarded so far, on every listener (UDP: flows).
+    pub fn connections(&self) -> u64 {
+        self.view()
+            .listeners
+            .iter()
+            .flat_map(|l| &l.route.groups)
+            .map(EndpointGroup::connections)
+            .sum()
+    }
+
+    /// Whether this node can serve: every static address is bound and at least one
+    /// endpoint group has a healthy endpoint with a weight. (When none has, new connections
+    /// are still tried on every endpoint, fail-open; but another node may have a healthy
+    /// one, so this one should not hold the static IPs.)
+    pub fn serving(&self) -> (bool, String) {
+        if self.shutdown.is_cancelled() {
+            return (false, "shutting down".to_owned());
+        }
+        let view = self.view();
+        if view.addresses.is_empty() {
+            return (false, "no static address is bound".to_owned());
+        }
+        let mut healthy: Vec<&str> = view
+            .listeners
+            .iter()
+            .flat_map(|l| &l.route.groups)
+            .filter(|g| g.available().next().is_some())
+            .map(|g| g.region.as_str())
+            .collect();
+        healthy.sort_unstable();
+        healthy.dedup();
+        if healthy.is_empty() {
+            return (false, "no endpoint group has a healthy endpoint".to_owned());
+        }
+        (
+            true,
+            format!(
+                "{} static addresses bound; healthy endpoints in {}",
+                view.addresses.len(),
+                healthy.join(", ")
+            ),
+        )
+    }
+
     /// Moves the running accelerator to `spec` (see the module documentation). Returns
     /// whether the set of static IPs changed.
     pub async fn apply(&self, spec: &AcceleratorSpec) -> Result<bool, ApplyError> {
@@ -320,8 +367,7 @@ impl Accelerator {
                 key.port
             };
             let address = SocketAddr::new(key.ip, port);
-            let socket = Socket::bind(key.transport, address)
-                .await
+            let socket = Socket::bind(key.transport, address, spec.freebind)
                 // Returning drops the sockets bound so far: they were never served.
                 .map_err(|source| ApplyError::Bind {
                     transport: key.transport.name(),
@@ -470,15 +516,35 @@ enum Socket {
 }
 
 impl Socket {
-    async fn bind(transport: Transport, address: SocketAddr) -> std::io::Result<Self> {
+    /// Binds `address` as tokio's `bind` does (`SO_REUSEADDR` on TCP, a backlog of 1024),
+    /// and with `IP_FREEBIND` when `freebind` is set.
+    fn bind(transport: Transport, address: SocketAddr, freebind: bool) -> std::io::Result<Self> {
+        use socket2::{Domain, Protocol, Type};
+        let (kind, protocol) = match transport {
+            Transport::Tcp => (Type::STREAM, Protocol::TCP),
+            Transport::Udp => (Type::DGRAM, Protocol::UDP),
+        };
+        let socket = socket2::Socket::new(Domain::for_address(address), kind, Some(protocol))?;
+        if freebind {
+            match address {
+                SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+                SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+            }
+        }
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
         Ok(match transport {
             Transport::Tcp => {
-                let l = TcpListener::bind(address).await?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&address.into())?;
+                socket.listen(1024)?;
+                let l = TcpListener::from_std(socket.into())?;
                 let a = l.local_addr()?;
                 Self::Tcp(l, a)
             }
             Transport::Udp => {
-                let s = UdpSocket::bind(address).await?;
+                socket.bind(&address.into())?;
+                let s = UdpSocket::from_std(socket.into())?;
                 let a = s.local_addr()?;
                 Self::Udp(s, a)
             }

@@ -79,6 +79,7 @@ fn spec(
             groups,
         }],
         webhook: None,
+        freebind: false,
     }
 }
 
@@ -221,6 +222,80 @@ async fn tcp_health_checks_take_an_endpoint_out_and_bring_it_back() {
     wait_for(|| !first_endpoint_healthy(&edge)).await;
     let _back = TcpListener::bind(addr).await.unwrap();
     wait_for(|| first_endpoint_healthy(&edge)).await;
+}
+
+#[tokio::test]
+async fn the_node_serves_while_an_endpoint_group_has_a_healthy_endpoint() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut g = group(vec![endpoint(addr, 100, false)]);
+    g.health = tcp_check(20);
+    let edge = Running::start(&spec(&["127.0.0.2"], Transport::Tcp, vec![0], vec![g])).await;
+    let (serving, reason) = edge.accelerator.serving();
+    assert!(serving, "{reason}");
+    assert!(reason.contains("healthy endpoints in r"), "{reason}");
+    drop(listener);
+    wait_for(|| !edge.accelerator.serving().0).await;
+    assert_eq!(
+        edge.accelerator.serving().1,
+        "no endpoint group has a healthy endpoint"
+    );
+    let _back = TcpListener::bind(addr).await.unwrap();
+    wait_for(|| edge.accelerator.serving().0).await;
+    edge.shutdown.cancel();
+    assert_eq!(
+        edge.accelerator.serving(),
+        (false, "shutting down".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn freebind_listens_on_a_static_ip_this_host_does_not_have_yet() {
+    // 10.255.255.1 is on no interface of the test host: nothing is sent to it.
+    let absent = ["10.255.255.1"];
+    let backend = backend(false).await;
+    let mut without = spec(
+        &absent,
+        Transport::Tcp,
+        vec![0],
+        vec![group(vec![endpoint(backend, 1, false)])],
+    );
+    let refused = Accelerator::start(
+        &without,
+        portico_accept::Limits {
+            max_connections: 4,
+            drain: Duration::from_secs(1),
+        },
+        CancellationToken::new(),
+        TaskTracker::new(),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "an address this host lacks is refused without freebind"
+    );
+    without.freebind = true;
+    let edge = Running::start(&without).await;
+    assert_eq!(
+        edge.address(Transport::Tcp, "10.255.255.1")
+            .ip()
+            .to_string(),
+        "10.255.255.1"
+    );
+    let mut udp = spec(
+        &absent,
+        Transport::Udp,
+        vec![0],
+        vec![group(vec![endpoint(backend, 1, false)])],
+    );
+    udp.freebind = true;
+    let edge = Running::start(&udp).await;
+    assert_eq!(
+        edge.address(Transport::Udp, "10.255.255.1")
+            .ip()
+            .to_string(),
+        "10.255.255.1"
+    );
 }
 
 /// An HTTP server answering `GET /healthz` with the status in `status`.

@@ -7,6 +7,8 @@
 //! - `topology`: the validated config turned into what each tier runs;
 //! - `up`: `portico up`: binding, wiring the tiers together, and the shutdown sequence;
 //! - `banner`: what `portico up` prints at start (static addresses and routes);
+//! - `ha`: a node of a multi-node accelerator: host checks, health fed to keepalived or
+//!   BIRD, giving the static IPs up before draining;
 //! - `signals`: SIGINT/SIGTERM as a future;
 //! - `scheduler`: the tokio scheduler and its thread count (`TOKIO_WORKER_THREADS`);
 //! - `client`: `portico invoke`, `portico logs` and `portico status`, talking to a running
@@ -14,6 +16,7 @@
 
 mod banner;
 mod client;
+mod ha;
 mod scheduler;
 mod signals;
 mod topology;
@@ -184,6 +187,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
+            // A node of several needs its daemon, interface and address on this host:
+            // said before anything is bound.
+            let mine = topology::for_node(config.clone(), node.as_deref());
+            if let Err(errors) = ha::spec(&mine, node.as_deref(), &base_dir) {
+                for error in errors {
+                    eprintln!("{error}");
+                }
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             run_async(up::run(
                 config,
                 up::Options {

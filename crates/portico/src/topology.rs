@@ -41,9 +41,7 @@ pub(crate) fn for_node(mut config: Config, node: Option<&str>) -> Config {
     if node.is_none() {
         return config;
     }
-    config
-        .accelerator
-        .take_if(|a| !runs_on(a.node.as_deref(), node));
+    config.accelerator.take_if(|a| !a.runs_on(node));
     config
         .load_balancers
         .retain(|_, lb| runs_on(lb.node.as_deref(), node));

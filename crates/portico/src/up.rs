@@ -64,6 +64,8 @@ pub(crate) struct Options {
 #[derive(Default)]
 struct Started {
     accelerator: Option<Arc<Accelerator>>,
+    /// The daemon holding or announcing the static IPs, on a node of several.
+    ha: Option<Arc<portico_ha::Ha>>,
     bound: BTreeMap<String, Vec<BoundListener>>,
 }
 
@@ -82,6 +84,16 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
     }
     let full = config.clone();
     let config = topology::for_node(config, node.as_deref());
+    let ha_spec = crate::ha::spec(&config, node.as_deref(), &base).map_err(|errors| {
+        anyhow::anyhow!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
     let runtime = Arc::new(Runtime::new(
         topology::function_specs(&config, &base)?,
         RuntimeOptions {
@@ -114,6 +126,7 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
         (&shutdown, &tasks),
         (&mut banner, &mut started),
         &mut log_writers,
+        ha_spec,
     )
     .await;
     if let Err(error) = result {
@@ -121,6 +134,9 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
         tasks.close();
         tasks.wait().await;
         runtime.shutdown().await;
+        if let Some(ha) = &started.ha {
+            ha.stop().await;
+        }
         return Err(error);
     }
     print!("{}", banner.render());
@@ -131,7 +147,7 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
             signals::Signal::Reload => match &file {
                 Some(file) => {
                     tracing::info!(file = %file.display(), "SIGHUP: reloading");
-                    if let Err(error) = reload(
+                    match reload(
                         file,
                         node.as_deref(),
                         &full,
@@ -140,7 +156,13 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
                     )
                     .await
                     {
-                        tracing::error!("reload refused, nothing changed: {error:#}");
+                        Ok(Reloaded::Applied) => {}
+                        Ok(Reloaded::NodeRemoved) => {
+                            break "SIGHUP (this node left the accelerator)";
+                        }
+                        Err(error) => {
+                            tracing::error!("reload refused, nothing changed: {error:#}")
+                        }
                     }
                 }
                 None => tracing::info!("SIGHUP: the embedded default has nothing to reload"),
@@ -148,6 +170,10 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
             signals::Signal::Shutdown(name) => break name,
         }
     };
+    if let (Some(ha), Some(accelerator)) = (&started.ha, &started.accelerator) {
+        tracing::info!(signal, "shutting down: giving up the static IPs");
+        crate::ha::give_up(ha, accelerator, LISTENER_LIMITS.drain).await;
+    }
     tracing::info!(
         signal,
         "shutting down: closing listeners, draining connections"
@@ -157,6 +183,9 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
     tasks.wait().await;
     tracing::info!("stopping function processes");
     runtime.shutdown().await;
+    if let Some(ha) = &started.ha {
+        ha.stop().await;
+    }
     // Every listener is gone, so every access log's writer has its last line and ends.
     let _ = tokio::task::spawn_blocking(move || {
         for writer in log_writers {
@@ -176,6 +205,7 @@ async fn start(
     (shutdown, tasks): (&CancellationToken, &TaskTracker),
     (banner, started): (&mut Banner, &mut Started),
     writers: &mut Vec<std::thread::JoinHandle<()>>,
+    ha_spec: Option<portico_ha::HaSpec>,
 ) -> anyhow::Result<()> {
     let invoker: Arc<dyn Invoker> = runtime.clone();
     if config.invoke_api.enabled {
@@ -272,6 +302,24 @@ async fn start(
         None => None,
     };
     started.accelerator = accelerator.clone();
+    if let (Some(spec), Some(accelerator)) = (ha_spec, &accelerator) {
+        banner.routes.push(format!(
+            "static IPs {} by {} on node {} ({}), with {}",
+            match spec.mode {
+                portico_config::HaMode::Vrrp => "held",
+                portico_config::HaMode::Bgp => "announced",
+            },
+            spec.mode.name(),
+            spec.node,
+            spec.address(),
+            spec.daemon
+        ));
+        started.ha = Some(
+            crate::ha::start(spec, accelerator, (shutdown, tasks))
+                .await
+                .context("accelerator.ha")?,
+        );
+    }
     if config.admin_api.enabled {
         let api = &config.admin_api;
         let listener = TcpListener::bind((api.address, api.port.0))
@@ -281,6 +329,7 @@ async fn start(
         let admin = Arc::new(portico_admin::Admin {
             target_groups: groups,
             accelerator,
+            ha: started.ha.clone(),
             gateway,
         });
         tasks.spawn(portico_admin::serve(
@@ -398,6 +447,7 @@ fn edge_spec(
         static_ips: acc.static_ips.clone(),
         listeners,
         webhook: acc.ip_ranges_webhook.clone(),
+        freebind: acc.ha.is_some(),
     })
 }
 
@@ -438,6 +488,14 @@ async fn start_edge(
     Ok(accelerator)
 }
 
+/// What a reload did.
+enum Reloaded {
+    /// The running accelerator moved to the file.
+    Applied,
+    /// The file no longer lists this node among the accelerator's: it leaves, gracefully.
+    NodeRemoved,
+}
+
 /// Re-reads `file` and moves the running accelerator to it (SIGHUP). Load balancers,
 /// target groups and functions keep running as they started; changes to them are named in
 /// a warning and need a restart.
@@ -447,8 +505,24 @@ async fn reload(
     running: &Config,
     accelerator: Option<&Arc<Accelerator>>,
     bound: &BTreeMap<String, Vec<BoundListener>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Reloaded> {
     let config = portico_config::load_file(file)?;
+    let several = |c: &Config| c.accelerator.as_ref().is_some_and(|a| a.ha.is_some());
+    if several(running) && accelerator.is_some() {
+        if !config.accelerator.as_ref().is_some_and(|a| a.runs_on(node)) {
+            return Ok(Reloaded::NodeRemoved);
+        }
+        let (old, new) = (running.accelerator.as_ref(), config.accelerator.as_ref());
+        let ha_of = |a: Option<&portico_config::Accelerator>| {
+            a.map(|a| (a.static_ips.clone(), a.nodes.clone(), a.ha.clone()))
+        };
+        if ha_of(old) != ha_of(new) {
+            tracing::warn!(
+                section = "accelerator.static_ips, nodes, ha",
+                "reload: changes to the nodes and their daemon need a restart of each node"
+            );
+        }
+    }
     for (what, same) in [
         (
             "load_balancers",
@@ -470,10 +544,7 @@ async fn reload(
             );
         }
     }
-    let acc = config
-        .accelerator
-        .as_ref()
-        .filter(|a| portico_config::runs_on(a.node.as_deref(), node));
+    let acc = config.accelerator.as_ref().filter(|a| a.runs_on(node));
     match (acc, accelerator) {
         (Some(acc), Some(running)) => {
             let spec = edge_spec(acc, &config, bound, &mut Vec::new())?;
@@ -483,7 +554,7 @@ async fn reload(
         (None, None) => tracing::info!("reload: no accelerator on this node"),
         _ => tracing::warn!("reload: adding or removing the accelerator needs a restart"),
     }
-    Ok(())
+    Ok(Reloaded::Applied)
 }
 
 /// Raises the open-file limit to its hard maximum, as HAProxy and nginx do: every held
