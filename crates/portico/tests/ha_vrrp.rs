@@ -1,0 +1,268 @@
+//! Static IPs on two edge nodes with VRRP: real keepalived on each node, under a steady
+//! stream of requests.
+//!
+//! One L2 segment (a bridge in a namespace of its own) joins the client (this test, in its
+//! own namespace), two edge hosts (`edge-a`, `edge-b`, each `portico up FILE --node …`
+//! running keepalived) and a region host (a load balancer and the demo function). The two
+//! static IPs are on the segment's subnet; the client reaches whichever node holds each by
+//! ARP. `edge-a` prefers the first IP, `edge-b` the second, so both carry traffic.
+//!
+//! While new-connection and keep-alive requests run against both IPs, the holder of the
+//! first IP is stopped with SIGTERM, killed with SIGKILL and cut off (`ip link set lan0
+//! down`), and each time brought back. Each case prints how many requests failed and how
+//! long each address went unanswered.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::load::Load;
+use support::netns::{Namespaces, ip};
+use support::{Portico, hello_bin};
+
+const VIPS: [&str; 2] = ["10.81.0.101", "10.81.0.102"];
+const REQUEST: &str = "GET /hello HTTP/1.1\r\nHost: ha\r\n";
+
+fn config() -> String {
+    format!(
+        r#"
+[accelerator]
+name = "ha"
+static_ips = ["{}", "{}"]
+nodes = [
+  {{ name = "edge-a", address = "10.81.0.2" }},
+  {{ name = "edge-b", address = "10.81.0.3" }},
+]
+ha = {{ mode = "vrrp", interface = "lan0", advert_interval_seconds = 0.1, preempt_delay_seconds = 1, run_dir = "ha" }}
+[[accelerator.listeners]]
+port = 80
+[[accelerator.endpoint_groups]]
+region = "region"
+health_check_interval_seconds = 0.2
+threshold_count = 2
+endpoints = [{{ load_balancer = "web" }}]
+
+[load_balancers.web]
+node = "region"
+[[load_balancers.web.listeners]]
+address = "10.81.0.4"
+port = 9080
+proxy_protocol_v2 = true
+default_action = {{ type = "forward", target_group = "hello" }}
+
+[target_groups.hello]
+target_type = "lambda"
+function = "hello"
+
+[functions.hello]
+command = ["{}"]
+
+[admin_api]
+address = "0.0.0.0"
+port = 9002
+"#,
+        VIPS[0],
+        VIPS[1],
+        hello_bin().display()
+    )
+}
+
+/// The segment and its hosts.
+fn build() -> Namespaces {
+    let mut hosts = Namespaces::new("pv");
+    let switch = hosts.switch("s");
+    hosts.attach(&switch, "pc", None, "cli", "10.81.0.1/24");
+    for (host, address) in [
+        ("a", "10.81.0.2/24"),
+        ("b", "10.81.0.3/24"),
+        ("r", "10.81.0.4/24"),
+    ] {
+        let ns = hosts.host(host);
+        hosts.attach(&switch, &format!("p{host}"), Some(&ns), "lan0", address);
+    }
+    hosts
+}
+
+/// The edge node at `address`'s view of its VRRP instances: each static IP's state.
+fn vrrp_states(address: &str) -> Option<Vec<String>> {
+    let mut s = TcpStream::connect_timeout(
+        &format!("{address}:9002").parse().unwrap(),
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let doc = support::parse_reply(&text).json();
+    Some(
+        doc["ha"]["static_ips"]
+            .as_array()?
+            .iter()
+            .map(|ip| ip["state"].as_str().unwrap_or("none").to_owned())
+            .collect(),
+    )
+}
+
+fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) -> Duration {
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        if condition() {
+            return began.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not reached within {limit:?}");
+}
+
+/// Both nodes up, each holding the static IP it prefers.
+fn settled() -> bool {
+    vrrp_states("10.81.0.2").is_some_and(|s| s == ["MASTER", "BACKUP"])
+        && vrrp_states("10.81.0.3").is_some_and(|s| s == ["BACKUP", "MASTER"])
+}
+
+/// Whether a keepalived whose files are under `dir` is still running.
+fn keepalived_of(dir: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmd| {
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("keepalived") && cmd.contains(dir)
+        })
+    })
+}
+
+#[test]
+fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
+    let hosts = build();
+    let config = config();
+    let _region = Portico::start_in(&config, Some(&hosts.ns("r")), Some("region"));
+    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
+    let _b = Portico::start_in(&config, Some(&hosts.ns("b")), Some("edge-b"));
+    assert_eq!(
+        a.static_addresses.len(),
+        2,
+        "every node binds every static IP"
+    );
+    let took = wait_for(
+        "each node holds its static IP",
+        Duration::from_secs(20),
+        settled,
+    );
+    eprintln!("both nodes up: each holds its preferred static IP after {took:?}");
+
+    let targets: Vec<SocketAddr> = VIPS
+        .iter()
+        .map(|ip| format!("{ip}:80").parse().unwrap())
+        .collect();
+    let load = Load::start(&targets, 3, Duration::from_millis(10), REQUEST);
+    let phase = |name: &str, from: Instant| {
+        let report = load.report(from, Instant::now());
+        eprintln!("{name}: {report}");
+        for (address, error) in report.failed.iter().take(5) {
+            eprintln!("  failed: {address}: {error}");
+        }
+        report
+    };
+
+    // Steady: both addresses answered, by both nodes.
+    let from = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let steady = phase("steady", from);
+    assert!(steady.failed.is_empty(), "{steady}");
+    assert!(steady.requests > 50 && steady.keep_alive > 10, "{steady}");
+
+    // SIGTERM: edge-a gives its address up first, then drains; nothing is lost.
+    let a_dir = a.config_file.parent().unwrap().display().to_string();
+    let from = Instant::now();
+    let status = a.terminate();
+    assert!(status.success(), "{status:?}");
+    wait_for("edge-b holds both", Duration::from_secs(5), || {
+        vrrp_states("10.81.0.3").is_some_and(|s| s == ["MASTER", "MASTER"])
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = phase("SIGTERM of the holder", from);
+    assert!(
+        stopped.failed.is_empty(),
+        "SIGTERM loses no request: {stopped}"
+    );
+    assert!(!keepalived_of(&a_dir), "keepalived stopped with portico");
+
+    // Back: edge-a takes its address again after its preemption delay.
+    let from = Instant::now();
+    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
+    let took = wait_for(
+        "edge-a holds its address again",
+        Duration::from_secs(10),
+        settled,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let back = phase(
+        &format!("edge-a back (took its address after {took:?})"),
+        from,
+    );
+    assert!(back.worst_gap() < Duration::from_secs(2), "{back}");
+
+    // kill -9: keepalived goes with portico (parent-death signal) and gives the address up.
+    let a_dir = a.config_file.parent().unwrap().display().to_string();
+    let from = Instant::now();
+    Command::new("kill")
+        .args(["-KILL", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    let _ = a.child.wait();
+    wait_for("edge-b holds both", Duration::from_secs(5), || {
+        vrrp_states("10.81.0.3").is_some_and(|s| s == ["MASTER", "MASTER"])
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = phase("kill -9 of the holder", from);
+    assert!(
+        killed.worst_gap() <= Duration::from_secs(2),
+        "service restored within 2 s: {killed}"
+    );
+    assert!(
+        !keepalived_of(&a_dir),
+        "no keepalived outlives a killed portico"
+    );
+
+    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
+    wait_for(
+        "edge-a holds its address again",
+        Duration::from_secs(10),
+        settled,
+    );
+
+    // Cut link: edge-b misses three advertisements and takes the address.
+    let from = Instant::now();
+    ip(&["-n", &hosts.ns("a"), "link", "set", "lan0", "down"]);
+    wait_for("edge-b holds both", Duration::from_secs(5), || {
+        vrrp_states("10.81.0.3").is_some_and(|s| s == ["MASTER", "MASTER"])
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let cut = phase("link of the holder cut", from);
+    assert!(
+        cut.worst_gap() <= Duration::from_secs(2),
+        "service restored within 2 s: {cut}"
+    );
+    let from = Instant::now();
+    ip(&["-n", &hosts.ns("a"), "link", "set", "lan0", "up"]);
+    let took = wait_for(
+        "edge-a holds its address again",
+        Duration::from_secs(10),
+        settled,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let relinked = phase(
+        &format!("link back (edge-a took its address after {took:?})"),
+        from,
+    );
+    assert!(relinked.worst_gap() < Duration::from_secs(2), "{relinked}");
+
+    load.stop();
+    let status = a.terminate();
+    assert!(status.success(), "{status:?}");
+}
