@@ -2,7 +2,9 @@
 //! open a new connection per request (alternating the addresses), and threads that keep
 //! one connection per address alive and send on it. Every request is recorded with its
 //! start, end and outcome, so that a test can ask, for any stretch of time, how many
-//! requests failed and how long each address went unanswered.
+//! requests failed and how long each address went unanswered. A request belongs to the
+//! stretch it started in (one that hangs until its timeout is blamed on what caused it),
+//! so stretches are read once the load has stopped.
 //!
 //! A keep-alive thread behaves as HTTP clients do (RFC 9112, section 9.3.1): when its
 //! reused connection turns out closed before any byte of the response came, it sends the
@@ -48,14 +50,29 @@ pub struct Report {
     pub requests: usize,
     /// Of those, on kept-alive connections.
     pub keep_alive: usize,
-    /// Their errors, with the address.
-    pub failed: Vec<(SocketAddr, String)>,
+    /// Their errors, with the address and when the request started and ended.
+    pub failed: Vec<(SocketAddr, String, Instant, Instant)>,
     /// Per address: the longest time between two answered requests (or from the start of
     /// the stretch to the first, or from the last to its end).
     pub unanswered: Vec<(SocketAddr, Duration)>,
 }
 
 impl Report {
+    /// The failed requests that were not in flight at `change` (give or take `slack`):
+    /// those that a route or an address moving at that moment does not explain.
+    pub fn failed_apart_from(
+        &self,
+        change: Instant,
+        slack: Duration,
+    ) -> Vec<&(SocketAddr, String, Instant, Instant)> {
+        self.failed
+            .iter()
+            .filter(|(_, _, started, ended)| {
+                !(*started <= change + slack && *ended + slack >= change)
+            })
+            .collect()
+    }
+
     /// The longest time any address went unanswered.
     pub fn worst_gap(&self) -> Duration {
         self.unanswered
@@ -128,12 +145,13 @@ impl Load {
         }
     }
 
-    /// What the load saw between `from` and `to`.
+    /// What the requests started between `from` and `to` saw; read it after [`Load::stop`]
+    /// so that every one of them has ended.
     pub fn report(&self, from: Instant, to: Instant) -> Report {
         let log = self.log.lock().unwrap();
         let within: Vec<&Outcome> = log
             .iter()
-            .filter(|o| o.ended >= from && o.ended <= to)
+            .filter(|o| o.started >= from && o.started < to)
             .collect();
         let unanswered = self
             .targets
@@ -149,8 +167,8 @@ impl Load {
                 let mut gap = Duration::ZERO;
                 let mut last = from;
                 for at in answered.iter().chain(std::iter::once(&to)) {
-                    gap = gap.max(at.duration_since(last));
-                    last = *at;
+                    gap = gap.max(at.saturating_duration_since(last));
+                    last = last.max(*at);
                 }
                 (*address, gap)
             })
@@ -160,14 +178,18 @@ impl Load {
             keep_alive: within.iter().filter(|o| o.keep_alive).count(),
             failed: within
                 .iter()
-                .filter_map(|o| o.error.clone().map(|e| (self.targets[o.target], e)))
+                .filter_map(|o| {
+                    o.error
+                        .clone()
+                        .map(|e| (self.targets[o.target], e, o.started, o.ended))
+                })
                 .collect(),
             unanswered,
         }
     }
 
-    /// Stops every thread.
-    pub fn stop(mut self) {
+    /// Stops every thread, once each has finished its request.
+    pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -320,4 +342,71 @@ fn read_rest(reader: &mut BufReader<TcpStream>, status: &str) -> Result<(), Stri
         return Err(format!("answer: {}", status.trim()));
     }
     Ok(())
+}
+
+/// What must hold for a stretch of the load.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// Every request answered.
+    NoFailure,
+    /// Every request answered but those in flight when the route or address moved at
+    /// this moment (an ECMP rehash or a VRRP move resets those; nothing else may fail),
+    /// and no address unanswered for longer than the duration.
+    NoFailureApartFrom(Instant, Duration),
+    /// No address unanswered for longer than this; requests caught by the failure may fail.
+    RestoredWithin(Duration),
+}
+
+/// A named stretch of the load and what must hold for it.
+#[derive(Debug)]
+pub struct Phase {
+    pub name: String,
+    pub from: Instant,
+    pub to: Instant,
+    pub expect: Expect,
+}
+
+/// How far before and after a measured change a request still counts as in flight at it
+/// (the change is seen by polling).
+const CHANGE_SLACK: Duration = Duration::from_millis(100);
+
+impl Load {
+    /// Prints what each phase saw (each test output line starts with `HA` and the phase),
+    /// and returns what did not hold. Call after [`Load::stop`].
+    pub fn check(&self, phases: &[Phase]) -> Vec<String> {
+        let mut broken = Vec::new();
+        for phase in phases {
+            let report = self.report(phase.from, phase.to);
+            eprintln!("\nHA {}: {report}", phase.name);
+            for (address, error, _, _) in report.failed.iter().take(5) {
+                eprintln!("HA   failed: {address}: {error}");
+            }
+            let gap = report.worst_gap();
+            let problem = match phase.expect {
+                Expect::NoFailure if !report.failed.is_empty() => {
+                    Some("requests failed".to_owned())
+                }
+                Expect::NoFailureApartFrom(change, limit) => {
+                    let unexplained = report.failed_apart_from(change, CHANGE_SLACK).len();
+                    if unexplained > 0 {
+                        Some(format!(
+                            "{unexplained} requests not in flight at the change failed"
+                        ))
+                    } else if gap > limit {
+                        Some(format!("unanswered for {gap:?}"))
+                    } else {
+                        None
+                    }
+                }
+                Expect::RestoredWithin(limit) if gap > limit => {
+                    Some(format!("unanswered for {gap:?}, over {limit:?}"))
+                }
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                broken.push(format!("{}: {problem}: {report}", phase.name));
+            }
+        }
+        broken
+    }
 }

@@ -1,0 +1,364 @@
+//! Static IPs announced by BGP from two edge nodes: real BIRD on each node and on a router
+//! that spreads flows over them by ECMP, under a steady stream of requests.
+//!
+//! The client (this test, in its own namespace) reaches the static IPs through a router
+//! host running BIRD 2 (`merge paths on`, `fib_multipath_hash_policy=1`). The router and
+//! the two edge hosts (`portico up FILE --node edge-a|edge-b`, each running BIRD) and a
+//! region host share one segment (a bridge), so cutting an edge's link leaves the router's
+//! interface up and BFD is what notices. Both edges announce both static IPs; the router
+//! holds two next hops for each.
+//!
+//! While new-connection and keep-alive requests run, edge-a is stopped with SIGTERM, killed
+//! with SIGKILL and cut off, and each time brought back. Each case prints how many requests
+//! failed and how long each address went unanswered.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::load::{Expect, Load, Phase};
+use support::netns::{Namespaces, ip, sysctl};
+use support::{Portico, Scratch, hello_bin};
+
+const VIPS: [&str; 2] = ["10.82.1.1", "10.82.1.2"];
+const REQUEST: &str = "GET /hello HTTP/1.1\r\nHost: anycast\r\n";
+
+fn config() -> String {
+    format!(
+        r#"
+[accelerator]
+name = "anycast"
+static_ips = ["{}", "{}"]
+nodes = [
+  {{ name = "edge-a", address = "10.82.10.2" }},
+  {{ name = "edge-b", address = "10.82.10.3" }},
+]
+ha = {{ mode = "bgp", asn = 65001, peers = [{{ address = "10.82.10.1", asn = 65000 }}], run_dir = "ha" }}
+[[accelerator.listeners]]
+port = 80
+[[accelerator.endpoint_groups]]
+region = "region"
+health_check_interval_seconds = 0.2
+threshold_count = 2
+endpoints = [{{ load_balancer = "web" }}]
+
+[load_balancers.web]
+node = "region"
+[[load_balancers.web.listeners]]
+address = "10.82.10.4"
+port = 9080
+proxy_protocol_v2 = true
+default_action = {{ type = "forward", target_group = "hello" }}
+
+[target_groups.hello]
+target_type = "lambda"
+function = "hello"
+
+[functions.hello]
+command = ["{}"]
+
+[admin_api]
+address = "0.0.0.0"
+port = 9002
+"#,
+        VIPS[0],
+        VIPS[1],
+        hello_bin().display()
+    )
+}
+
+/// The router's BIRD: a session to each edge with BFD, every path into the kernel.
+const ROUTER_BIRD: &str = r#"
+log stderr all;
+router id 10.82.10.1;
+protocol device { scan time 10; }
+protocol kernel {
+    ipv4 { import none; export all; };
+    merge paths on;
+}
+protocol bfd {
+    interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };
+}
+template bgp edge {
+    local 10.82.10.1 as 65000;
+    bfd on;
+    hold time 3;
+    keepalive time 1;
+    connect retry time 1;
+    # BIRD's default waits a minute before a session that failed (BFD down) may restart.
+    error wait time 1, 5;
+    ipv4 { import all; export none; };
+}
+protocol bgp edge_a from edge { neighbor 10.82.10.2 as 65001; }
+protocol bgp edge_b from edge { neighbor 10.82.10.3 as 65001; }
+"#;
+
+/// The router's BIRD, stopped on drop.
+struct Router {
+    child: Child,
+    _scratch: Scratch,
+}
+
+impl Router {
+    fn start(ns: &str) -> Self {
+        let scratch = Scratch::new("router");
+        let conf = scratch.write("bird.conf", ROUTER_BIRD);
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "bird", "-f", "-c"])
+            .arg(&conf)
+            .arg("-s")
+            .arg(scratch.0.join("bird.ctl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            _scratch: scratch,
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn build() -> Namespaces {
+    let mut hosts = Namespaces::new("pb");
+    let switch = hosts.switch("s");
+    let router = hosts.host("t");
+    sysctl(&router, "net.ipv4.ip_forward=1");
+    sysctl(&router, "net.ipv4.fib_multipath_hash_policy=1");
+    hosts.link(
+        (None, "cli", "10.82.9.1/24"),
+        (Some(&router), "up0", "10.82.9.2/24"),
+    );
+    hosts.root_route("10.82.1.0/24", "10.82.9.2");
+    // The edges' admin APIs, for status.
+    hosts.root_route("10.82.10.0/24", "10.82.9.2");
+    hosts.attach(&switch, "pt", Some(&router), "lan0", "10.82.10.1/24");
+    for (host, address) in [
+        ("a", "10.82.10.2/24"),
+        ("b", "10.82.10.3/24"),
+        ("r", "10.82.10.4/24"),
+    ] {
+        let ns = hosts.host(host);
+        hosts.attach(&switch, &format!("p{host}"), Some(&ns), "lan0", address);
+        if host != "r" {
+            // Answers to clients go back through the router.
+            ip(&["-n", &ns, "route", "add", "default", "via", "10.82.10.1"]);
+        }
+    }
+    hosts
+}
+
+/// The next hops the router has for `vip`.
+fn next_hops(router: &str, vip: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", router, "route", "show", vip])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut hops: Vec<String> = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .map(|w| w[1].to_owned())
+        .collect();
+    hops.sort();
+    hops
+}
+
+fn both(router: &str) -> bool {
+    VIPS.iter()
+        .all(|vip| next_hops(router, vip) == ["10.82.10.2", "10.82.10.3"])
+}
+
+fn only_b(router: &str) -> bool {
+    VIPS.iter()
+        .all(|vip| next_hops(router, vip) == ["10.82.10.3"])
+}
+
+fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) -> Duration {
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        if condition() {
+            return began.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what}: not reached within {limit:?}");
+}
+
+/// The edge at `address`'s `ha` status.
+fn ha_status(address: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(format!("{address}:9002")).unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    support::parse_reply(&text).json()["ha"].clone()
+}
+
+#[test]
+fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
+    let hosts = build();
+    let router = hosts.ns("t");
+    let _bird = Router::start(&router);
+    let config = config();
+    let _region = Portico::start_in(&config, Some(&hosts.ns("r")), Some("region"));
+    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
+    let b = Portico::start_in(&config, Some(&hosts.ns("b")), Some("edge-b"));
+    let took = wait_for(
+        "the router has both edges as next hops",
+        Duration::from_secs(20),
+        || both(&router),
+    );
+    eprintln!(
+        "both edges announced after {took:?}: {:?}",
+        next_hops(&router, VIPS[0])
+    );
+    let status = ha_status("10.82.10.2");
+    assert_eq!(status["mode"], "bgp");
+    assert_eq!(status["static_ips"][0]["announced_here"], true, "{status}");
+    wait_for(
+        "edge-a sees its session established",
+        Duration::from_secs(5),
+        || {
+            ha_status("10.82.10.2")["peers"][0]["info"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("Established"))
+        },
+    );
+
+    let targets: Vec<SocketAddr> = VIPS
+        .iter()
+        .map(|ip| format!("{ip}:80").parse().unwrap())
+        .collect();
+    let mut load = Load::start(&targets, 3, Duration::from_millis(10), REQUEST);
+    let mut phases = Vec::new();
+    let mut phase = |name: String, from: Instant, expect: Expect| {
+        phases.push(Phase {
+            name,
+            from,
+            to: Instant::now(),
+            expect,
+        });
+    };
+    let restored = Duration::from_secs(2);
+
+    let from = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    phase(
+        "steady (ECMP over both edges)".into(),
+        from,
+        Expect::NoFailure,
+    );
+
+    // SIGTERM: edge-a withdraws first, then drains. The withdrawal moves edge-a's flows
+    // to edge-b (ECMP rehash): those in flight at that moment may be reset.
+    let from = Instant::now();
+    let status = a.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(only_b(&router), "{:?}", next_hops(&router, VIPS[0]));
+    std::thread::sleep(Duration::from_millis(500));
+    phase("SIGTERM of edge-a".into(), from, Expect::NoFailure);
+
+    // Back: announced again once it can serve.
+    let from = Instant::now();
+    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
+    let took = wait_for("edge-a announced again", Duration::from_secs(10), || {
+        both(&router)
+    });
+    let moved = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    phase(
+        format!("edge-a back (announced after {took:?})"),
+        from,
+        Expect::NoFailureApartFrom(moved, restored),
+    );
+
+    // kill -9: BIRD goes with portico (parent-death signal) and closes its session.
+    let from = Instant::now();
+    Command::new("kill")
+        .args(["-KILL", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    let _ = a.child.wait();
+    let took = wait_for("edge-a's routes gone", Duration::from_secs(5), || {
+        only_b(&router)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    phase(
+        format!("kill -9 of edge-a (routes gone after {took:?})"),
+        from,
+        Expect::RestoredWithin(restored),
+    );
+
+    let from = Instant::now();
+    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
+    wait_for("edge-a announced again", Duration::from_secs(10), || {
+        both(&router)
+    });
+    let moved = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    phase(
+        "edge-a back after kill -9".into(),
+        from,
+        Expect::NoFailureApartFrom(moved, restored),
+    );
+
+    // Cut link: the router's own interface stays up; BFD notices within 300 ms.
+    let from = Instant::now();
+    ip(&["-n", &hosts.ns("a"), "link", "set", "lan0", "down"]);
+    let took = wait_for("edge-a's routes gone", Duration::from_secs(5), || {
+        only_b(&router)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    phase(
+        format!("link of edge-a cut (routes gone after {took:?})"),
+        from,
+        Expect::RestoredWithin(restored),
+    );
+    assert!(
+        took <= Duration::from_secs(1),
+        "BFD takes the routes away within a second: {took:?}"
+    );
+    let from = Instant::now();
+    ip(&["-n", &hosts.ns("a"), "link", "set", "lan0", "up"]);
+    ip(&[
+        "-n",
+        &hosts.ns("a"),
+        "route",
+        "replace",
+        "default",
+        "via",
+        "10.82.10.1",
+    ]);
+    let took = wait_for("edge-a announced again", Duration::from_secs(15), || {
+        both(&router)
+    });
+    let moved = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    phase(
+        format!("link back (announced after {took:?})"),
+        from,
+        Expect::NoFailureApartFrom(moved, restored),
+    );
+
+    load.stop();
+    let broken = load.check(&phases);
+    assert!(broken.is_empty(), "{broken:#?}");
+    for mut node in [a, b] {
+        let status = node.terminate();
+        assert!(status.success(), "{status:?}");
+    }
+}
