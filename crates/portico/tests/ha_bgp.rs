@@ -304,7 +304,7 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     );
 
     let from = Instant::now();
-    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
+    let a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
     wait_for("edge-a announced again", Duration::from_secs(10), || {
         both(&router)
     });
