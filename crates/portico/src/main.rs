@@ -56,6 +56,10 @@ enum Command {
     Validate {
         /// The topology file.
         file: PathBuf,
+        /// Also check that this host can run node NAME's part (for an accelerator on
+        /// several nodes: the daemon's program, the interface, the node's address).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
     },
     /// Invoke FUNCTION on a running portico and print its reply.
     Invoke {
@@ -162,8 +166,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Validate { file } => match portico_config::load_file(&file) {
-            Ok(_) => {
+        Command::Validate { file, node } => match portico_config::load_file(&file) {
+            Ok(config) => {
+                let base = topology::base_dir(&file);
+                let checked = match node.as_deref() {
+                    Some(node) => check_node(&config, Some(node), &base),
+                    None => Ok(()),
+                };
+                if let Err(errors) = checked {
+                    for error in errors {
+                        eprintln!("{error}");
+                    }
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
                 println!("{}: valid", file.display());
                 ExitCode::SUCCESS
             }
@@ -189,8 +204,7 @@ fn main() -> ExitCode {
             };
             // A node of several needs its daemon, interface and address on this host:
             // said before anything is bound.
-            let mine = topology::for_node(config.clone(), node.as_deref());
-            if let Err(errors) = ha::spec(&mine, node.as_deref(), &base_dir) {
+            if let Err(errors) = check_node(&config, node.as_deref(), &base_dir) {
                 for error in errors {
                     eprintln!("{error}");
                 }
@@ -282,6 +296,29 @@ fn main() -> ExitCode {
             client::ips(api).await
         }),
     }
+}
+
+/// Whether this host can run `node`'s part of `config`: the node is in the file, and a
+/// node of a multi-node accelerator has its daemon, interface and address here.
+fn check_node(
+    config: &portico_config::Config,
+    node: Option<&str>,
+    base: &std::path::Path,
+) -> Result<(), Vec<portico_config::ConfigError>> {
+    if let Some(node) = node {
+        let nodes = config.nodes();
+        if !nodes.contains(node) {
+            return Err(vec![portico_config::ConfigError::new(
+                "",
+                format!(
+                    "--node {node:?}: the file names no such node (its nodes: {})",
+                    nodes.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            )]);
+        }
+    }
+    let mine = topology::for_node(config.clone(), node);
+    ha::spec(&mine, node, base).map(|_| ())
 }
 
 /// Runs `work` on the tokio runtime `TOKIO_WORKER_THREADS` asks for (see `scheduler`); an

@@ -373,3 +373,51 @@ memory_size_mb = 64
     let good = scratch.write("good.toml", &demo_config());
     portico_ok(&["validate", good.to_str().unwrap()]);
 }
+
+#[test]
+fn a_node_whose_host_lacks_the_daemon_interface_or_address_is_refused_with_their_keys() {
+    let scratch = Scratch::new("ha-host");
+    let file = scratch.write(
+        "ha.toml",
+        r#"
+[accelerator]
+static_ips = ["198.51.100.10", "198.51.100.11"]
+nodes = [{ name = "edge-a", address = "198.51.100.2" }, { name = "edge-b", address = "198.51.100.3" }]
+ha = { mode = "vrrp", interface = "nosuchif0", daemon = "/nonexistent/keepalived" }
+listeners = [{ port = 80 }]
+endpoint_groups = [{ region = "r", endpoints = [{ address = "198.51.100.100:80" }] }]
+"#,
+    );
+    let file = file.to_str().unwrap();
+    // The file itself is valid; the host is not fit to run edge-a.
+    portico_ok(&["validate", file]);
+    for args in [
+        vec!["validate", file, "--node", "edge-a"],
+        vec!["up", file, "--node", "edge-a"],
+    ] {
+        let out = Command::new(portico_bin()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for line in [
+            "accelerator.ha.daemon: \"/nonexistent/keepalived\" is not on this host (mode \"vrrp\" runs it: install Debian's keepalived)",
+            "accelerator.ha.interface: this host has no interface \"nosuchif0\"",
+            "accelerator.nodes[0].address: 198.51.100.2 is not an address of this host",
+        ] {
+            assert!(
+                stderr.contains(line),
+                "{args:?}: missing {line:?} in:\n{stderr}"
+            );
+        }
+    }
+    // Without --node, a multi-node accelerator does not fall back to one host.
+    let out = Command::new(portico_bin())
+        .args(["up", file])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("accelerator.nodes: the accelerator runs on several nodes: start each with --node NAME (one of edge-a, edge-b)"),
+        "{stderr}"
+    );
+}
