@@ -41,6 +41,8 @@ pub(crate) struct Program {
     pub(crate) path: String,
     /// Its arguments.
     pub(crate) args: Vec<String>,
+    /// Its environment, beside portico's.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// What happened to the daemon.
@@ -140,6 +142,7 @@ fn spawn(
                 .args(["--pdeathsig", "TERM", "--"])
                 .arg(&program.path)
                 .args(&program.args)
+                .envs(program.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -215,6 +218,7 @@ mod tests {
             name: "sh",
             path: "/bin/sh".to_owned(),
             args: vec!["-c".to_owned(), script.to_owned()],
+            env: Vec::new(),
         }
     }
 

@@ -150,6 +150,50 @@ impl VrrpState {
     }
 }
 
+/// What keepalived's data dump (SIGUSR1, written to `$TMPDIR/keepalived.data`) says of
+/// a static IP's instance: its state, and the master it hears when it is a backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Dumped {
+    /// `MASTER`, `BACKUP`, `FAULT`…
+    pub(crate) state: Option<String>,
+    /// The source address of the master's advertisements, when a backup.
+    pub(crate) master: Option<IpAddr>,
+}
+
+/// The file keepalived dumps its data to, in its `TMPDIR`.
+pub(crate) const DUMP_FILE: &str = "keepalived.data";
+
+/// Each static IP's instance in a data dump, by index.
+pub(crate) fn parse_dump(text: &str, count: usize) -> Vec<Dumped> {
+    let mut found = vec![Dumped::default(); count];
+    let mut current: Option<usize> = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.trim().split_once(" = ") else {
+            continue;
+        };
+        match key {
+            "VRRP Instance" => {
+                current = value
+                    .strip_prefix("portico_")
+                    .and_then(|i| i.parse().ok())
+                    .filter(|i| *i < count);
+            }
+            "State" => {
+                if let Some(i) = current {
+                    found[i].state = Some(value.to_owned());
+                }
+            }
+            "Master router" => {
+                if let Some(i) = current {
+                    found[i].master = value.parse().ok();
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 /// One line keepalived wrote to the notify FIFO: `INSTANCE "portico_0" MASTER 250` gives
 /// static IP 0 and its state; other lines (groups, `DELETED` instances) give nothing.
 pub(crate) fn parse_notify(line: &str) -> Option<(usize, VrrpState)> {
@@ -262,6 +306,21 @@ endpoints = [{{ address = "10.9.1.1:80" }}]
         ] {
             assert_eq!(parse_notify(line), None, "{line:?}");
         }
+    }
+
+    #[test]
+    fn a_data_dump_gives_each_instances_state_and_master() {
+        let text = "------< VRRP Topology >------\n VRRP Instance = portico_0\n   VRRP Version = 3\n   State = BACKUP\n   Master router = 10.9.0.2\n   Master priority = 250\n VRRP Instance = other\n   State = MASTER\n VRRP Instance = portico_1\n   State = MASTER\n VRRP Instance = portico_9\n   State = MASTER\n";
+        let dumped = parse_dump(text, 2);
+        assert_eq!(dumped[0].state.as_deref(), Some("BACKUP"));
+        assert_eq!(dumped[0].master, Some("10.9.0.2".parse().unwrap()));
+        assert_eq!(dumped[1].state.as_deref(), Some("MASTER"));
+        assert_eq!(dumped[1].master, None);
+        assert_eq!(parse_dump("", 2), vec![Dumped::default(); 2]);
+        assert_eq!(
+            parse_dump("garbage = = =\n State = x", 1),
+            vec![Dumped::default()]
+        );
     }
 
     #[test]

@@ -72,8 +72,8 @@ fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> HaError + '_ {
 /// How long [`Ha::release`] waits for the daemon to confirm.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How often BGP sessions are read for status.
-const BGP_POLL: Duration = Duration::from_secs(1);
+/// How often the daemon's own view (BGP sessions, VRRP masters) is read for status.
+const DAEMON_POLL: Duration = Duration::from_secs(1);
 
 /// What the daemon and portico's verdict look like now.
 #[derive(Debug, Default)]
@@ -88,6 +88,8 @@ struct State {
     announced: bool,
     /// BGP: the rows of `show protocols`.
     protocols: Vec<bird::ProtocolState>,
+    /// VRRP: keepalived's last data dump, per static IP.
+    dumped: Vec<keepalived::Dumped>,
     /// The last error applying the verdict.
     error: Option<String>,
 }
@@ -131,6 +133,8 @@ impl Ha {
                     name: "keepalived",
                     path: spec.daemon.clone(),
                     args: files.args(),
+                    // Its data dumps (SIGUSR1) go to the run directory, not a shared /tmp.
+                    env: vec![("TMPDIR".to_owned(), spec.run_dir.display().to_string())],
                 }
             }
             HaMode::Bgp => {
@@ -143,6 +147,7 @@ impl Ha {
                     name: "bird",
                     path: spec.daemon.clone(),
                     args: files.args(),
+                    env: Vec::new(),
                 }
             }
         };
@@ -164,6 +169,7 @@ impl Ha {
         ha.tasks.spawn(ha.clone().apply_health(health));
         if ha.spec.mode == HaMode::Vrrp {
             ha.tasks.spawn(ha.clone().read_notify());
+            ha.tasks.spawn(ha.clone().poll_dumps());
         } else {
             ha.tasks.spawn(ha.clone().poll_protocols());
         }
@@ -347,13 +353,40 @@ impl Ha {
         }
     }
 
+    /// Asks keepalived for a data dump every second (SIGUSR1), for the master each backup
+    /// hears.
+    async fn poll_dumps(self: Arc<Self>) {
+        let path = self.spec.run_dir.join(keepalived::DUMP_FILE);
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(DAEMON_POLL) => {}
+            }
+            let Some(pid) = self.state().pid else {
+                continue;
+            };
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).is_err() {
+                continue;
+            }
+            // keepalived's VRRP process writes it at once; give it a moment.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let read = path.clone();
+            if let Ok(Ok(text)) =
+                tokio::task::spawn_blocking(move || std::fs::read_to_string(read)).await
+            {
+                self.state().dumped = keepalived::parse_dump(&text, self.spec.static_ips.len());
+            }
+        }
+    }
+
     /// Reads BIRD's protocols every second, for status.
     async fn poll_protocols(self: Arc<Self>) {
         let socket = bird::Files::in_dir(&self.spec.run_dir).socket;
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,
-                () = tokio::time::sleep(BGP_POLL) => {}
+                () = tokio::time::sleep(DAEMON_POLL) => {}
             }
             if self.state().pid.is_none() {
                 continue;
@@ -375,10 +408,18 @@ impl Ha {
             .map(|(i, ip)| match spec.mode {
                 HaMode::Vrrp => {
                     let vrrp = state.vrrp.get(i).copied().flatten();
+                    let master = state.dumped.get(i).and_then(|d| d.master);
+                    let holder = match vrrp {
+                        Some(VrrpState::Master) => Some(spec.node.clone()),
+                        Some(VrrpState::Backup) => master
+                            .map(|m| spec.node_at(m).map_or_else(|| m.to_string(), str::to_owned)),
+                        _ => None,
+                    };
                     json!({
                         "address": ip.to_string(),
                         "state": vrrp.map(VrrpState::name),
                         "held_here": vrrp == Some(VrrpState::Master),
+                        "held_by": holder,
                         "priority": spec.priority(i),
                         "preferred_node": spec.nodes[spec.preferred_node(i)].0,
                         "virtual_router_id": usize::from(spec.virtual_router_id) + i,

@@ -101,6 +101,98 @@ pub(crate) async fn ips(api: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Prints what the admin API's `/status` reports: as JSON with `json`, else as a table.
+/// The node's hold on the static IPs: its daemon, its verdict, each static IP, its peers.
+fn print_ha(out: &mut impl Write, ha: &serde_json::Value) -> std::io::Result<()> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let daemon = &ha["daemon"];
+    writeln!(
+        out,
+        "high availability {}  node {} ({})  {} {}  restarts {}",
+        text(&ha["mode"]),
+        text(&ha["node"]),
+        text(&ha["address"]),
+        text(&daemon["program"]),
+        match daemon["pid"].as_u64() {
+            Some(pid) => format!("running, pid {pid}"),
+            None => "not running".to_owned(),
+        },
+        daemon["restarts"],
+    )?;
+    let health = &ha["health"];
+    writeln!(
+        out,
+        "  health: {} ({}){}",
+        if health["serving"].as_bool() == Some(true) {
+            "serving"
+        } else {
+            "not serving"
+        },
+        text(&health["reason"]),
+        if ha["released"].as_bool() == Some(true) {
+            "; static IPs given up (stopping)"
+        } else {
+            ""
+        }
+    )?;
+    if let Some(error) = ha["error"].as_str() {
+        writeln!(out, "  error: {error}")?;
+    }
+    let vrrp = ha["mode"] == "vrrp";
+    if vrrp {
+        writeln!(
+            out,
+            "  {:<40} {:<8} {:<16} {:<16} {:>8}",
+            "static IP", "state", "held by", "preferred node", "priority"
+        )?;
+    } else {
+        writeln!(out, "  {:<40} announced here", "static IP")?;
+    }
+    for ip in ha["static_ips"].as_array().into_iter().flatten() {
+        if vrrp {
+            writeln!(
+                out,
+                "  {:<40} {:<8} {:<16} {:<16} {:>8}",
+                text(&ip["address"]),
+                text(&ip["state"]),
+                text(&ip["held_by"]),
+                text(&ip["preferred_node"]),
+                ip["priority"],
+            )?;
+        } else {
+            writeln!(
+                out,
+                "  {:<40} {}",
+                text(&ip["address"]),
+                if ip["announced_here"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+            )?;
+        }
+    }
+    for peer in ha["peers"].as_array().into_iter().flatten() {
+        if vrrp {
+            writeln!(
+                out,
+                "  peer node {} {}",
+                text(&peer["node"]),
+                text(&peer["address"])
+            )?;
+        } else {
+            writeln!(
+                out,
+                "  peer {} AS{} {} {}",
+                text(&peer["address"]),
+                peer["asn"],
+                text(&peer["state"]),
+                text(&peer["info"])
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn status(api: SocketAddr, json: bool) -> anyhow::Result<()> {
     let body = admin_get(api, "/status").await?;
     let doc: serde_json::Value = serde_json::from_slice(&body).context("status is not JSON")?;
@@ -168,6 +260,9 @@ pub(crate) async fn status(api: SocketAddr, json: bool) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    if let Some(ha) = doc.get("ha").filter(|h| !h.is_null()) {
+        print_ha(&mut out, ha)?;
     }
     writeln!(out, "target groups")?;
     for tg in doc["target_groups"].as_array().into_iter().flatten() {

@@ -239,6 +239,22 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         },
     );
 
+    let text = support::portico_ok(&["status", "--endpoint", "http://10.82.10.2:9002"]);
+    eprintln!("{text}");
+    assert!(
+        text.contains("high availability bgp  node edge-a (10.82.10.2)  bird running"),
+        "{text}"
+    );
+    assert!(
+        text.contains("peer 10.82.10.1 AS65000 up Established"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("10.82.1.1") && l.ends_with("yes")),
+        "{text}"
+    );
+
     let targets: Vec<SocketAddr> = VIPS
         .iter()
         .map(|ip| format!("{ip}:80").parse().unwrap())

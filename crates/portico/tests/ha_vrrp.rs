@@ -87,8 +87,12 @@ fn build() -> Namespaces {
     hosts
 }
 
-/// The edge node at `address`'s view of its VRRP instances: each static IP's state.
+/// The edge node at `address`'s view of its VRRP instances: each static IP's `field`.
 fn vrrp_states(address: &str) -> Option<Vec<String>> {
+    vrrp_field(address, "state")
+}
+
+fn vrrp_field(address: &str, field: &str) -> Option<Vec<String>> {
     let mut s = TcpStream::connect_timeout(
         &format!("{address}:9002").parse().unwrap(),
         Duration::from_secs(1),
@@ -104,7 +108,7 @@ fn vrrp_states(address: &str) -> Option<Vec<String>> {
         doc["ha"]["static_ips"]
             .as_array()?
             .iter()
-            .map(|ip| ip["state"].as_str().unwrap_or("none").to_owned())
+            .map(|ip| ip[field].as_str().unwrap_or("none").to_owned())
             .collect(),
     )
 }
@@ -154,6 +158,42 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         settled,
     );
     eprintln!("both nodes up: each holds its preferred static IP after {took:?}");
+    // Each node knows who holds the other address: keepalived's own view of its peer.
+    wait_for(
+        "each node names the holder of each address",
+        Duration::from_secs(5),
+        || {
+            ["10.81.0.2", "10.81.0.3"]
+                .iter()
+                .all(|n| vrrp_field(n, "held_by").is_some_and(|h| h == ["edge-a", "edge-b"]))
+        },
+    );
+    let text = support::portico_ok(&["status", "--endpoint", "http://10.81.0.3:9002"]);
+    eprintln!("{text}");
+    assert!(
+        text.contains("high availability vrrp  node edge-b (10.81.0.3)  keepalived running"),
+        "{text}"
+    );
+    let line = |ip: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(ip))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let first = line("10.81.0.101");
+    assert!(
+        first.contains("BACKUP") && first.contains("edge-a"),
+        "{text}"
+    );
+    let second = line("10.81.0.102");
+    assert!(
+        second.contains("MASTER") && second.contains("edge-b"),
+        "{text}"
+    );
+    assert!(
+        text.contains("health: serving (2 static addresses bound; healthy endpoints in region)"),
+        "{text}"
+    );
 
     let targets: Vec<SocketAddr> = VIPS
         .iter()
