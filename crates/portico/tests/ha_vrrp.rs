@@ -1,5 +1,5 @@
-//! Static IPs on two edge nodes with VRRP: real keepalived on each node, under a steady
-//! stream of requests.
+//! Static IPs on two edge nodes with VRRP: `examples/ha.toml` as it is, real keepalived on
+//! each node, under a steady stream of requests.
 //!
 //! One L2 segment (a bridge in a namespace of its own) joins the client (this test, in its
 //! own namespace), two edge hosts (`edge-a`, `edge-b`, each `portico up FILE --node …`
@@ -16,59 +16,20 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::Portico;
 use support::load::{Expect, Load, Phase};
 use support::netns::{Namespaces, ip};
-use support::{Portico, hello_bin};
 
 const VIPS: [&str; 2] = ["10.81.0.101", "10.81.0.102"];
 const REQUEST: &str = "GET /hello HTTP/1.1\r\nHost: ha\r\n";
 
+/// `examples/ha.toml`, as it is.
 fn config() -> String {
-    format!(
-        r#"
-[accelerator]
-name = "ha"
-static_ips = ["{}", "{}"]
-nodes = [
-  {{ name = "edge-a", address = "10.81.0.2" }},
-  {{ name = "edge-b", address = "10.81.0.3" }},
-]
-ha = {{ mode = "vrrp", interface = "lan0", advert_interval_seconds = 0.1, preempt_delay_seconds = 1, run_dir = "ha" }}
-[[accelerator.listeners]]
-port = 80
-[[accelerator.endpoint_groups]]
-region = "region"
-health_check_interval_seconds = 0.2
-threshold_count = 2
-endpoints = [{{ load_balancer = "web" }}]
-
-[load_balancers.web]
-node = "region"
-[[load_balancers.web.listeners]]
-address = "10.81.0.4"
-port = 9080
-proxy_protocol_v2 = true
-default_action = {{ type = "forward", target_group = "hello" }}
-
-[target_groups.hello]
-target_type = "lambda"
-function = "hello"
-
-[functions.hello]
-command = ["{}"]
-
-[admin_api]
-address = "0.0.0.0"
-port = 9002
-"#,
-        VIPS[0],
-        VIPS[1],
-        hello_bin().display()
-    )
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/ha.toml");
+    std::fs::read_to_string(path).unwrap()
 }
 
 /// The segment and its hosts.
@@ -87,23 +48,20 @@ fn build() -> Namespaces {
     hosts
 }
 
-/// The edge node at `address`'s view of its VRRP instances: each static IP's `field`.
-fn vrrp_states(address: &str) -> Option<Vec<String>> {
-    vrrp_field(address, "state")
+/// The edge node in namespace `ns`'s view of its VRRP instances: each static IP's state.
+fn vrrp_states(ns: &str) -> Option<Vec<String>> {
+    vrrp_field(ns, "state")
 }
 
-fn vrrp_field(address: &str, field: &str) -> Option<Vec<String>> {
-    let mut s = TcpStream::connect_timeout(
-        &format!("{address}:9002").parse().unwrap(),
-        Duration::from_secs(1),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+/// Each static IP's `field` in the `ha` status of the edge in namespace `ns`, from its
+/// admin API on that host's loopback.
+fn vrrp_field(ns: &str, field: &str) -> Option<Vec<String>> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "--max-time", "2"])
+        .arg("http://127.0.0.1:9002/status")
+        .output()
         .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let doc = support::parse_reply(&text).json();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     Some(
         doc["ha"]["static_ips"]
             .as_array()?
@@ -125,17 +83,23 @@ fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) -> Durati
 }
 
 /// Both nodes up, each holding the static IP it prefers.
-fn settled() -> bool {
-    vrrp_states("10.81.0.2").is_some_and(|s| s == ["MASTER", "BACKUP"])
-        && vrrp_states("10.81.0.3").is_some_and(|s| s == ["BACKUP", "MASTER"])
+fn settled(hosts: &Namespaces) -> bool {
+    vrrp_states(&hosts.ns("a")).is_some_and(|s| s == ["MASTER", "BACKUP"])
+        && vrrp_states(&hosts.ns("b")).is_some_and(|s| s == ["BACKUP", "MASTER"])
+}
+
+/// edge-b holds both static IPs.
+fn b_holds_both(hosts: &Namespaces) -> bool {
+    vrrp_states(&hosts.ns("b")).is_some_and(|s| s == ["MASTER", "MASTER"])
 }
 
 /// Whether a keepalived whose files are under `dir` is still running.
 fn keepalived_of(dir: &str) -> bool {
+    let dir = format!("{dir}/");
     std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
         std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmd| {
             let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains("keepalived") && cmd.contains(dir)
+            cmd.contains("keepalived") && cmd.contains(&dir)
         })
     })
 }
@@ -155,7 +119,7 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     let took = wait_for(
         "each node holds its static IP",
         Duration::from_secs(20),
-        settled,
+        || settled(&hosts),
     );
     eprintln!("both nodes up: each holds its preferred static IP after {took:?}");
     // Each node knows who holds the other address: keepalived's own view of its peer.
@@ -163,12 +127,18 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         "each node names the holder of each address",
         Duration::from_secs(5),
         || {
-            ["10.81.0.2", "10.81.0.3"]
-                .iter()
-                .all(|n| vrrp_field(n, "held_by").is_some_and(|h| h == ["edge-a", "edge-b"]))
+            ["a", "b"].iter().all(|n| {
+                vrrp_field(&hosts.ns(n), "held_by").is_some_and(|h| h == ["edge-a", "edge-b"])
+            })
         },
     );
-    let text = support::portico_ok(&["status", "--endpoint", "http://10.81.0.3:9002"]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &hosts.ns("b")])
+        .arg(support::portico_bin())
+        .args(["status", "--endpoint", "http://127.0.0.1:9002"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{text}");
     assert!(
         text.contains("high availability vrrp  node edge-b (10.81.0.3)  keepalived running"),
@@ -217,16 +187,16 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     phase("steady".into(), from, Expect::NoFailure);
 
     // SIGTERM: edge-a gives its address up first, then drains; nothing is lost.
-    let a_dir = a.config_file.parent().unwrap().display().to_string();
+    let a_dir = "/run/portico/ha-edge-a";
     let from = Instant::now();
     let status = a.terminate();
     assert!(status.success(), "{status:?}");
     wait_for("edge-b holds both", Duration::from_secs(5), || {
-        vrrp_states("10.81.0.3").is_some_and(|s| s == ["MASTER", "MASTER"])
+        b_holds_both(&hosts)
     });
     std::thread::sleep(Duration::from_millis(500));
     phase("SIGTERM of the holder".into(), from, Expect::NoFailure);
-    assert!(!keepalived_of(&a_dir), "keepalived stopped with portico");
+    assert!(!keepalived_of(a_dir), "keepalived stopped with portico");
 
     // Back: edge-a takes its address again after its preemption delay.
     let from = Instant::now();
@@ -234,7 +204,7 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     let took = wait_for(
         "edge-a holds its address again",
         Duration::from_secs(10),
-        settled,
+        || settled(&hosts),
     );
     let moved = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
@@ -245,7 +215,7 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     );
 
     // kill -9: keepalived goes with portico (parent-death signal) and gives the address up.
-    let a_dir = a.config_file.parent().unwrap().display().to_string();
+    let a_dir = "/run/portico/ha-edge-a";
     let from = Instant::now();
     Command::new("kill")
         .args(["-KILL", &a.pid().to_string()])
@@ -253,7 +223,7 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         .unwrap();
     let _ = a.child.wait();
     let took = wait_for("edge-b holds both", Duration::from_secs(5), || {
-        vrrp_states("10.81.0.3").is_some_and(|s| s == ["MASTER", "MASTER"])
+        b_holds_both(&hosts)
     });
     std::thread::sleep(Duration::from_secs(1));
     phase(
@@ -261,9 +231,11 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         from,
         Expect::RestoredWithin(restored),
     );
-    assert!(
-        !keepalived_of(&a_dir),
-        "no keepalived outlives a killed portico"
+    // keepalived takes about a second to stop after its parent-death signal.
+    wait_for(
+        "no keepalived outlives a killed portico",
+        Duration::from_secs(5),
+        || !keepalived_of(a_dir),
     );
 
     let from = Instant::now();
@@ -271,7 +243,7 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     wait_for(
         "edge-a holds its address again",
         Duration::from_secs(10),
-        settled,
+        || settled(&hosts),
     );
     let moved = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
@@ -285,7 +257,7 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     let from = Instant::now();
     ip(&["-n", &hosts.ns("a"), "link", "set", "lan0", "down"]);
     let took = wait_for("edge-b holds both", Duration::from_secs(5), || {
-        vrrp_states("10.81.0.3").is_some_and(|s| s == ["MASTER", "MASTER"])
+        b_holds_both(&hosts)
     });
     std::thread::sleep(Duration::from_secs(1));
     phase(
@@ -298,7 +270,7 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     let took = wait_for(
         "edge-a holds its address again",
         Duration::from_secs(10),
-        settled,
+        || settled(&hosts),
     );
     let moved = Instant::now();
     std::thread::sleep(Duration::from_millis(500));

@@ -55,6 +55,9 @@ pub struct Report {
     /// Per address: the longest time between two answered requests (or from the start of
     /// the stretch to the first, or from the last to its end).
     pub unanswered: Vec<(SocketAddr, Duration)>,
+    /// The slowest answered request: its address, when it started after the stretch began,
+    /// and how long it took.
+    pub slowest: Option<(SocketAddr, Duration, Duration)>,
 }
 
 impl Report {
@@ -94,6 +97,15 @@ impl std::fmt::Display for Report {
         )?;
         for (address, gap) in &self.unanswered {
             write!(f, " {} {} ms", address.ip(), gap.as_millis())?;
+        }
+        if let Some((address, at, took)) = self.slowest {
+            write!(
+                f,
+                "; slowest answer {} ms ({} at +{} ms)",
+                took.as_millis(),
+                address.ip(),
+                at.as_millis()
+            )?;
         }
         Ok(())
     }
@@ -173,7 +185,19 @@ impl Load {
                 (*address, gap)
             })
             .collect();
+        let slowest = within
+            .iter()
+            .filter(|o| o.error.is_none())
+            .max_by_key(|o| o.ended - o.started)
+            .map(|o| {
+                (
+                    self.targets[o.target],
+                    o.started - from,
+                    o.ended - o.started,
+                )
+            });
         Report {
+            slowest,
             requests: within.len(),
             keep_alive: within.iter().filter(|o| o.keep_alive).count(),
             failed: within
