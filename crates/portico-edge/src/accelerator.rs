@@ -156,6 +156,8 @@ struct Bound {
     address: SocketAddr,
     route: RouteCell,
     stop: CancellationToken,
+    /// A TCP listener's socket (a second descriptor of it), for [`Accelerator::quiesce`].
+    listener: Option<std::os::fd::OwnedFd>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -185,6 +187,7 @@ pub struct Accelerator {
     state: tokio::sync::Mutex<State>,
     view: RwLock<Arc<View>>,
     limits: portico_accept::Limits,
+    connections: Arc<crate::tcp::Connections>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -213,8 +216,18 @@ impl Accelerator {
                 ip_ranges: IpRanges::new(&[], SystemTime::now()),
             })),
             limits,
+            connections: Arc::default(),
             shutdown,
             tasks,
+        });
+        // At shutdown, open connections are asked to finish gracefully first.
+        let (finish, shutdown) = (
+            accelerator.connections.finish.clone(),
+            accelerator.shutdown.clone(),
+        );
+        accelerator.tasks.spawn(async move {
+            shutdown.cancelled().await;
+            finish.fire();
         });
         accelerator.apply(spec).await?;
         Ok(accelerator)
@@ -223,6 +236,30 @@ impl Accelerator {
     /// The accelerator now, for status output.
     pub fn view(&self) -> Arc<View> {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops taking new TCP connections without refusing them, and asks the open ones to
+    /// finish: a node about to give its static IPs up. Each listener drops the SYNs it gets
+    /// (a socket filter that passes nothing), so clients send them again a second later,
+    /// when another node holds the address; each open connection's relay half-closes
+    /// toward its endpoint, which ends it at a request boundary. Listeners stay bound.
+    pub async fn quiesce(&self) {
+        // `ret #0`: accept no packet.
+        const DROP_ALL: [socket2::SockFilter; 1] = [socket2::SockFilter::new(0x06, 0, 0, 0)];
+        let state = self.state.lock().await;
+        for bound in state.sockets.values() {
+            if let Some(listener) = &bound.listener {
+                if let Err(error) = socket2::SockRef::from(listener).attach_filter(&DROP_ALL) {
+                    tracing::warn!(address = %bound.address, %error, "cannot stop new connections");
+                }
+            }
+        }
+        self.connections.finish.fire();
+    }
+
+    /// TCP connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
     }
 
     /// Connections forwarded so far, on every listener (UDP: flows).
@@ -396,12 +433,16 @@ impl Accelerator {
             let address = socket.address();
             let route = RouteCell::new(routes[i].clone());
             let stop = self.shutdown.child_token();
+            let mut held = None;
             match socket {
                 Socket::Tcp(listener, _) => {
+                    use std::os::fd::AsFd;
+                    held = listener.as_fd().try_clone_to_owned().ok();
                     self.tasks.spawn(crate::tcp::serve(
                         listener,
                         route.clone(),
                         self.limits,
+                        self.connections.clone(),
                         stop.clone(),
                     ));
                 }
@@ -416,6 +457,7 @@ impl Accelerator {
                     address,
                     route,
                     stop,
+                    listener: held,
                 },
             );
         }

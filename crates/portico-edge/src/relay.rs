@@ -13,7 +13,14 @@
 //! connections.
 //!
 //! The relay is one hand-written future polling both directions: a held connection is a few
-//! hundred bytes of state, and a message costs its two system calls and no clock read. The
+//! hundred bytes of state, and a message costs its two system calls and no clock read.
+//!
+//! A relay can be asked to finish ([`Finish`]): the client's direction then sends what has
+//! arrived (and, on a connection that has sent nothing yet, its first bytes) and shuts the
+//! endpoint's write half, as if the client had half-closed. An HTTP server takes that as "no more requests": it finishes the
+//! response in progress, if any, and closes, so a connection ends at a request boundary
+//! instead of being cut. Like the accept loop's drain cut, one shared flag says when to look,
+//! so the relay polls the token only when it fired. The
 //! idle timeout is kept in eighths: a timer ticks every `idle / 8`, and a connection is
 //! closed at the ninth tick after its last byte (the first of them partial): between `idle`
 //! and `9/8 × idle` after it.
@@ -23,13 +30,38 @@ use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// The request to every relay that holds it to finish gracefully (see the module
+/// documentation).
+#[derive(Debug, Clone, Default)]
+pub struct Finish {
+    token: CancellationToken,
+    /// Set before `token` fires: relays look at it on each wake-up instead of polling the
+    /// token, which takes a lock.
+    finishing: Arc<AtomicBool>,
+}
+
+impl Finish {
+    /// Asks every relay holding this to finish.
+    pub fn fire(&self) {
+        self.finishing.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Whether it fired.
+    pub fn fired(&self) -> bool {
+        self.finishing.load(Ordering::Acquire)
+    }
+}
 
 /// The most bytes one `splice` call moves; also the pipe size asked for.
 const CHUNK: usize = 256 * 1024;
@@ -99,41 +131,62 @@ pub struct Relayed {
 }
 
 /// Copies `client` ↔ `endpoint` until both directions finish, one fails, or nothing moves
-/// for `idle`.
+/// for `idle`; when `finish` fires, the client's direction ends (see the module
+/// documentation).
 pub async fn relay(
     client: &mut TcpStream,
     endpoint: &mut TcpStream,
     idle: Duration,
+    finish: &Finish,
 ) -> io::Result<Relayed> {
     let (client_r, client_w) = client.split();
     let (endpoint_r, endpoint_w) = endpoint.split();
     let tick = (idle / IDLE_TICKS).max(Duration::from_millis(1));
+    let mut up = Pump::new(client_r, endpoint_w);
+    up.finishing = finish.fired();
     Relay {
-        up: Pump::new(client_r, endpoint_w),
+        up,
         down: Pump::new(endpoint_r, client_w),
         tick,
         timer: Box::pin(tokio::time::sleep(tick)),
         quiet_ticks: 0,
+        finish: finish.token.clone().cancelled_owned(),
+        finishing: finish.finishing.clone(),
+        watching: false,
     }
     .await
 }
 
-/// Both directions of one connection and its idle clock.
-struct Relay<'a> {
-    up: Pump<'a>,
-    down: Pump<'a>,
-    tick: Duration,
-    /// Fires every `tick`; boxed so that the relay can be moved and polled by `&mut`.
-    timer: Pin<Box<Sleep>>,
-    /// Ticks since a byte last moved (the first of them partial).
-    quiet_ticks: u32,
+pin_project_lite::pin_project! {
+    /// Both directions of one connection and its idle clock.
+    struct Relay<'a> {
+        up: Pump<'a>,
+        down: Pump<'a>,
+        tick: Duration,
+        // Fires every `tick`; boxed so that the relay can be moved and polled by `&mut`.
+        timer: Pin<Box<Sleep>>,
+        // Ticks since a byte last moved (the first of them partial).
+        quiet_ticks: u32,
+        // Polled once to register this task's waker, then again only once `finishing` is
+        // set.
+        #[pin]
+        finish: WaitForCancellationFutureOwned,
+        finishing: Arc<AtomicBool>,
+        watching: bool,
+    }
 }
 
 impl Future for Relay<'_> {
     type Output = io::Result<Relayed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
+        let this = self.project();
+        if !this.up.finishing && (!*this.watching || this.finishing.load(Ordering::Acquire)) {
+            *this.watching = true;
+            if this.finish.poll(cx).is_ready() {
+                this.up.finishing = true;
+            }
+        }
         let up = this.up.poll(cx)?;
         let down = this.down.poll(cx)?;
         if let (Poll::Ready(up), Poll::Ready(down)) = (up, down) {
@@ -146,18 +199,18 @@ impl Future for Relay<'_> {
         if this.up.moved || this.down.moved {
             this.up.moved = false;
             this.down.moved = false;
-            this.quiet_ticks = 0;
+            *this.quiet_ticks = 0;
         }
         while this.timer.as_mut().poll(cx).is_ready() {
-            this.quiet_ticks += 1;
-            if this.quiet_ticks > IDLE_TICKS {
+            *this.quiet_ticks += 1;
+            if *this.quiet_ticks > IDLE_TICKS {
                 return Poll::Ready(Ok(Relayed {
                     up: 0,
                     down: 0,
                     idle: true,
                 }));
             }
-            let next = Instant::now() + this.tick;
+            let next = Instant::now() + *this.tick;
             this.timer.as_mut().reset(next);
         }
         Poll::Pending
@@ -173,6 +226,8 @@ struct Pump<'a> {
     total: u64,
     /// Whether a byte moved since the relay last looked.
     moved: bool,
+    /// Take no more from `from`: once what is held is sent, shut `to`'s write half.
+    finishing: bool,
 }
 
 /// Where a [`Pump`] is.
@@ -201,6 +256,7 @@ impl<'a> Pump<'a> {
             state: Stage::Idle,
             total: 0,
             moved: false,
+            finishing: false,
         }
     }
 
@@ -209,8 +265,13 @@ impl<'a> Pump<'a> {
         loop {
             match &mut self.state {
                 Stage::Idle => {
+                    // Finishing: what has arrived is still sent, then the direction ends.
+                    // A connection that has sent nothing yet is let send its first bytes.
+                    let finish_now = self.finishing && self.total > 0;
                     // No buffer is taken until there is something to read.
-                    ready!(self.from.as_ref().poll_read_ready(cx))?;
+                    if !finish_now {
+                        ready!(self.from.as_ref().poll_read_ready(cx))?;
+                    }
                     let mut buffer = take_buffer();
                     let mut read = ReadBuf::new(&mut buffer);
                     // A short read clears the readiness: the next wait is a real one.
@@ -234,6 +295,10 @@ impl<'a> Pump<'a> {
                         }
                         Poll::Pending => {
                             BUFFERS.give_back(buffer);
+                            if finish_now {
+                                self.state = Stage::Closing;
+                                continue;
+                            }
                             return Poll::Pending;
                         }
                     }
@@ -352,6 +417,7 @@ mod tests {
                 &mut client_inner,
                 &mut endpoint_inner,
                 Duration::from_secs(10),
+                &Finish::default(),
             )
             .await
         });
@@ -384,7 +450,13 @@ mod tests {
         let (mut endpoint_inner, mut endpoint_outer) = pair().await;
         let idle = Duration::from_millis(400);
         let relay = tokio::spawn(async move {
-            let done = relay(&mut client_inner, &mut endpoint_inner, idle).await;
+            let done = relay(
+                &mut client_inner,
+                &mut endpoint_inner,
+                idle,
+                &Finish::default(),
+            )
+            .await;
             (done, Instant::now())
         });
         // Traffic every 150 ms for 1.2 s (three idle timeouts) keeps it open.
@@ -413,6 +485,7 @@ mod tests {
             &mut client_inner,
             &mut endpoint_inner,
             Duration::from_millis(200),
+            &Finish::default(),
         )
         .await
         .unwrap();
@@ -421,5 +494,55 @@ mod tests {
         let mut buf = [0u8; 1];
         let mut client_outer = client_outer;
         assert_eq!(client_outer.read(&mut buf).await.unwrap(), 0, "closed");
+    }
+
+    #[tokio::test]
+    async fn finishing_half_closes_toward_the_endpoint_and_the_reply_still_comes_back() {
+        let (mut client_outer, mut client_inner) = pair().await;
+        let (mut endpoint_inner, mut endpoint_outer) = pair().await;
+        let finish = Finish::default();
+        let first = {
+            let finish = finish.clone();
+            tokio::spawn(async move {
+                relay(
+                    &mut client_inner,
+                    &mut endpoint_inner,
+                    Duration::from_secs(10),
+                    &finish,
+                )
+                .await
+            })
+        };
+        client_outer.write_all(b"request").await.unwrap();
+        let mut got = [0u8; 7];
+        endpoint_outer.read_exact(&mut got).await.unwrap();
+        finish.fire();
+        // The endpoint reads the end of the client's side, answers, and closes.
+        let mut rest = Vec::new();
+        endpoint_outer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        endpoint_outer.write_all(b"response").await.unwrap();
+        endpoint_outer.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client_outer.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"response");
+        let done = first.await.unwrap().unwrap();
+        assert_eq!((done.up, done.down, done.idle), (7, 8, false));
+        // A relay started after the finish ends the client's side at once.
+        let (_client_outer, mut client_inner) = pair().await;
+        let (mut endpoint_inner, mut endpoint_outer) = pair().await;
+        let late = tokio::spawn(async move {
+            relay(
+                &mut client_inner,
+                &mut endpoint_inner,
+                Duration::from_secs(10),
+                &finish,
+            )
+            .await
+        });
+        let mut rest = Vec::new();
+        endpoint_outer.read_to_end(&mut rest).await.unwrap();
+        endpoint_outer.shutdown().await.unwrap();
+        assert_eq!(late.await.unwrap().unwrap().up, 0);
     }
 }

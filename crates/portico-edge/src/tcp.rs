@@ -5,28 +5,63 @@
 //! [`Route`] (a reload swaps it; connections already open keep their endpoint). Endpoints
 //! are tried best first; one that does not answer within the connect timeout is skipped
 //! for the next, so a region that vanished between two health checks costs a connection
-//! only that wait. Shutdown: stop accepting, let open connections finish for the drain
-//! time, then cut the rest.
+//! only that wait. Shutdown: stop accepting, ask open connections to finish (each relay
+//! half-closes toward its endpoint, see [`crate::relay`]), let them for the drain time, then
+//! cut the rest.
 
-use crate::relay::relay;
+use crate::relay::{Finish, relay};
 use crate::route::{Route, RouteCell};
 use crate::selection::candidates;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+/// What the TCP listeners of an accelerator share: the request to their connections to
+/// finish, and how many are open.
+#[derive(Debug, Default)]
+pub struct Connections {
+    /// Fired when connections are to finish gracefully.
+    pub finish: Finish,
+    open: AtomicUsize,
+}
+
+impl Connections {
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection open while it lives.
+struct Open(Arc<Connections>);
+
+impl Open {
+    fn new(connections: &Arc<Connections>) -> Self {
+        connections.open.fetch_add(1, Ordering::Relaxed);
+        Self(connections.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Forwards connections accepted on `listener` until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
     route: RouteCell,
     limits: portico_accept::Limits,
+    connections: Arc<Connections>,
     shutdown: CancellationToken,
 ) {
     let drained = portico_accept::serve(listener, &shutdown, limits, |stream, client| {
-        forward(stream, client, route.current())
+        forward(stream, client, route.current(), Open::new(&connections))
     })
     .await;
     if drained.cut_short > 0 {
@@ -37,7 +72,7 @@ pub async fn serve(
     }
 }
 
-async fn forward(mut inbound: TcpStream, client: SocketAddr, route: Arc<Route>) {
+async fn forward(mut inbound: TcpStream, client: SocketAddr, route: Arc<Route>, open: Open) {
     let Ok(local) = inbound.local_addr() else {
         return;
     };
@@ -46,7 +81,14 @@ async fn forward(mut inbound: TcpStream, client: SocketAddr, route: Arc<Route>) 
         tracing::warn!(%client, %local, "no endpoint reachable; connection closed");
         return;
     };
-    match relay(&mut inbound, &mut outbound, route.idle_timeout).await {
+    match relay(
+        &mut inbound,
+        &mut outbound,
+        route.idle_timeout,
+        &open.0.finish,
+    )
+    .await
+    {
         Ok(done) if done.idle => tracing::debug!(%client, "idle timeout: connection closed"),
         Ok(done) => tracing::debug!(%client, up = done.up, down = done.down, "connection done"),
         Err(error) => tracing::debug!(%client, %error, "connection ended with an error"),

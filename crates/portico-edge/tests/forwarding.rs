@@ -13,7 +13,7 @@ use portico_edge::{
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -247,6 +247,57 @@ async fn the_node_serves_while_an_endpoint_group_has_a_healthy_endpoint() {
         edge.accelerator.serving(),
         (false, "shutting down".to_owned())
     );
+}
+
+#[tokio::test]
+async fn quiesce_drops_new_connections_and_finishes_open_ones_at_their_end() {
+    // An endpoint that answers each request line, and closes when its client's side ends.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    w.write_all(format!("re: {line}\n").as_bytes())
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let edge = Running::start(&spec(
+        &["127.0.0.2"],
+        Transport::Tcp,
+        vec![0],
+        vec![group(vec![endpoint(backend, 1, false)])],
+    ))
+    .await;
+    let address = edge.address(Transport::Tcp, "127.0.0.2");
+    let mut open = tokio::net::TcpStream::connect(address).await.unwrap();
+    open.write_all(b"one\n").await.unwrap();
+    let mut reader = tokio::io::BufReader::new(&mut open);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "re: one\n");
+    wait_for(|| edge.accelerator.open_connections() == 1).await;
+
+    edge.accelerator.quiesce().await;
+    // The open connection ends at its boundary: the endpoint saw the end and closed.
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).await.unwrap();
+    assert_eq!(rest, "", "closed after its last answer");
+    wait_for(|| edge.accelerator.open_connections() == 0).await;
+    // A new connection is neither accepted nor refused: its SYN is dropped (and sent
+    // again by the client's kernel, for another node to answer).
+    let attempt = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await;
+    assert!(attempt.is_err(), "the connection waits: {attempt:?}");
+    assert_eq!(edge.accelerator.open_connections(), 0);
 }
 
 #[tokio::test]

@@ -43,6 +43,9 @@ pub(crate) struct Program {
     pub(crate) args: Vec<String>,
     /// Its environment, beside portico's.
     pub(crate) env: Vec<(String, String)>,
+    /// Lines with any of these in them are logged at debug level (what the daemon says
+    /// each time portico asks it for its state).
+    pub(crate) quiet: &'static [&'static str],
 }
 
 /// What happened to the daemon.
@@ -167,10 +170,10 @@ fn spawn(
             .into_iter()
             .flatten()
             {
-                let name = program.name;
+                let (name, quiet) = (program.name, program.quiet);
                 let _ = std::thread::Builder::new()
                     .name(format!("{name}-log"))
-                    .spawn(move || log_lines(name, output));
+                    .spawn(move || log_lines(name, quiet, output));
             }
             let _ = started_tx.send(Ok(child.id()));
             let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(0));
@@ -183,7 +186,7 @@ fn spawn(
 }
 
 /// Each line the daemon writes, as a log line of portico's.
-fn log_lines(name: &'static str, output: Box<dyn std::io::Read + Send>) {
+fn log_lines(name: &'static str, quiet: &[&str], output: Box<dyn std::io::Read + Send>) {
     let mut reader = BufReader::new(output);
     let mut line = Vec::new();
     loop {
@@ -200,7 +203,12 @@ fn log_lines(name: &'static str, output: Box<dyn std::io::Read + Send>) {
                     let _ = reader.read_until(b'\n', &mut rest);
                 }
                 let text = String::from_utf8_lossy(&line);
-                tracing::info!(daemon = name, "{}", text.trim_end());
+                let text = text.trim_end();
+                if quiet.iter().any(|q| text.contains(q)) {
+                    tracing::debug!(daemon = name, "{text}");
+                } else {
+                    tracing::info!(daemon = name, "{text}");
+                }
             }
         }
     }
@@ -219,6 +227,7 @@ mod tests {
             path: "/bin/sh".to_owned(),
             args: vec!["-c".to_owned(), script.to_owned()],
             env: Vec::new(),
+            quiet: &[],
         }
     }
 

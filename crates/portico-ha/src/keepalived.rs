@@ -76,10 +76,19 @@ pub(crate) fn render(spec: &HaSpec, files: &Files) -> String {
     let _ = writeln!(c, "    router_id {}", spec.node);
     let _ = writeln!(c, "    vrrp_version 3");
     let _ = writeln!(c, "    vrrp_notify_fifo \"{}\"", files.notify.display());
-    // The new master's gratuitous ARPs (unsolicited NAs) go out at once and are repeated,
-    // so that clients and switches move to it within one round trip.
+    // The new master's gratuitous ARPs (unsolicited NAs) go out at once, three 20 ms
+    // apart, again after a second, and every two seconds while it holds the address, so
+    // that a neighbour that missed or ignored one (a cache entry changed under a second
+    // ago is not replaced) moves to it soon.
     let _ = writeln!(c, "    vrrp_garp_master_delay 1");
     let _ = writeln!(c, "    vrrp_garp_master_repeat 3");
+    let _ = writeln!(c, "    vrrp_garp_interval 0.02");
+    let _ = writeln!(c, "    vrrp_gna_interval 0.02");
+    let _ = writeln!(c, "    vrrp_garp_master_refresh 2");
+    // Sub-second advertisements must not wait for a busy CPU: a master whose VRRP process
+    // is not scheduled for three intervals loses its address to a backup.
+    let _ = writeln!(c, "    vrrp_rt_priority 50");
+    let _ = writeln!(c, "    vrrp_no_swap");
     let _ = writeln!(c, "}}\n");
     let _ = writeln!(c, "track_file portico_health {{");
     let _ = writeln!(c, "    file \"{}\"", files.health.display());

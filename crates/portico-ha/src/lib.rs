@@ -135,6 +135,7 @@ impl Ha {
                     args: files.args(),
                     // Its data dumps (SIGUSR1) go to the run directory, not a shared /tmp.
                     env: vec![("TMPDIR".to_owned(), spec.run_dir.display().to_string())],
+                    quiet: &["data for process"],
                 }
             }
             HaMode::Bgp => {
@@ -148,6 +149,7 @@ impl Ha {
                     path: spec.daemon.clone(),
                     args: files.args(),
                     env: Vec::new(),
+                    quiet: &[],
                 }
             }
         };

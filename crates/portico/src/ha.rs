@@ -15,9 +15,14 @@ use tokio_util::task::TaskTracker;
 /// How often the edge's verdict is read.
 const HEALTH_EVERY: Duration = Duration::from_millis(100);
 
-/// How long without a new connection counts as "new connections stopped arriving" after
-/// the static IPs are given up.
-const QUIET: Duration = Duration::from_millis(500);
+/// Longest wait for open connections to finish before the static IPs are given up: new
+/// connections wait meanwhile (their SYNs are dropped and sent again after a second).
+const QUIESCE: Duration = Duration::from_secs(1);
+
+/// After the static IPs are given up, how long packets already on their way here (a client
+/// that has not yet seen the new holder's ARP, a route not yet withdrawn) still find the
+/// listeners.
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// This node's part of a multi-node accelerator in `config` (this node's part of the file),
 /// or the errors that keep this host from running it, each at its key. `None` when the
@@ -83,26 +88,24 @@ pub(crate) async fn start(
     Ok(ha)
 }
 
-/// Gives the static IPs up, then waits until new connections stop arriving (none for
-/// [`QUIET`]) or `limit` passes: clients still on their way here (an ARP cache, a route
-/// not yet withdrawn) are served rather than refused.
-pub(crate) async fn give_up(ha: &Ha, accelerator: &Accelerator, limit: Duration) {
+/// Hands this node's share over without losing a request: new connections are dropped
+/// rather than refused (their clients send them again in a second), open ones finish at
+/// their next request boundary (for up to [`QUIESCE`]), and only then are the static IPs
+/// given up, so that no connection is open here when its packets start going to another
+/// node, which would reset it. A client that connects meanwhile waits a second for its SYN
+/// to be sent again, to the new holder.
+pub(crate) async fn give_up(ha: &Ha, accelerator: &Accelerator) {
     let began = Instant::now();
-    ha.release().await;
-    let mut last = accelerator.connections();
-    let mut quiet_since = Instant::now();
-    while began.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = accelerator.connections();
-        if now != last {
-            last = now;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= QUIET {
-            break;
-        }
+    accelerator.quiesce().await;
+    while accelerator.open_connections() > 0 && began.elapsed() < QUIESCE {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let unfinished = accelerator.open_connections();
+    ha.release().await;
+    tokio::time::sleep(SETTLE).await;
     tracing::info!(
         waited_ms = began.elapsed().as_millis() as u64,
-        "static IPs given up and new connections stopped: draining"
+        unfinished,
+        "new connections stopped, open ones finished, static IPs given up: draining"
     );
 }

@@ -172,7 +172,7 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
     };
     if let (Some(ha), Some(accelerator)) = (&started.ha, &started.accelerator) {
         tracing::info!(signal, "shutting down: giving up the static IPs");
-        crate::ha::give_up(ha, accelerator, LISTENER_LIMITS.drain).await;
+        crate::ha::give_up(ha, accelerator).await;
     }
     tracing::info!(
         signal,

@@ -8,9 +8,9 @@
 //! interface up and BFD is what notices. Both edges announce both static IPs; the router
 //! holds two next hops for each.
 //!
-//! While new-connection and keep-alive requests run, edge-a is stopped with SIGTERM, killed
-//! with SIGKILL and cut off, and each time brought back. Each case prints how many requests
-//! failed and how long each address went unanswered.
+//! While new-connection and keep-alive requests run, edge-a goes through
+//! `support::failover`'s cases: SIGTERM, SIGKILL, a cut link, and each time back. Each case
+//! prints how many requests failed and how long each address went unanswered.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -19,13 +19,12 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use support::load::{Expect, Load, Phase};
+use std::time::Duration;
+use support::failover::{self, Edges, wait_for};
 use support::netns::{Namespaces, ip, sysctl};
 use support::{Portico, Scratch, hello_bin};
 
 const VIPS: [&str; 2] = ["10.82.1.1", "10.82.1.2"];
-const REQUEST: &str = "GET /hello HTTP/1.1\r\nHost: anycast\r\n";
 
 fn config() -> String {
     format!(
@@ -37,7 +36,7 @@ nodes = [
   {{ name = "edge-a", address = "10.82.10.2" }},
   {{ name = "edge-b", address = "10.82.10.3" }},
 ]
-ha = {{ mode = "bgp", asn = 65001, peers = [{{ address = "10.82.10.1", asn = 65000 }}], run_dir = "ha" }}
+ha = {{ mode = "bgp", asn = 65001, peers = [{{ address = "10.82.10.1", asn = 65000 }}] }}
 [[accelerator.listeners]]
 port = 80
 [[accelerator.endpoint_groups]]
@@ -187,17 +186,6 @@ fn only_b(router: &str) -> bool {
         .all(|vip| next_hops(router, vip) == ["10.82.10.3"])
 }
 
-fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) -> Duration {
-    let began = Instant::now();
-    while began.elapsed() < limit {
-        if condition() {
-            return began.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what}: not reached within {limit:?}");
-}
-
 /// The edge at `address`'s `ha` status.
 fn ha_status(address: &str) -> serde_json::Value {
     let mut s = TcpStream::connect(format!("{address}:9002")).unwrap();
@@ -215,7 +203,7 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     let _bird = Router::start(&router);
     let config = config();
     let _region = Portico::start_in(&config, Some(&hosts.ns("r")), Some("region"));
-    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
+    let a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
     let b = Portico::start_in(&config, Some(&hosts.ns("b")), Some("edge-b"));
     let took = wait_for(
         "the router has both edges as next hops",
@@ -259,122 +247,25 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         .iter()
         .map(|ip| format!("{ip}:80").parse().unwrap())
         .collect();
-    let mut load = Load::start(&targets, 3, Duration::from_millis(10), REQUEST);
-    let mut phases = Vec::new();
-    let mut phase = |name: String, from: Instant, expect: Expect| {
-        phases.push(Phase {
-            name,
-            from,
-            to: Instant::now(),
-            expect,
-        });
+    let edges = Edges {
+        config: &config,
+        namespace: &hosts.ns("a"),
+        daemon: ("bird", "/run/portico/anycast-edge-a"),
+        moved_away: &|| only_b(&router),
+        settled: &|| both(&router),
+        // The link's routes went with it.
+        after_relink: &|| {
+            ip(&[
+                "-n",
+                &hosts.ns("a"),
+                "route",
+                "replace",
+                "default",
+                "via",
+                "10.82.10.1",
+            ])
+        },
     };
-    let restored = Duration::from_secs(2);
-
-    let from = Instant::now();
-    std::thread::sleep(Duration::from_secs(1));
-    phase(
-        "steady (ECMP over both edges)".into(),
-        from,
-        Expect::NoFailure,
-    );
-
-    // SIGTERM: edge-a withdraws first, then drains. The withdrawal moves edge-a's flows
-    // to edge-b (ECMP rehash): those in flight at that moment may be reset.
-    let from = Instant::now();
-    let status = a.terminate();
-    assert!(status.success(), "{status:?}");
-    assert!(only_b(&router), "{:?}", next_hops(&router, VIPS[0]));
-    std::thread::sleep(Duration::from_millis(500));
-    phase("SIGTERM of edge-a".into(), from, Expect::NoFailure);
-
-    // Back: announced again once it can serve.
-    let from = Instant::now();
-    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
-    let took = wait_for("edge-a announced again", Duration::from_secs(10), || {
-        both(&router)
-    });
-    let moved = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    phase(
-        format!("edge-a back (announced after {took:?})"),
-        from,
-        Expect::NoFailureApartFrom(moved, restored),
-    );
-
-    // kill -9: BIRD goes with portico (parent-death signal) and closes its session.
-    let from = Instant::now();
-    Command::new("kill")
-        .args(["-KILL", &a.pid().to_string()])
-        .status()
-        .unwrap();
-    let _ = a.child.wait();
-    let took = wait_for("edge-a's routes gone", Duration::from_secs(5), || {
-        only_b(&router)
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    phase(
-        format!("kill -9 of edge-a (routes gone after {took:?})"),
-        from,
-        Expect::RestoredWithin(restored),
-    );
-
-    let from = Instant::now();
-    let a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
-    wait_for("edge-a announced again", Duration::from_secs(10), || {
-        both(&router)
-    });
-    let moved = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    phase(
-        "edge-a back after kill -9".into(),
-        from,
-        Expect::NoFailureApartFrom(moved, restored),
-    );
-
-    // Cut link: the router's own interface stays up; BFD notices within 300 ms.
-    let from = Instant::now();
-    ip(&["-n", &hosts.ns("a"), "link", "set", "lan0", "down"]);
-    let took = wait_for("edge-a's routes gone", Duration::from_secs(5), || {
-        only_b(&router)
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    phase(
-        format!("link of edge-a cut (routes gone after {took:?})"),
-        from,
-        Expect::RestoredWithin(restored),
-    );
-    assert!(
-        took <= Duration::from_secs(1),
-        "BFD takes the routes away within a second: {took:?}"
-    );
-    let from = Instant::now();
-    ip(&["-n", &hosts.ns("a"), "link", "set", "lan0", "up"]);
-    ip(&[
-        "-n",
-        &hosts.ns("a"),
-        "route",
-        "replace",
-        "default",
-        "via",
-        "10.82.10.1",
-    ]);
-    let took = wait_for("edge-a announced again", Duration::from_secs(15), || {
-        both(&router)
-    });
-    let moved = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    phase(
-        format!("link back (announced after {took:?})"),
-        from,
-        Expect::NoFailureApartFrom(moved, restored),
-    );
-
-    load.stop();
-    let broken = load.check(&phases);
-    assert!(broken.is_empty(), "{broken:#?}");
-    for mut node in [a, b] {
-        let status = node.terminate();
-        assert!(status.success(), "{status:?}");
-    }
+    failover::run(&targets, &edges, a);
+    drop(b);
 }

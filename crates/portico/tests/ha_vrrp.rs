@@ -7,10 +7,10 @@
 //! static IPs are on the segment's subnet; the client reaches whichever node holds each by
 //! ARP. `edge-a` prefers the first IP, `edge-b` the second, so both carry traffic.
 //!
-//! While new-connection and keep-alive requests run against both IPs, the holder of the
-//! first IP is stopped with SIGTERM, killed with SIGKILL and cut off (`ip link set lan0
-//! down`), and each time brought back. Each case prints how many requests failed and how
-//! long each address went unanswered.
+//! While new-connection and keep-alive requests run against both IPs, edge-a (the holder
+//! of the first) goes through `support::failover`'s cases: SIGTERM, SIGKILL, a cut link, and
+//! each time back. Each case prints how many requests failed and how long each address went
+//! unanswered.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -18,13 +18,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::Portico;
-use support::load::{Expect, Load, Phase};
-use support::netns::{Namespaces, ip};
+use support::failover::{self, Edges, wait_for};
+use support::netns::Namespaces;
 
 const VIPS: [&str; 2] = ["10.81.0.101", "10.81.0.102"];
-const REQUEST: &str = "GET /hello HTTP/1.1\r\nHost: ha\r\n";
 
 /// `examples/ha.toml`, as it is.
 fn config() -> String {
@@ -71,17 +70,6 @@ fn vrrp_field(ns: &str, field: &str) -> Option<Vec<String>> {
     )
 }
 
-fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) -> Duration {
-    let began = Instant::now();
-    while began.elapsed() < limit {
-        if condition() {
-            return began.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what}: not reached within {limit:?}");
-}
-
 /// Both nodes up, each holding the static IP it prefers.
 fn settled(hosts: &Namespaces) -> bool {
     vrrp_states(&hosts.ns("a")).is_some_and(|s| s == ["MASTER", "BACKUP"])
@@ -93,23 +81,12 @@ fn b_holds_both(hosts: &Namespaces) -> bool {
     vrrp_states(&hosts.ns("b")).is_some_and(|s| s == ["MASTER", "MASTER"])
 }
 
-/// Whether a keepalived whose files are under `dir` is still running.
-fn keepalived_of(dir: &str) -> bool {
-    let dir = format!("{dir}/");
-    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmd| {
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains("keepalived") && cmd.contains(&dir)
-        })
-    })
-}
-
 #[test]
 fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     let hosts = build();
     let config = config();
     let _region = Portico::start_in(&config, Some(&hosts.ns("r")), Some("region"));
-    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
+    let a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
     let _b = Portico::start_in(&config, Some(&hosts.ns("b")), Some("edge-b"));
     assert_eq!(
         a.static_addresses.len(),
@@ -169,120 +146,13 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         .iter()
         .map(|ip| format!("{ip}:80").parse().unwrap())
         .collect();
-    let mut load = Load::start(&targets, 3, Duration::from_millis(10), REQUEST);
-    let mut phases = Vec::new();
-    let mut phase = |name: String, from: Instant, expect: Expect| {
-        phases.push(Phase {
-            name,
-            from,
-            to: Instant::now(),
-            expect,
-        });
+    let edges = Edges {
+        config: &config,
+        namespace: &hosts.ns("a"),
+        daemon: ("keepalived", "/run/portico/ha-edge-a"),
+        moved_away: &|| b_holds_both(&hosts),
+        settled: &|| settled(&hosts),
+        after_relink: &|| {},
     };
-    let restored = Duration::from_secs(2);
-
-    // Steady: both addresses answered, by both nodes.
-    let from = Instant::now();
-    std::thread::sleep(Duration::from_secs(1));
-    phase("steady".into(), from, Expect::NoFailure);
-
-    // SIGTERM: edge-a gives its address up first, then drains; nothing is lost.
-    let a_dir = "/run/portico/ha-edge-a";
-    let from = Instant::now();
-    let status = a.terminate();
-    assert!(status.success(), "{status:?}");
-    wait_for("edge-b holds both", Duration::from_secs(5), || {
-        b_holds_both(&hosts)
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    phase("SIGTERM of the holder".into(), from, Expect::NoFailure);
-    assert!(!keepalived_of(a_dir), "keepalived stopped with portico");
-
-    // Back: edge-a takes its address again after its preemption delay.
-    let from = Instant::now();
-    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
-    let took = wait_for(
-        "edge-a holds its address again",
-        Duration::from_secs(10),
-        || settled(&hosts),
-    );
-    let moved = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    phase(
-        format!("edge-a back (took its address after {took:?})"),
-        from,
-        Expect::NoFailureApartFrom(moved, restored),
-    );
-
-    // kill -9: keepalived goes with portico (parent-death signal) and gives the address up.
-    let a_dir = "/run/portico/ha-edge-a";
-    let from = Instant::now();
-    Command::new("kill")
-        .args(["-KILL", &a.pid().to_string()])
-        .status()
-        .unwrap();
-    let _ = a.child.wait();
-    let took = wait_for("edge-b holds both", Duration::from_secs(5), || {
-        b_holds_both(&hosts)
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    phase(
-        format!("kill -9 of the holder (edge-b took over after {took:?})"),
-        from,
-        Expect::RestoredWithin(restored),
-    );
-    // keepalived takes about a second to stop after its parent-death signal.
-    wait_for(
-        "no keepalived outlives a killed portico",
-        Duration::from_secs(5),
-        || !keepalived_of(a_dir),
-    );
-
-    let from = Instant::now();
-    let mut a = Portico::start_in(&config, Some(&hosts.ns("a")), Some("edge-a"));
-    wait_for(
-        "edge-a holds its address again",
-        Duration::from_secs(10),
-        || settled(&hosts),
-    );
-    let moved = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    phase(
-        "edge-a back after kill -9".into(),
-        from,
-        Expect::NoFailureApartFrom(moved, restored),
-    );
-
-    // Cut link: edge-b misses three advertisements and takes the address.
-    let from = Instant::now();
-    ip(&["-n", &hosts.ns("a"), "link", "set", "lan0", "down"]);
-    let took = wait_for("edge-b holds both", Duration::from_secs(5), || {
-        b_holds_both(&hosts)
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    phase(
-        format!("link of the holder cut (edge-b took over after {took:?})"),
-        from,
-        Expect::RestoredWithin(restored),
-    );
-    let from = Instant::now();
-    ip(&["-n", &hosts.ns("a"), "link", "set", "lan0", "up"]);
-    let took = wait_for(
-        "edge-a holds its address again",
-        Duration::from_secs(10),
-        || settled(&hosts),
-    );
-    let moved = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    phase(
-        format!("link back (edge-a took its address after {took:?})"),
-        from,
-        Expect::NoFailureApartFrom(moved, restored),
-    );
-
-    load.stop();
-    let broken = load.check(&phases);
-    assert!(broken.is_empty(), "{broken:#?}");
-    let status = a.terminate();
-    assert!(status.success(), "{status:?}");
+    failover::run(&targets, &edges, a);
 }

@@ -252,21 +252,22 @@ fn connect(address: SocketAddr) -> Result<TcpStream, String> {
     Ok(s)
 }
 
-/// One request on a new connection, closed after the response.
+/// One request on a new connection, closed after the response. The response is read as
+/// curl reads it: up to the end of its `Content-Length` body, not to the connection's end.
 fn fresh_request(address: SocketAddr, request: &str) -> Result<(), String> {
     let mut s = connect(address)?;
     s.write_all(format!("{request}Connection: close\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
-    let mut text = Vec::new();
-    s.read_to_end(&mut text).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&text);
-    if !text.starts_with("HTTP/1.1 200") {
-        return Err(format!(
-            "answer: {}",
-            text.lines().next().unwrap_or("(nothing)")
-        ));
+    let mut reader = BufReader::new(s);
+    let mut status = String::new();
+    if reader
+        .read_line(&mut status)
+        .map_err(|e| format!("read: {e}"))?
+        == 0
+    {
+        return Err("answer: (nothing)".into());
     }
-    Ok(())
+    read_rest(&mut reader, &status)
 }
 
 /// A kept-alive connection and its reader.
@@ -402,8 +403,12 @@ impl Load {
         for phase in phases {
             let report = self.report(phase.from, phase.to);
             eprintln!("\nHA {}: {report}", phase.name);
-            for (address, error, _, _) in report.failed.iter().take(5) {
-                eprintln!("HA   failed: {address}: {error}");
+            for (address, error, started, ended) in report.failed.iter().take(5) {
+                eprintln!(
+                    "HA   failed: {address}: {error} (started at +{} ms, took {} ms)",
+                    started.duration_since(phase.from).as_millis(),
+                    ended.duration_since(*started).as_millis()
+                );
             }
             let gap = report.worst_gap();
             let problem = match phase.expect {
