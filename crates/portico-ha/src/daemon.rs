@@ -37,6 +37,8 @@ const MAX_LINE: usize = 4096;
 pub(crate) struct Program {
     /// Its name in logs: `keepalived` or `bird`.
     pub(crate) name: &'static str,
+    /// The node it serves, in logs.
+    pub(crate) node: String,
     /// The executable.
     pub(crate) path: String,
     /// Its arguments.
@@ -170,10 +172,10 @@ fn spawn(
             .into_iter()
             .flatten()
             {
-                let (name, quiet) = (program.name, program.quiet);
+                let (name, quiet, node) = (program.name, program.quiet, program.node.clone());
                 let _ = std::thread::Builder::new()
                     .name(format!("{name}-log"))
-                    .spawn(move || log_lines(name, quiet, output));
+                    .spawn(move || log_lines(name, &node, quiet, output));
             }
             let _ = started_tx.send(Ok(child.id()));
             let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(0));
@@ -186,7 +188,7 @@ fn spawn(
 }
 
 /// Each line the daemon writes, as a log line of portico's.
-fn log_lines(name: &'static str, quiet: &[&str], output: Box<dyn std::io::Read + Send>) {
+fn log_lines(name: &str, node: &str, quiet: &[&str], output: Box<dyn std::io::Read + Send>) {
     let mut reader = BufReader::new(output);
     let mut line = Vec::new();
     loop {
@@ -205,9 +207,9 @@ fn log_lines(name: &'static str, quiet: &[&str], output: Box<dyn std::io::Read +
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end();
                 if quiet.iter().any(|q| text.contains(q)) {
-                    tracing::debug!(daemon = name, "{text}");
+                    tracing::debug!(daemon = name, node, "{text}");
                 } else {
-                    tracing::info!(daemon = name, "{text}");
+                    tracing::info!(daemon = name, node, "{text}");
                 }
             }
         }
@@ -224,6 +226,7 @@ mod tests {
     fn sh(script: &str) -> Program {
         Program {
             name: "sh",
+            node: "test".to_owned(),
             path: "/bin/sh".to_owned(),
             args: vec!["-c".to_owned(), script.to_owned()],
             env: Vec::new(),

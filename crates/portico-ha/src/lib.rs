@@ -131,6 +131,7 @@ impl Ha {
                 make_fifo(&files.notify)?;
                 daemon::Program {
                     name: "keepalived",
+                    node: spec.node.clone(),
                     path: spec.daemon.clone(),
                     args: files.args(),
                     // Its data dumps (SIGUSR1) go to the run directory, not a shared /tmp.
@@ -146,6 +147,7 @@ impl Ha {
                 let _ = std::fs::remove_file(&files.socket);
                 daemon::Program {
                     name: "bird",
+                    node: spec.node.clone(),
                     path: spec.daemon.clone(),
                     args: files.args(),
                     env: Vec::new(),

@@ -247,8 +247,11 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         .iter()
         .map(|ip| format!("{ip}:80").parse().unwrap())
         .collect();
+    let without_a = config.replace("  { name = \"edge-a\", address = \"10.82.10.2\" },\n", "");
+    assert_ne!(without_a, config);
     let edges = Edges {
         config: &config,
+        config_without_a: &without_a,
         namespace: &hosts.ns("a"),
         daemon: ("bird", "/run/portico/anycast-edge-a"),
         moved_away: &|| only_b(&router),

@@ -146,8 +146,11 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         .iter()
         .map(|ip| format!("{ip}:80").parse().unwrap())
         .collect();
+    let without_a = config.replace("  { name = \"edge-a\", address = \"10.81.0.2\" },\n", "");
+    assert_ne!(without_a, config);
     let edges = Edges {
         config: &config,
+        config_without_a: &without_a,
         namespace: &hosts.ns("a"),
         daemon: ("keepalived", "/run/portico/ha-edge-a"),
         moved_away: &|| b_holds_both(&hosts),

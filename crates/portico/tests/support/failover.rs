@@ -43,6 +43,8 @@ pub fn daemon_running(daemon: &str, dir: &str) -> bool {
 pub struct Edges<'a> {
     /// The topology file every node runs.
     pub config: &'a str,
+    /// The same file without edge-a among the accelerator's nodes.
+    pub config_without_a: &'a str,
     /// edge-a's namespace; its segment interface is `lan0`.
     pub namespace: &'a str,
     /// edge-a's daemon (`keepalived`, `bird`) and its run directory.
@@ -156,12 +158,24 @@ pub fn run(targets: &[SocketAddr], edges: &Edges, mut a: Portico) {
         Expect::NoFailureApartFrom(moved, RESTORED),
     );
 
+    // A reload whose file no longer lists edge-a: it leaves as gracefully as on SIGTERM.
+    let from = Instant::now();
+    let mut a = a;
+    std::fs::write(&a.config_file, edges.config_without_a).unwrap();
+    a.reload();
+    let status = super::wait_bounded(&mut a.child, Duration::from_secs(20))
+        .expect("edge-a left within 20 s of the reload that removed it");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        (edges.moved_away)(),
+        "edge-a's share moved before it exited"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    phase("reload that removes edge-a".into(), from, Expect::NoFailure);
+
     load.stop();
     let broken = load.check(&phases);
     assert!(broken.is_empty(), "{broken:#?}");
-    let mut a = a;
-    let status = a.terminate();
-    assert!(status.success(), "{status:?}");
 }
 
 /// Starts edge-a again and records the phase until it carries its share.
