@@ -170,7 +170,7 @@ fn main() -> ExitCode {
             Ok(config) => {
                 let base = topology::base_dir(&file);
                 let checked = match node.as_deref() {
-                    Some(node) => check_node(&config, Some(node), &base),
+                    Some(node) => check_node(&config, Some(node), &base).map(|_| ()),
                     None => Ok(()),
                 };
                 if let Err(errors) = checked {
@@ -204,18 +204,22 @@ fn main() -> ExitCode {
             };
             // A node of several needs its daemon, interface and address on this host:
             // said before anything is bound.
-            if let Err(errors) = check_node(&config, node.as_deref(), &base_dir) {
-                for error in errors {
-                    eprintln!("{error}");
+            let ha = match check_node(&config, node.as_deref(), &base_dir) {
+                Ok(ha) => ha,
+                Err(errors) => {
+                    for error in errors {
+                        eprintln!("{error}");
+                    }
+                    return ExitCode::from(EXIT_BAD_CONFIG);
                 }
-                return ExitCode::from(EXIT_BAD_CONFIG);
-            }
+            };
             run_async(up::run(
                 config,
                 up::Options {
                     file,
                     base: base_dir,
                     node,
+                    ha,
                 },
             ))
         }
@@ -299,12 +303,13 @@ fn main() -> ExitCode {
 }
 
 /// Whether this host can run `node`'s part of `config`: the node is in the file, and a
-/// node of a multi-node accelerator has its daemon, interface and address here.
+/// node of a multi-node accelerator has its daemon, interface and address here (its part
+/// is returned).
 fn check_node(
     config: &portico_config::Config,
     node: Option<&str>,
     base: &std::path::Path,
-) -> Result<(), Vec<portico_config::ConfigError>> {
+) -> Result<Option<portico_ha::HaSpec>, Vec<portico_config::ConfigError>> {
     if let Some(node) = node {
         let nodes = config.nodes();
         if !nodes.contains(node) {
@@ -318,7 +323,7 @@ fn check_node(
         }
     }
     let mine = topology::for_node(config.clone(), node);
-    ha::spec(&mine, node, base).map(|_| ())
+    ha::spec(&mine, node, base)
 }
 
 /// Runs `work` on the tokio runtime `TOKIO_WORKER_THREADS` asks for (see `scheduler`); an

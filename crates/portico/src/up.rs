@@ -56,8 +56,10 @@ pub(crate) struct Options {
     pub(crate) file: Option<PathBuf>,
     /// The directory relative paths are resolved against.
     pub(crate) base: PathBuf,
-    /// Run only this node's part of the topology.
+    /// Run only this node's part of the topology (checked to be in the file).
     pub(crate) node: Option<String>,
+    /// This node's part of a multi-node accelerator, its host checked.
+    pub(crate) ha: Option<portico_ha::HaSpec>,
 }
 
 /// What `start` leaves running that a reload needs.
@@ -71,29 +73,15 @@ struct Started {
 
 /// Runs `config` until SIGINT or SIGTERM; SIGHUP reloads the accelerator from the file.
 pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> {
-    let Options { file, base, node } = options;
+    let Options {
+        file,
+        base,
+        node,
+        ha: ha_spec,
+    } = options;
     raise_file_limit();
-    if let Some(node) = &node {
-        let nodes = config.nodes();
-        if !nodes.contains(node.as_str()) {
-            bail!(
-                "--node {node:?}: the file names no such node (its nodes: {})",
-                nodes.into_iter().collect::<Vec<_>>().join(", ")
-            );
-        }
-    }
     let full = config.clone();
     let config = topology::for_node(config, node.as_deref());
-    let ha_spec = crate::ha::spec(&config, node.as_deref(), &base).map_err(|errors| {
-        anyhow::anyhow!(
-            "{}",
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
     let runtime = Arc::new(Runtime::new(
         topology::function_specs(&config, &base)?,
         RuntimeOptions {
