@@ -21,21 +21,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::netns::ip;
 use support::{Portico, hello_bin};
 
 /// Health checks every 200 ms, 3 in a row to change a verdict.
 const INTERVAL: f64 = 0.2;
 const THRESHOLD: u32 = 3;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The namespaces and links of one run; removed on drop.
 struct Hosts {

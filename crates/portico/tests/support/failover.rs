@@ -145,18 +145,7 @@ pub fn run(targets: &[SocketAddr], edges: &Edges, mut a: Portico) {
     let from = Instant::now();
     ip(&["-n", edges.namespace, "link", "set", "lan0", "up"]);
     (edges.after_relink)();
-    let took = wait_for(
-        "edge-a carries its share again",
-        Duration::from_secs(15),
-        edges.settled,
-    );
-    let moved = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    phase(
-        format!("link of edge-a back (its share back after {took:?})"),
-        from,
-        Expect::NoFailureApartFrom(moved, RESTORED),
-    );
+    share_back(edges, &mut phase, from, "link of edge-a back");
 
     // A reload whose file no longer lists edge-a: it leaves as gracefully as on SIGTERM.
     let from = Instant::now();
@@ -182,6 +171,18 @@ pub fn run(targets: &[SocketAddr], edges: &Edges, mut a: Portico) {
 fn back(edges: &Edges, phase: &mut impl FnMut(String, Instant, Expect), name: &str) -> Portico {
     let from = Instant::now();
     let a = Portico::start_in(edges.config, Some(edges.namespace), Some("edge-a"));
+    share_back(edges, phase, from, name);
+    a
+}
+
+/// Waits for edge-a to carry its share again and records the phase `name` begun at
+/// `from`: nothing may fail but what the move catches.
+fn share_back(
+    edges: &Edges,
+    phase: &mut impl FnMut(String, Instant, Expect),
+    from: Instant,
+    name: &str,
+) {
     let took = wait_for(
         "edge-a carries its share again",
         Duration::from_secs(15),
@@ -194,5 +195,4 @@ fn back(edges: &Edges, phase: &mut impl FnMut(String, Instant, Expect), name: &s
         from,
         Expect::NoFailureApartFrom(moved, RESTORED),
     );
-    a
 }
