@@ -421,3 +421,31 @@ endpoint_groups = [{ region = "r", endpoints = [{ address = "198.51.100.100:80" 
         "{stderr}"
     );
 }
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_escapes() {
+    let scratch = Scratch::new("colour");
+    let file = scratch.write(
+        "quiet.toml",
+        "[functions.x]\ncommand = [\"/bin/true\"]\n[invoke_api]\nport = 0\n[admin_api]\nport = 0\n",
+    );
+    // `up` logs while it starts and stops; its stderr here is a pipe.
+    let child = Command::new(portico_bin())
+        .args(["up", file.to_str().unwrap()])
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no ANSI escapes in a pipe: {stderr:?}"
+    );
+}
