@@ -2,7 +2,9 @@
 //!
 //! Every static IP is a route of one static protocol, `portico_ips` (`portico_ips6` for
 //! IPv6), exported to every peer with this node as the next hop; the router spreads flows
-//! over the nodes that announce them by ECMP. The protocols start disabled: portico enables
+//! over the nodes that announce them by ECMP. The edge nodes also hold iBGP sessions with
+//! each other (`nodeN`, the file's N-th node) that carry only these routes and install
+//! nothing, so that each node can say which nodes announce each static IP. The protocols start disabled: portico enables
 //! them while the node can serve and disables them when it cannot or is stopping, and BIRD
 //! withdraws the routes. Nothing is exported into this host's own routing table. BFD to the
 //! peers (on by default) takes a dead node's routes away within three BFD intervals; without
@@ -59,6 +61,11 @@ pub(crate) const PROTOCOLS: [&str; 2] = ["portico_ips", "portico_ips6"];
 /// The protocol of the peer at `index`.
 pub(crate) fn peer_name(index: usize) -> String {
     format!("peer{index}")
+}
+
+/// The session to the edge node at `index` of the file.
+pub(crate) fn node_session(index: usize) -> String {
+    format!("node{index}")
 }
 
 /// BGP's hold time when BFD is off, in seconds (keepalives every second).
@@ -127,7 +134,51 @@ pub(crate) fn render(spec: &HaSpec) -> String {
         );
         let _ = writeln!(c, "}}");
     }
+    // The other edge nodes, over iBGP: each tells the others what it announces, so that
+    // every node can say which nodes announce each static IP. Their routes stay in BIRD's
+    // table (unreachable, below the static ones); nothing goes to the peers or the kernel.
+    for (index, (_, address)) in spec.nodes.iter().enumerate() {
+        if index == spec.me || address.is_ipv4() != spec.address().is_ipv4() {
+            continue;
+        }
+        let (family, protocol) = if address.is_ipv4() {
+            ("ipv4", PROTOCOLS[0])
+        } else {
+            ("ipv6", PROTOCOLS[1])
+        };
+        let _ = writeln!(c, "\nprotocol bgp {} {{", node_session(index));
+        let _ = writeln!(c, "    local {} as {};", spec.address(), spec.asn);
+        let _ = writeln!(c, "    neighbor {address} as {};", spec.asn);
+        let _ = writeln!(
+            c,
+            "    hold time {HOLD_TIME_SECONDS};\n    keepalive time 1;\n    connect retry time 1;\n    error wait time 1, 5;"
+        );
+        let _ = writeln!(
+            c,
+            "    {family} {{\n        import all;\n        export where proto = \"{protocol}\";\n    }};"
+        );
+        let _ = writeln!(c, "}}");
+    }
     c
+}
+
+/// The nodes that announce a route, from `show route PREFIX`: its own static protocol
+/// (`portico_ips`) stands for node `me`, a session `nodeN` for node N.
+pub(crate) fn announcers(lines: &[String], me: usize) -> Vec<usize> {
+    let mut found: Vec<usize> = lines
+        .iter()
+        .filter_map(|line| {
+            let name = line.split_once('[')?.1.split_whitespace().next()?;
+            if PROTOCOLS.contains(&name) {
+                Some(me)
+            } else {
+                name.strip_prefix("node")?.parse().ok()
+            }
+        })
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 /// BIRD's router id: the node's address when it is IPv4, else a number from its place in
@@ -317,6 +368,46 @@ endpoints = [{{ address = "10.9.9.1:80" }}]
         assert!(
             !text.contains("protocol kernel"),
             "nothing into this host's table"
+        );
+    }
+
+    #[test]
+    fn the_other_edge_nodes_are_ibgp_sessions_that_only_inform() {
+        let text = render(&spec(true));
+        assert!(
+            text.contains("protocol bgp node0 {\n    local 10.9.0.6 as 65001;\n    neighbor 10.9.0.2 as 65001;"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("protocol bgp node1"),
+            "not to itself: {text}"
+        );
+        assert!(
+            text.contains("import all;\n        export where proto = \"portico_ips\";\n    };"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn show_route_names_the_nodes_that_announce() {
+        let lines: Vec<String> = [
+            "Table master4:",
+            "10.91.1.1/32         blackhole [portico_ips 09:08:11.603] * (200)",
+            "\tType: static univ",
+            "                     unreachable [node0 09:08:16.297 from 10.90.0.3] (100) [i]",
+            "\tBGP.next_hop: 10.90.0.3",
+            "                     unreachable [node2 09:08:16.297 from 10.90.0.4] (100) [i]",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(announcers(&lines, 1), vec![0, 1, 2]);
+        assert_eq!(
+            announcers(&["Network not found".to_owned()], 1),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            announcers(&["x [nodeX y]".to_owned(), "[".to_owned()], 0),
+            Vec::<usize>::new()
         );
     }
 

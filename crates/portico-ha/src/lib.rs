@@ -88,6 +88,8 @@ struct State {
     announced: bool,
     /// BGP: the rows of `show protocols`.
     protocols: Vec<bird::ProtocolState>,
+    /// BGP: per static IP, the nodes that announce it (by index), as BIRD hears them.
+    announcers: Vec<Vec<usize>>,
     /// VRRP: keepalived's last data dump, per static IP.
     dumped: Vec<keepalived::Dumped>,
     /// The last error applying the verdict.
@@ -398,6 +400,15 @@ impl Ha {
             if let Ok(lines) = bird::command(&socket, "show protocols").await {
                 self.state().protocols = bird::parse_protocols(&lines);
             }
+            let mut announcers = Vec::with_capacity(self.spec.static_ips.len());
+            for ip in &self.spec.static_ips {
+                let prefix = if ip.is_ipv4() { 32 } else { 128 };
+                let lines = bird::command(&socket, &format!("show route {ip}/{prefix}"))
+                    .await
+                    .unwrap_or_default();
+                announcers.push(bird::announcers(&lines, self.spec.me));
+            }
+            self.state().announcers = announcers;
         }
     }
 
@@ -432,6 +443,12 @@ impl Ha {
                 HaMode::Bgp => json!({
                     "address": ip.to_string(),
                     "announced_here": state.announced,
+                    "announced_by": state.announcers.get(i).map(|nodes| {
+                        nodes
+                            .iter()
+                            .filter_map(|n| spec.nodes.get(*n).map(|(name, _)| name.clone()))
+                            .collect::<Vec<_>>()
+                    }),
                 }),
             })
             .collect();

@@ -145,7 +145,11 @@ fn print_ha(out: &mut impl Write, ha: &serde_json::Value) -> std::io::Result<()>
             "static IP", "state", "held by", "preferred node", "priority"
         )?;
     } else {
-        writeln!(out, "  {:<40} announced here", "static IP")?;
+        writeln!(
+            out,
+            "  {:<40} {:<14} announced by",
+            "static IP", "announced here"
+        )?;
     }
     for ip in ha["static_ips"].as_array().into_iter().flatten() {
         if vrrp {
@@ -159,14 +163,23 @@ fn print_ha(out: &mut impl Write, ha: &serde_json::Value) -> std::io::Result<()>
                 ip["priority"],
             )?;
         } else {
+            let by: Vec<&str> = ip["announced_by"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+                .unwrap_or_default();
             writeln!(
                 out,
-                "  {:<40} {}",
+                "  {:<40} {:<14} {}",
                 text(&ip["address"]),
                 if ip["announced_here"].as_bool() == Some(true) {
                     "yes"
                 } else {
                     "no"
+                },
+                if by.is_empty() {
+                    "-".to_owned()
+                } else {
+                    by.join(", ")
                 }
             )?;
         }

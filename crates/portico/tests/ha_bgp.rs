@@ -237,9 +237,20 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         text.contains("peer 10.82.10.1 AS65000 up Established"),
         "{text}"
     );
+    // Each node hears, over iBGP with the other edge nodes, who announces each address.
+    wait_for(
+        "edge-a names both announcers",
+        Duration::from_secs(10),
+        || {
+            ha_status("10.82.10.2")["static_ips"][0]["announced_by"]
+                == serde_json::json!(["edge-a", "edge-b"])
+        },
+    );
+    let text = support::portico_ok(&["status", "--endpoint", "http://10.82.10.2:9002"]);
     assert!(
-        text.lines()
-            .any(|l| l.trim_start().starts_with("10.82.1.1") && l.ends_with("yes")),
+        text.lines().any(|l| l.trim_start().starts_with("10.82.1.1")
+            && l.contains("yes")
+            && l.ends_with("edge-a, edge-b")),
         "{text}"
     );
 
