@@ -411,6 +411,64 @@ endpoints = [{{ address = "10.9.9.1:80" }}]
         );
     }
 
+    /// A stand-in for BIRD's control socket that greets, reads one command and answers
+    /// `reply`.
+    async fn fake_bird(reply: Vec<u8>) -> (tempdir::Dir, PathBuf) {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("bird.ctl");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            write.write_all(b"0001 BIRD 2.0.12 ready.\n").await.unwrap();
+            let mut line = String::new();
+            BufReader::new(read).read_line(&mut line).await.unwrap();
+            let _ = write.write_all(&reply).await;
+        });
+        (dir, path)
+    }
+
+    /// A directory removed on drop.
+    mod tempdir {
+        pub(super) struct Dir(pub(super) std::path::PathBuf);
+        impl Dir {
+            pub(super) fn new() -> Self {
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let dir =
+                    std::env::temp_dir().join(format!("portico-bird-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                Self(dir)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_control_socket_refuses_errors_and_bounds_replies() {
+        let (_dir, path) = fake_bird(b"0009 portico_ips: disabled\n".to_vec()).await;
+        assert_eq!(
+            command(&path, "disable portico_ips").await.unwrap(),
+            vec!["portico_ips: disabled"]
+        );
+        let (_dir, path) =
+            fake_bird(b"9001 syntax error, unexpected CF_SYM_UNDEFINED\n".to_vec()).await;
+        let refused = command(&path, "disable nope").await.unwrap_err();
+        assert!(matches!(refused, ControlError::Refused { .. }), "{refused}");
+        // A reply that never ends within the bound is cut, not read for ever.
+        let endless = b"1002-a line of a table that goes on\n".repeat(MAX_REPLY / 20);
+        let (_dir, path) = fake_bird(endless).await;
+        let long = command(&path, "show route").await.unwrap_err();
+        assert!(matches!(long, ControlError::TooLong(_)), "{long}");
+        // A socket that closes mid-reply is an error, not an empty answer.
+        let (_dir, path) = fake_bird(b"1002-half a reply\n".to_vec()).await;
+        assert!(command(&path, "show protocols").await.is_err());
+    }
+
     #[test]
     fn without_bfd_the_hold_time_decides() {
         let text = render(&spec(false));
