@@ -262,16 +262,6 @@ impl Accelerator {
         self.connections.open()
     }
 
-    /// Connections forwarded so far, on every listener (UDP: flows).
-    pub fn connections(&self) -> u64 {
-        self.view()
-            .listeners
-            .iter()
-            .flat_map(|l| &l.route.groups)
-            .map(EndpointGroup::connections)
-            .sum()
-    }
-
     /// Whether this node can serve: every static address is bound and at least one
     /// endpoint group has a healthy endpoint with a weight. (When none has, new connections
     /// are still tried on every endpoint, fail-open; but another node may have a healthy

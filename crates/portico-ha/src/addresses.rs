@@ -26,7 +26,7 @@ pub fn remove(ips: &[IpAddr]) -> Result<(), String> {
 }
 
 fn ip_command(verb: &str, ip: IpAddr) -> Result<(), String> {
-    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = crate::host_prefix(ip);
     let family = if ip.is_ipv4() { "-4" } else { "-6" };
     let address = format!("{ip}/{prefix}");
     let out = Command::new("ip")

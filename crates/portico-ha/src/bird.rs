@@ -82,25 +82,17 @@ pub(crate) fn render(spec: &HaSpec) -> String {
     let _ = writeln!(c, "log stderr all;");
     let _ = writeln!(c, "router id {};", router_id(spec));
     let _ = writeln!(c, "protocol device {{ scan time 10; }}");
-    let families: [(&str, bool); 2] = [
-        ("ipv4", spec.static_ips.iter().any(IpAddr::is_ipv4)),
-        ("ipv6", spec.static_ips.iter().any(IpAddr::is_ipv6)),
-    ];
-    for ((family, used), name) in families.into_iter().zip(PROTOCOLS) {
-        if !used {
-            continue;
-        }
+    for (channel, protocol) in static_families(&spec.static_ips) {
         let _ = writeln!(
             c,
-            "\nprotocol static {name} {{\n    {family};\n    disabled;"
+            "\nprotocol static {protocol} {{\n    {channel};\n    disabled;"
         );
         for ip in spec
             .static_ips
             .iter()
-            .filter(|ip| ip.is_ipv4() == (family == "ipv4"))
+            .filter(|ip| family(**ip).1 == protocol)
         {
-            let prefix = if ip.is_ipv4() { 32 } else { 128 };
-            let _ = writeln!(c, "    route {ip}/{prefix} blackhole;");
+            let _ = writeln!(c, "    route {ip}/{} blackhole;", crate::host_prefix(*ip));
         }
         let _ = writeln!(c, "}}");
     }
@@ -112,25 +104,15 @@ pub(crate) fn render(spec: &HaSpec) -> String {
         );
     }
     for (index, peer) in spec.peers.iter().enumerate() {
-        let _ = writeln!(c, "\nprotocol bgp {} {{", peer_name(index));
-        let _ = writeln!(c, "    local {} as {};", spec.address(), spec.asn);
-        let _ = writeln!(c, "    neighbor {} as {};", peer.address, peer.asn);
-        let _ = writeln!(
-            c,
-            "    hold time {HOLD_TIME_SECONDS};\n    keepalive time 1;\n    connect retry time 1;\n    error wait time 1, 5;"
-        );
+        session(&mut c, &peer_name(index), spec, (peer.address, peer.asn));
         if spec.bfd {
             let _ = writeln!(c, "    bfd on;");
         }
         // A session carries its own family; IPv6 routes go over IPv6 sessions.
-        let (family, protocol) = if peer.address.is_ipv4() {
-            ("ipv4", PROTOCOLS[0])
-        } else {
-            ("ipv6", PROTOCOLS[1])
-        };
+        let (channel, protocol) = family(peer.address);
         let _ = writeln!(
             c,
-            "    {family} {{\n        import none;\n        export where proto = \"{protocol}\";\n        next hop self;\n    }};"
+            "    {channel} {{\n        import none;\n        export where proto = \"{protocol}\";\n        next hop self;\n    }};"
         );
         let _ = writeln!(c, "}}");
     }
@@ -141,25 +123,48 @@ pub(crate) fn render(spec: &HaSpec) -> String {
         if index == spec.me || address.is_ipv4() != spec.address().is_ipv4() {
             continue;
         }
-        let (family, protocol) = if address.is_ipv4() {
-            ("ipv4", PROTOCOLS[0])
-        } else {
-            ("ipv6", PROTOCOLS[1])
-        };
-        let _ = writeln!(c, "\nprotocol bgp {} {{", node_session(index));
-        let _ = writeln!(c, "    local {} as {};", spec.address(), spec.asn);
-        let _ = writeln!(c, "    neighbor {address} as {};", spec.asn);
+        session(&mut c, &node_session(index), spec, (*address, spec.asn));
+        let (channel, protocol) = family(*address);
         let _ = writeln!(
             c,
-            "    hold time {HOLD_TIME_SECONDS};\n    keepalive time 1;\n    connect retry time 1;\n    error wait time 1, 5;"
-        );
-        let _ = writeln!(
-            c,
-            "    {family} {{\n        import all;\n        export where proto = \"{protocol}\";\n    }};"
+            "    {channel} {{\n        import all;\n        export where proto = \"{protocol}\";\n    }};"
         );
         let _ = writeln!(c, "}}");
     }
     c
+}
+
+/// BIRD's channel for addresses of `ip`'s family, and the static protocol that holds
+/// this family's static IPs.
+fn family(ip: IpAddr) -> (&'static str, &'static str) {
+    if ip.is_ipv4() {
+        ("ipv4", PROTOCOLS[0])
+    } else {
+        ("ipv6", PROTOCOLS[1])
+    }
+}
+
+/// The families of `ips` (channel and static protocol), IPv4 first, each once.
+pub(crate) fn static_families(
+    ips: &[IpAddr],
+) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+    let v4 = ips.iter().any(IpAddr::is_ipv4);
+    let v6 = ips.iter().any(IpAddr::is_ipv6);
+    [(v4, ("ipv4", PROTOCOLS[0])), (v6, ("ipv6", PROTOCOLS[1]))]
+        .into_iter()
+        .filter_map(|(present, pair)| present.then_some(pair))
+}
+
+/// Opens a BGP session `name` to `neighbor` (address, AS number), from this node, with
+/// the timers every session of the node shares.
+fn session(c: &mut String, name: &str, spec: &HaSpec, (neighbor, asn): (IpAddr, u32)) {
+    let _ = writeln!(c, "\nprotocol bgp {name} {{");
+    let _ = writeln!(c, "    local {} as {};", spec.address(), spec.asn);
+    let _ = writeln!(c, "    neighbor {neighbor} as {asn};");
+    let _ = writeln!(
+        c,
+        "    hold time {HOLD_TIME_SECONDS};\n    keepalive time 1;\n    connect retry time 1;\n    error wait time 1, 5;"
+    );
 }
 
 /// The nodes that announce a route, from `show route PREFIX`: its own static protocol

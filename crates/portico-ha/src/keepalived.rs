@@ -125,7 +125,7 @@ fn instance(c: &mut String, spec: &HaSpec, index: usize, ip: IpAddr) {
         }
         let _ = writeln!(c, "    }}");
     }
-    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = crate::host_prefix(ip);
     let _ = writeln!(
         c,
         "    virtual_ipaddress {{\n        {ip}/{prefix} dev {}\n    }}",

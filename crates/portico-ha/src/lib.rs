@@ -30,6 +30,7 @@ pub use spec::HaSpec;
 
 use portico_config::HaMode;
 use serde_json::{Value, json};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -299,17 +300,10 @@ impl Ha {
                 }
                 let socket = bird::Files::in_dir(&self.spec.run_dir).socket;
                 let verb = if serving { "enable" } else { "disable" };
-                for protocol in bird::PROTOCOLS {
-                    let used = self
-                        .spec
-                        .static_ips
-                        .iter()
-                        .any(|ip| ip.is_ipv4() == (protocol == bird::PROTOCOLS[0]));
-                    if used {
-                        bird::command(&socket, &format!("{verb} {protocol}"))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
+                for (_, protocol) in bird::static_families(&self.spec.static_ips) {
+                    bird::command(&socket, &format!("{verb} {protocol}"))
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
                 let mut state = self.state();
                 if state.announced != serving {
@@ -402,7 +396,7 @@ impl Ha {
             }
             let mut announcers = Vec::with_capacity(self.spec.static_ips.len());
             for ip in &self.spec.static_ips {
-                let prefix = if ip.is_ipv4() { 32 } else { 128 };
+                let prefix = host_prefix(*ip);
                 let lines = bird::command(&socket, &format!("show route {ip}/{prefix}"))
                     .await
                     .unwrap_or_default();
@@ -495,6 +489,11 @@ impl Ha {
             "peers": peers,
         })
     }
+}
+
+/// The prefix length of `ip` alone: /32 or /128.
+pub(crate) fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
 }
 
 /// Writes `text` to `path` by renaming a new file over it, so that a reader (keepalived
