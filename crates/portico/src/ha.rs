@@ -56,6 +56,12 @@ pub(crate) fn spec(
     }
 }
 
+/// The edge's verdict, as the daemon is fed it.
+fn verdict(accelerator: &Accelerator) -> NodeHealth {
+    let (serving, reason) = accelerator.serving();
+    NodeHealth { serving, reason }
+}
+
 /// Starts the daemon for `spec`, fed the edge's verdict every [`HEALTH_EVERY`] until
 /// `shutdown`.
 pub(crate) async fn start(
@@ -63,11 +69,7 @@ pub(crate) async fn start(
     accelerator: &Arc<Accelerator>,
     (shutdown, tasks): (&CancellationToken, &TaskTracker),
 ) -> Result<Arc<Ha>, portico_ha::HaError> {
-    let verdict = || {
-        let (serving, reason) = accelerator.serving();
-        NodeHealth { serving, reason }
-    };
-    let (tx, rx) = watch::channel(verdict());
+    let (tx, rx) = watch::channel(verdict(accelerator));
     let ha = Ha::start(spec, rx).await?;
     let accelerator = accelerator.clone();
     let shutdown = shutdown.clone();
@@ -77,10 +79,10 @@ pub(crate) async fn start(
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(HEALTH_EVERY) => {}
             }
-            let (serving, reason) = accelerator.serving();
+            let now = verdict(&accelerator);
             tx.send_if_modified(|current| {
-                let changed = current.serving != serving || current.reason != reason;
-                *current = NodeHealth { serving, reason };
+                let changed = *current != now;
+                *current = now;
                 changed
             });
         }
