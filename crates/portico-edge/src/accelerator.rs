@@ -16,11 +16,12 @@ use crate::health::{self, HealthCheck};
 use crate::ip_ranges::IpRanges;
 use crate::route::{Route, RouteCell};
 use crate::selection::Affinity;
+use crate::tcp::Connections;
 use portico_health::{Status, Verdict};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -187,7 +188,10 @@ pub struct Accelerator {
     state: tokio::sync::Mutex<State>,
     view: RwLock<Arc<View>>,
     limits: portico_accept::Limits,
-    connections: Arc<crate::tcp::Connections>,
+    /// Each static IP's TCP connections.
+    connections: Arc<Mutex<HashMap<IpAddr, Arc<Connections>>>>,
+    /// Every static IP was quiesced: the node is leaving, and nothing resumes.
+    leaving: AtomicBool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -217,17 +221,20 @@ impl Accelerator {
             })),
             limits,
             connections: Arc::default(),
+            leaving: AtomicBool::new(false),
             shutdown,
             tasks,
         });
         // At shutdown, open connections are asked to finish gracefully first.
-        let (finish, shutdown) = (
-            accelerator.connections.finish.clone(),
+        let (connections, shutdown) = (
+            accelerator.connections.clone(),
             accelerator.shutdown.clone(),
         );
         accelerator.tasks.spawn(async move {
             shutdown.cancelled().await;
-            finish.fire();
+            for each in lock(&connections).values() {
+                each.finish();
+            }
         });
         accelerator.apply(spec).await?;
         Ok(accelerator)
@@ -239,27 +246,65 @@ impl Accelerator {
     }
 
     /// Stops taking new TCP connections without refusing them, and asks the open ones to
-    /// finish: a node about to give its static IPs up. Each listener drops the SYNs it gets
-    /// (a socket filter that passes nothing), so clients send them again a second later,
-    /// when another node holds the address; each open connection's relay half-closes
-    /// toward its endpoint, which ends it at a request boundary. Listeners stay bound.
-    pub async fn quiesce(&self) {
+    /// finish: a node about to give its static IPs up (all of them, or only `ip`). Each
+    /// listener drops the SYNs it gets (a socket filter that passes nothing), so clients
+    /// send them again a second later, when another node holds the address; each open
+    /// connection's relay half-closes toward its endpoint, which ends it at a request
+    /// boundary. Listeners stay bound.
+    pub async fn quiesce(&self, ip: Option<IpAddr>) {
         // `ret #0`: accept no packet.
         const DROP_ALL: [socket2::SockFilter; 1] = [socket2::SockFilter::new(0x06, 0, 0, 0)];
         let state = self.state.lock().await;
+        if ip.is_none() {
+            self.leaving.store(true, Ordering::Relaxed);
+        }
         for bound in state.sockets.values() {
+            if ip.is_some_and(|ip| ip != bound.address.ip()) {
+                continue;
+            }
             if let Some(listener) = &bound.listener {
                 if let Err(error) = socket2::SockRef::from(listener).attach_filter(&DROP_ALL) {
                     tracing::warn!(address = %bound.address, %error, "cannot stop new connections");
                 }
             }
         }
-        self.connections.finish.fire();
+        for (address, each) in lock(&self.connections).iter() {
+            if ip.is_none_or(|ip| ip == *address) {
+                each.finish();
+            }
+        }
     }
 
-    /// TCP connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.connections.open()
+    /// Takes new connections on `ip` again after [`Accelerator::quiesce`]: a node that
+    /// handed the address over, ready to take it back if its holder fails. Nothing resumes
+    /// once every address was quiesced (the node is leaving) or at shutdown.
+    pub async fn resume(&self, ip: IpAddr) {
+        let state = self.state.lock().await;
+        if self.leaving.load(Ordering::Relaxed) || self.shutdown.is_cancelled() {
+            return;
+        }
+        for bound in state.sockets.values() {
+            if bound.address.ip() != ip {
+                continue;
+            }
+            if let Some(listener) = &bound.listener {
+                if let Err(error) = socket2::SockRef::from(listener).detach_filter() {
+                    tracing::warn!(address = %bound.address, %error, "cannot take new connections again");
+                }
+            }
+        }
+        if let Some(each) = lock(&self.connections).get(&ip) {
+            each.resume();
+        }
+    }
+
+    /// TCP connections open now (to `ip`, or to any static IP).
+    pub fn open_connections(&self, ip: Option<IpAddr>) -> usize {
+        lock(&self.connections)
+            .iter()
+            .filter(|(address, _)| ip.is_none_or(|ip| ip == **address))
+            .map(|(_, each)| each.open())
+            .sum()
     }
 
     /// Whether this node can serve: every static address is bound and at least one
@@ -428,11 +473,15 @@ impl Accelerator {
                 Socket::Tcp(listener, _) => {
                     use std::os::fd::AsFd;
                     held = listener.as_fd().try_clone_to_owned().ok();
+                    let connections = lock(&self.connections)
+                        .entry(address.ip())
+                        .or_default()
+                        .clone();
                     self.tasks.spawn(crate::tcp::serve(
                         listener,
                         route.clone(),
                         self.limits,
-                        self.connections.clone(),
+                        connections,
                         stop.clone(),
                     ));
                 }
@@ -588,4 +637,9 @@ impl Socket {
             Self::Tcp(_, a) | Self::Udp(_, a) => *a,
         }
     }
+}
+
+/// `mutex` locked, poisoned or not: what it guards stays consistent at every step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -13,19 +13,21 @@ use crate::relay::{Finish, relay};
 use crate::route::{Route, RouteCell};
 use crate::selection::candidates;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// What the TCP listeners of an accelerator share: the request to their connections to
-/// finish, and how many are open.
+/// What the TCP listeners of one static IP share: the request to their connections to
+/// finish, and how many are open. A node hands over one static IP at a time, so each has
+/// its own.
 #[derive(Debug, Default)]
 pub struct Connections {
-    /// Fired when connections are to finish gracefully.
-    pub finish: Finish,
+    /// The request the connections accepted now hold; a fired one is replaced by
+    /// [`Connections::resume`], so that later connections run on.
+    finish: Mutex<Finish>,
     open: AtomicUsize,
 }
 
@@ -34,21 +36,47 @@ impl Connections {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
+
+    /// Asks every open connection to finish gracefully.
+    pub fn finish(&self) {
+        self.current().fire();
+    }
+
+    /// Connections accepted from now on are not asked to finish.
+    pub fn resume(&self) {
+        let mut finish = self.finish.lock().unwrap_or_else(|e| e.into_inner());
+        if finish.fired() {
+            *finish = Finish::default();
+        }
+    }
+
+    fn current(&self) -> Finish {
+        self.finish
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
-/// Counts a connection open while it lives.
-struct Open(Arc<Connections>);
+/// Counts a connection open while it lives, with the finish request it answers to.
+struct Open {
+    connections: Arc<Connections>,
+    finish: Finish,
+}
 
 impl Open {
     fn new(connections: &Arc<Connections>) -> Self {
         connections.open.fetch_add(1, Ordering::Relaxed);
-        Self(connections.clone())
+        Self {
+            connections: connections.clone(),
+            finish: connections.current(),
+        }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.connections.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -85,7 +113,7 @@ async fn forward(mut inbound: TcpStream, client: SocketAddr, route: Arc<Route>, 
         &mut inbound,
         &mut outbound,
         route.idle_timeout,
-        &open.0.finish,
+        &open.finish,
     )
     .await
     {

@@ -249,9 +249,8 @@ async fn the_node_serves_while_an_endpoint_group_has_a_healthy_endpoint() {
     );
 }
 
-#[tokio::test]
-async fn quiesce_drops_new_connections_and_finishes_open_ones_at_their_end() {
-    // An endpoint that answers each request line, and closes when its client's side ends.
+/// An endpoint that answers each request line, and closes when its client's side ends.
+async fn line_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -267,28 +266,51 @@ async fn quiesce_drops_new_connections_and_finishes_open_ones_at_their_end() {
             });
         }
     });
+    backend
+}
+
+/// Sends `line` on `stream` and reads the answer.
+async fn ask(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>, line: &str) -> String {
+    stream
+        .get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_line(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn quiesce_drops_new_connections_and_finishes_open_ones_at_their_end() {
+    let backend = line_echo().await;
     let edge = Running::start(&spec(
-        &["127.0.0.2"],
+        &["127.0.0.2", "127.0.0.3"],
         Transport::Tcp,
         vec![0],
         vec![group(vec![endpoint(backend, 1, false)])],
     ))
     .await;
     let address = edge.address(Transport::Tcp, "127.0.0.2");
-    let mut open = tokio::net::TcpStream::connect(address).await.unwrap();
-    open.write_all(b"one\n").await.unwrap();
-    let mut reader = tokio::io::BufReader::new(&mut open);
-    let mut line = String::new();
-    reader.read_line(&mut line).await.unwrap();
-    assert_eq!(line, "re: one\n");
-    wait_for(|| edge.accelerator.open_connections() == 1).await;
+    let other = edge.address(Transport::Tcp, "127.0.0.3");
+    let connect = |to: SocketAddr| async move {
+        tokio::io::BufReader::new(tokio::net::TcpStream::connect(to).await.unwrap())
+    };
+    let mut open = connect(address).await;
+    assert_eq!(ask(&mut open, "one").await, "re: one\n");
+    let mut elsewhere = connect(other).await;
+    assert_eq!(ask(&mut elsewhere, "two").await, "re: two\n");
+    let quiesced: IpAddr = "127.0.0.2".parse().unwrap();
+    wait_for(|| edge.accelerator.open_connections(Some(quiesced)) == 1).await;
+    assert_eq!(edge.accelerator.open_connections(None), 2);
 
-    edge.accelerator.quiesce().await;
+    // Only 127.0.0.2 is handed over.
+    edge.accelerator.quiesce(Some(quiesced)).await;
     // The open connection ends at its boundary: the endpoint saw the end and closed.
     let mut rest = String::new();
-    reader.read_to_string(&mut rest).await.unwrap();
+    open.read_to_string(&mut rest).await.unwrap();
     assert_eq!(rest, "", "closed after its last answer");
-    wait_for(|| edge.accelerator.open_connections() == 0).await;
+    wait_for(|| edge.accelerator.open_connections(Some(quiesced)) == 0).await;
     // A new connection is neither accepted nor refused: its SYN is dropped (and sent
     // again by the client's kernel, for another node to answer).
     let attempt = tokio::time::timeout(
@@ -297,7 +319,25 @@ async fn quiesce_drops_new_connections_and_finishes_open_ones_at_their_end() {
     )
     .await;
     assert!(attempt.is_err(), "the connection waits: {attempt:?}");
-    assert_eq!(edge.accelerator.open_connections(), 0);
+    // The other static IP goes on: its open connection and new ones.
+    assert_eq!(ask(&mut elsewhere, "three").await, "re: three\n");
+    assert_eq!(ask(&mut connect(other).await, "four").await, "re: four\n");
+
+    // Taken again: new connections are served, and not asked to finish.
+    edge.accelerator.resume(quiesced).await;
+    let mut again = connect(address).await;
+    assert_eq!(ask(&mut again, "five").await, "re: five\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ask(&mut again, "six").await, "re: six\n");
+
+    // Everything at once, as a stopping node does.
+    edge.accelerator.quiesce(None).await;
+    for mut stream in [again, elsewhere] {
+        let mut rest = String::new();
+        stream.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "");
+    }
+    wait_for(|| edge.accelerator.open_connections(None) == 0).await;
 }
 
 #[tokio::test]

@@ -2,13 +2,26 @@
 //!
 //! Each static IP is a VRRP instance of its own (VRRPv3, sub-second advertisements) whose
 //! preferred node is another one for each IP, so that every node carries traffic while all
-//! are up. Every instance starts as BACKUP and follows one track file that portico writes:
-//! `0` while the node can serve, `1` when it cannot or is stopping. keepalived watches the
-//! file with inotify, so a verdict takes effect at once: a fault sends a priority-0
+//! are up. Every instance starts as BACKUP and follows a track file that portico writes:
+//! `health`, `0` while the node can serve, `1` when it cannot or is stopping. keepalived
+//! watches it with inotify, so a verdict takes effect at once: a fault sends a priority-0
 //! advertisement and the next node takes the address without waiting for the master-down
-//! interval. A node that comes back waits `preempt_delay` before taking back the addresses
-//! it prefers. keepalived writes every state change of an instance to a FIFO
-//! (`INSTANCE "portico_0" MASTER 250`), which portico reads for its status.
+//! interval.
+//!
+//! A node that comes back does not preempt (`nopreempt`): taking an address from a node
+//! that serves it would reset that node's open connections to it. The holder hands it back
+//! instead, once it hears the preferred node present: it stops new connections to that
+//! address, lets the open ones finish, and only then faults the address's instance through
+//! a second track file of its own (`hold_N`), so that the preferred node, a backup with the
+//! highest priority, takes it at once. Each node makes its presence known with an instance
+//! of its own (`portico_node_K`), which it masters while it can serve and every other node
+//! backs up: a node hears another one present when the master of that node's instance is
+//! that node. VRRPv3 wants an address per instance; a presence instance's is a loopback
+//! address (`127.254.0.ID` on `lo`), which reaches nothing.
+//!
+//! keepalived writes every state change of an instance to a FIFO
+//! (`INSTANCE "portico_0" MASTER 250`), which portico reads, and its data dump gives the
+//! master each backup hears.
 
 use crate::spec::HaSpec;
 use std::fmt::Write;
@@ -20,8 +33,10 @@ use std::path::{Path, PathBuf};
 pub(crate) struct Files {
     /// The configuration portico writes.
     pub(crate) config: PathBuf,
-    /// The track file: `0` serving, `1` not.
+    /// The track file of every instance: `0` serving, `1` not.
     pub(crate) health: PathBuf,
+    /// Where the track files of the static IPs' hand-overs go (see [`Files::hold`]).
+    dir: PathBuf,
     /// The FIFO keepalived writes state changes to.
     pub(crate) notify: PathBuf,
     /// keepalived's parent process id.
@@ -36,10 +51,17 @@ impl Files {
         Self {
             config: dir.join("keepalived.conf"),
             health: dir.join("health"),
+            dir: dir.to_owned(),
             notify: dir.join("notify.fifo"),
             pid: dir.join("keepalived.pid"),
             vrrp_pid: dir.join("vrrp.pid"),
         }
+    }
+
+    /// The track file of static IP `index`'s instance: `0`, or `1` while this node hands
+    /// the address over.
+    pub(crate) fn hold(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("hold_{index}"))
     }
 
     /// keepalived's arguments: this configuration, VRRP only, in the foreground, logging
@@ -59,10 +81,39 @@ impl Files {
     }
 }
 
-/// The VRRP instance of static IP `index`.
-pub(crate) fn instance_name(index: usize) -> String {
-    format!("portico_{index}")
+/// A VRRP instance portico configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Instance {
+    /// The instance of static IP `N`: `portico_N`.
+    Address(usize),
+    /// The presence of node `K`: `portico_node_K`.
+    Node(usize),
 }
+
+impl Instance {
+    /// Its name in keepalived's configuration.
+    pub(crate) fn name(self) -> String {
+        match self {
+            Self::Address(index) => format!("portico_{index}"),
+            Self::Node(index) => format!("portico_node_{index}"),
+        }
+    }
+
+    /// The instance named `name`, if portico configures one so named.
+    fn parse(name: &str) -> Option<Self> {
+        let rest = name.strip_prefix("portico_")?;
+        match rest.strip_prefix("node_") {
+            Some(node) => node.parse().ok().map(Self::Node),
+            None => rest.parse().ok().map(Self::Address),
+        }
+    }
+}
+
+/// The priority of a node's presence instance on the node itself; the others back it up
+/// below [`PRESENCE_BACKUP`].
+const PRESENCE_OWNER: u8 = 250;
+/// The highest priority of another node's presence instance.
+const PRESENCE_BACKUP: u8 = 100;
 
 /// keepalived's configuration for `spec`'s node.
 pub(crate) fn render(spec: &HaSpec, files: &Files) -> String {
@@ -90,31 +141,82 @@ pub(crate) fn render(spec: &HaSpec, files: &Files) -> String {
     let _ = writeln!(c, "    vrrp_rt_priority 50");
     let _ = writeln!(c, "    vrrp_no_swap");
     let _ = writeln!(c, "}}\n");
-    let _ = writeln!(c, "track_file portico_health {{");
-    let _ = writeln!(c, "    file \"{}\"", files.health.display());
-    // Weight 0: any value but 0 is a fault.
-    let _ = writeln!(c, "    weight 0");
-    let _ = writeln!(c, "}}");
+    track_file(&mut c, "portico_health", &files.health);
+    for index in 0..spec.static_ips.len() {
+        track_file(&mut c, &format!("portico_hold_{index}"), &files.hold(index));
+    }
     for (index, ip) in spec.static_ips.iter().enumerate() {
-        instance(&mut c, spec, index, *ip);
+        let vrid = usize::from(spec.virtual_router_id) + index;
+        head(
+            &mut c,
+            spec,
+            Instance::Address(index),
+            vrid,
+            spec.priority(index),
+        );
+        let _ = writeln!(
+            c,
+            "    advert_int {:.2}",
+            spec.advert_interval.as_secs_f64()
+        );
+        // Addresses move back by hand-over (see the module documentation).
+        let _ = writeln!(c, "    nopreempt");
+        let _ = writeln!(
+            c,
+            "    track_file {{\n        portico_health\n        portico_hold_{index}\n    }}"
+        );
+        let prefix = crate::host_prefix(*ip);
+        let _ = writeln!(
+            c,
+            "    virtual_ipaddress {{\n        {ip}/{prefix} dev {}\n    }}",
+            spec.interface
+        );
+        let _ = writeln!(c, "}}");
+    }
+    for node in 0..spec.nodes.len() {
+        let vrid = usize::from(spec.virtual_router_id) + spec.static_ips.len() + node;
+        let n = spec.nodes.len();
+        let priority = if node == spec.me {
+            PRESENCE_OWNER
+        } else {
+            // Below the owner, each node one less in the order after it.
+            let rank = (spec.me + n - node) % n;
+            PRESENCE_BACKUP
+                .saturating_sub(u8::try_from(rank).unwrap_or(u8::MAX))
+                .max(1)
+        };
+        head(&mut c, spec, Instance::Node(node), vrid, priority);
+        let _ = writeln!(
+            c,
+            "    advert_int {:.2}",
+            spec.advert_interval.as_secs_f64()
+        );
+        let _ = writeln!(c, "    track_file {{\n        portico_health\n    }}");
+        let _ = writeln!(
+            c,
+            "    virtual_ipaddress {{\n        127.254.0.{vrid}/32 dev lo\n    }}"
+        );
+        let _ = writeln!(c, "}}");
     }
     c
 }
 
-fn instance(c: &mut String, spec: &HaSpec, index: usize, ip: IpAddr) {
-    let vrid = usize::from(spec.virtual_router_id) + index;
-    let _ = writeln!(c, "\nvrrp_instance {} {{", instance_name(index));
+/// A track file whose value but 0 is a fault (weight 0).
+fn track_file(c: &mut String, name: &str, path: &Path) {
+    let _ = writeln!(
+        c,
+        "track_file {name} {{\n    file \"{}\"\n    weight 0\n}}",
+        path.display()
+    );
+}
+
+/// The opening lines of an instance, down to its peers.
+fn head(c: &mut String, spec: &HaSpec, instance: Instance, vrid: usize, priority: u8) {
+    let _ = writeln!(c, "\nvrrp_instance {} {{", instance.name());
     let _ = writeln!(c, "    state BACKUP");
     let _ = writeln!(c, "    interface {}", spec.interface);
     let _ = writeln!(c, "    virtual_router_id {vrid}");
-    let _ = writeln!(c, "    priority {}", spec.priority(index));
-    let _ = writeln!(
-        c,
-        "    advert_int {:.2}",
-        spec.advert_interval.as_secs_f64()
-    );
-    let _ = writeln!(c, "    preempt_delay {}", spec.preempt_delay.as_secs_f64());
-    let _ = writeln!(c, "    track_file {{\n        portico_health\n    }}");
+    let _ = writeln!(c, "    priority {priority}");
     if spec.unicast {
         let _ = writeln!(c, "    unicast_src_ip {}", spec.address());
         let _ = writeln!(c, "    unicast_peer {{");
@@ -125,13 +227,6 @@ fn instance(c: &mut String, spec: &HaSpec, index: usize, ip: IpAddr) {
         }
         let _ = writeln!(c, "    }}");
     }
-    let prefix = crate::host_prefix(ip);
-    let _ = writeln!(
-        c,
-        "    virtual_ipaddress {{\n        {ip}/{prefix} dev {}\n    }}",
-        spec.interface
-    );
-    let _ = writeln!(c, "}}");
 }
 
 /// The state of a VRRP instance, as keepalived names it.
@@ -160,7 +255,7 @@ impl VrrpState {
 }
 
 /// What keepalived's data dump (SIGUSR1, written to `$TMPDIR/keepalived.data`) says of
-/// a static IP's instance: its state, and the master it hears when it is a backup.
+/// one instance: its state, and the master it hears when it is a backup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Dumped {
     /// `MASTER`, `BACKUP`, `FAULT`…
@@ -169,49 +264,76 @@ pub(crate) struct Dumped {
     pub(crate) master: Option<IpAddr>,
 }
 
+/// A data dump: each static IP's instance and each node's presence instance, by index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Dump {
+    /// The static IPs' instances.
+    pub(crate) addresses: Vec<Dumped>,
+    /// The nodes' presence instances.
+    pub(crate) nodes: Vec<Dumped>,
+}
+
+impl Dump {
+    /// Whether node `index`, at `address`, masters its presence instance as this node
+    /// hears it: it is up, can serve, and its advertisements reach this node.
+    pub(crate) fn present(&self, index: usize, address: IpAddr) -> bool {
+        self.nodes
+            .get(index)
+            .is_some_and(|d| d.state.as_deref() == Some("BACKUP") && d.master == Some(address))
+    }
+}
+
 /// The file keepalived dumps its data to, in its `TMPDIR`.
 pub(crate) const DUMP_FILE: &str = "keepalived.data";
 
-/// Each static IP's instance in a data dump, by index.
-pub(crate) fn parse_dump(text: &str, count: usize) -> Vec<Dumped> {
-    let mut found = vec![Dumped::default(); count];
-    let mut current: Option<usize> = None;
+/// The instances of `addresses` static IPs and `nodes` nodes in a data dump.
+pub(crate) fn parse_dump(text: &str, addresses: usize, nodes: usize) -> Dump {
+    let mut dump = Dump {
+        addresses: vec![Dumped::default(); addresses],
+        nodes: vec![Dumped::default(); nodes],
+    };
+    let mut current: Option<&mut Dumped> = None;
     for line in text.lines() {
+        // An instance's fields are indented under it; a section (`------< Interfaces
+        // >------`) or any entry at the instance's own depth ends it.
+        if line.starts_with("------<") || (line.starts_with(' ') && !line.starts_with("  ")) {
+            current = None;
+        }
         let Some((key, value)) = line.trim().split_once(" = ") else {
             continue;
         };
         match key {
             "VRRP Instance" => {
-                current = value
-                    .strip_prefix("portico_")
-                    .and_then(|i| i.parse().ok())
-                    .filter(|i| *i < count);
+                current = match Instance::parse(value) {
+                    Some(Instance::Address(i)) => dump.addresses.get_mut(i),
+                    Some(Instance::Node(i)) => dump.nodes.get_mut(i),
+                    None => None,
+                };
             }
             "State" => {
-                if let Some(i) = current {
-                    found[i].state = Some(value.to_owned());
+                if let Some(instance) = current.as_deref_mut() {
+                    instance.state = Some(value.to_owned());
                 }
             }
             "Master router" => {
-                if let Some(i) = current {
-                    found[i].master = value.parse().ok();
+                if let Some(instance) = current.as_deref_mut() {
+                    instance.master = value.parse().ok();
                 }
             }
             _ => {}
         }
     }
-    found
+    dump
 }
 
 /// One line keepalived wrote to the notify FIFO: `INSTANCE "portico_0" MASTER 250` gives
-/// static IP 0 and its state; other lines (groups, `DELETED` instances) give nothing.
-pub(crate) fn parse_notify(line: &str) -> Option<(usize, VrrpState)> {
+/// the instance and its state; other lines (groups, `DELETED` instances) give nothing.
+pub(crate) fn parse_notify(line: &str) -> Option<(Instance, VrrpState)> {
     let mut words = line.split_whitespace();
     if words.next()? != "INSTANCE" {
         return None;
     }
-    let name = words.next()?.trim_matches('"');
-    let index = name.strip_prefix("portico_")?.parse().ok()?;
+    let instance = Instance::parse(words.next()?.trim_matches('"'))?;
     let state = match words.next()? {
         "MASTER" => VrrpState::Master,
         "BACKUP" => VrrpState::Backup,
@@ -219,7 +341,7 @@ pub(crate) fn parse_notify(line: &str) -> Option<(usize, VrrpState)> {
         "STOP" => VrrpState::Stop,
         _ => return None,
     };
-    Some((index, state))
+    Some((instance, state))
 }
 
 #[cfg(test)]
@@ -283,14 +405,41 @@ endpoints = [{{ address = "10.9.1.1:80" }}]
         assert!(text.contains("10.9.0.101/32 dev lan0"), "{text}");
         assert!(text.contains("2001:db8::101/128 dev lan0"), "{text}");
         assert!(!text.contains("unicast"), "{text}");
-        assert_eq!(text.matches("portico_health\n").count(), 2, "{text}");
+        assert!(!text.contains("preempt_delay"), "{text}");
+        // Addresses come back by hand-over, each with a track file of its own.
+        assert_eq!(text.matches("    nopreempt\n").count(), 2, "{text}");
+        assert!(
+            text.contains(
+                "track_file portico_hold_1 {\n    file \"/run/p/hold_1\"\n    weight 0\n}"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "    track_file {\n        portico_health\n        portico_hold_0\n    }"
+            ),
+            "{text}"
+        );
+        // Each node's presence: b masters its own (id 51 + 2 + 1), backs up a's.
+        assert!(
+            text.contains("vrrp_instance portico_node_1 {\n    state BACKUP\n    interface lan0\n    virtual_router_id 54\n    priority 250\n    advert_int 0.25\n    track_file {\n        portico_health\n    }\n    virtual_ipaddress {\n        127.254.0.54/32 dev lo\n    }\n}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vrrp_instance portico_node_0 {\n    state BACKUP\n    interface lan0\n    virtual_router_id 53\n    priority 99\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("vrrp_instance").count(), 4, "{text}");
     }
 
     #[test]
     fn unicast_names_the_other_nodes() {
         let text = render(&spec(true), &Files::in_dir(Path::new("/r")));
-        assert!(
-            text.contains("unicast_src_ip 10.9.0.3\n    unicast_peer {\n        10.9.0.2\n    }"),
+        // Every instance, presence ones too.
+        assert_eq!(
+            text.matches("unicast_src_ip 10.9.0.3\n    unicast_peer {\n        10.9.0.2\n    }")
+                .count(),
+            3,
             "{text}"
         );
     }
@@ -299,17 +448,22 @@ endpoints = [{{ address = "10.9.1.1:80" }}]
     fn notify_lines_give_the_static_ip_and_its_state() {
         assert_eq!(
             parse_notify("INSTANCE \"portico_1\" MASTER 250"),
-            Some((1, VrrpState::Master))
+            Some((Instance::Address(1), VrrpState::Master))
         );
         assert_eq!(
             parse_notify("INSTANCE \"portico_0\" FAULT 0"),
-            Some((0, VrrpState::Fault))
+            Some((Instance::Address(0), VrrpState::Fault))
+        );
+        assert_eq!(
+            parse_notify("INSTANCE \"portico_node_2\" BACKUP 99"),
+            Some((Instance::Node(2), VrrpState::Backup))
         );
         for line in [
             "",
             "GROUP \"g\" MASTER",
             "INSTANCE \"other\" MASTER 1",
             "INSTANCE \"portico_x\" BACKUP 1",
+            "INSTANCE \"portico_node_\" BACKUP 1",
             "INSTANCE \"portico_0\" DELETED",
             "INSTANCE",
         ] {
@@ -319,16 +473,28 @@ endpoints = [{{ address = "10.9.1.1:80" }}]
 
     #[test]
     fn a_data_dump_gives_each_instances_state_and_master() {
-        let text = "------< VRRP Topology >------\n VRRP Instance = portico_0\n   VRRP Version = 3\n   State = BACKUP\n   Master router = 10.9.0.2\n   Master priority = 250\n VRRP Instance = other\n   State = MASTER\n VRRP Instance = portico_1\n   State = MASTER\n VRRP Instance = portico_9\n   State = MASTER\n";
-        let dumped = parse_dump(text, 2);
-        assert_eq!(dumped[0].state.as_deref(), Some("BACKUP"));
-        assert_eq!(dumped[0].master, Some("10.9.0.2".parse().unwrap()));
-        assert_eq!(dumped[1].state.as_deref(), Some("MASTER"));
-        assert_eq!(dumped[1].master, None);
-        assert_eq!(parse_dump("", 2), vec![Dumped::default(); 2]);
+        let text = "------< VRRP Topology >------\n VRRP Instance = portico_0\n   VRRP Version = 3\n   State = BACKUP\n   Master router = 10.9.0.2\n   Master priority = 250\n VRRP Instance = other\n   State = MASTER\n VRRP Instance = portico_1\n   State = MASTER\n VRRP Instance = portico_9\n   State = MASTER\n VRRP Instance = portico_node_0\n   State = BACKUP\n   Master router = 10.9.0.2\n VRRP Instance = portico_node_1\n   State = MASTER\n------< Interfaces >------\n Name = lan0\n   State = UP, RUNNING\n";
+        let dump = parse_dump(text, 2, 2);
+        assert_eq!(dump.addresses[0].state.as_deref(), Some("BACKUP"));
+        assert_eq!(dump.addresses[0].master, Some("10.9.0.2".parse().unwrap()));
+        assert_eq!(dump.addresses[1].state.as_deref(), Some("MASTER"));
+        assert_eq!(dump.addresses[1].master, None);
+        // Node 0 is heard at its own address; node 1 is this one.
+        assert!(dump.present(0, "10.9.0.2".parse().unwrap()));
+        assert!(!dump.present(0, "10.9.0.3".parse().unwrap()));
+        assert!(!dump.present(1, "10.9.0.3".parse().unwrap()));
+        // The interfaces' states after the instances are theirs, not the last instance's.
+        assert_eq!(dump.nodes[1].state.as_deref(), Some("MASTER"));
+        assert!(!dump.present(5, "10.9.0.3".parse().unwrap()));
+        let empty = parse_dump("", 2, 1);
+        assert_eq!(empty.addresses, vec![Dumped::default(); 2]);
+        assert_eq!(empty.nodes, vec![Dumped::default(); 1]);
         assert_eq!(
-            parse_dump("garbage = = =\n State = x", 1),
-            vec![Dumped::default()]
+            parse_dump("garbage = = =\n State = x", 1, 0),
+            Dump {
+                addresses: vec![Dumped::default()],
+                nodes: Vec::new(),
+            }
         );
     }
 

@@ -12,6 +12,11 @@
 //! advertisement, a BGP withdrawal) and returns once the daemon confirms it, while the edge
 //! still serves what reaches it; [`Ha::stop`] ends the daemon after the edge has drained.
 //!
+//! In mode `vrrp` a node that holds an address another node prefers hands it back once it
+//! hears that node present for `preempt_delay`: the [`Edge`] drains the address first, so
+//! that no connection is open here when its packets start going to the other node (see
+//! [`keepalived`]).
+//!
 //! Layout:
 //! - [`spec`]: one node's part of the file, and the checks of the host;
 //! - [`keepalived`]: mode `vrrp`: configuration, track file, state changes;
@@ -30,10 +35,12 @@ pub use spec::HaSpec;
 
 use portico_config::HaMode;
 use serde_json::{Value, json};
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,6 +52,18 @@ pub struct NodeHealth {
     pub serving: bool,
     /// Why, in words.
     pub reason: String,
+}
+
+/// A future the [`Edge`] returns.
+pub type EdgeFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// What the edge does while this node hands one static IP over to another node.
+pub trait Edge: Send + Sync + 'static {
+    /// Stops new connections to `ip` without refusing them, asks the open ones to finish,
+    /// and returns once they have, or after a bounded wait.
+    fn drain(&self, ip: IpAddr) -> EdgeFuture<'_>;
+    /// Takes new connections to `ip` again: the address may come back here.
+    fn resume(&self, ip: IpAddr) -> EdgeFuture<'_>;
 }
 
 /// What could not be set up.
@@ -73,8 +92,12 @@ fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> HaError + '_ {
 /// How long [`Ha::release`] waits for the daemon to confirm.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How often the daemon's own view (BGP sessions, VRRP masters) is read for status.
+/// How often the daemon's own view (BGP sessions, VRRP masters) is read.
 const DAEMON_POLL: Duration = Duration::from_secs(1);
+
+/// After a handed-over address left this node, how long packets already on their way here
+/// (a client that has not yet seen the new holder's ARP) still find it draining.
+const HAND_OVER_SETTLE: Duration = Duration::from_millis(200);
 
 /// What the daemon and portico's verdict look like now.
 #[derive(Debug, Default)]
@@ -91,8 +114,14 @@ struct State {
     protocols: Vec<bird::ProtocolState>,
     /// BGP: per static IP, the nodes that announce it (by index), as BIRD hears them.
     announcers: Vec<Vec<usize>>,
-    /// VRRP: keepalived's last data dump, per static IP.
-    dumped: Vec<keepalived::Dumped>,
+    /// VRRP: keepalived's last data dump.
+    dumped: keepalived::Dump,
+    /// VRRP: each node's presence instance state here.
+    presence: Vec<Option<VrrpState>>,
+    /// VRRP: per node, since when this node has heard it present.
+    present_since: Vec<Option<Instant>>,
+    /// VRRP: the static IP being handed over, by index.
+    handing_over: Option<usize>,
     /// The last error applying the verdict.
     error: Option<String>,
 }
@@ -100,6 +129,7 @@ struct State {
 /// The daemon of a running edge node.
 pub struct Ha {
     spec: HaSpec,
+    edge: Arc<dyn Edge>,
     state: Mutex<State>,
     /// Wakes the task that applies the verdict (a release, a daemon start).
     wake: Notify,
@@ -119,16 +149,21 @@ impl std::fmt::Debug for Ha {
 
 impl Ha {
     /// Writes the daemon's configuration, starts it, and keeps feeding it `health` until
-    /// [`Ha::stop`]. The node holds or announces nothing until the first serving verdict.
+    /// [`Ha::stop`]; `edge` drains an address this node hands over. The node holds or
+    /// announces nothing until the first serving verdict.
     pub async fn start(
         spec: HaSpec,
         health: watch::Receiver<NodeHealth>,
+        edge: Arc<dyn Edge>,
     ) -> Result<Arc<Self>, HaError> {
         std::fs::create_dir_all(&spec.run_dir).map_err(file_error(&spec.run_dir))?;
         let program = match spec.mode {
             HaMode::Vrrp => {
                 let files = keepalived::Files::in_dir(&spec.run_dir);
                 write_atomic(&files.health, "1\n")?;
+                for index in 0..spec.static_ips.len() {
+                    write_atomic(&files.hold(index), "0\n")?;
+                }
                 std::fs::write(&files.config, keepalived::render(&spec, &files))
                     .map_err(file_error(&files.config))?;
                 make_fifo(&files.notify)?;
@@ -139,6 +174,7 @@ impl Ha {
                     args: files.args(),
                     // Its data dumps (SIGUSR1) go to the run directory, not a shared /tmp.
                     env: vec![("TMPDIR".to_owned(), spec.run_dir.display().to_string())],
+                    // Data dumps every second.
                     quiet: &["data for process"],
                 }
             }
@@ -161,9 +197,12 @@ impl Ha {
         let ha = Arc::new(Self {
             state: Mutex::new(State {
                 vrrp: vec![None; spec.static_ips.len()],
+                presence: vec![None; spec.nodes.len()],
+                present_since: vec![None; spec.nodes.len()],
                 ..State::default()
             }),
             spec,
+            edge,
             wake: Notify::new(),
             changed: Notify::new(),
             stop: CancellationToken::new(),
@@ -177,6 +216,7 @@ impl Ha {
         if ha.spec.mode == HaMode::Vrrp {
             ha.tasks.spawn(ha.clone().read_notify());
             ha.tasks.spawn(ha.clone().poll_dumps());
+            ha.tasks.spawn(ha.clone().hand_back());
         } else {
             ha.tasks.spawn(ha.clone().poll_protocols());
         }
@@ -342,19 +382,41 @@ impl Ha {
                 line = lines.next_line() => line,
             };
             let Ok(Some(line)) = line else { return };
-            if let Some((index, vrrp)) = keepalived::parse_notify(&line) {
-                let ip = self.spec.static_ips.get(index).copied();
-                tracing::info!(static_ip = ?ip, state = vrrp.name(), "VRRP");
-                if let Some(slot) = self.state().vrrp.get_mut(index) {
-                    *slot = Some(vrrp);
+            match keepalived::parse_notify(&line) {
+                Some((keepalived::Instance::Address(index), vrrp)) => {
+                    let ip = self.spec.static_ips.get(index).copied();
+                    tracing::info!(static_ip = ?ip, state = vrrp.name(), "VRRP");
+                    let mut state = self.state();
+                    if let Some(slot) = state.vrrp.get_mut(index) {
+                        *slot = Some(vrrp);
+                    }
+                    // An address that came here from the node that prefers it (given up,
+                    // or that node died) goes back only once that node is heard present
+                    // anew for the whole delay.
+                    let preferred = self.spec.preferred_node(index);
+                    if vrrp == VrrpState::Master && preferred != self.spec.me {
+                        state.present_since[preferred] = None;
+                    }
+                    drop(state);
+                    self.changed.notify_waiters();
                 }
-                self.changed.notify_waiters();
+                Some((keepalived::Instance::Node(index), vrrp)) => {
+                    let mut state = self.state();
+                    if let Some(slot) = state.presence.get_mut(index) {
+                        *slot = Some(vrrp);
+                        // Only a backup hears the node: anything else, and it is gone now.
+                        if vrrp != VrrpState::Backup {
+                            state.present_since[index] = None;
+                        }
+                    }
+                }
+                None => {}
             }
         }
     }
 
     /// Asks keepalived for a data dump every second (SIGUSR1), for the master each backup
-    /// hears.
+    /// hears and the nodes present.
     async fn poll_dumps(self: Arc<Self>) {
         let path = self.spec.run_dir.join(keepalived::DUMP_FILE);
         loop {
@@ -375,8 +437,113 @@ impl Ha {
             if let Ok(Ok(text)) =
                 tokio::task::spawn_blocking(move || std::fs::read_to_string(read)).await
             {
-                self.state().dumped = keepalived::parse_dump(&text, self.spec.static_ips.len());
+                let dump = keepalived::parse_dump(
+                    &text,
+                    self.spec.static_ips.len(),
+                    self.spec.nodes.len(),
+                );
+                let mut state = self.state();
+                for (index, (name, address)) in self.spec.nodes.iter().enumerate() {
+                    // The dump says who masters the node's instance; a state change since
+                    // (the FIFO is at once) that made this node anything but its backup
+                    // says it is gone.
+                    let present = index != self.spec.me
+                        && state.presence[index].is_none_or(|s| s == VrrpState::Backup)
+                        && dump.present(index, *address);
+                    let since = &mut state.present_since[index];
+                    if present != since.is_some() {
+                        tracing::info!(node = %name, present, "VRRP: node {}", if present { "present" } else { "gone" });
+                        *since = present.then(Instant::now);
+                    }
+                }
+                state.dumped = dump;
             }
+        }
+    }
+
+    /// Hands each address this node holds back to its preferred node, once that node has
+    /// been present for `preempt_delay`.
+    async fn hand_back(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if let Some(index) = self.due_hand_back() {
+                self.hand_over(index).await;
+            }
+        }
+    }
+
+    /// The first address this node holds and should hand back now.
+    fn due_hand_back(&self) -> Option<usize> {
+        let state = self.state();
+        if state.released || !state.health.as_ref().is_some_and(|h| h.serving) {
+            return None;
+        }
+        (0..self.spec.static_ips.len()).find(|&index| {
+            let preferred = self.spec.preferred_node(index);
+            state.vrrp[index] == Some(VrrpState::Master)
+                && preferred != self.spec.me
+                && state.present_since[preferred]
+                    .is_some_and(|since| since.elapsed() >= self.spec.preempt_delay)
+        })
+    }
+
+    /// Whether node `index` is heard present now.
+    fn present(&self, index: usize) -> bool {
+        self.state().present_since[index].is_some()
+    }
+
+    /// Hands static IP `index` over: the edge drains it, its instance faults (a priority-0
+    /// advertisement: the preferred node, a backup, takes it at once), and once it has left
+    /// and packets on their way have arrived, the instance is a backup again.
+    async fn hand_over(&self, index: usize) {
+        let began = Instant::now();
+        let ip = self.spec.static_ips[index];
+        let to = &self.spec.nodes[self.spec.preferred_node(index)].0;
+        tracing::info!(static_ip = %ip, to = %to, "handing the address back to the node that prefers it");
+        self.state().handing_over = Some(index);
+        self.edge.drain(ip).await;
+        let drained = began.elapsed();
+        let hold = keepalived::Files::in_dir(&self.spec.run_dir).hold(index);
+        // The drain took up to a second: the node must still be there to take it.
+        let present = self.present(self.spec.preferred_node(index)) && !self.state().released;
+        let write = if present {
+            write_atomic(&hold, "1\n").map_err(|e| e.to_string())
+        } else {
+            Err(format!("{to} is gone: the address stays here"))
+        };
+        let result = match write {
+            Ok(()) => {
+                let left = tokio::time::timeout(RELEASE_TIMEOUT, async {
+                    loop {
+                        let changed = self.changed.notified();
+                        if self.state().vrrp[index] != Some(VrrpState::Master) {
+                            return;
+                        }
+                        changed.await;
+                    }
+                })
+                .await;
+                tokio::time::sleep(HAND_OVER_SETTLE).await;
+                write_atomic(&hold, "0\n")
+                    .map_err(|e| e.to_string())
+                    .and(left.map_err(|_| "keepalived did not give the address up".to_owned()))
+            }
+            Err(error) => Err(error),
+        };
+        self.edge.resume(ip).await;
+        self.state().handing_over = None;
+        match result {
+            Ok(()) => tracing::info!(
+                static_ip = %ip,
+                to = %to,
+                drained_ms = drained.as_millis() as u64,
+                took_ms = began.elapsed().as_millis() as u64,
+                "address handed back"
+            ),
+            Err(error) => tracing::warn!(static_ip = %ip, %error, "hand-over failed"),
         }
     }
 
@@ -417,7 +584,7 @@ impl Ha {
             .map(|(i, ip)| match spec.mode {
                 HaMode::Vrrp => {
                     let vrrp = state.vrrp.get(i).copied().flatten();
-                    let master = state.dumped.get(i).and_then(|d| d.master);
+                    let master = state.dumped.addresses.get(i).and_then(|d| d.master);
                     let holder = match vrrp {
                         Some(VrrpState::Master) => Some(spec.node.clone()),
                         Some(VrrpState::Backup) => master
@@ -431,6 +598,7 @@ impl Ha {
                         "held_by": holder,
                         "priority": spec.priority(i),
                         "preferred_node": spec.nodes[spec.preferred_node(i)].0,
+                        "handing_over": state.handing_over == Some(i),
                         "virtual_router_id": usize::from(spec.virtual_router_id) + i,
                     })
                 }
@@ -452,7 +620,13 @@ impl Ha {
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != spec.me)
-                .map(|(_, (name, address))| json!({ "node": name, "address": address.to_string() }))
+                .map(|(i, (name, address))| {
+                    json!({
+                        "node": name,
+                        "address": address.to_string(),
+                        "present": state.present_since[i].is_some(),
+                    })
+                })
                 .collect(),
             HaMode::Bgp => spec
                 .peers

@@ -4,7 +4,8 @@
 
 use portico_config::{Config, ConfigError};
 use portico_edge::Accelerator;
-use portico_ha::{Ha, HaSpec, NodeHealth};
+use portico_ha::{EdgeFuture, Ha, HaSpec, NodeHealth};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +71,7 @@ pub(crate) async fn start(
     (shutdown, tasks): (&CancellationToken, &TaskTracker),
 ) -> Result<Arc<Ha>, portico_ha::HaError> {
     let (tx, rx) = watch::channel(verdict(accelerator));
-    let ha = Ha::start(spec, rx).await?;
+    let ha = Ha::start(spec, rx, Arc::new(Edge(accelerator.clone()))).await?;
     let accelerator = accelerator.clone();
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -90,6 +91,33 @@ pub(crate) async fn start(
     Ok(ha)
 }
 
+/// The edge as the daemon's side sees it when this node hands one address over.
+struct Edge(Arc<Accelerator>);
+
+impl portico_ha::Edge for Edge {
+    fn drain(&self, ip: IpAddr) -> EdgeFuture<'_> {
+        Box::pin(async move {
+            drain(&self.0, Some(ip)).await;
+        })
+    }
+
+    fn resume(&self, ip: IpAddr) -> EdgeFuture<'_> {
+        Box::pin(self.0.resume(ip))
+    }
+}
+
+/// Stops new connections (to `ip`, or to every static IP) without refusing them, and waits
+/// up to [`QUIESCE`] for the open ones to finish at their next request boundary. Returns
+/// how many are still open.
+async fn drain(accelerator: &Accelerator, ip: Option<IpAddr>) -> usize {
+    let began = Instant::now();
+    accelerator.quiesce(ip).await;
+    while accelerator.open_connections(ip) > 0 && began.elapsed() < QUIESCE {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    accelerator.open_connections(ip)
+}
+
 /// Hands this node's share over without losing a request: new connections are dropped
 /// rather than refused (their clients send them again in a second), open ones finish at
 /// their next request boundary (for up to [`QUIESCE`]), and only then are the static IPs
@@ -98,11 +126,7 @@ pub(crate) async fn start(
 /// to be sent again, to the new holder.
 pub(crate) async fn give_up(ha: &Ha, accelerator: &Accelerator) {
     let began = Instant::now();
-    accelerator.quiesce().await;
-    while accelerator.open_connections() > 0 && began.elapsed() < QUIESCE {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let unfinished = accelerator.open_connections();
+    let unfinished = drain(accelerator, None).await;
     ha.release().await;
     tokio::time::sleep(SETTLE).await;
     tracing::info!(

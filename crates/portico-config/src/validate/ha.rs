@@ -105,6 +105,12 @@ impl Validator {
 
     fn vrrp(&mut self, acc: &Accelerator, ha: &HighAvailability) {
         for (i, node) in acc.nodes.iter().enumerate() {
+            if node.address.is_ipv6() {
+                self.err(
+                    format!("accelerator.nodes[{i}].address"),
+                    "mode \"vrrp\" needs the node's IPv4 address on the segment: nodes make their presence known to each other with VRRP over IPv4",
+                );
+            }
             match (&node.interface, &ha.interface) {
                 (Some(name), _) => self.interface(&format!("accelerator.nodes[{i}].interface"), name),
                 (None, Some(_)) => {}
@@ -117,14 +123,18 @@ impl Validator {
         if let Some(name) = &ha.interface {
             self.interface("accelerator.ha.interface", name);
         }
-        let last = usize::from(ha.virtual_router_id) + acc.static_ips.len().saturating_sub(1);
+        // Each static IP's instance, then each node's presence instance.
+        let last = (usize::from(ha.virtual_router_id) + acc.static_ips.len() + acc.nodes.len())
+            .saturating_sub(1);
         if ha.virtual_router_id == 0 || last > 255 {
             self.err(
                 "accelerator.ha.virtual_router_id",
                 format!(
-                    "static IP i takes id {} + i; with {} static IPs the ids must stay within 1-255",
-                    ha.virtual_router_id,
-                    acc.static_ips.len()
+                    "static IP i takes id {id} + i and node j id {id} + {} + j; with {} static IPs and {} nodes the ids must stay within 1-255",
+                    acc.static_ips.len(),
+                    acc.static_ips.len(),
+                    acc.nodes.len(),
+                    id = ha.virtual_router_id,
                 ),
             );
         }
