@@ -86,8 +86,8 @@ pub struct HighAvailability {
     /// for networks that filter multicast. Default false.
     #[serde(default)]
     pub unicast: bool,
-    /// VRRP: seconds a node that comes back waits, serving, before it takes back the
-    /// static IPs it prefers. Default 2.
+    /// VRRP: seconds a node that comes back must be heard, serving, before the node that
+    /// holds the static IP it prefers hands the address back. Default 2.
     #[serde(default = "default_preempt_delay")]
     pub preempt_delay_seconds: f64,
     /// BGP: this accelerator's AS number.
@@ -104,6 +104,12 @@ pub struct HighAvailability {
     /// three missed). Default 100.
     #[serde(default = "default_bfd_interval")]
     pub bfd_interval_ms: u32,
+    /// BGP: a packet of a TCP connection this node does not have (the router's hash moved
+    /// it here when a node joined) goes on to the other edge nodes, one after the other,
+    /// instead of being reset, so that a node that comes back takes no open connection from
+    /// another. Needs nftables, and the edge nodes on one segment. Default true.
+    #[serde(default)]
+    pub second_chance: Option<bool>,
     /// The daemon's program: `keepalived` or `bird`, found on `PATH`, by default.
     #[serde(default)]
     pub daemon: Option<String>,

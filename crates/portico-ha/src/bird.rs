@@ -124,6 +124,10 @@ pub(crate) fn render(spec: &HaSpec) -> String {
             continue;
         }
         session(&mut c, &node_session(index), spec, (*address, spec.asn));
+        // A dead node leaves the second chance's ring within a second.
+        if spec.bfd {
+            let _ = writeln!(c, "    bfd on;");
+        }
         let (channel, protocol) = family(*address);
         let _ = writeln!(
             c,
@@ -368,7 +372,8 @@ endpoints = [{{ address = "10.9.9.1:80" }}]
             "{text}"
         );
         assert!(!text.contains("10.9.0.1 as"), "the node's own peers win");
-        assert_eq!(text.matches("bfd on;").count(), 2, "{text}");
+        // Two peers and the other edge node.
+        assert_eq!(text.matches("bfd on;").count(), 3, "{text}");
         assert!(text.contains("min rx interval 100 ms;"), "{text}");
         assert!(
             !text.contains("protocol kernel"),

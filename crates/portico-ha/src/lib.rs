@@ -22,12 +22,14 @@
 //! - [`keepalived`]: mode `vrrp`: configuration, track file, state changes;
 //! - [`bird`]: mode `bgp`: configuration and control socket;
 //! - [`daemon`]: the daemon as a supervised child;
-//! - [`addresses`]: the static IPs on `lo`, for mode `bgp`.
+//! - [`addresses`]: the static IPs on `lo`, for mode `bgp`;
+//! - `second_chance`: mode `bgp`: packets of another node's connections go on to it.
 
 pub mod addresses;
 pub mod bird;
 mod daemon;
 pub mod keepalived;
+mod second_chance;
 pub mod spec;
 
 pub use keepalived::VrrpState;
@@ -80,6 +82,9 @@ pub enum HaError {
     /// The static IPs could not be put on `lo`.
     #[error("cannot put the static IPs on lo: {0}")]
     Addresses(String),
+    /// The second chance's nftables table could not be written.
+    #[error("accelerator.ha.second_chance: {0}")]
+    SecondChance(String),
 }
 
 fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> HaError + '_ {
@@ -94,6 +99,11 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often the daemon's own view (BGP sessions, VRRP masters) is read.
 const DAEMON_POLL: Duration = Duration::from_secs(1);
+
+/// In mode `bgp`, how long a node that starts waits for its sessions to the other edge
+/// nodes before it announces anything: it must know which nodes are live to pass their
+/// connections' packets on to them.
+const NODES_WAIT: Duration = Duration::from_secs(5);
 
 /// After a handed-over address left this node, how long packets already on their way here
 /// (a client that has not yet seen the new holder's ARP) still find it draining.
@@ -114,6 +124,11 @@ struct State {
     protocols: Vec<bird::ProtocolState>,
     /// BGP: per static IP, the nodes that announce it (by index), as BIRD hears them.
     announcers: Vec<Vec<usize>>,
+    /// BGP: the live edge nodes (this one and those whose session is up), as the second
+    /// chance's table has them.
+    live: Vec<usize>,
+    /// BGP: every session to another edge node is up, or [`NODES_WAIT`] has passed.
+    nodes_ready: bool,
     /// VRRP: keepalived's last data dump.
     dumped: keepalived::Dump,
     /// VRRP: each node's presence instance state here.
@@ -130,6 +145,7 @@ struct State {
 pub struct Ha {
     spec: HaSpec,
     edge: Arc<dyn Edge>,
+    started: Instant,
     state: Mutex<State>,
     /// Wakes the task that applies the verdict (a release, a daemon start).
     wake: Notify,
@@ -179,6 +195,12 @@ impl Ha {
                 }
             }
             HaMode::Bgp => {
+                // Before anything is announced, so that conntrack sees every connection.
+                if second_chance::applies(&spec) {
+                    second_chance::apply(&spec, &[spec.me])
+                        .await
+                        .map_err(HaError::SecondChance)?;
+                }
                 addresses::add(&spec.static_ips).map_err(HaError::Addresses)?;
                 let files = bird::Files::in_dir(&spec.run_dir);
                 std::fs::write(&files.config, bird::render(&spec))
@@ -199,10 +221,12 @@ impl Ha {
                 vrrp: vec![None; spec.static_ips.len()],
                 presence: vec![None; spec.nodes.len()],
                 present_since: vec![None; spec.nodes.len()],
+                live: vec![spec.me],
                 ..State::default()
             }),
             spec,
             edge,
+            started: Instant::now(),
             wake: Notify::new(),
             changed: Notify::new(),
             stop: CancellationToken::new(),
@@ -275,6 +299,11 @@ impl Ha {
             if let Err(error) = addresses::remove(&self.spec.static_ips) {
                 tracing::warn!(%error, "could not take the static IPs off lo");
             }
+            if second_chance::applies(&self.spec) {
+                if let Err(error) = second_chance::remove(&self.spec).await {
+                    tracing::warn!(%error, "could not remove the second chance's table");
+                }
+            }
         }
     }
 
@@ -338,6 +367,8 @@ impl Ha {
                 if self.state().pid.is_none() {
                     return Err("bird is not running".to_owned());
                 }
+                // Nothing is announced before the other edge nodes are known.
+                let serving = serving && self.state().nodes_ready;
                 let socket = bird::Files::in_dir(&self.spec.run_dir).socket;
                 let verb = if serving { "enable" } else { "disable" };
                 for (_, protocol) in bird::static_families(&self.spec.static_ips) {
@@ -560,6 +591,7 @@ impl Ha {
             }
             if let Ok(lines) = bird::command(&socket, "show protocols").await {
                 self.state().protocols = bird::parse_protocols(&lines);
+                self.follow_nodes().await;
             }
             let mut announcers = Vec::with_capacity(self.spec.static_ips.len());
             for ip in &self.spec.static_ips {
@@ -570,6 +602,55 @@ impl Ha {
                 announcers.push(bird::announcers(&lines, self.spec.me));
             }
             self.state().announcers = announcers;
+        }
+    }
+
+    /// Keeps the second chance's table on the live edge nodes, and says when they are known.
+    async fn follow_nodes(&self) {
+        let sessions: Vec<(usize, bool)> = {
+            let state = self.state();
+            self.spec
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| *index != self.spec.me)
+                .filter_map(|(index, _)| {
+                    let name = bird::node_session(index);
+                    // Nodes of the other family have no session.
+                    let row = state.protocols.iter().find(|p| p.name == name)?;
+                    Some((index, row.state == "up"))
+                })
+                .collect()
+        };
+        let mut live: Vec<usize> = sessions
+            .iter()
+            .filter(|(_, up)| *up)
+            .map(|(index, _)| *index)
+            .chain([self.spec.me])
+            .collect();
+        live.sort_unstable();
+        if second_chance::applies(&self.spec) && self.state().live != live {
+            match second_chance::apply(&self.spec, &live).await {
+                Ok(()) => {
+                    let names: Vec<&str> = live
+                        .iter()
+                        .map(|n| self.spec.nodes[*n].0.as_str())
+                        .collect();
+                    tracing::info!(live = ?names, "second chance: packets of the other live nodes' connections go on to them");
+                    self.state().live = live;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "second chance: cannot rewrite the table");
+                    return;
+                }
+            }
+        }
+        let ready = sessions.iter().all(|(_, up)| *up) || self.started.elapsed() >= NODES_WAIT;
+        let mut state = self.state();
+        if ready && !state.nodes_ready {
+            state.nodes_ready = true;
+            drop(state);
+            self.wake.notify_one();
         }
     }
 
@@ -646,6 +727,16 @@ impl Ha {
                 })
                 .collect(),
         };
+        let second_chance = (spec.mode == HaMode::Bgp).then(|| {
+            let applies = second_chance::applies(spec);
+            json!({
+                "enabled": applies,
+                "live": applies.then(|| state.live.iter().map(|n| spec.nodes[*n].0.clone()).collect::<Vec<_>>()),
+                "next": second_chance::next(spec.me, &state.live)
+                    .filter(|_| applies)
+                    .map(|n| spec.nodes[n].0.clone()),
+            })
+        });
         json!({
             "mode": spec.mode.name(),
             "node": spec.node,
@@ -661,6 +752,7 @@ impl Ha {
             "error": state.error,
             "static_ips": static_ips,
             "peers": peers,
+            "second_chance": second_chance,
         })
     }
 }

@@ -39,6 +39,9 @@ pub struct HaSpec {
     pub bfd: bool,
     /// BGP: BFD's interval.
     pub bfd_interval: Duration,
+    /// BGP: packets of connections another node has go on to it (the `second_chance`
+    /// module).
+    pub second_chance: bool,
     /// The daemon's program.
     pub daemon: String,
     /// Where the daemon's configuration, sockets and state go.
@@ -90,6 +93,7 @@ impl HaSpec {
             peers: this.peers.clone().unwrap_or_else(|| ha.peers.clone()),
             bfd: ha.bfd,
             bfd_interval: Duration::from_millis(u64::from(ha.bfd_interval_ms)),
+            second_chance: ha.mode == HaMode::Bgp && ha.second_chance.unwrap_or(true),
             daemon: ha.daemon().to_owned(),
             run_dir,
         })
@@ -142,6 +146,12 @@ impl HaSpec {
                     self.daemon,
                     self.mode.name()
                 ),
+            ));
+        }
+        if self.second_chance && find_program(crate::second_chance::NFT).is_none() {
+            errors.push(ConfigError::new(
+                "accelerator.ha.second_chance",
+                "`nft` is not on this host: install Debian's nftables, or set second_chance = false",
             ));
         }
         if find_program(crate::daemon::SETPRIV).is_none() {

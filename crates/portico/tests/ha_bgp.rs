@@ -196,6 +196,108 @@ fn ha_status(address: &str) -> serde_json::Value {
     support::parse_reply(&text).json()["ha"].clone()
 }
 
+/// Sends one request on `conn` (kept alive) and reads its answer's head and body.
+fn ask(conn: &mut TcpStream) -> std::io::Result<String> {
+    conn.write_all(b"GET /hello HTTP/1.1\r\nHost: edge\r\n\r\n")?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        text.extend_from_slice(&buf[..n]);
+        let s = String::from_utf8_lossy(&text).into_owned();
+        if let Some((head, body)) = s.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return Ok(s);
+            }
+        }
+    }
+}
+
+/// The edge host (`a` or `b`) whose kernel has the connection from the client port `port`.
+fn holder(hosts: &Namespaces, port: u16) -> &'static str {
+    ["a", "b"]
+        .into_iter()
+        .find(|host| {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &hosts.ns(host),
+                    "ss",
+                    "-Htn",
+                    "state",
+                    "established",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&format!("10.82.9.1:{port}"))
+        })
+        .expect("an edge has the connection")
+}
+
+/// A connection the router moves to the other edge (as its hash does when a node joins)
+/// goes on: that edge has no socket for it and passes its packets on to the edge that has
+/// it, which answers (second chance). Without it, the other edge would reset it.
+fn moved_connection_goes_on(hosts: &Namespaces) {
+    let router = hosts.ns("t");
+    let mut conn = TcpStream::connect(format!("{}:80", VIPS[0])).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(ask(&mut conn).unwrap().starts_with("HTTP/1.1 200"));
+    let owner = holder(hosts, conn.local_addr().unwrap().port());
+    let (owner_address, other) = if owner == "a" {
+        ("10.82.10.2", "10.82.10.3")
+    } else {
+        ("10.82.10.3", "10.82.10.2")
+    };
+    let other_status = ha_status(other);
+    assert_eq!(
+        other_status["second_chance"]["enabled"], true,
+        "{other_status}"
+    );
+    assert_eq!(
+        other_status["second_chance"]["live"],
+        serde_json::json!(["edge-a", "edge-b"]),
+        "{other_status}"
+    );
+    // The router sends this client's packets to the other edge only.
+    ip(&[
+        "-n", &router, "route", "add", VIPS[0], "via", other, "table", "77",
+    ]);
+    ip(&[
+        "-n",
+        &router,
+        "rule",
+        "add",
+        "to",
+        VIPS[0],
+        "from",
+        "10.82.9.1",
+        "lookup",
+        "77",
+        "pref",
+        "100",
+    ]);
+    let answer = ask(&mut conn);
+    ip(&["-n", &router, "rule", "del", "pref", "100"]);
+    ip(&["-n", &router, "route", "flush", "table", "77"]);
+    let answer = answer.expect("the moved connection is answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    eprintln!("a connection of the edge at {owner_address} moved to {other}: still answered");
+    // And a new connection sent to the other edge is its own.
+    drop(conn);
+}
+
 #[test]
 fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     let hosts = build();
@@ -254,6 +356,8 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         "{text}"
     );
 
+    moved_connection_goes_on(&hosts);
+
     let targets: Vec<SocketAddr> = VIPS
         .iter()
         .map(|ip| format!("{ip}:80").parse().unwrap())
@@ -279,8 +383,9 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
                 "10.82.10.1",
             ])
         },
-        // The router's rehash moves some of edge-b's open connections to edge-a.
-        lossless_comeback: false,
+        // The router's rehash moves some of edge-b's open connections to edge-a, which
+        // passes their packets on (second chance).
+        lossless_comeback: true,
     };
     failover::run(&targets, &edges, a);
     drop(b);

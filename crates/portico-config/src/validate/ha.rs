@@ -169,7 +169,11 @@ impl Validator {
                 }
             }
         }
-        for (key, set) in [("asn", ha.asn.is_some()), ("peers", !ha.peers.is_empty())] {
+        for (key, set) in [
+            ("asn", ha.asn.is_some()),
+            ("peers", !ha.peers.is_empty()),
+            ("second_chance", ha.second_chance.is_some()),
+        ] {
             if set {
                 self.err(format!("accelerator.ha.{key}"), "is for mode \"bgp\"");
             }
