@@ -188,9 +188,14 @@ fn print_ha(out: &mut impl Write, ha: &serde_json::Value) -> std::io::Result<()>
         if vrrp {
             writeln!(
                 out,
-                "  peer node {} {}",
+                "  peer node {} {} {}",
                 text(&peer["node"]),
-                text(&peer["address"])
+                text(&peer["address"]),
+                if peer["present"].as_bool() == Some(true) {
+                    "present"
+                } else {
+                    "not heard"
+                }
             )?;
         } else {
             writeln!(
@@ -202,6 +207,21 @@ fn print_ha(out: &mut impl Write, ha: &serde_json::Value) -> std::io::Result<()>
                 text(&peer["info"])
             )?;
         }
+    }
+    let chance = &ha["second_chance"];
+    if chance["enabled"].as_bool() == Some(true) {
+        let live: Vec<&str> = chance["live"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  second chance: live nodes {}; stray packets go on to {}",
+            live.join(", "),
+            text(&chance["next"])
+        )?;
+    } else if chance["enabled"].as_bool() == Some(false) {
+        writeln!(out, "  second chance: off")?;
     }
     Ok(())
 }

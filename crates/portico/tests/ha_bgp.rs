@@ -339,6 +339,16 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         text.contains("peer 10.82.10.1 AS65000 up Established"),
         "{text}"
     );
+    wait_for(
+        "edge-a passes stray packets on to edge-b",
+        Duration::from_secs(5),
+        || ha_status("10.82.10.2")["second_chance"]["next"] == "edge-b",
+    );
+    let text = support::portico_ok(&["status", "--endpoint", "http://10.82.10.2:9002"]);
+    assert!(
+        text.contains("second chance: live nodes edge-a, edge-b; stray packets go on to edge-b"),
+        "{text}"
+    );
     // Each node hears, over iBGP with the other edge nodes, who announces each address.
     wait_for(
         "edge-a names both announcers",

@@ -52,17 +52,23 @@ fn vrrp_states(ns: &str) -> Option<Vec<String>> {
     vrrp_field(ns, "state")
 }
 
-/// Each static IP's `field` in the `ha` status of the edge in namespace `ns`, from its
-/// admin API on that host's loopback.
-fn vrrp_field(ns: &str, field: &str) -> Option<Vec<String>> {
+/// The `ha` status of the edge in namespace `ns`, from its admin API on that host's
+/// loopback.
+fn ha_status(ns: &str) -> Option<serde_json::Value> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "curl", "-s", "--max-time", "2"])
         .arg("http://127.0.0.1:9002/status")
         .output()
         .ok()?;
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(doc["ha"].clone())
+}
+
+/// Each static IP's `field` in the `ha` status of the edge in namespace `ns`.
+fn vrrp_field(ns: &str, field: &str) -> Option<Vec<String>> {
+    let doc = ha_status(ns)?;
     Some(
-        doc["ha"]["static_ips"]
+        doc["static_ips"]
             .as_array()?
             .iter()
             .map(|ip| ip[field].as_str().unwrap_or("none").to_owned())
@@ -109,6 +115,16 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
             })
         },
     );
+    // Each hears the other present (its presence instance), which hand-backs wait for.
+    wait_for(
+        "each node hears the other present",
+        Duration::from_secs(5),
+        || {
+            ["a", "b"]
+                .iter()
+                .all(|n| ha_status(&hosts.ns(n)).is_some_and(|s| s["peers"][0]["present"] == true))
+        },
+    );
     let out = Command::new("ip")
         .args(["netns", "exec", &hosts.ns("b")])
         .arg(support::portico_bin())
@@ -139,6 +155,10 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
     );
     assert!(
         text.contains("health: serving (2 static addresses bound; healthy endpoints in region)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("peer node edge-a 10.81.0.2 present"),
         "{text}"
     );
 
