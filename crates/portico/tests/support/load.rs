@@ -406,15 +406,18 @@ impl Load {
         let mut broken = Vec::new();
         for (i, phase) in phases.iter().enumerate() {
             let report = self.report(phase.from, phase.to);
-            // A request still in flight when the next phase's failure struck (a kill, a cut
-            // link) is that failure's casualty, judged there.
+            // A request begun just before the next phase's failure struck (a kill, a cut
+            // link) and still in flight then is that failure's casualty, judged there.
             let next_tolerates = phases
                 .get(i + 1)
                 .is_some_and(|next| matches!(next.expect, Expect::RestoredWithin(_)));
+            let casualty = |started: Instant, ended: Instant| {
+                next_tolerates && ended > phase.to && started + CHANGE_SLACK.1 >= phase.to
+            };
             let failed_here = report
                 .failed
                 .iter()
-                .filter(|(.., ended)| !next_tolerates || *ended <= phase.to)
+                .filter(|(_, _, started, ended)| !casualty(*started, *ended))
                 .count();
             eprintln!("\nHA {}: {report}", phase.name);
             for (address, error, started, ended) in report.failed.iter().take(5) {
