@@ -781,6 +781,16 @@ pub struct Function {
     /// Environment variables for the function.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// Hand the function AWS credentials, as Lambda hands it its execution role's (and as
+    /// `sam local` does): those of `profile`, else `AWS_ACCESS_KEY_ID`… from portico's own
+    /// environment, else the profile `AWS_PROFILE` (or `default`) of the shared config and
+    /// credentials files. Default true; false hands it none.
+    #[serde(default = "default_true")]
+    pub aws_credentials: bool,
+    /// The profile of the shared config and credentials files whose credentials the
+    /// function gets.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 fn default_memory() -> u32 {

@@ -442,6 +442,16 @@ impl Validator {
                 format!("{runtime} needs `code`: a directory or a .zip file"),
             ),
         }
+        match &f.profile {
+            Some(_) if !f.aws_credentials => self.err(
+                format!("{path}.profile"),
+                "names the credentials of a function that takes none (aws_credentials = false)",
+            ),
+            Some(profile) if profile.is_empty() || profile.contains(['[', ']', '\n']) => {
+                self.err(format!("{path}.profile"), "is not a profile name")
+            }
+            _ => {}
+        }
         if f.runtime != FunctionRuntime::Provided {
             let valid = f.handler.as_deref().is_some_and(|h| {
                 h.rsplit_once('.')

@@ -23,6 +23,23 @@ pub struct Launch {
     pub args: Vec<String>,
     /// Variables the runtime needs besides Lambda's own (the user's come after these).
     pub environment: Vec<(String, String)>,
+    /// `LAMBDA_RUNTIME_DIR`: where the runtime's own libraries are (Lambda's
+    /// `/var/runtime`): the runtime interface client's directory, or for `provided` the
+    /// program's.
+    pub runtime_dir: PathBuf,
+}
+
+impl Launch {
+    /// A `provided` function's launch: `program` with `args`.
+    pub fn provided(program: PathBuf, args: Vec<String>) -> Self {
+        let runtime_dir = program.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self {
+            program,
+            args,
+            environment: Vec::new(),
+            runtime_dir,
+        }
+    }
 }
 
 /// Why a runtime cannot start functions on this machine.
@@ -56,13 +73,16 @@ pub fn python(minor: u8, handler: &str, task_root: &Path) -> Result<Launch, Laun
     let candidates = [runtime.clone(), "python3".to_owned()];
     let mut unusable = None;
     for candidate in &candidates {
-        let executable = match probe_python(candidate) {
+        let (executable, runtime_dir) = match probe_python(candidate) {
             Probe::Missing => continue,
             Probe::NoClient => {
                 unusable.get_or_insert_with(|| candidate.clone());
                 continue;
             }
-            Probe::Ready(executable) => executable,
+            Probe::Ready {
+                executable,
+                client_dir,
+            } => (executable, client_dir),
         };
         if candidate != &runtime {
             tracing::warn!(
@@ -76,6 +96,7 @@ pub fn python(minor: u8, handler: &str, task_root: &Path) -> Result<Launch, Laun
             program: executable,
             args: vec!["-m".into(), "awslambdaric".into(), handler.to_owned()],
             environment: vec![("PYTHONPATH".into(), root)],
+            runtime_dir,
         });
     }
     Err(match unusable {
@@ -99,8 +120,12 @@ enum Probe {
     Missing,
     /// Runs, but cannot import `awslambdaric`.
     NoClient,
-    /// Runs with `awslambdaric`: its real executable.
-    Ready(PathBuf),
+    /// Runs with `awslambdaric`: its real executable, and the directory `awslambdaric`
+    /// is in.
+    Ready {
+        executable: PathBuf,
+        client_dir: PathBuf,
+    },
 }
 
 /// Asks `interpreter` for its real executable and whether it has `awslambdaric`, once per
@@ -111,15 +136,20 @@ fn probe_python(interpreter: &str) -> Probe {
     probed
         .entry(interpreter.to_owned())
         .or_insert_with(|| {
-            let script = "import sys, awslambdaric; print(sys.executable)";
+            let script = "import os, sys, awslambdaric\n\
+                print(sys.executable)\n\
+                print(os.path.dirname(os.path.dirname(os.path.abspath(awslambdaric.__file__))))";
             match Command::new(interpreter).args(["-c", script]).output() {
                 Err(_) => Probe::Missing,
                 Ok(out) => {
-                    let executable = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                    if out.status.success() && !executable.is_empty() {
-                        Probe::Ready(PathBuf::from(executable))
-                    } else {
-                        Probe::NoClient
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+                    match (out.status.success(), lines.next(), lines.next()) {
+                        (true, Some(executable), Some(client_dir)) => Probe::Ready {
+                            executable: PathBuf::from(executable),
+                            client_dir: PathBuf::from(client_dir),
+                        },
+                        _ => Probe::NoClient,
                     }
                 }
             }
@@ -150,9 +180,16 @@ pub fn nodejs(major: u8, handler: &str, task_root: &Path) -> Result<Launch, Laun
             install: "npm install aws-lambda-ric",
         });
     };
+    // `node_modules/.bin/aws-lambda-ric` links to `aws-lambda-ric/bin/index.mjs`.
+    let runtime_dir = client
+        .canonicalize()
+        .ok()
+        .and_then(|real| real.parent()?.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| client.parent().map(Path::to_path_buf).unwrap_or_default());
     Ok(Launch {
         program: client,
         args: vec![handler.to_owned()],
+        runtime_dir,
         environment: vec![(
             "NODE_PATH".into(),
             task_root.join("node_modules").display().to_string(),
@@ -185,6 +222,18 @@ mod tests {
             launch.environment,
             [("PYTHONPATH".to_owned(), "/var/task".to_owned())]
         );
+        // The runtime's directory is the one awslambdaric is installed in.
+        assert!(launch.runtime_dir.is_absolute(), "{launch:?}");
+        assert!(
+            launch.runtime_dir.join("awslambdaric").is_dir(),
+            "{launch:?}"
+        );
+    }
+
+    #[test]
+    fn a_provided_function_s_runtime_directory_is_its_program_s() {
+        let launch = Launch::provided(PathBuf::from("/srv/fn/bootstrap"), Vec::new());
+        assert_eq!(launch.runtime_dir, Path::new("/srv/fn"));
     }
 
     #[test]

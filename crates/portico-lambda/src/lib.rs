@@ -21,6 +21,7 @@
 //! - [`logs`]: capturing function output, Lambda's START/END/REPORT lines, each function's
 //!   recent log and its followers.
 
+pub mod credentials;
 mod environment;
 mod exchange;
 pub mod invoke_api;

@@ -53,11 +53,12 @@ pub(crate) fn spawn(
 /// The variables Lambda sets for every function.
 fn lambda_environment(spec: &FunctionSpec, api: SocketAddr) -> Vec<(&'static str, String)> {
     let task_root = spec.task_root.display().to_string();
+    let runtime_dir = spec.runtime_dir.display().to_string();
     let path = match std::env::var("PATH") {
         Ok(host) if !host.is_empty() => format!("{LAMBDA_PATH}:{host}"),
         _ => LAMBDA_PATH.to_owned(),
     };
-    vec![
+    let mut vars = vec![
         ("AWS_LAMBDA_RUNTIME_API", api.to_string()),
         ("_HANDLER", spec.handler.clone()),
         ("AWS_LAMBDA_FUNCTION_NAME", spec.name.clone()),
@@ -75,7 +76,7 @@ fn lambda_environment(spec: &FunctionSpec, api: SocketAddr) -> Vec<(&'static str
         ("AWS_REGION", spec.region.clone()),
         ("AWS_DEFAULT_REGION", spec.region.clone()),
         ("LAMBDA_TASK_ROOT", task_root.clone()),
-        ("LAMBDA_RUNTIME_DIR", task_root.clone()),
+        ("LAMBDA_RUNTIME_DIR", runtime_dir),
         (
             "LD_LIBRARY_PATH",
             format!("/lib64:/usr/lib64:{task_root}:{task_root}/lib:/opt/lib"),
@@ -83,7 +84,15 @@ fn lambda_environment(spec: &FunctionSpec, api: SocketAddr) -> Vec<(&'static str
         ("PATH", path),
         ("TZ", ":UTC".to_owned()),
         ("LANG", "en_US.UTF-8".to_owned()),
-    ]
+    ];
+    // The runtime's identifier; OS-only runtimes have none.
+    if !spec.runtime.starts_with("provided") {
+        vars.push(("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", spec.runtime)));
+    }
+    if let Some(credentials) = &spec.credentials {
+        vars.extend(credentials.variables());
+    }
+    vars
 }
 
 /// `YYYY/MM/DD/[$LATEST]<32 hex>`, the shape of Lambda's log stream names.

@@ -27,6 +27,10 @@ pub struct FunctionSpec {
     pub runtime: String,
     /// Variables the runtime needs (e.g. `PYTHONPATH`), set before the user's own.
     pub runtime_environment: Vec<(String, String)>,
+    /// `LAMBDA_RUNTIME_DIR`: where the runtime's own libraries are.
+    pub runtime_dir: PathBuf,
+    /// The AWS credentials the function gets, if any.
+    pub credentials: Option<crate::credentials::Credentials>,
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, in MB.
     pub memory_size_mb: u32,
     /// How long one invocation may run.

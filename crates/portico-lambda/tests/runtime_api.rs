@@ -30,6 +30,12 @@ fn prober(name: &str, env: &[(&str, &str)], reserved: Option<usize>) -> Function
         handler: "prober.handler".into(),
         runtime: "provided".into(),
         runtime_environment: Vec::new(),
+        runtime_dir: PathBuf::from("/opt/portico-test-runtime"),
+        credentials: Some(portico_lambda::credentials::Credentials {
+            access_key_id: "AKPROBE".into(),
+            secret_access_key: "sprobe".into(),
+            session_token: None,
+        }),
         memory_size_mb: 256,
         timeout: Duration::from_secs(5),
         init_timeout: Duration::from_secs(10),
@@ -119,6 +125,13 @@ async fn runtime_api_headers_environment_and_misuse() {
             .unwrap()
             .ends_with("tests/functions")
     );
+    // The runtime's directory is its own, not the task root; an OS-only runtime has no
+    // AWS_EXECUTION_ENV; the credentials handed over are there, and no session token.
+    assert_eq!(env["LAMBDA_RUNTIME_DIR"], "/opt/portico-test-runtime");
+    assert!(env.get("AWS_EXECUTION_ENV").is_none(), "{env}");
+    assert_eq!(env["AWS_ACCESS_KEY_ID"], "AKPROBE");
+    assert_eq!(env["AWS_SECRET_ACCESS_KEY"], "sprobe");
+    assert!(env.get("AWS_SESSION_TOKEN").is_none(), "{env}");
 
     // The oversized response is refused with 413 and fails that invocation only.
     let big = invoke(&rt, "probe", json!({"action": "big"}))

@@ -27,10 +27,13 @@ pub(crate) const REGION: &str = "us-east-1";
 
 /// The directory relative paths in `config_file` are resolved against.
 pub(crate) fn base_dir(config_file: &Path) -> PathBuf {
-    match config_file.parent() {
+    let dir = match config_file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
-    }
+    };
+    // Absolute: every path portico hands a function must be, since the function's working
+    // directory is its code directory, not portico's.
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 /// The part of `config` that `node` runs (all of it without a node): the accelerator if it
@@ -89,17 +92,15 @@ fn function_spec(
         // Validation guarantees one of the two.
         (None, None) => base.to_owned(),
     };
+    let task_root = std::path::absolute(&task_root).unwrap_or(task_root);
     let launch = match (f.runtime, &f.command) {
-        (FunctionRuntime::Provided, Some(cmd)) => launch::Launch {
-            program: cmd.first().map(|p| resolve(p, base)).unwrap_or_default(),
-            args: cmd.iter().skip(1).cloned().collect(),
-            environment: Vec::new(),
-        },
-        (FunctionRuntime::Provided, None) => launch::Launch {
-            program: task_root.join("bootstrap"),
-            args: Vec::new(),
-            environment: Vec::new(),
-        },
+        (FunctionRuntime::Provided, Some(cmd)) => launch::Launch::provided(
+            cmd.first().map(|p| resolve(p, base)).unwrap_or_default(),
+            cmd.iter().skip(1).cloned().collect(),
+        ),
+        (FunctionRuntime::Provided, None) => {
+            launch::Launch::provided(task_root.join("bootstrap"), Vec::new())
+        }
         (FunctionRuntime::Python { minor }, _) => launch::python(minor, f.handler(), &task_root)?,
         (FunctionRuntime::Nodejs { major }, _) => launch::nodejs(major, f.handler(), &task_root)?,
     };
@@ -111,6 +112,14 @@ fn function_spec(
         handler: f.handler().to_owned(),
         runtime: f.runtime.to_string(),
         runtime_environment: launch.environment,
+        runtime_dir: launch.runtime_dir,
+        credentials: if f.aws_credentials {
+            portico_lambda::credentials::resolve(f.profile.as_deref(), &|name| {
+                std::env::var(name).ok()
+            })?
+        } else {
+            None
+        },
         memory_size_mb: f.memory_size_mb,
         timeout: Duration::from_secs(u64::from(f.timeout_seconds)),
         init_timeout: portico_lambda::spec::DEFAULT_INIT_TIMEOUT,

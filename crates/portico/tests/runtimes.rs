@@ -264,3 +264,105 @@ port = 0
     assert_eq!(error, None);
     assert_eq!(reply["cold"], false);
 }
+
+#[test]
+fn relative_code_paths_and_what_a_function_gets_of_its_environment() {
+    // The layout the README shows: code directories beside the file, named relatively, and
+    // `portico up portico.toml` run from that directory.
+    let scratch = Scratch::new("relative");
+    let py = scratch.0.join("pyapp");
+    std::fs::create_dir_all(&py).unwrap();
+    for entry in std::fs::read_dir(pyapp_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&path, py.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let bootstrap = scratch.0.join("fn");
+    std::fs::create_dir_all(&bootstrap).unwrap();
+    std::fs::copy(hello_bin(), bootstrap.join("bootstrap")).unwrap();
+    let config = r#"
+[functions.py]
+runtime = "python3.11"
+code = "pyapp"
+handler = "app.handler"
+
+[functions.without_credentials]
+runtime = "python3.11"
+code = "./pyapp"
+handler = "app.handler"
+aws_credentials = false
+
+[functions.provided]
+code = "fn"
+
+[invoke_api]
+port = 0
+"#;
+    let portico = Portico::start_here(
+        scratch,
+        config,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKPORTICO"),
+            ("AWS_SECRET_ACCESS_KEY", "sportico"),
+            ("AWS_SESSION_TOKEN", "tportico"),
+            ("PORTICO_TEST_SECRET", "must not leak"),
+        ],
+    );
+    let api = portico.invoke_api.unwrap().to_string();
+
+    let (reply, _) = first_invocation(&api, "py", "128", "app.handler");
+    let task_root = reply["task_root"].as_str().unwrap();
+    assert!(Path::new(task_root).is_absolute(), "{reply}");
+    assert!(task_root.ends_with("/pyapp"), "{reply}");
+    assert_eq!(reply["cwd"], task_root);
+    let env = &reply["env"];
+    assert_eq!(env["PYTHONPATH"], task_root, "{env}");
+    assert_eq!(env["AWS_EXECUTION_ENV"], "AWS_Lambda_python3.11", "{env}");
+    // The runtime's own directory (Lambda's /var/runtime): where awslambdaric is.
+    let runtime_dir = env["LAMBDA_RUNTIME_DIR"].as_str().unwrap();
+    assert_ne!(runtime_dir, task_root);
+    assert!(
+        Path::new(runtime_dir).join("awslambdaric").is_dir(),
+        "{env}"
+    );
+    // The credentials of the user running portico, as `sam local` hands them over; nothing
+    // else of portico's environment.
+    assert_eq!(env["AWS_ACCESS_KEY_ID"], "AKPORTICO", "{env}");
+    assert_eq!(env["AWS_SECRET_ACCESS_KEY"], "sportico", "{env}");
+    assert_eq!(env["AWS_SESSION_TOKEN"], "tportico", "{env}");
+    assert!(env.get("PORTICO_TEST_SECRET").is_none(), "{env}");
+
+    let (reply, error, _) = invoke(&api, "without_credentials", &json!({}));
+    assert_eq!(error, None, "{reply}");
+    assert!(reply["env"].get("AWS_ACCESS_KEY_ID").is_none(), "{reply}");
+    assert!(
+        reply["env"].get("AWS_SECRET_ACCESS_KEY").is_none(),
+        "{reply}"
+    );
+
+    // A `provided` function whose code is a relative directory starts (and answers the
+    // load balancer's event it expects).
+    let event = json!({
+        "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:000000000000:targetgroup/t/1"}},
+        "httpMethod": "GET",
+        "path": "/",
+        "queryStringParameters": {},
+        "headers": {},
+        "body": "",
+        "isBase64Encoded": false
+    })
+    .to_string();
+    let reply = curl(
+        None,
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &event,
+            &format!("http://{api}/2015-03-31/functions/provided/invocations"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("X-Amz-Function-Error"), None, "{}", reply.body);
+}

@@ -125,8 +125,23 @@ impl Portico {
         Self::launch(config, None, None, env)
     }
 
+    /// Starts `portico up portico.toml` in `scratch`, a relative path as a user types it,
+    /// with these environment variables set.
+    pub fn start_here(scratch: Scratch, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch_from(scratch, config, (None, None), env, true)
+    }
+
     fn launch(config: &str, netns: Option<&str>, node: Option<&str>, env: &[(&str, &str)]) -> Self {
-        let scratch = Scratch::new("up");
+        Self::launch_from(Scratch::new("up"), config, (netns, node), env, false)
+    }
+
+    fn launch_from(
+        scratch: Scratch,
+        config: &str,
+        (netns, node): (Option<&str>, Option<&str>),
+        env: &[(&str, &str)],
+        relative: bool,
+    ) -> Self {
         // The admin API's default port would clash between tests running at once.
         let config = if config.contains("[admin_api]") {
             config.to_owned()
@@ -142,7 +157,11 @@ impl Portico {
             }
             None => Command::new(portico_bin()),
         };
-        command.args(["up", file.to_str().unwrap()]);
+        if relative {
+            command.current_dir(&scratch.0).args(["up", "portico.toml"]);
+        } else {
+            command.args(["up", file.to_str().unwrap()]);
+        }
         if let Some(node) = node {
             command.args(["--node", node]);
         }

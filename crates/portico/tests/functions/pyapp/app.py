@@ -35,6 +35,11 @@ def handler(event, context):
         "handler": os.environ.get("_HANDLER"),
         "task_root": os.environ.get("LAMBDA_TASK_ROOT"),
         "cwd": os.getcwd(),
+        "env": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("AWS_", "LAMBDA_", "PYTHONPATH", "PORTICO_"))
+        },
         "helper": helper.NAME,
         "cold": cold,
         "event": event,
