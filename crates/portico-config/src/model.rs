@@ -775,7 +775,8 @@ pub struct Function {
     /// Invocation timeout in seconds, 1–900. Default 3.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u32,
-    /// Most execution environments at once; none means only the global limit.
+    /// Most execution environments at once; none means only the global limit. 0, as on
+    /// Lambda, throttles every invocation (a function switched off).
     #[serde(default)]
     pub reserved_concurrency: Option<u32>,
     /// Environment variables for the function.
@@ -808,12 +809,11 @@ impl Function {
 }
 
 /// A function runtime, by Lambda's identifier.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FunctionRuntime {
     /// OS-only runtime (`provided`, `provided.al2`, `provided.al2023`): run `bootstrap`,
     /// which speaks the Runtime API itself.
-    #[default]
-    Provided,
+    Provided(ProvidedOs),
     /// `python3.N`, run through the official `awslambdaric` client.
     Python {
         /// `N`.
@@ -831,11 +831,32 @@ pub const PYTHON_MINORS: std::ops::RangeInclusive<u8> = 9..=14;
 /// Node.js versions Lambda has runtimes for.
 pub const NODEJS_MAJORS: [u8; 4] = [18, 20, 22, 24];
 
+impl Default for FunctionRuntime {
+    /// `provided.al2023`, Lambda's current OS-only runtime.
+    fn default() -> Self {
+        Self::Provided(ProvidedOs::Al2023)
+    }
+}
+
+/// The operating system of an OS-only runtime, as its identifier names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProvidedOs {
+    /// `provided` (Amazon Linux).
+    Al1,
+    /// `provided.al2`.
+    Al2,
+    /// `provided.al2023`.
+    Al2023,
+}
+
 impl FunctionRuntime {
     /// Parses Lambda's runtime identifier.
     pub fn parse(id: &str) -> Option<Self> {
-        if matches!(id, "provided" | "provided.al2" | "provided.al2023") {
-            return Some(Self::Provided);
+        match id {
+            "provided" => return Some(Self::Provided(ProvidedOs::Al1)),
+            "provided.al2" => return Some(Self::Provided(ProvidedOs::Al2)),
+            "provided.al2023" => return Some(Self::Provided(ProvidedOs::Al2023)),
+            _ => {}
         }
         if let Some(minor) = id.strip_prefix("python3.") {
             let minor: u8 = minor.parse().ok()?;
@@ -857,7 +878,9 @@ impl FunctionRuntime {
 impl fmt::Display for FunctionRuntime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Provided => f.write_str("provided"),
+            Self::Provided(ProvidedOs::Al1) => f.write_str("provided"),
+            Self::Provided(ProvidedOs::Al2) => f.write_str("provided.al2"),
+            Self::Provided(ProvidedOs::Al2023) => f.write_str("provided.al2023"),
             Self::Python { minor } => write!(f, "python3.{minor}"),
             Self::Nodejs { major } => write!(f, "nodejs{major}.x"),
         }

@@ -425,11 +425,11 @@ impl Validator {
                 "must name a directory or a .zip file",
             ),
             (_, Some(_), None) => {}
-            (FunctionRuntime::Provided, None, Some(cmd)) if cmd.is_empty() => {
+            (FunctionRuntime::Provided(_), None, Some(cmd)) if cmd.is_empty() => {
                 self.err(format!("{path}.command"), "must name a program")
             }
-            (FunctionRuntime::Provided, None, Some(_)) => {}
-            (FunctionRuntime::Provided, _, _) => self.err(
+            (FunctionRuntime::Provided(_), None, Some(_)) => {}
+            (FunctionRuntime::Provided(_), _, _) => self.err(
                 &path,
                 "set exactly one of `code` (a directory or .zip with `bootstrap`) or `command`",
             ),
@@ -452,7 +452,7 @@ impl Validator {
             }
             _ => {}
         }
-        if f.runtime != FunctionRuntime::Provided {
+        if !matches!(f.runtime, FunctionRuntime::Provided(_)) {
             let valid = f.handler.as_deref().is_some_and(|h| {
                 h.rsplit_once('.')
                     .is_some_and(|(module, function)| !module.is_empty() && !function.is_empty())
@@ -476,11 +476,6 @@ impl Validator {
             MEMORY_MB,
             "MB",
         );
-        if f.reserved_concurrency == Some(0) {
-            // Lambda allows 0 to disable a function; portico has no use for a function that
-            // can never run, and a 0 here is almost always a typo.
-            self.err(format!("{path}.reserved_concurrency"), "must be at least 1");
-        }
         for key in f.environment.keys() {
             let kp = format!("{path}.environment.{key}");
             let valid_name = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic())

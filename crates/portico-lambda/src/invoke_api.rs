@@ -10,14 +10,18 @@
 //! - `POST /2014-11-13/functions/{name}/invoke-async`: the deprecated InvokeAsync, `Event`
 //!   with its 256 KB payload limit.
 //! - `GET /2015-03-31/functions/`: ListFunctions; `GET /2015-03-31/functions/{name}`:
-//!   GetFunction.
+//!   GetFunction; `GET /2015-03-31/functions/{name}/configuration`: GetFunctionConfiguration
+//!   (what the AWS CLI's `function-updated` waiter polls).
+//! - `GET /2016-08-19/account-settings/`: GetAccountSettings, the runtime's limits.
 //! - `GET /portico/v1/functions/{name}/logs[?follow=true]`: portico's own route, the
 //!   function's recent log as text, one `TIMESTAMP<TAB>LINE` per line; with `follow`, the
 //!   response stays open and new lines are streamed (`portico logs`).
 //!
 //! Errors are AWS's: a JSON body `{"Type": "User", "message": …}` and the exception's name in
 //! `x-amzn-ErrorType`, which the SDKs read. Request signatures (SigV4) are accepted unchecked.
-//! The function name may be a name, a full ARN or a partial ARN, as Lambda allows.
+//! The function name may be a name, a full ARN or a partial ARN, each with a `:QUALIFIER`, or
+//! the qualifier may come as `?Qualifier=`, as Lambda allows. A function here has one version,
+//! `$LATEST`, and no alias: any other qualifier is `ResourceNotFoundException`.
 
 use crate::logs::{LogBook, LogLine};
 use crate::runtime::{MAX_SYNC_PAYLOAD_BYTES, Runtime};
@@ -37,6 +41,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "/2015-03-31/functions";
+
+/// GetAccountSettings' path.
+const ACCOUNT_SETTINGS: &str = "/2016-08-19/account-settings";
+
+/// Lambda's limit on a function's deployment package, zipped (50 MB, direct upload).
+const CODE_SIZE_ZIPPED: u64 = 50 * 1024 * 1024;
+
+/// Lambda's limit on a function's code and layers, unzipped (250 MB).
+const CODE_SIZE_UNZIPPED: u64 = 250 * 1024 * 1024;
+
+/// Lambda's default storage for all of an account's code (75 GB).
+const TOTAL_CODE_SIZE: u64 = 75 * 1024 * 1024 * 1024;
 
 /// The deprecated InvokeAsync operation's prefix.
 const LEGACY_ASYNC_PREFIX: &str = "/2014-11-13/functions";
@@ -89,9 +105,9 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
     if let Some(rest) = path.strip_prefix(PORTICO_PREFIX) {
         let follow = query_param(&req, "follow").is_some_and(|v| v == "true" || v == "1");
         return match (req.method(), rest.trim_start_matches('/').split_once('/')) {
-            (&Method::GET, Some((name, "logs"))) => match rt.logs(&function_name(name)) {
+            (&Method::GET, Some((name, "logs"))) => match rt.logs(&function_name(name).0) {
                 Some(book) => logs(book, follow, &api.shutdown),
-                None => not_found(&function_name(name), rt),
+                None => not_found(&function_name(name).0, rt),
             },
             _ => unknown_operation(),
         };
@@ -99,8 +115,14 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
     if let Some(rest) = path.strip_prefix(LEGACY_ASYNC_PREFIX) {
         return match (req.method(), rest.trim_matches('/').split_once('/')) {
             (&Method::POST, Some((name, "invoke-async"))) => {
-                invoke_async(rt, &function_name(name), req).await
+                invoke_async(rt, &function_name(name).0, req).await
             }
+            _ => unknown_operation(),
+        };
+    }
+    if path.trim_end_matches('/') == ACCOUNT_SETTINGS {
+        return match *req.method() {
+            Method::GET => account_settings(rt),
             _ => unknown_operation(),
         };
     }
@@ -110,37 +132,71 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
     let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, [""]) => list_functions(rt),
-        (&Method::GET, [name]) => get_function(rt, &function_name(name)),
-        (&Method::POST, [name, "invocations"]) => {
-            let name = function_name(name);
-            invoke(rt, &name, req).await
-        }
+        (&Method::GET, [name]) => match find(rt, name, &req) {
+            Ok(spec) => get_function(spec),
+            Err(response) => *response,
+        },
+        (&Method::GET, [name, "configuration"]) => match find(rt, name, &req) {
+            Ok(spec) => ok_json(configuration(spec)),
+            Err(response) => *response,
+        },
+        (&Method::POST, [name, "invocations"]) => match find(rt, name, &req) {
+            Ok(spec) => invoke(rt, spec, req).await,
+            Err(response) => *response,
+        },
         _ => unknown_operation(),
     }
 }
 
-/// The function name in a path segment: a name, `arn:aws:lambda:REGION:ACCOUNT:function:NAME`
-/// or `ACCOUNT:function:NAME`, any of them with a `:QUALIFIER`.
-fn function_name(segment: &str) -> String {
+/// The function name and qualifier in a path segment: a name,
+/// `arn:aws:lambda:REGION:ACCOUNT:function:NAME` or `ACCOUNT:function:NAME`, any of them with
+/// a `:QUALIFIER`.
+fn function_name(segment: &str) -> (String, Option<String>) {
     let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
     let parts: Vec<&str> = decoded.split(':').collect();
-    match parts.iter().position(|p| *p == "function") {
-        Some(i) => parts.get(i + 1).copied().unwrap_or_default().to_owned(),
-        None => parts.first().copied().unwrap_or_default().to_owned(),
-    }
+    let (name, qualifier) = match parts.iter().position(|p| *p == "function") {
+        Some(i) => (parts.get(i + 1), parts.get(i + 2)),
+        None => (parts.first(), parts.get(1)),
+    };
+    (
+        name.copied().unwrap_or_default().to_owned(),
+        qualifier.map(|q| (*q).to_owned()),
+    )
 }
 
-async fn invoke(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse {
-    let Some(spec) = rt.spec(name) else {
-        return not_found(name, rt);
+/// The function a request names in `segment` (and `?Qualifier=`), or Lambda's answer when
+/// there is none: a qualifier other than `$LATEST` names a version or alias that does not
+/// exist here.
+fn find<'a>(
+    rt: &'a Runtime,
+    segment: &str,
+    req: &Request<Incoming>,
+) -> Result<&'a FunctionSpec, Box<ApiResponse>> {
+    let (name, derived) = function_name(segment);
+    let Some(spec) = rt.spec(&name) else {
+        return Err(Box::new(not_found(&name, rt)));
     };
-    if let Some(qualifier) = query_param(&req, "Qualifier").filter(|q| q != "$LATEST") {
-        return error(
+    let given = query_param(req, "Qualifier");
+    if let (Some(derived), Some(given)) = (&derived, &given) {
+        if derived != given {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                "The derived qualifier from the function name does not match the specified qualifier.",
+            )));
+        }
+    }
+    match derived.or(given).filter(|q| q != "$LATEST") {
+        Some(qualifier) => Err(Box::new(error(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
             &format!("Function not found: {}:{qualifier}", spec.arn()),
-        );
+        ))),
+        None => Ok(spec),
     }
+}
+
+async fn invoke(rt: &Runtime, spec: &FunctionSpec, req: Request<Incoming>) -> ApiResponse {
     let invocation_type = header_str(&req, "x-amz-invocation-type")
         .unwrap_or("RequestResponse")
         .to_owned();
@@ -307,10 +363,10 @@ fn refused(rt: &Runtime, refusal: InvokeError) -> ApiResponse {
         InvokeError::NotFound(name) => not_found(&name, rt),
         InvokeError::Throttled { reason, .. } => throttled(reason),
         InvokeError::RequestTooLarge { limit, .. } => request_too_large(limit),
-        InvokeError::ShuttingDown => error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        InvokeError::ShuttingDown => with_error_type(
+            StatusCode::INTERNAL_SERVER_ERROR,
             "ServiceException",
-            "The function runtime is shutting down",
+            json!({ "Type": "Service", "message": "The function runtime is shutting down" }),
         ),
     }
 }
@@ -395,34 +451,110 @@ fn list_functions(rt: &Runtime) -> ApiResponse {
     ok_json(json!({ "Functions": configs }))
 }
 
-fn get_function(rt: &Runtime, name: &str) -> ApiResponse {
-    match rt.spec(name) {
-        Some(spec) => ok_json(json!({
-            "Configuration": configuration(spec),
-            "Code": { "RepositoryType": "S3", "Location": "" },
-        })),
-        None => not_found(name, rt),
+fn get_function(spec: &FunctionSpec) -> ApiResponse {
+    let mut doc = json!({
+        "Configuration": configuration(spec),
+        "Code": { "RepositoryType": "S3", "Location": "" },
+    });
+    if let Some(n) = spec.reserved_concurrency {
+        doc["Concurrency"] = json!({ "ReservedConcurrentExecutions": n });
     }
+    ok_json(doc)
 }
 
-/// Lambda's `FunctionConfiguration` for `spec`.
+/// Lambda's `FunctionConfiguration` for `spec`. Fields Lambda leaves out when unset (layers,
+/// VPC, dead-letter queue, KMS key, file systems, image config) are left out.
 fn configuration(spec: &FunctionSpec) -> Value {
-    json!({
+    let mut config = json!({
         "FunctionName": spec.name,
         "FunctionArn": spec.arn(),
         "Runtime": spec.runtime,
+        "Role": format!(
+            "arn:aws:iam::{}:role/service-role/{}-role",
+            crate::spec::ACCOUNT_ID,
+            spec.name
+        ),
         "Handler": spec.handler,
-        "MemorySize": spec.memory_size_mb,
+        "CodeSize": spec.code.size,
+        "Description": "",
         "Timeout": spec.timeout.as_secs(),
+        "MemorySize": spec.memory_size_mb,
+        "LastModified": last_modified(spec.last_modified),
+        "CodeSha256": spec.code.sha256,
         "Version": "$LATEST",
-        "Environment": { "Variables": spec.environment },
-        "PackageType": "Zip",
-        "Architectures": [std::env::consts::ARCH.replace("aarch64", "arm64")],
+        "TracingConfig": { "Mode": "PassThrough" },
+        "RevisionId": revision_id(spec),
         "State": "Active",
         "LastUpdateStatus": "Successful",
-        "Description": "",
-        "CodeSize": 0,
-    })
+        "PackageType": "Zip",
+        "Architectures": [std::env::consts::ARCH.replace("aarch64", "arm64")],
+        "EphemeralStorage": { "Size": 512 },
+        "SnapStart": { "ApplyOn": "None", "OptimizationStatus": "Off" },
+        "LoggingConfig": {
+            "LogFormat": "Text",
+            "LogGroup": format!("/aws/lambda/{}", spec.name),
+        },
+    });
+    // Lambda leaves `Environment` out when a function has no variables.
+    if !spec.environment.is_empty() {
+        config["Environment"] = json!({ "Variables": spec.environment });
+    }
+    config
+}
+
+/// Lambda's `LastModified`: `2026-12-03T10:00:00.000+0000`.
+fn last_modified(time: std::time::SystemTime) -> String {
+    let text = crate::process::rfc3339(time);
+    format!("{}+0000", text.trim_end_matches('Z'))
+}
+
+/// A revision id that changes when the function does: a UUID-shaped digest of its code and
+/// configuration.
+fn revision_id(spec: &FunctionSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [
+        spec.code.sha256.as_str(),
+        spec.runtime.as_str(),
+        spec.handler.as_str(),
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(spec.memory_size_mb.to_le_bytes());
+    hasher.update(spec.timeout.as_secs().to_le_bytes());
+    for (key, value) in &spec.environment {
+        hasher.update(key.as_bytes());
+        hasher.update([b'=']);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// GetAccountSettings: the runtime's concurrency and Lambda's code-size limits.
+fn account_settings(rt: &Runtime) -> ApiResponse {
+    let total = rt.max_concurrency();
+    let reserved: usize = rt.functions().filter_map(|f| f.reserved_concurrency).sum();
+    let code: u64 = rt.functions().map(|f| f.code.size).sum();
+    ok_json(json!({
+        "AccountLimit": {
+            "TotalCodeSize": TOTAL_CODE_SIZE,
+            "CodeSizeUnzipped": CODE_SIZE_UNZIPPED,
+            "CodeSizeZipped": CODE_SIZE_ZIPPED,
+            "ConcurrentExecutions": total,
+            "UnreservedConcurrentExecutions": total.saturating_sub(reserved),
+        },
+        "AccountUsage": {
+            "TotalCodeSize": code,
+            "FunctionCount": rt.functions().count(),
+        },
+    }))
 }
 
 fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
@@ -514,19 +646,34 @@ fn internal() -> ApiResponse {
 mod tests {
     use super::function_name;
 
+    fn named(name: &str, qualifier: Option<&str>) -> (String, Option<String>) {
+        (name.to_owned(), qualifier.map(str::to_owned))
+    }
+
     #[test]
-    fn names_arns_and_partial_arns() {
-        assert_eq!(function_name("hello"), "hello");
-        assert_eq!(function_name("hello:$LATEST"), "hello");
+    fn names_arns_and_partial_arns_with_their_qualifiers() {
+        assert_eq!(function_name("hello"), named("hello", None));
+        assert_eq!(
+            function_name("hello:$LATEST"),
+            named("hello", Some("$LATEST"))
+        );
+        assert_eq!(function_name("hello:prod"), named("hello", Some("prod")));
         assert_eq!(
             function_name("arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Ahello"),
-            "hello"
+            named("hello", None)
         );
         assert_eq!(
             function_name("arn:aws:lambda:us-east-1:000000000000:function:hello:prod"),
-            "hello"
+            named("hello", Some("prod"))
         );
-        assert_eq!(function_name("000000000000:function:hello"), "hello");
-        assert_eq!(function_name(""), "");
+        assert_eq!(
+            function_name("000000000000:function:hello"),
+            named("hello", None)
+        );
+        assert_eq!(
+            function_name("000000000000:function:hello:7"),
+            named("hello", Some("7"))
+        );
+        assert_eq!(function_name(""), named("", None));
     }
 }

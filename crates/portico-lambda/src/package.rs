@@ -62,6 +62,94 @@ pub enum PackageError {
     },
 }
 
+/// What Lambda reports of a function's code: the base64 SHA-256 of its deployment package
+/// and the package's size in bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// `CodeSha256`: base64 of the SHA-256.
+    pub sha256: String,
+    /// `CodeSize`, in bytes.
+    pub size: u64,
+}
+
+/// The fingerprint of `code`: a `.zip` package or a program, by its bytes; a directory by
+/// each file's path (relative, in order) and bytes, a symbolic link by its target, so
+/// that the same code gives the same fingerprint wherever it lies.
+pub fn fingerprint(code: &Path) -> Result<Fingerprint, PackageError> {
+    use base64::Engine as _;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let meta = fs::metadata(code).map_err(|source| PackageError::Read {
+        path: code.to_owned(),
+        source,
+    })?;
+    if meta.is_dir() {
+        hash_dir(code, Path::new(""), &mut hasher, &mut size)?;
+    } else {
+        hash_file(code, &mut hasher, &mut size)?;
+    }
+    Ok(Fingerprint {
+        sha256: base64::engine::general_purpose::STANDARD.encode(hasher.finalize()),
+        size,
+    })
+}
+
+fn hash_dir(
+    root: &Path,
+    relative: &Path,
+    hasher: &mut Sha256,
+    size: &mut u64,
+) -> Result<(), PackageError> {
+    let dir = root.join(relative);
+    let read_err = |source| PackageError::Read {
+        path: dir.clone(),
+        source,
+    };
+    let mut entries: Vec<_> = fs::read_dir(&dir)
+        .map_err(read_err)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    entries.sort();
+    for name in entries {
+        let path = relative.join(&name);
+        let full = root.join(&path);
+        let meta = fs::symlink_metadata(&full).map_err(|source| PackageError::Read {
+            path: full.clone(),
+            source,
+        })?;
+        hasher.update(path.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
+        if meta.is_symlink() {
+            let target = fs::read_link(&full).unwrap_or_default();
+            hasher.update(b"->");
+            hasher.update(target.as_os_str().as_encoded_bytes());
+        } else if meta.is_dir() {
+            hash_dir(root, &path, hasher, size)?;
+        } else if meta.is_file() {
+            hash_file(&full, hasher, size)?;
+        }
+    }
+    Ok(())
+}
+
+fn hash_file(path: &Path, hasher: &mut Sha256, size: &mut u64) -> Result<(), PackageError> {
+    let read_err = |source| PackageError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+        *size += n as u64;
+    }
+}
+
 /// Unpacks the zip at `package` into `cache` (once) and returns the directory holding its
 /// files.
 pub fn unpack(package: &Path, cache: &Path) -> Result<PathBuf, PackageError> {
@@ -234,6 +322,34 @@ mod tests {
             w.write_all(data).unwrap();
         }
         w.finish().unwrap();
+    }
+
+    #[test]
+    fn a_fingerprint_is_the_code_s_sha256_and_size() {
+        use base64::Engine as _;
+        let d = Dir::new("fingerprint");
+        let zip = d.0.join("fn.zip");
+        zip_of(&zip, &[("bootstrap", b"#!/bin/sh\n", 0o755)]);
+        let bytes = fs::read(&zip).unwrap();
+        let expected = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&bytes));
+        let print = fingerprint(&zip).unwrap();
+        assert_eq!(print.sha256, expected);
+        assert_eq!(print.size, bytes.len() as u64);
+        // A directory: the same files give the same print wherever they are; a change of
+        // content or name changes it.
+        let one = Dir::new("fp-one");
+        let two = Dir::new("fp-two");
+        for dir in [&one, &two] {
+            fs::create_dir_all(dir.0.join("lib")).unwrap();
+            fs::write(dir.0.join("app.py"), "x = 1\n").unwrap();
+            fs::write(dir.0.join("lib/util.py"), "y = 2\n").unwrap();
+        }
+        let first = fingerprint(&one.0).unwrap();
+        assert_eq!(first, fingerprint(&two.0).unwrap());
+        assert_eq!(first.size, 12);
+        fs::write(two.0.join("lib/util.py"), "y = 3\n").unwrap();
+        assert_ne!(first.sha256, fingerprint(&two.0).unwrap().sha256);
+        assert!(fingerprint(&one.0.join("missing")).is_err());
     }
 
     #[test]

@@ -25,6 +25,11 @@ impl Limit {
         }
     }
 
+    /// The size it was made with.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
     /// A permit, or the size of the limit that is full.
     pub(crate) fn try_acquire(&self) -> Result<OwnedSemaphorePermit, usize> {
         self.permits

@@ -91,6 +91,11 @@ impl Runtime {
         }
     }
 
+    /// Most environments busy at once, across functions (the account's concurrency).
+    pub fn max_concurrency(&self) -> usize {
+        self.shared.global.size()
+    }
+
     /// The functions this runtime runs.
     pub fn functions(&self) -> impl Iterator<Item = &FunctionSpec> {
         self.pools.values().map(|p| p.spec())

@@ -41,6 +41,11 @@ pub struct FunctionSpec {
     pub reserved_concurrency: Option<usize>,
     /// The user's environment variables.
     pub environment: BTreeMap<String, String>,
+    /// The code's SHA-256 and size, as Lambda reports them (`CodeSha256`, `CodeSize`).
+    pub code: crate::package::Fingerprint,
+    /// When the function was last set up: portico's start or the reload that changed it
+    /// (`LastModified`).
+    pub last_modified: std::time::SystemTime,
     /// `AWS_REGION`.
     pub region: String,
 }

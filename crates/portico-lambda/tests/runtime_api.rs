@@ -36,6 +36,8 @@ fn prober(name: &str, env: &[(&str, &str)], reserved: Option<usize>) -> Function
             secret_access_key: "sprobe".into(),
             session_token: None,
         }),
+        code: portico_lambda::package::Fingerprint::default(),
+        last_modified: std::time::SystemTime::now(),
         memory_size_mb: 256,
         timeout: Duration::from_secs(5),
         init_timeout: Duration::from_secs(10),

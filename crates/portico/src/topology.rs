@@ -93,12 +93,26 @@ fn function_spec(
         (None, None) => base.to_owned(),
     };
     let task_root = std::path::absolute(&task_root).unwrap_or(task_root);
+    // What Lambda would have been sent: the package or the code directory; for a
+    // `command`, its program when that is a file (not a name looked up on PATH).
+    let shipped = match (&f.code, &f.command) {
+        (Some(code), _) => Some(resolve(code, base)),
+        (None, Some(cmd)) => cmd
+            .first()
+            .map(|p| resolve(p, base))
+            .filter(|p| p.is_file()),
+        (None, None) => None,
+    };
+    let code = match shipped {
+        Some(path) => portico_lambda::package::fingerprint(&path)?,
+        None => portico_lambda::package::Fingerprint::default(),
+    };
     let launch = match (f.runtime, &f.command) {
-        (FunctionRuntime::Provided, Some(cmd)) => launch::Launch::provided(
+        (FunctionRuntime::Provided(_), Some(cmd)) => launch::Launch::provided(
             cmd.first().map(|p| resolve(p, base)).unwrap_or_default(),
             cmd.iter().skip(1).cloned().collect(),
         ),
-        (FunctionRuntime::Provided, None) => {
+        (FunctionRuntime::Provided(_), None) => {
             launch::Launch::provided(task_root.join("bootstrap"), Vec::new())
         }
         (FunctionRuntime::Python { minor }, _) => launch::python(minor, f.handler(), &task_root)?,
@@ -125,6 +139,8 @@ fn function_spec(
         init_timeout: portico_lambda::spec::DEFAULT_INIT_TIMEOUT,
         reserved_concurrency: f.reserved_concurrency.map(|n| n as usize),
         environment: f.environment.clone(),
+        code,
+        last_modified: std::time::SystemTime::now(),
         region: REGION.to_owned(),
     })
 }

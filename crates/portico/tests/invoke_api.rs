@@ -159,6 +159,177 @@ fn aws_cli_invokes_lists_and_gets_functions() {
     );
 }
 
+/// Qualifiers, GetFunctionConfiguration (and the CLI's waiter on it), the configuration's
+/// fields, GetAccountSettings, and a function switched off with reserved concurrency 0.
+#[test]
+fn aws_cli_qualifiers_configuration_account_settings_and_zero_concurrency() {
+    let config = config().replace(
+        "[invoke_api]",
+        &format!(
+            "[functions.off]\ncommand = [\"{}\"]\nreserved_concurrency = 0\n\n[functions.provided_al2023]\nruntime = \"provided.al2023\"\ncommand = [\"{}\"]\nreserved_concurrency = 3\n\n[runtime]\nmax_concurrency = 50\n\n[invoke_api]",
+            echo_bin().display(),
+            echo_bin().display()
+        ),
+    );
+    let portico = Portico::start(&config);
+    let endpoint = format!("http://{}", portico.invoke_api.unwrap());
+    let scratch = Scratch::new("qualifiers");
+    let outfile = scratch.0.join("out.json");
+    let outfile = outfile.to_str().unwrap();
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // $LATEST, in the name or as --qualifier, runs; anything else is not found, as on Lambda.
+    for name in [
+        "echo:$LATEST",
+        "arn:aws:lambda:us-east-1:000000000000:function:echo:$LATEST",
+        "000000000000:function:echo",
+    ] {
+        let out = aws(&endpoint, &["invoke", "--function-name", name, outfile]);
+        assert_eq!(stdout_json(&out)["StatusCode"], 200, "{name}");
+    }
+    for args in [
+        vec!["--function-name", "echo:prod"],
+        vec![
+            "--function-name",
+            "arn:aws:lambda:us-east-1:000000000000:function:echo:7",
+        ],
+        vec!["--function-name", "echo", "--qualifier", "prod"],
+    ] {
+        let mut all = vec!["invoke"];
+        all.extend(&args);
+        all.push(outfile);
+        let out = aws(&endpoint, &all);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("ResourceNotFoundException")
+                && stderr(&out).contains("function:echo:"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = aws(
+        &endpoint,
+        &[
+            "invoke",
+            "--function-name",
+            "echo:prod",
+            "--qualifier",
+            "dev",
+            outfile,
+        ],
+    );
+    assert!(
+        stderr(&out).contains("InvalidParameterValueException"),
+        "{}",
+        stderr(&out)
+    );
+    let out = aws(
+        &endpoint,
+        &[
+            "get-function",
+            "--function-name",
+            "echo",
+            "--qualifier",
+            "prod",
+        ],
+    );
+    assert!(stderr(&out).contains("ResourceNotFoundException"));
+
+    // GetFunctionConfiguration: every field the CLI shows for a zip function.
+    let c = stdout_json(&aws(
+        &endpoint,
+        &["get-function-configuration", "--function-name", "echo"],
+    ));
+    for field in [
+        "FunctionName",
+        "FunctionArn",
+        "Runtime",
+        "Role",
+        "Handler",
+        "CodeSize",
+        "Timeout",
+        "MemorySize",
+        "LastModified",
+        "CodeSha256",
+        "Version",
+        "TracingConfig",
+        "RevisionId",
+        "State",
+        "LastUpdateStatus",
+        "PackageType",
+        "Architectures",
+        "EphemeralStorage",
+        "LoggingConfig",
+        "Environment",
+    ] {
+        assert!(c.get(field).is_some(), "{field} missing: {c}");
+    }
+    assert_eq!(
+        c["Runtime"], "provided.al2023",
+        "the default OS-only runtime"
+    );
+    assert_eq!(c["CodeSize"], std::fs::metadata(echo_bin()).unwrap().len());
+    assert_eq!(c["CodeSha256"].as_str().unwrap().len(), 44, "{c}");
+    assert_eq!(c["EphemeralStorage"]["Size"], 512);
+    assert_eq!(c["LoggingConfig"]["LogGroup"], "/aws/lambda/echo");
+    let modified = c["LastModified"].as_str().unwrap();
+    assert!(
+        modified.ends_with("+0000") && modified.len() == 28,
+        "{modified}"
+    );
+    // The waiter the CLI runs after an update polls this operation until Successful.
+    let out = aws(
+        &endpoint,
+        &["wait", "function-updated", "--function-name", "echo"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = stdout_json(&aws(&endpoint, &["list-functions"]));
+    let al2023 = listed["Functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["FunctionName"] == "provided_al2023")
+        .unwrap();
+    assert_eq!(al2023["Runtime"], "provided.al2023");
+    let got = stdout_json(&aws(
+        &endpoint,
+        &["get-function", "--function-name", "provided_al2023"],
+    ));
+    assert_eq!(got["Concurrency"]["ReservedConcurrentExecutions"], 3);
+
+    // GetAccountSettings: the runtime's limits.
+    let settings = stdout_json(&aws(&endpoint, &["get-account-settings"]));
+    assert_eq!(settings["AccountLimit"]["ConcurrentExecutions"], 50);
+    assert_eq!(
+        settings["AccountLimit"]["UnreservedConcurrentExecutions"],
+        47
+    );
+    assert_eq!(settings["AccountLimit"]["CodeSizeUnzipped"], 262_144_000);
+    assert_eq!(settings["AccountUsage"]["FunctionCount"], 4);
+
+    // Reserved concurrency 0: the function is switched off; every invocation is throttled
+    // (curl: the CLI would retry the throttle four times first).
+    let reply = curl(
+        None,
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            "{}",
+            &format!("{endpoint}/2015-03-31/functions/off/invocations"),
+        ],
+    );
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    assert_eq!(
+        reply.header("x-amzn-ErrorType"),
+        Some("TooManyRequestsException")
+    );
+    assert_eq!(
+        reply.json()["Reason"],
+        "ReservedFunctionConcurrentInvocationLimitExceeded"
+    );
+}
+
 fn base64_decode(text: &str) -> String {
     let out = Command::new("python3")
         .args([
