@@ -13,15 +13,21 @@
 use crate::exchange::{Completion, Exchange, Outcome, State};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Largest response or error document a function may post: Lambda's 6 MB synchronous limit.
-pub(crate) const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+/// Largest response or error document a function may post: Lambda's 6 MB synchronous limit,
+/// with the 100 bytes of slack its Runtime API allows (6 291 556, the Runtime Interface
+/// Emulator's `MaxPayloadSize`).
+pub(crate) const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024 + 100;
+
+/// How far an oversized body is read, to count it for the error message, before the count
+/// stops.
+const COUNT_OVERSIZED_UP_TO: u64 = 4 * MAX_RESPONSE_BYTES as u64;
 
 const PREFIX: &str = "/2018-06-01/runtime/";
 
@@ -117,9 +123,11 @@ async fn response(ctx: &ApiContext, id: &str, req: Request<Incoming>) -> ApiResp
     }
     match read_body(req).await {
         Ok(body) => complete(ctx, id, Outcome::Response(body)),
-        Err(BodyError::TooLarge) => {
+        Err(BodyError::TooLarge { size }) => {
+            // Lambda's words: the invocation's error names the size, the function's answer
+            // does not.
             let message = format!(
-                "Response payload size exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."
+                "Response payload size ({size} bytes) exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."
             );
             let body = error_document("Function.ResponseSizeTooLarge", &message);
             ctx.exchange.complete(
@@ -129,11 +137,7 @@ async fn response(ctx: &ApiContext, id: &str, req: Request<Incoming>) -> ApiResp
                     body,
                 },
             );
-            error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                &message,
-            )
+            too_large()
         }
         Err(BodyError::Broken) => bad_body(),
     }
@@ -149,11 +153,7 @@ async fn invocation_error(ctx: &ApiContext, id: &str, req: Request<Incoming>) ->
             let (error_type, body) = function_error(header_type, body);
             complete(ctx, id, Outcome::Error { error_type, body })
         }
-        Err(BodyError::TooLarge) => error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            "error document over the payload limit",
-        ),
+        Err(BodyError::TooLarge { .. }) => too_large(),
         Err(BodyError::Broken) => bad_body(),
     }
 }
@@ -228,19 +228,52 @@ pub(crate) fn error_document(error_type: &str, message: &str) -> Bytes {
 }
 
 enum BodyError {
-    TooLarge,
+    /// Over [`MAX_RESPONSE_BYTES`]: `size` bytes (its `Content-Length`, else as many as were
+    /// counted, up to [`COUNT_OVERSIZED_UP_TO`]).
+    TooLarge { size: u64 },
     Broken,
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, BodyError> {
-    match Limited::new(req.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
-        Err(_) => Err(BodyError::Broken),
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // An oversized body is still read (and dropped), so that the function, still writing
+    // it, gets the answer instead of a broken connection.
+    let mut body = req.into_body();
+    let mut kept = bytes::BytesMut::new();
+    let mut size = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Broken)?.into_data() else {
+            continue;
+        };
+        size += data.len() as u64;
+        if size <= MAX_RESPONSE_BYTES as u64 {
+            kept.extend_from_slice(&data);
+        } else {
+            // Over the limit: nothing more is kept, only counted.
+            kept = bytes::BytesMut::new();
+            if size >= COUNT_OVERSIZED_UP_TO {
+                break;
+            }
+        }
     }
+    if size > MAX_RESPONSE_BYTES as u64 {
+        return Err(BodyError::TooLarge {
+            size: declared.unwrap_or(size).max(size),
+        });
+    }
+    Ok(kept.freeze())
+}
+
+/// The Runtime API's answer to a body over the limit.
+fn too_large() -> ApiResponse {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        &format!("Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."),
+    )
 }
 
 fn accepted() -> ApiResponse {

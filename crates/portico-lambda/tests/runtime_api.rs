@@ -140,8 +140,13 @@ async fn runtime_api_headers_environment_and_misuse() {
         .await
         .unwrap();
     assert_eq!(
-        big.function_error.unwrap().error_type,
+        big.function_error.as_ref().unwrap().error_type,
         "Function.ResponseSizeTooLarge"
+    );
+    // In Lambda's words: the size posted, and the Runtime API's limit (6 MB and 100 bytes).
+    assert_eq!(
+        json_of(&big)["errorMessage"],
+        "Response payload size (7340032 bytes) exceeded maximum allowed payload size (6291556 bytes)."
     );
     // A non-JSON error document is wrapped, its type taken from the header.
     let odd = invoke(&rt, "probe", json!({"action": "?"})).await.unwrap();
@@ -167,7 +172,14 @@ async fn runtime_api_headers_environment_and_misuse() {
     );
     assert_eq!(seen["first_response"], 202);
     assert_eq!(seen["second_response"], json!([400, "InvalidRequestID"]));
-    assert_eq!(seen["big_response"], json!([413, "RequestEntityTooLarge"]));
+    assert_eq!(
+        seen["big_response"],
+        json!([
+            413,
+            "RequestEntityTooLarge",
+            "Exceeded maximum allowed payload size (6291556 bytes)."
+        ])
+    );
     rt.shutdown().await;
 }
 

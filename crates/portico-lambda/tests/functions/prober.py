@@ -55,7 +55,7 @@ while True:
         seen["second_response"] = [status, error_type(body)]
     elif action == "big":
         status, body = call("POST", "invocation/%s/response" % rid, b"x" * (7 * 1024 * 1024))
-        seen["big_response"] = [status, error_type(body)]
+        seen["big_response"] = [status, error_type(body), json.loads(body).get("errorMessage")]
     elif action == "sleep":
         time.sleep(event.get("seconds", 1))
         call("POST", "invocation/%s/response" % rid, b'"slept"')
