@@ -179,7 +179,7 @@ impl Environment {
             request_id: request_id.clone(),
             payload: invocation.payload,
             deadline_ms: deadline_ms(self.spec.timeout),
-            trace_id: invocation.trace_id,
+            trace_id: Some(crate::xray::header(invocation.trace_id.as_deref())),
             client_context: invocation.client_context,
             cognito_identity: invocation.cognito_identity,
             reply,

@@ -222,6 +222,8 @@ async fn invoke(rt: &Runtime, spec: &FunctionSpec, req: Request<Incoming>) -> Ap
             );
         }
     };
+    // The caller's trace, which the function's invocation continues.
+    let trace_id = header_str(&req, "x-amzn-trace-id").map(str::to_owned);
     let payload = match read_payload(req, MAX_SYNC_PAYLOAD_BYTES).await {
         Ok(payload) => payload,
         Err(response) => return response,
@@ -229,6 +231,7 @@ async fn invoke(rt: &Runtime, spec: &FunctionSpec, req: Request<Incoming>) -> Ap
     let invocation = Invocation {
         function: spec.name.clone(),
         payload,
+        trace_id,
         // Lambda passes the client context and the log tail for synchronous invocations only.
         client_context: client_context.filter(|_| invocation_type == "RequestResponse"),
         tail_logs: tail_logs && invocation_type == "RequestResponse",

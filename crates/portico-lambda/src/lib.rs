@@ -34,6 +34,7 @@ mod process;
 pub mod runtime;
 mod runtime_api;
 pub mod spec;
+mod xray;
 
 pub use logs::{LogBook, LogLine};
 pub use runtime::{Runtime, RuntimeOptions};

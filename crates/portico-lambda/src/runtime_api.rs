@@ -230,7 +230,9 @@ pub(crate) fn error_document(error_type: &str, message: &str) -> Bytes {
 enum BodyError {
     /// Over [`MAX_RESPONSE_BYTES`]: `size` bytes (its `Content-Length`, else as many as were
     /// counted, up to [`COUNT_OVERSIZED_UP_TO`]).
-    TooLarge { size: u64 },
+    TooLarge {
+        size: u64,
+    },
     Broken,
 }
 

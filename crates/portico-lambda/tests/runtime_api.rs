@@ -82,9 +82,12 @@ async fn runtime_api_headers_environment_and_misuse() {
     let h = &reply["headers"];
     assert_eq!(h["lambda-runtime-aws-request-id"], out.request_id);
     assert_eq!(h["lambda-runtime-invoked-function-arn"], arn);
-    assert_eq!(
-        h["lambda-runtime-trace-id"],
-        "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"
+    // The caller's trace, continued under a new segment.
+    let trace = h["lambda-runtime-trace-id"].as_str().unwrap();
+    assert!(
+        trace.starts_with("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=")
+            && trace.ends_with(";Sampled=1"),
+        "{trace}"
     );
     assert_eq!(
         h["lambda-runtime-client-context"],

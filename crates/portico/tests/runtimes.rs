@@ -332,6 +332,13 @@ port = 0
     assert_eq!(env["AWS_SECRET_ACCESS_KEY"], "sportico", "{env}");
     assert_eq!(env["AWS_SESSION_TOKEN"], "tportico", "{env}");
     assert!(env.get("PORTICO_TEST_SECRET").is_none(), "{env}");
+    // An X-Ray header for every invocation, a new trace when the caller sent none; the
+    // runtime client hands it over in _X_AMZN_TRACE_ID.
+    let trace = env["_X_AMZN_TRACE_ID"].as_str().unwrap();
+    assert!(
+        trace.starts_with("Root=1-") && trace.contains(";Parent=") && trace.ends_with(";Sampled=0"),
+        "{trace}"
+    );
 
     let (reply, error, _) = invoke(&api, "without_credentials", &json!({}));
     assert_eq!(error, None, "{reply}");

@@ -38,7 +38,7 @@ def handler(event, context):
         "env": {
             k: v
             for k, v in os.environ.items()
-            if k.startswith(("AWS_", "LAMBDA_", "PYTHONPATH", "PORTICO_"))
+            if k.startswith(("AWS_", "LAMBDA_", "PYTHONPATH", "PORTICO_", "_X_AMZN_TRACE_ID"))
         },
         "helper": helper.NAME,
         "cold": cold,
