@@ -4,8 +4,10 @@
 //! `headers` or `multiValueHeaders`, `body`, `isBase64Encoded`. Anything that does not fit
 //! (not JSON, no status, a status outside 100-599, a header that is not valid HTTP, a body
 //! that claims base64 and is not) is `LambdaInvalidResponse`, a 502. In multi-value mode the
-//! response headers come from `multiValueHeaders`, otherwise from `headers`; a reply that
-//! carries only the other kind is read from that kind.
+//! response headers come from `multiValueHeaders`, otherwise from `headers`, and the other
+//! field is ignored, as ALB ignores it ("You must use `multiValueHeaders` if you have enabled
+//! multi-value headers and `headers` otherwise"): a function that sends the wrong kind loses
+//! its headers here as it would on AWS.
 
 use crate::error::LbError;
 use base64::Engine;
@@ -72,14 +74,15 @@ pub fn into_response(payload: &[u8], multi_value: bool) -> Result<Response<Full<
         response.extensions_mut().insert(reason);
     }
     let headers = response.headers_mut();
-    let pairs: Vec<(String, String)> = match (multi_value, reply.headers, reply.multi_value_headers)
-    {
-        (true, _, Some(m)) | (false, None, Some(m)) => m
+    let pairs: Vec<(String, String)> = if multi_value {
+        reply
+            .multi_value_headers
+            .unwrap_or_default()
             .into_iter()
             .flat_map(|(k, vs)| vs.into_iter().map(move |v| (k.clone(), v)))
-            .collect(),
-        (_, Some(h), _) => h.into_iter().collect(),
-        (_, None, None) => Vec::new(),
+            .collect()
+    } else {
+        reply.headers.unwrap_or_default().into_iter().collect()
     };
     for (name, value) in pairs {
         let name = HeaderName::from_bytes(name.as_bytes())
@@ -164,6 +167,20 @@ mod tests {
         .unwrap();
         let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(r.headers().get("x").is_none());
+    }
+
+    #[test]
+    fn each_mode_ignores_the_other_field() {
+        // Multi-value headers off: multiValueHeaders is not read.
+        let r = into_response(
+            br#"{"statusCode":200,"multiValueHeaders":{"set-cookie":["a=1","b=2"]}}"#,
+            false,
+        )
+        .unwrap();
+        assert!(r.headers().get("set-cookie").is_none());
+        // On: headers is not read.
+        let r = into_response(br#"{"statusCode":200,"headers":{"x":"single"}}"#, true).unwrap();
         assert!(r.headers().get("x").is_none());
     }
 

@@ -606,9 +606,9 @@ pub enum Algorithm {
 }
 
 /// A target group's health check settings. Unset fields take ALB's defaults for the target
-/// type: for `instance`/`ip` on, path `/`, every 30 s, 5 s timeout; for `lambda` off, every
-/// 35 s, 30 s timeout. Both: healthy after 5 successes, unhealthy after 2 failures, success
-/// is status 200.
+/// type: for `instance`/`ip` on, path `/`, every 30 s, 6 s timeout, unhealthy after 2
+/// failures; for `lambda` off, every 35 s, 30 s timeout, unhealthy after 5 failures. Both:
+/// healthy after 5 successes, success is status 200.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
@@ -625,13 +625,14 @@ pub struct HealthCheck {
     /// so tests need not wait.
     #[serde(default)]
     pub interval_seconds: Option<f64>,
-    /// Seconds to wait for an answer, less than the interval (ALB: 2–120).
+    /// Seconds to wait for an answer, less than the interval (ALB: 2–120). Default 6
+    /// (`lambda`: 30).
     #[serde(default)]
     pub timeout_seconds: Option<f64>,
     /// Consecutive successes that make a target healthy, 2–10.
     #[serde(default)]
     pub healthy_threshold: Option<u32>,
-    /// Consecutive failures that make a target unhealthy, 2–10.
+    /// Consecutive failures that make a target unhealthy, 2–10. Default 2 (`lambda`: 5).
     #[serde(default)]
     pub unhealthy_threshold: Option<u32>,
     /// Statuses that count as success: `200`, `200,202`, `200-299` (within 200–499).
@@ -650,9 +651,12 @@ impl HealthCheck {
             path: self.path.clone().unwrap_or_else(|| "/".to_owned()),
             port: self.port.map(|p| p.0),
             interval: secs(self.interval_seconds, if lambda { 35.0 } else { 30.0 }),
-            timeout: secs(self.timeout_seconds, if lambda { 30.0 } else { 5.0 }),
+            // ALB's defaults (CreateTargetGroup): HTTP 6 s and 2 failures, Lambda 30 s and 5.
+            timeout: secs(self.timeout_seconds, if lambda { 30.0 } else { 6.0 }),
             healthy_threshold: self.healthy_threshold.unwrap_or(5),
-            unhealthy_threshold: self.unhealthy_threshold.unwrap_or(2),
+            unhealthy_threshold: self
+                .unhealthy_threshold
+                .unwrap_or(if lambda { 5 } else { 2 }),
             matcher: self
                 .matcher
                 .as_deref()

@@ -68,6 +68,46 @@ fn defaults_are_lambdas() {
 }
 
 #[test]
+fn health_checks_default_to_albs_per_target_type() {
+    use portico_config::{HealthCheck, TargetType};
+    let http = HealthCheck::default().resolve(TargetType::Ip);
+    assert_eq!(
+        (
+            http.enabled,
+            http.interval.as_secs(),
+            http.timeout.as_secs()
+        ),
+        (true, 30, 6)
+    );
+    assert_eq!((http.healthy_threshold, http.unhealthy_threshold), (5, 2));
+    let lambda = HealthCheck::default().resolve(TargetType::Lambda);
+    assert_eq!(
+        (
+            lambda.enabled,
+            lambda.interval.as_secs(),
+            lambda.timeout.as_secs()
+        ),
+        (false, 35, 30)
+    );
+    assert_eq!(
+        (lambda.healthy_threshold, lambda.unhealthy_threshold),
+        (5, 5)
+    );
+}
+
+#[test]
+fn a_function_without_runtime_is_provided_al2023() {
+    let c = parse("[functions.f]\ncommand = [\"/bin/true\"]\n", "t").unwrap();
+    assert_eq!(c.functions["f"].runtime.to_string(), "provided.al2023");
+    let c = parse(
+        "[functions.f]\nruntime = \"provided\"\ncommand = [\"/bin/true\"]\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.functions["f"].runtime.to_string(), "provided");
+}
+
+#[test]
 fn oversized_file_is_refused_before_parsing() {
     let dir = std::env::temp_dir().join(format!("portico-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
