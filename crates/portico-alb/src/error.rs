@@ -65,6 +65,31 @@ pub enum LbError {
     /// A connection to the target could not be opened.
     #[error("cannot connect to the target: {0}")]
     TargetConnect(String),
+    /// No connection to the target within ALB's connect timeout (10 s).
+    #[error("no connection to {target} within {timeout:?}")]
+    TargetConnectTimeout {
+        /// The target.
+        target: std::net::SocketAddr,
+        /// The time allowed.
+        timeout: std::time::Duration,
+    },
+    /// `TRACE`, which ALB does not support.
+    #[error("the TRACE method is not supported")]
+    MethodNotAllowed,
+    /// `X-Forwarded-For` with more addresses than ALB takes.
+    #[error("X-Forwarded-For with {count} addresses, over the limit of {limit}")]
+    TooManyForwardedFor {
+        /// Addresses in the request's header.
+        count: usize,
+        /// ALB's limit (30).
+        limit: usize,
+    },
+    /// A transfer coding other than `chunked` and `identity`.
+    #[error("unsupported Transfer-Encoding {0:?}")]
+    UnsupportedTransferEncoding(String),
+    /// A request for a Lambda target whose headers or text body are not UTF-8.
+    #[error("the request's {0} is not UTF-8")]
+    NotUtf8(&'static str),
     /// The target closed or broke the connection before a full response head.
     #[error("the target failed: {0}")]
     TargetFailed(String),
@@ -94,13 +119,22 @@ impl LbError {
         match self {
             Self::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            Self::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::UpgradeRefused | Self::BadBody(_) | Self::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            // ALB: "The request header exceeded 16K per single header, or 64K for the
+            // entire header": a 400, not 431.
+            Self::HeaderTooLarge { .. }
+            | Self::UpgradeRefused
+            | Self::BadBody(_)
+            | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooManyForwardedFor { .. } => X_FORWARDED_FOR_TOO_LONG,
+            Self::UnsupportedTransferEncoding(_) => StatusCode::NOT_IMPLEMENTED,
             Self::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
-            Self::TargetConnect(_) | Self::TargetFailed(_) => StatusCode::BAD_GATEWAY,
-            Self::TargetTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::TargetConnect(_) | Self::TargetFailed(_) | Self::NotUtf8(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::TargetTimeout { .. } | Self::TargetConnectTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Self::Invoke(InvokeError::Throttled { .. } | InvokeError::ShuttingDown) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -124,11 +158,16 @@ impl LbError {
             | Self::UpgradeRefused
             | Self::BadBody(_)
             | Self::BadRequest(_)
+            | Self::MethodNotAllowed
+            | Self::TooManyForwardedFor { .. }
+            | Self::UnsupportedTransferEncoding(_)
             | Self::NoTargets
             | Self::TargetConnect(_)
+            | Self::TargetConnectTimeout { .. }
             | Self::TargetFailed(_)
             | Self::TargetTimeout { .. }
             | Self::Gateway(_) => "-",
+            Self::NotUtf8(_) => "LambdaBadRequest",
             Self::Invoke(InvokeError::Throttled { .. }) => "LambdaThrottling",
             Self::Invoke(InvokeError::ShuttingDown) => "LambdaServiceException",
             Self::Invoke(InvokeError::NotFound(_)) => "LambdaResourceNotFound",
@@ -149,6 +188,10 @@ impl LbError {
             | Self::UpgradeRefused
             | Self::BadBody(_)
             | Self::BadRequest(_)
+            | Self::MethodNotAllowed
+            | Self::TooManyForwardedFor { .. }
+            | Self::UnsupportedTransferEncoding(_)
+            | Self::NotUtf8(_)
             | Self::Gateway(_) => Side::Client,
             Self::Invoke(InvokeError::RequestTooLarge { .. }) => Side::Client,
             Self::Invoke(InvokeError::ShuttingDown) => Side::Portico,
@@ -165,13 +208,21 @@ impl LbError {
     }
 }
 
-/// ALB's error page for `status`: a short HTML document, `Server: awselb/2.0`.
+/// ALB's status for an `X-Forwarded-For` with more than 30 addresses.
+pub const X_FORWARDED_FOR_TOO_LONG: StatusCode = match StatusCode::from_u16(463) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
+/// ALB's error page for `status`: a short HTML document, `Server: awselb/2.0`, titled as ALB
+/// titles it (`503 Service Temporarily Unavailable`; a status without a reason phrase, such
+/// as 463, by its number alone).
 pub fn error_page(status: StatusCode) -> Response<Full<Bytes>> {
-    let title = format!(
-        "{} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
+    let title = match (status, status.canonical_reason()) {
+        (StatusCode::SERVICE_UNAVAILABLE, _) => "503 Service Temporarily Unavailable".to_owned(),
+        (_, Some(reason)) => format!("{} {reason}", status.as_u16()),
+        (_, None) => status.as_u16().to_string(),
+    };
     let body = format!(
         "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n</body>\r\n</html>\r\n"
     );

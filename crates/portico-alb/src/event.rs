@@ -132,11 +132,9 @@ fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
         .map(|s| s.split_once('=').unwrap_or((s, "")))
 }
 
-/// The body as ALB sends it: text as-is, everything else base64.
-fn encode_body(req: &RequestParts<'_>) -> (String, bool) {
-    if req.body.is_empty() {
-        return (String::new(), false);
-    }
+/// Whether ALB sends `req`'s body as text (a text type, not content-encoded) rather than
+/// base64.
+pub(crate) fn is_text_body(req: &RequestParts<'_>) -> bool {
     let header = |name: &str| {
         req.headers
             .iter()
@@ -144,9 +142,15 @@ fn encode_body(req: &RequestParts<'_>) -> (String, bool) {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let text = header("content-encoding").is_none()
-        && header("content-type").is_some_and(is_text_content_type);
-    match (text, std::str::from_utf8(req.body)) {
+    header("content-encoding").is_none() && header("content-type").is_some_and(is_text_content_type)
+}
+
+/// The body as ALB sends it: text as-is, everything else base64.
+fn encode_body(req: &RequestParts<'_>) -> (String, bool) {
+    if req.body.is_empty() {
+        return (String::new(), false);
+    }
+    match (is_text_body(req), std::str::from_utf8(req.body)) {
         (true, Ok(s)) => (s.to_owned(), false),
         _ => (
             base64::engine::general_purpose::STANDARD.encode(req.body),

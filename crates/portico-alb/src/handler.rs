@@ -384,9 +384,37 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// ALB's limits on the request head: 414 for a long request line, 431 for a long header or
-/// too many header bytes.
+/// Most addresses ALB takes in a request's `X-Forwarded-For`.
+pub const MAX_FORWARDED_FOR: usize = 30;
+
+/// What ALB refuses in a request head: 414 for a long request line, 400 for a long header
+/// or too many header bytes, 405 for `TRACE`, 463 for an `X-Forwarded-For` of more than 30
+/// addresses, 501 for a transfer coding other than `chunked` or `identity`.
 fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
+    if req.method() == http::Method::TRACE {
+        return Err(LbError::MethodNotAllowed);
+    }
+    let forwarded: usize = req
+        .headers()
+        .get_all(crate::forwarded::X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.as_bytes().split(|b| *b == b',').count())
+        .sum();
+    if forwarded > MAX_FORWARDED_FOR {
+        return Err(LbError::TooManyForwardedFor {
+            count: forwarded,
+            limit: MAX_FORWARDED_FOR,
+        });
+    }
+    for value in req.headers().get_all(header::TRANSFER_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let unsupported = text.split(',').map(str::trim).find(|coding| {
+            !coding.eq_ignore_ascii_case("chunked") && !coding.eq_ignore_ascii_case("identity")
+        });
+        if let Some(coding) = unsupported {
+            return Err(LbError::UnsupportedTransferEncoding(coding.to_owned()));
+        }
+    }
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     let line = req.method().as_str().len() + 1 + target + " HTTP/1.1".len();
     if line > MAX_REQUEST_LINE_BYTES {
@@ -444,15 +472,38 @@ mod tests {
         let e = check_head(&req(&long_uri, &[])).unwrap_err();
         assert_eq!(e.status(), 414);
         let e = check_head(&req("/", &[("x", "v".repeat(MAX_HEADER_BYTES))])).unwrap_err();
-        assert_eq!(e.status(), 431);
+        assert_eq!(e.status(), 400);
         let many: Vec<_> = (0..5)
             .map(|i| (["a", "b", "c", "d", "e"][i], "v".repeat(15 * 1024)))
             .collect();
         let e = check_head(&req("/", &many)).unwrap_err();
-        assert_eq!(e.status(), 431);
+        assert_eq!(e.status(), 400);
         let fits: Vec<_> = (0..4)
             .map(|i| (["a", "b", "c", "d"][i], "v".repeat(15 * 1024)))
             .collect();
         assert!(check_head(&req("/", &fits)).is_ok());
+    }
+
+    #[test]
+    fn methods_forwarded_for_and_transfer_codings_alb_refuses() {
+        let trace = Request::builder()
+            .method(http::Method::TRACE)
+            .uri("/")
+            .body(())
+            .unwrap();
+        assert_eq!(check_head(&trace).unwrap_err().status(), 405);
+        let addresses = |n: usize| {
+            (1..=n)
+                .map(|i| format!("10.0.0.{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        assert!(check_head(&req("/", &[("x-forwarded-for", addresses(30))])).is_ok());
+        let e = check_head(&req("/", &[("x-forwarded-for", addresses(31))])).unwrap_err();
+        assert_eq!(e.status().as_u16(), 463);
+        assert!(check_head(&req("/", &[("transfer-encoding", "chunked".into())])).is_ok());
+        let e =
+            check_head(&req("/", &[("transfer-encoding", "gzip, chunked".into())])).unwrap_err();
+        assert_eq!(e.status(), 501);
     }
 }

@@ -31,16 +31,17 @@ pub async fn forward(
     forwarded::apply(&mut parts.headers, origin);
     let trace_id = parts.headers.get(forwarded::X_AMZN_TRACE_ID).cloned();
     outcome.trace_id = trace_id.clone();
+    // ALB fails the invocation (`LambdaBadRequest`) when headers or a text body are not
+    // UTF-8: the event is JSON.
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
+            std::str::from_utf8(v.as_bytes())
+                .map(|v| (k.as_str().to_owned(), v.to_owned()))
+                .map_err(|_| LbError::NotUtf8("headers"))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let request = RequestParts {
         method: parts.method.as_str(),
         path: parts.uri.path(),
@@ -48,6 +49,12 @@ pub async fn forward(
         headers,
         body: &body,
     };
+    if !body.is_empty()
+        && crate::event::is_text_body(&request)
+        && std::str::from_utf8(&body).is_err()
+    {
+        return Err(LbError::NotUtf8("body"));
+    }
     let jwt = parts
         .extensions
         .get::<portico_gateway::Grant>()

@@ -21,6 +21,9 @@ use std::collections::BTreeMap;
 /// Largest reply document a Lambda target may send: 1 MB.
 pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
 
+/// ALB's quota on a response's header block: 32 KB in all.
+pub const MAX_REPLY_HEADERS_BYTES: usize = 32 * 1024;
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Reply {
@@ -84,6 +87,12 @@ pub fn into_response(payload: &[u8], multi_value: bool) -> Result<Response<Full<
     } else {
         reply.headers.unwrap_or_default().into_iter().collect()
     };
+    let block: usize = pairs.iter().map(|(k, v)| k.len() + 2 + v.len() + 2).sum();
+    if block > MAX_REPLY_HEADERS_BYTES {
+        return Err(LbError::InvalidReply(format!(
+            "response headers of {block} bytes, over ALB's {MAX_REPLY_HEADERS_BYTES}"
+        )));
+    }
     for (name, value) in pairs {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| LbError::InvalidReply(format!("{name:?} is not a header name")))?;
@@ -168,6 +177,16 @@ mod tests {
         let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
         assert!(r.headers().get("x").is_none());
+    }
+
+    #[test]
+    fn a_header_block_over_32_k_is_refused() {
+        let big = "v".repeat(20 * 1024);
+        let doc = format!(r#"{{"statusCode":200,"headers":{{"a":"{big}","b":"{big}"}}}}"#);
+        let err = into_response(doc.as_bytes(), false).unwrap_err();
+        assert_eq!(err.reason(), "LambdaInvalidResponse");
+        let doc = format!(r#"{{"statusCode":200,"headers":{{"a":"{big}"}}}}"#);
+        assert!(into_response(doc.as_bytes(), false).is_ok());
     }
 
     #[test]

@@ -140,10 +140,10 @@ impl Upstream {
                 return Err(LbError::TargetConnect(format!("{address}: {error}")));
             }
             Err(_) => {
-                return Err(LbError::TargetConnect(format!(
-                    "{address}: no connection within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                )));
+                return Err(LbError::TargetConnectTimeout {
+                    target: address,
+                    timeout: CONNECT_TIMEOUT,
+                });
             }
         };
         let _ = stream.set_nodelay(true);

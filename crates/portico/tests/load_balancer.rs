@@ -456,7 +456,16 @@ enabled = false
     );
     let portico = Portico::start(&config);
     let base = format!("http://{}", lb(&portico));
-    assert_eq!(curl(None, &[&format!("{base}/")]).status, 503);
+    let empty = curl(None, &[&format!("{base}/")]);
+    assert_eq!(empty.status, 503);
+    // ALB's page, in ALB's words.
+    assert!(
+        empty
+            .body
+            .contains("<h1>503 Service Temporarily Unavailable</h1>"),
+        "{}",
+        empty.body
+    );
     std::thread::sleep(Duration::from_millis(800));
     // Every target unhealthy: ALB routes to them anyway, and the refused connection is 502.
     let r = curl(None, &[&format!("{base}/dead")]);
@@ -553,4 +562,71 @@ action = { type = "redirect", path = "/new", status_code = "HTTP_302" }
     assert_eq!(moved[8], "302");
     assert_eq!(moved[22], "redirect");
     assert_eq!(moved[23], format!("http://127.0.0.1:{}/new", lb.port()));
+}
+
+/// What ALB refuses before any target sees the request, and what it refuses to send a Lambda
+/// target, with the status codes ALB documents.
+#[test]
+fn requests_alb_refuses_get_albs_status_codes() {
+    let config = format!(
+        r#"
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = {{ type = "forward", target_group = "hello" }}
+
+[target_groups.hello]
+target_type = "lambda"
+function = "hello"
+
+[functions.hello]
+command = ["{}"]
+
+[invoke_api]
+enabled = false
+"#,
+        hello_bin().display()
+    );
+    let portico = Portico::start(&config);
+    let url = format!("http://{}/x", lb(&portico));
+    let ok = curl(None, &[&url]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // TRACE: 405.
+    assert_eq!(curl(None, &["-X", "TRACE", &url]).status, 405);
+    // More than 30 addresses in X-Forwarded-For: 463.
+    let addresses = |n: usize| {
+        (1..=n)
+            .map(|i| format!("198.51.100.{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let xff = |n: usize| format!("X-Forwarded-For: {}", addresses(n));
+    assert_eq!(curl(None, &["-H", &xff(30), &url]).status, 200);
+    assert_eq!(curl(None, &["-H", &xff(31), &url]).status, 463);
+    // A header over 16 K: 400, not 431.
+    let big = format!("X-Big: {}", "v".repeat(17 * 1024));
+    assert_eq!(curl(None, &["-H", &big, &url]).status, 400);
+    // A transfer coding ALB does not support: 501.
+    let r = curl(
+        None,
+        &[
+            "-H",
+            "Transfer-Encoding: gzip, chunked",
+            "--data-binary",
+            "x",
+            &url,
+        ],
+    );
+    assert_eq!(r.status, 501, "{r:?}");
+    // A header that is not UTF-8 cannot go into a Lambda event: LambdaBadRequest.
+    use std::os::unix::ffi::OsStrExt;
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(std::ffi::OsStr::from_bytes(b"X-Bin: a\xffb"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
+    // The function is fine for the next request.
+    assert_eq!(curl(None, &[&url]).status, 200);
 }
