@@ -5,7 +5,7 @@
 //! replaces a sandbox it had to reset.
 
 use crate::exchange::{Exchange, Outcome, Pending, State};
-use crate::logs::{self, LogBook, Output, Report, Sink, SyncRequest};
+use crate::logs::{self, LogBook, Output, Report, ReportStatus, Sink, SyncRequest};
 use crate::memory::MemoryLimit;
 use crate::process;
 use crate::runtime_api::{self, ApiContext, error_document};
@@ -47,12 +47,68 @@ impl Drop for Environment {
 }
 
 impl Environment {
-    /// Starts an environment and waits for its init phase to finish (the first `/next`).
+    /// Starts an environment and waits for its init phase to finish (the first `/next`). An
+    /// init that runs past the 10 s init limit is tried once more, as Lambda tries it again
+    /// at the first invocation ("suppressed init"), with the function's own timeout.
     pub(crate) async fn start(
         spec: Arc<FunctionSpec>,
         book: Arc<LogBook>,
         tracker: &TaskTracker,
         parent: &CancellationToken,
+    ) -> Result<Self, InvokeError> {
+        let first = Self::start_phase(
+            spec.clone(),
+            book.clone(),
+            (tracker, parent),
+            (spec.init_timeout, "init"),
+        )
+        .await;
+        match first {
+            Err(InvokeError::InitFailed { error_type, .. }) if error_type == INIT_TIMEOUT => {
+                Self::start_phase(
+                    spec.clone(),
+                    book,
+                    (tracker, parent),
+                    (spec.timeout, "invoke"),
+                )
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// One init: Lambda's `INIT_START` line, the start, and an `INIT_REPORT` line when it
+    /// fails (`Status: timeout`, or `Status: error` with the error type), in `phase`.
+    async fn start_phase(
+        spec: Arc<FunctionSpec>,
+        book: Arc<LogBook>,
+        (tracker, parent): (&TaskTracker, &CancellationToken),
+        (limit, phase): (Duration, &str),
+    ) -> Result<Self, InvokeError> {
+        let sink = Sink::new(book.clone());
+        sink.line(&logs::init_start_line(&spec));
+        let started = Instant::now();
+        let result = Self::start_once(spec, book, tracker, parent, limit).await;
+        if let Err(InvokeError::InitFailed { error_type, .. }) = &result {
+            let status = if error_type == INIT_TIMEOUT {
+                "timeout".to_owned()
+            } else {
+                format!("error\tError Type: {error_type}")
+            };
+            sink.line(&format!(
+                "INIT_REPORT Init Duration: {:.2} ms\tPhase: {phase}\tStatus: {status}",
+                started.elapsed().as_secs_f64() * 1000.0
+            ));
+        }
+        result
+    }
+
+    async fn start_once(
+        spec: Arc<FunctionSpec>,
+        book: Arc<LogBook>,
+        tracker: &TaskTracker,
+        parent: &CancellationToken,
+        init_timeout: Duration,
     ) -> Result<Self, InvokeError> {
         let started = Instant::now();
         let init_failed = |error_type: &str, message: String| InvokeError::InitFailed {
@@ -115,7 +171,7 @@ impl Environment {
         let mut watch = env.state.clone();
         let settled = tokio::select! {
             settled = tokio::time::timeout(
-                spec.init_timeout,
+                init_timeout,
                 watch.wait_for(|s| *s != State::Starting),
             ) => settled.map(|r| r.map(|state| state.clone())),
             _ = over_limit(&env.memory) => {
@@ -133,10 +189,10 @@ impl Environment {
             },
             Err(_) => {
                 return Err(init_failed(
-                    "Runtime.InitTimeout",
+                    INIT_TIMEOUT,
                     format!(
-                        "init phase did not finish within {} s",
-                        spec.init_timeout.as_secs()
+                        "init phase did not finish within {:.2} s",
+                        init_timeout.as_secs_f64()
                     ),
                 ));
             }
@@ -191,7 +247,16 @@ impl Environment {
             ended = Ended::OutOfMemory;
         }
         self.catch_up_output().await;
-        let mut output = self.conclude(&request_id, ended);
+        let status = match &ended {
+            Ended::Outcome(_) => None,
+            Ended::TimedOut => Some(ReportStatus::Timeout),
+            Ended::Exited(_) if self.oom_killed() => {
+                Some(ReportStatus::Error("Runtime.OutOfMemory"))
+            }
+            Ended::OutOfMemory => Some(ReportStatus::Error("Runtime.OutOfMemory")),
+            Ended::Exited(_) => Some(ReportStatus::Error("Runtime.ExitError")),
+        };
+        let mut output = self.conclude(&request_id, ended, started.elapsed());
         self.sink.line(&format!("END RequestId: {request_id}"));
         let report = Report {
             request_id: &request_id,
@@ -200,6 +265,7 @@ impl Environment {
             // Of a process that is gone, the last sample.
             max_memory_used_mb: self.memory.as_ref().and_then(|m| m.peak_mb()),
             init_duration: self.init_duration.take(),
+            status,
         };
         self.sink.line(&report.line());
         output.log_tail = self.sink.end();
@@ -234,7 +300,7 @@ impl Environment {
         }
     }
 
-    fn conclude(&mut self, request_id: &str, ended: Ended) -> InvokeOutput {
+    fn conclude(&mut self, request_id: &str, ended: Ended, elapsed: Duration) -> InvokeOutput {
         let failed = |error_type: &str, body: Bytes, timed_out: bool| InvokeOutput {
             request_id: request_id.to_owned(),
             payload: body,
@@ -254,18 +320,26 @@ impl Environment {
             Ended::Outcome(Outcome::Error { error_type, body }) => failed(&error_type, body, false),
             Ended::TimedOut => {
                 self.retire();
+                // The log line in Lambda's form (time, request id, how long it ran); the
+                // caller gets the error document Lambda returns.
+                self.sink.line(&format!(
+                    "{} {request_id} Task timed out after {:.2} seconds",
+                    process::rfc3339(std::time::SystemTime::now()),
+                    elapsed.as_secs_f64()
+                ));
                 let message = format!(
                     "RequestId: {request_id} Error: Task timed out after {:.2} seconds",
                     self.spec.timeout.as_secs_f64()
                 );
-                self.sink.line(&message);
                 failed(
                     "Sandbox.Timedout",
                     error_document("Sandbox.Timedout", &message),
                     true,
                 )
             }
-            Ended::Exited(_) if self.oom_killed() => self.conclude(request_id, Ended::OutOfMemory),
+            Ended::Exited(_) if self.oom_killed() => {
+                self.conclude(request_id, Ended::OutOfMemory, elapsed)
+            }
             Ended::OutOfMemory => {
                 self.kill_now();
                 let message = format!(
@@ -321,6 +395,9 @@ impl Environment {
         }
     }
 }
+
+/// Lambda's init timeout error type.
+const INIT_TIMEOUT: &str = "Runtime.InitTimeout";
 
 /// How an invocation ended, before it is turned into an [`InvokeOutput`].
 enum Ended {

@@ -287,6 +287,41 @@ pub(crate) async fn capture(
     output.flush(&sink);
 }
 
+/// Lambda's `INIT_START` line for `spec`'s runtime: `INIT_START Runtime Version:
+/// python:3.12.v1<TAB>Runtime Version ARN: arn:aws:lambda:REGION::runtime:<64 hex>`.
+pub(crate) fn init_start_line(spec: &crate::spec::FunctionSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let runtime = &spec.runtime;
+    // `python3.12` → `python:3.12`, `nodejs20.x` → `nodejs:20`, `provided.al2023` →
+    // `provided:al2023`, `provided` → `provided:al1`.
+    let version = if let Some(minor) = runtime.strip_prefix("python") {
+        format!("python:{minor}")
+    } else if let Some(major) = runtime.strip_prefix("nodejs") {
+        format!("nodejs:{}", major.trim_end_matches(".x"))
+    } else if let Some(os) = runtime.strip_prefix("provided.") {
+        format!("provided:{os}")
+    } else {
+        "provided:al1".to_owned()
+    };
+    let digest: String = Sha256::digest(runtime.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "INIT_START Runtime Version: {version}.v1\tRuntime Version ARN: arn:aws:lambda:{}::runtime:{digest}",
+        spec.region
+    )
+}
+
+/// How an invocation that did not complete ends its `REPORT` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReportStatus {
+    /// `Status: timeout`.
+    Timeout,
+    /// `Status: error`, with the error type.
+    Error(&'static str),
+}
+
 /// Figures for a `REPORT` line.
 pub(crate) struct Report<'a> {
     pub(crate) request_id: &'a str,
@@ -294,6 +329,7 @@ pub(crate) struct Report<'a> {
     pub(crate) memory_size_mb: u32,
     pub(crate) max_memory_used_mb: Option<u64>,
     pub(crate) init_duration: Option<Duration>,
+    pub(crate) status: Option<ReportStatus>,
 }
 
 impl Report<'_> {
@@ -313,6 +349,13 @@ impl Report<'_> {
                 init.as_secs_f64() * 1000.0
             ));
         }
+        match self.status {
+            Some(ReportStatus::Timeout) => line.push_str("\tStatus: timeout"),
+            Some(ReportStatus::Error(kind)) => {
+                line.push_str(&format!("\tStatus: error\tError Type: {kind}"));
+            }
+            None => {}
+        }
         line
     }
 }
@@ -329,11 +372,29 @@ mod tests {
             memory_size_mb: 128,
             max_memory_used_mb: Some(20),
             init_duration: Some(Duration::from_micros(4_560)),
+            status: None,
         };
         assert_eq!(
             r.line(),
             "REPORT RequestId: id-1\tDuration: 1234.56 ms\tBilled Duration: 1235 ms\tMemory Size: 128 MB\tMax Memory Used: 20 MB\tInit Duration: 4.56 ms"
         );
+        let crashed = Report {
+            init_duration: None,
+            status: Some(ReportStatus::Error("Runtime.ExitError")),
+            ..r
+        };
+        assert!(
+            crashed
+                .line()
+                .ends_with("Max Memory Used: 20 MB\tStatus: error\tError Type: Runtime.ExitError"),
+            "{}",
+            crashed.line()
+        );
+        let timed_out = Report {
+            status: Some(ReportStatus::Timeout),
+            ..crashed
+        };
+        assert!(timed_out.line().ends_with("\tStatus: timeout"));
     }
 
     #[test]

@@ -206,6 +206,72 @@ async fn init_error_is_reported_like_lambda() {
     rt.shutdown().await;
 }
 
+/// The texts of `function`'s log so far.
+fn log_texts(rt: &Runtime, function: &str) -> Vec<String> {
+    rt.logs(function)
+        .unwrap()
+        .recent()
+        .iter()
+        .map(|l| l.text.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_init_past_the_init_limit_is_tried_again_with_the_function_timeout() {
+    // Init takes 1.5 s; the init limit is 1 s (Lambda's is 10 s), the function's timeout 5 s.
+    let mut spec = prober("slow_init", &[("PROBE_INIT_SLEEP", "1.5")], None);
+    spec.init_timeout = Duration::from_secs(1);
+    let rt = Runtime::new(vec![spec], RuntimeOptions::default());
+    let out = invoke(&rt, "slow_init", json!({"action": "report"}))
+        .await
+        .unwrap();
+    assert!(out.function_error.is_none(), "{out:?}");
+    let log = log_texts(&rt, "slow_init");
+    let starts: Vec<&String> = log
+        .iter()
+        .filter(|l| l.starts_with("INIT_START "))
+        .collect();
+    assert_eq!(starts.len(), 2, "{log:#?}");
+    assert!(
+        starts[0].starts_with("INIT_START Runtime Version: provided:al1.v1\tRuntime Version ARN: arn:aws:lambda:eu-west-1::runtime:"),
+        "{log:#?}"
+    );
+    let report = log
+        .iter()
+        .find(|l| l.starts_with("INIT_REPORT "))
+        .expect("an INIT_REPORT line for the timed-out init");
+    assert!(
+        report.starts_with("INIT_REPORT Init Duration: 10")
+            && report.ends_with(" ms\tPhase: init\tStatus: timeout"),
+        "{report}"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_invocations_end_their_report_with_a_status() {
+    let mut spec = prober("short", &[], None);
+    spec.timeout = Duration::from_secs(1);
+    let rt = Runtime::new(vec![spec], RuntimeOptions::default());
+    let out = invoke(&rt, "short", json!({"action": "sleep", "seconds": 3}))
+        .await
+        .unwrap();
+    assert_eq!(out.function_error.unwrap().error_type, "Sandbox.Timedout");
+    let log = log_texts(&rt, "short");
+    let timed_out = log
+        .iter()
+        .find(|l| l.contains("Task timed out after"))
+        .unwrap();
+    // `<time> <request id> Task timed out after 1.00 seconds`.
+    let words: Vec<&str> = timed_out.split(' ').collect();
+    assert!(words[0].ends_with('Z'), "{timed_out}");
+    assert_eq!(words[1], out.request_id, "{timed_out}");
+    assert!(timed_out.ends_with(" seconds"), "{timed_out}");
+    let report = log.iter().find(|l| l.starts_with("REPORT ")).unwrap();
+    assert!(report.ends_with("\tStatus: timeout"), "{report}");
+    rt.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_missing_program_is_an_init_failure() {
     let mut spec = prober("ghost", &[], None);
@@ -458,9 +524,12 @@ async fn output_of_both_streams_is_framed_by_start_and_end_and_tailed() {
 
     let book = rt.logs("chat").unwrap();
     let recent = book.recent();
-    // Three invocations of ten lines each, all tagged with their request id.
-    assert_eq!(recent.len(), 30);
-    assert!(recent.iter().all(|l| l.request_id.is_some()));
+    // The environment's INIT_START, then three invocations of ten lines each, all tagged
+    // with their request id.
+    assert_eq!(recent.len(), 31);
+    assert!(recent[0].text.starts_with("INIT_START Runtime Version: "));
+    assert!(recent[0].request_id.is_none());
+    assert!(recent[1..].iter().all(|l| l.request_id.is_some()));
     assert!(recent.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
 
     // Without Tail, nothing comes back.

@@ -28,6 +28,9 @@ def error_type(body):
         return None
 
 
+if os.environ.get("PROBE_INIT_SLEEP"):
+    time.sleep(float(os.environ["PROBE_INIT_SLEEP"]))
+
 if os.environ.get("PROBE_INIT_ERROR"):
     call("POST", "init/error", json.dumps({"errorMessage": "no config", "errorType": "InitBroke"}).encode(),
          {"Lambda-Runtime-Function-Error-Type": "InitBroke"})
