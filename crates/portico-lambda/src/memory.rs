@@ -4,10 +4,15 @@
 //! memory size; a function that goes over is killed, and its invocation fails with
 //! `Runtime.OutOfMemory`. portico gets the same behaviour in two ways:
 //!
-//! - **cgroup v2**, where the machine allows it (a unified hierarchy with the memory
-//!   controller that portico may delegate to): each environment gets its own cgroup with
-//!   `memory.max` set to the memory size and swap off, and the kernel's OOM killer enforces it;
-//!   `memory.events` tells an OOM kill from any other death.
+//! - **a cgroup**, where the machine allows it: each environment gets its own memory cgroup,
+//!   capped at the memory size with swap off, and the kernel's OOM killer enforces it. On a
+//!   unified (v2) hierarchy with the memory controller that portico may delegate to:
+//!   `memory.max`, `memory.swap.max`, and `memory.events` tells an OOM kill from any other
+//!   death. Else, on a v1 `memory` hierarchy (what this kind of machine mounts):
+//!   `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes` under portico's own memory
+//!   cgroup, and `memory.oom_control`'s `oom_kill` count. (v1 counts page cache in a cgroup's
+//!   usage, so its peak, `Max Memory Used`, includes the files the function read; the kernel
+//!   reclaims that cache before it kills.)
 //! - **elsewhere**, a watchdog samples the process's peak resident memory (`VmHWM`, which no
 //!   short spike escapes) while it initialises and while it serves an invocation, and kills it
 //!   once it is over the size; an `RLIMIT_DATA` of twice the size backs it up against an
@@ -27,24 +32,70 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 const MIB: u64 = 1024 * 1024;
 
-/// The cgroup v2 directory environments' cgroups are made in, when usable; found once.
-fn cgroup_parent() -> Option<&'static Path> {
-    static PARENT: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// Which cgroup hierarchy enforces the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hierarchy {
+    /// The unified hierarchy.
+    V2,
+    /// The v1 `memory` controller's hierarchy.
+    V1,
+}
+
+/// The directory environments' cgroups are made in, and its hierarchy, when usable; found
+/// once.
+fn cgroup_parent() -> Option<(&'static Path, Hierarchy)> {
+    static PARENT: OnceLock<Option<(PathBuf, Hierarchy)>> = OnceLock::new();
     PARENT
-        .get_or_init(|| match delegate_cgroup() {
-            Ok(dir) => {
-                tracing::info!(cgroup = %dir.display(), "memory limits enforced with cgroup v2");
-                Some(dir)
-            }
-            Err(reason) => {
-                tracing::info!(
-                    reason,
-                    "memory limits enforced by sampling peak memory (no usable cgroup v2)"
-                );
-                None
+        .get_or_init(|| {
+            let v2 = match delegate_cgroup() {
+                Ok(dir) => {
+                    tracing::info!(cgroup = %dir.display(), "memory limits enforced with cgroup v2");
+                    return Some((dir, Hierarchy::V2));
+                }
+                Err(reason) => reason,
+            };
+            match v1_memory_cgroup() {
+                Ok(dir) => {
+                    tracing::info!(cgroup = %dir.display(), "memory limits enforced with the cgroup v1 memory controller");
+                    Some((dir, Hierarchy::V1))
+                }
+                Err(v1) => {
+                    tracing::info!(
+                        v2 = %v2,
+                        v1 = %v1,
+                        "memory limits enforced by sampling peak memory (no usable cgroup)"
+                    );
+                    None
+                }
             }
         })
-        .as_deref()
+        .as_ref()
+        .map(|(dir, hierarchy)| (dir.as_path(), *hierarchy))
+}
+
+/// portico's own cgroup in the v1 `memory` hierarchy, where it may make children.
+fn v1_memory_cgroup() -> Result<PathBuf, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let relative = own
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then_some(path)
+        })
+        .ok_or("no v1 memory controller")?;
+    let dir = Path::new("/sys/fs/cgroup/memory").join(relative.trim_start_matches('/'));
+    if !dir.join("memory.limit_in_bytes").exists() {
+        return Err(format!("{}: not a memory cgroup", dir.display()));
+    }
+    // Can portico make a child here?
+    let probe = dir.join(format!("portico-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = std::fs::remove_dir(&probe);
+    Ok(dir)
 }
 
 /// Makes portico's own cgroup able to hold one child cgroup per environment with the memory
@@ -80,7 +131,7 @@ fn delegate_cgroup() -> Result<PathBuf, String> {
 pub(crate) struct MemoryLimit {
     pid: u32,
     limit_mb: u64,
-    cgroup: Option<PathBuf>,
+    cgroup: Option<(PathBuf, Hierarchy)>,
     /// The last peak read, and when.
     sample: Mutex<Option<(Instant, u64)>>,
 }
@@ -89,11 +140,13 @@ impl MemoryLimit {
     /// Puts process `pid` under a limit of `limit_mb`.
     pub(crate) fn apply(pid: u32, limit_mb: u32) -> Self {
         let limit_mb = u64::from(limit_mb);
-        let cgroup = cgroup_parent().and_then(|parent| match own_cgroup(parent, pid, limit_mb) {
-            Ok(dir) => Some(dir),
-            Err(error) => {
-                tracing::warn!(%error, pid, "no cgroup for this environment; sampling its memory");
-                None
+        let cgroup = cgroup_parent().and_then(|(parent, hierarchy)| {
+            match own_cgroup(parent, hierarchy, pid, limit_mb) {
+                Ok(dir) => Some((dir, hierarchy)),
+                Err(error) => {
+                    tracing::warn!(%error, pid, "no cgroup for this environment; sampling its memory");
+                    None
+                }
             }
         });
         if cgroup.is_none() {
@@ -142,12 +195,16 @@ impl MemoryLimit {
         self.cgroup.is_none() && self.peak_mb().is_some_and(|used| used > self.limit_mb)
     }
 
-    /// Whether the kernel killed the process for memory (cgroup v2 only).
+    /// Whether the kernel killed the process for memory (with a cgroup only).
     pub(crate) fn oom_killed(&self) -> bool {
-        let Some(dir) = &self.cgroup else {
+        let Some((dir, hierarchy)) = &self.cgroup else {
             return false;
         };
-        std::fs::read_to_string(dir.join("memory.events"))
+        let file = match hierarchy {
+            Hierarchy::V2 => "memory.events",
+            Hierarchy::V1 => "memory.oom_control",
+        };
+        std::fs::read_to_string(dir.join(file))
             .ok()
             .and_then(|events| {
                 events
@@ -171,7 +228,13 @@ impl MemoryLimit {
         let read = self
             .cgroup
             .as_ref()
-            .and_then(|dir| std::fs::read_to_string(dir.join("memory.peak")).ok())
+            .and_then(|(dir, hierarchy)| {
+                let file = match hierarchy {
+                    Hierarchy::V2 => "memory.peak",
+                    Hierarchy::V1 => "memory.max_usage_in_bytes",
+                };
+                std::fs::read_to_string(dir.join(file)).ok()
+            })
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(|bytes| bytes.div_ceil(MIB))
             .or_else(|| max_memory_used_mb(self.pid));
@@ -184,7 +247,7 @@ impl MemoryLimit {
 
 impl Drop for MemoryLimit {
     fn drop(&mut self) {
-        if let Some(dir) = &self.cgroup {
+        if let Some((dir, _)) = &self.cgroup {
             // Empty once the process group is gone; a straggler only leaves an empty
             // directory behind.
             if let Err(error) = std::fs::remove_dir(dir) {
@@ -194,12 +257,30 @@ impl Drop for MemoryLimit {
     }
 }
 
-fn own_cgroup(parent: &Path, pid: u32, limit_mb: u64) -> std::io::Result<PathBuf> {
+fn own_cgroup(
+    parent: &Path,
+    hierarchy: Hierarchy,
+    pid: u32,
+    limit_mb: u64,
+) -> std::io::Result<PathBuf> {
     let dir = parent.join(format!("portico-env-{pid}"));
     std::fs::create_dir_all(&dir)?;
-    let configured = std::fs::write(dir.join("memory.max"), (limit_mb * MIB).to_string())
-        .and_then(|()| std::fs::write(dir.join("memory.swap.max"), "0").or(Ok(())))
-        .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
+    let bytes = (limit_mb * MIB).to_string();
+    let configured = match hierarchy {
+        Hierarchy::V2 => std::fs::write(dir.join("memory.max"), &bytes)
+            .and_then(|()| std::fs::write(dir.join("memory.swap.max"), "0").or(Ok(()))),
+        // Memory first, then memory and swap together at the same size: no swap. (A kernel
+        // without swap accounting has no memsw files.)
+        Hierarchy::V1 => std::fs::write(dir.join("memory.limit_in_bytes"), &bytes).and_then(|()| {
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                std::fs::write(memsw, &bytes)
+            } else {
+                Ok(())
+            }
+        }),
+    }
+    .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
     match configured {
         Ok(()) => Ok(dir),
         Err(error) => {
@@ -215,4 +296,41 @@ pub(crate) fn max_memory_used_mb(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb.div_ceil(1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_with_a_memory_cgroup_limits_each_environment_with_it() {
+        let v1 = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
+        let root = rustix::process::geteuid().is_root();
+        if !(v1 && root) {
+            eprintln!("no v1 memory hierarchy portico may write to: nothing to check here");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let limit = MemoryLimit::apply(child.id(), 64);
+        let (dir, _) = limit.cgroup.clone().expect("a cgroup for the environment");
+        let file = match cgroup_parent().map(|(_, h)| h) {
+            Some(Hierarchy::V2) => "memory.max",
+            _ => "memory.limit_in_bytes",
+        };
+        let set = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(set.trim(), (64 * MIB).to_string());
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|p| p == child.id().to_string()),
+            "{procs}"
+        );
+        assert!(!limit.oom_killed());
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(limit);
+        assert!(!dir.exists(), "the environment's cgroup goes with it");
+    }
 }
