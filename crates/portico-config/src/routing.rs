@@ -197,6 +197,15 @@ fn keep_query() -> String {
 }
 
 impl Redirect {
+    /// Whether protocol, host, port and path are all left as they were (only the query may
+    /// change), which ALB refuses.
+    pub fn keeps_the_address(&self) -> bool {
+        self.protocol == keep_protocol()
+            && self.host == keep_host()
+            && self.port == keep_port()
+            && self.path == keep_path()
+    }
+
     /// Whether every part is left as it was, which would redirect a request to itself.
     pub fn is_identity(&self) -> bool {
         self.protocol == keep_protocol()

@@ -366,7 +366,13 @@ impl Validator {
         for (i, l) in lb.listeners.iter().enumerate() {
             let lp = format!("{path}.listeners[{i}]");
             self.certificates(&lp, l);
-            self.action(&format!("{lp}.default_action"), &l.default_action, config);
+            let https = l.protocol == crate::model::LbProtocol::Https;
+            self.action(
+                &format!("{lp}.default_action"),
+                &l.default_action,
+                config,
+                https,
+            );
             self.gateway(&lp, &l.gateway, None, config);
             self.rules(&lp, l, config);
         }

@@ -11,6 +11,8 @@ use std::collections::HashSet;
 pub const PRIORITIES: (u32, u32) = (1, 50_000);
 /// Condition values per rule (ALB quota, not adjustable).
 pub const VALUES_PER_RULE: usize = 5;
+/// Values ("match evaluations") in one condition.
+pub const VALUES_PER_CONDITION: usize = 3;
 /// Wildcards per rule (ALB quota, not adjustable).
 pub const WILDCARDS_PER_RULE: usize = 5;
 /// Longest condition value.
@@ -43,7 +45,8 @@ impl Validator {
                 );
             }
             self.conditions(&rp, &rule.conditions);
-            self.action(&format!("{rp}.action"), &rule.action, config);
+            let https = listener.protocol == crate::model::LbProtocol::Https;
+            self.action(&format!("{rp}.action"), &rule.action, config, https);
             self.gateway(&rp, &rule.gateway, Some(&listener.gateway), config);
         }
     }
@@ -98,6 +101,12 @@ impl Validator {
             if count == 0 {
                 self.err(format!("{cp}.values"), "at least one value is required");
             }
+            if count > VALUES_PER_CONDITION {
+                self.err(
+                    format!("{cp}.values"),
+                    format!("{count} values: a condition has at most {VALUES_PER_CONDITION}"),
+                );
+            }
             values += count;
             for (v, text) in texts.iter().enumerate() {
                 if text.chars().count() > VALUE_CHARS {
@@ -121,6 +130,26 @@ impl Validator {
                             );
                         }
                     }
+                }
+                RuleCondition::HostHeader { values } => {
+                    for (v, host) in values.iter().enumerate() {
+                        // ALB: a `.`, and only letters after the last one.
+                        let tld_ok = host.rsplit_once('.').is_some_and(|(_, tld)| {
+                            !tld.is_empty() && tld.chars().all(|c| c.is_ascii_alphabetic())
+                        });
+                        if !tld_ok {
+                            self.err(
+                                format!("{cp}.values[{v}]"),
+                                "a host name has a `.` and only letters after the last one",
+                            );
+                        }
+                    }
+                }
+                RuleCondition::HttpHeader { name, .. } if name.eq_ignore_ascii_case("host") => {
+                    self.err(
+                        format!("{cp}.name"),
+                        "an http-header condition cannot test Host: use a host-header condition",
+                    );
                 }
                 RuleCondition::PathPattern { values } => {
                     for (v, p) in values.iter().enumerate() {
@@ -150,8 +179,9 @@ impl Validator {
         }
     }
 
-    /// Checks one action (a rule's or a listener's default).
-    pub(super) fn action(&mut self, ap: &str, action: &Action, config: &Config) {
+    /// Checks one action (a rule's or a listener's default) of a listener that is HTTPS or
+    /// not.
+    pub(super) fn action(&mut self, ap: &str, action: &Action, config: &Config, https: bool) {
         match action {
             Action::Forward {
                 target_group,
@@ -209,17 +239,57 @@ impl Validator {
                     );
                 }
             }
-            Action::Redirect(r) => self.redirect(ap, r),
+            Action::Redirect(r) => self.redirect(ap, r, https),
             Action::FixedResponse(f) => self.fixed_response(ap, f),
         }
     }
 
-    fn redirect(&mut self, ap: &str, r: &Redirect) {
+    fn redirect(&mut self, ap: &str, r: &Redirect, https: bool) {
         if r.is_identity() {
             self.err(
                 ap,
-                "this redirect sends a request to its own URL; change at least one of protocol, host, port, path or query",
+                "this redirect sends a request to its own URL; change at least one of protocol, host, port or path",
             );
+        } else if r.keeps_the_address() {
+            // ALB: "You must modify at least one of the following components: protocol,
+            // port, hostname or path"; the query alone is not enough.
+            self.err(
+                ap,
+                "a redirect changes at least one of protocol, host, port or path; the query alone is not enough",
+            );
+        }
+        if https && r.protocol == "HTTP" {
+            self.err(
+                format!("{ap}.protocol"),
+                "an HTTPS listener cannot redirect to HTTP",
+            );
+        }
+        // Where ALB allows each placeholder: the host only #{host}; the path #{host},
+        // #{path} and #{port}; the query any of them.
+        for (key, value, allowed) in [
+            ("host", &r.host, &["host"][..]),
+            ("path", &r.path, &["host", "path", "port"][..]),
+            (
+                "query",
+                &r.query,
+                &["protocol", "host", "port", "path", "query"][..],
+            ),
+        ] {
+            for name in placeholders(value) {
+                if !allowed.contains(&name) {
+                    self.err(
+                        format!("{ap}.{key}"),
+                        format!(
+                            "#{{{name}}} is not allowed here (the {key} takes {})",
+                            allowed
+                                .iter()
+                                .map(|a| format!("#{{{a}}}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                }
+            }
         }
         if !matches!(r.protocol.as_str(), "HTTP" | "HTTPS" | "#{protocol}") {
             self.err(format!("{ap}.protocol"), "is HTTP, HTTPS or #{protocol}");
@@ -426,4 +496,17 @@ fn wildcard_count(text: &str) -> usize {
         }
     }
     n
+}
+
+/// The names of the `#{name}` placeholders in `text`.
+fn placeholders(text: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("#{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        found.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    found
 }
