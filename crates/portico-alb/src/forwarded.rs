@@ -1,26 +1,48 @@
 //! The headers ALB adds to every request it forwards: `X-Forwarded-For`,
 //! `X-Forwarded-Proto`, `X-Forwarded-Port` and `X-Amzn-Trace-Id`.
 //!
-//! `X-Forwarded-For` follows ALB's default `append` mode: the client's address is appended
-//! to what the client sent. Proto and port are replaced. For the trace header ALB documents:
-//! absent → a new `Root`; present with a `Root` → a `Self` field is added in front; present
-//! without a `Root` → a `Root` is added in front of the fields kept.
+//! `X-Forwarded-For` follows the load balancer's mode (ALB's attributes): `append` (the
+//! default) appends the client's address, with its port when `xff_client_port` is on, to
+//! what the client sent; `preserve` sends it as it came; `remove` removes it. Proto and port
+//! are replaced. `Host` gets the listener's port appended when the client sent none and the
+//! listener is not on its scheme's default port, unless `preserve_host_header` is on. For the
+//! trace header ALB documents: absent → a new `Root`; present with a `Root` → a `Self` field
+//! is added in front; present without a `Root` → a `Root` is added in front of the fields
+//! kept; and when the request's headers are over 7 KB, only a new `Root`.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where a request came from and arrived.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
-    /// The client's address (from PROXY v2 when enabled, else the TCP peer).
-    pub client: IpAddr,
+    /// The client's address and port (from PROXY v2 when enabled, else the TCP peer).
+    pub client: SocketAddr,
     /// `http` or `https`.
     pub proto: &'static str,
     /// The listener's port, as the `X-Forwarded-Port` value (made once per listener).
     pub port: &'a HeaderValue,
+    /// The listener's port.
+    pub port_number: u16,
+    /// The load balancer's attributes for these headers.
+    pub forwarding: Forwarding,
 }
+
+/// How a load balancer treats the headers it forwards: ALB's attributes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// `routing.http.xff_header_processing.mode`.
+    pub xff: portico_config::XffHeaderProcessingMode,
+    /// `routing.http.xff_client_port.enabled`.
+    pub xff_client_port: bool,
+    /// `routing.http.preserve_host_header.enabled`.
+    pub preserve_host_header: bool,
+}
+
+/// Over this many bytes of request headers, ALB rewrites `X-Amzn-Trace-Id` to a new `Root`.
+pub const TRACE_REWRITE_OVER_BYTES: usize = 7 * 1024;
 
 /// Applies ALB's forwarding headers to `headers`; the trace header sent on is then
 /// `headers[X_AMZN_TRACE_ID]`.
@@ -28,37 +50,104 @@ pub struct Origin<'a> {
 /// Built without `format!` or copies (the address is written digit by digit, and each
 /// value takes over a buffer of exactly its size): this runs for every request forwarded.
 pub fn apply(headers: &mut HeaderMap, origin: Origin<'_>) {
+    use portico_config::XffHeaderProcessingMode as Mode;
+    let forwarding = origin.forwarding;
+    // Measured before anything is added: the client's headers.
+    let oversized = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        > TRACE_REWRITE_OVER_BYTES;
+    let xff = match forwarding.xff {
+        Mode::Append => Some(appended_xff(headers, origin)),
+        Mode::Preserve | Mode::Remove => None,
+    };
+    let received = headers
+        .get_all(X_AMZN_TRACE_ID)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok());
+    let trace = trace_header(received.filter(|_| !oversized));
+    // Kept fields came from a valid header value, and the rest is ours.
+    let trace = HeaderValue::from_maybe_shared(Bytes::from(trace.into_bytes()))
+        .unwrap_or(HeaderValue::from_static("-"));
+    headers.reserve(4);
+    match xff {
+        Some(xff) => {
+            headers.insert(X_FORWARDED_FOR, xff);
+        }
+        None if forwarding.xff == Mode::Remove => {
+            headers.remove(X_FORWARDED_FOR);
+        }
+        None => {}
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
+    headers.insert(X_FORWARDED_PORT, origin.port.clone());
+    headers.insert(X_AMZN_TRACE_ID, trace);
+    if !forwarding.preserve_host_header {
+        add_listener_port(headers, origin);
+    }
+}
+
+/// `X-Forwarded-For` with the client's address (and port) appended to what was sent.
+fn appended_xff(headers: &HeaderMap, origin: Origin<'_>) -> HeaderValue {
     let mut ip = [0u8; MAX_IP_TEXT];
-    let ip = write_ip(&mut ip, origin.client);
+    let ip = write_ip(&mut ip, origin.client.ip());
     let prior: usize = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .map(|v| v.len() + 2)
         .sum();
-    let mut xff = Vec::with_capacity(prior + ip.len());
+    let mut xff = Vec::with_capacity(prior + ip.len() + 8);
     for prior in headers.get_all(X_FORWARDED_FOR) {
         xff.extend_from_slice(prior.as_bytes());
         xff.extend_from_slice(b", ");
     }
-    xff.extend_from_slice(ip);
+    if origin.forwarding.xff_client_port {
+        // `203.0.113.9:51234`, `[2001:db8::9]:51234`.
+        let v6 = origin.client.is_ipv6();
+        if v6 {
+            xff.push(b'[');
+        }
+        xff.extend_from_slice(ip);
+        if v6 {
+            xff.push(b']');
+        }
+        xff.push(b':');
+        xff.extend_from_slice(origin.client.port().to_string().as_bytes());
+    } else {
+        xff.extend_from_slice(ip);
+    }
     // Each piece was a valid header value, and so is their join; the fallback is for form.
-    let xff =
-        HeaderValue::from_maybe_shared(Bytes::from(xff)).unwrap_or(HeaderValue::from_static("-"));
-    let trace = trace_header(
-        headers
-            .get_all(X_AMZN_TRACE_ID)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok()),
-    );
-    // Kept fields came from a valid header value, and the rest is ours.
-    let trace = HeaderValue::from_maybe_shared(Bytes::from(trace.into_bytes()))
-        .unwrap_or(HeaderValue::from_static("-"));
-    headers.reserve(4);
-    headers.insert(X_FORWARDED_FOR, xff);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
-    headers.insert(X_FORWARDED_PORT, origin.port.clone());
-    headers.insert(X_AMZN_TRACE_ID, trace);
+    HeaderValue::from_maybe_shared(Bytes::from(xff)).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// ALB's default for `Host`: a listener on a port other than its scheme's default appends
+/// that port to a `Host` that has none.
+fn add_listener_port(headers: &mut HeaderMap, origin: Origin<'_>) {
+    let default = if origin.proto == "https" { 443 } else { 80 };
+    if origin.port_number == default {
+        return;
+    }
+    let Some(host) = headers.get(http::header::HOST) else {
+        return;
+    };
+    let bytes = host.as_bytes();
+    // A port is a `:` after the host (after the `]` of an IPv6 literal).
+    let after = bytes
+        .iter()
+        .rposition(|b| *b == b']')
+        .map_or(bytes, |i| &bytes[i..]);
+    if after.contains(&b':') {
+        return;
+    }
+    let mut value = Vec::with_capacity(bytes.len() + 6);
+    value.extend_from_slice(bytes);
+    value.push(b':');
+    value.extend_from_slice(origin.port.as_bytes());
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+        headers.insert(http::header::HOST, value);
+    }
 }
 
 /// Longest address text: an IPv6 address with an embedded IPv4 one.
@@ -265,9 +354,14 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(X_FORWARDED_PORT, HeaderValue::from_static("1"));
         let origin = Origin {
-            client: "203.0.113.9".parse().unwrap(),
+            client: "203.0.113.9:51234".parse().unwrap(),
             proto: "http",
             port: &HeaderValue::from_static("8080"),
+            port_number: 8080,
+            forwarding: Forwarding {
+                preserve_host_header: true,
+                ..Forwarding::default()
+            },
         };
         apply(&mut h, origin);
         let trace = h[X_AMZN_TRACE_ID].clone();
@@ -282,5 +376,92 @@ mod tests {
         assert_eq!(get("x-forwarded-port"), ["8080"]);
         assert_eq!(get("x-amzn-trace-id"), [trace.to_str().unwrap()]);
         assert_eq!(get("host"), ["x"]);
+    }
+
+    fn forwarded(headers: &[(&str, &str)], port: u16, forwarding: Forwarding) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in headers {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let port_value = HeaderValue::from(port);
+        apply(
+            &mut h,
+            Origin {
+                client: "203.0.113.9:51234".parse().unwrap(),
+                proto: "http",
+                port: &port_value,
+                port_number: port,
+                forwarding,
+            },
+        );
+        h
+    }
+
+    #[test]
+    fn xff_modes_and_the_client_port() {
+        use portico_config::XffHeaderProcessingMode as Mode;
+        let sent = [("x-forwarded-for", "10.0.0.1")];
+        let with = |forwarding| forwarded(&sent, 80, forwarding);
+        let h = with(Forwarding {
+            xff_client_port: true,
+            ..Forwarding::default()
+        });
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 203.0.113.9:51234");
+        let h = with(Forwarding {
+            xff: Mode::Preserve,
+            ..Forwarding::default()
+        });
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        let h = with(Forwarding {
+            xff: Mode::Remove,
+            ..Forwarding::default()
+        });
+        assert!(h.get("x-forwarded-for").is_none());
+    }
+
+    #[test]
+    fn host_gets_a_non_default_listener_port_unless_preserved() {
+        let h = forwarded(&[("host", "example.com")], 8080, Forwarding::default());
+        assert_eq!(h["host"], "example.com:8080");
+        let h = forwarded(&[("host", "example.com")], 80, Forwarding::default());
+        assert_eq!(h["host"], "example.com");
+        let h = forwarded(&[("host", "example.com:9")], 8080, Forwarding::default());
+        assert_eq!(h["host"], "example.com:9");
+        let h = forwarded(&[("host", "[2001:db8::1]")], 8080, Forwarding::default());
+        assert_eq!(h["host"], "[2001:db8::1]:8080");
+        let preserved = Forwarding {
+            preserve_host_header: true,
+            ..Forwarding::default()
+        };
+        let h = forwarded(&[("host", "example.com")], 8080, preserved);
+        assert_eq!(h["host"], "example.com");
+    }
+
+    #[test]
+    fn over_7_kb_of_headers_the_trace_is_a_new_root() {
+        let big = "v".repeat(7 * 1024);
+        let sent = [
+            (
+                "x-amzn-trace-id",
+                "Root=1-67891233-abcdef012345678912345678",
+            ),
+            ("x-big", big.as_str()),
+        ];
+        let h = forwarded(&sent, 80, Forwarding::default());
+        let trace = h["x-amzn-trace-id"].to_str().unwrap();
+        assert!(
+            trace.starts_with("Root=1-") && !trace.contains(';'),
+            "{trace}"
+        );
+        let h = forwarded(&sent[..1], 80, Forwarding::default());
+        let trace = h["x-amzn-trace-id"].to_str().unwrap();
+        assert!(
+            trace.starts_with("Self=1-")
+                && trace.ends_with(";Root=1-67891233-abcdef012345678912345678"),
+            "{trace}"
+        );
     }
 }

@@ -50,6 +50,8 @@ pub struct Context {
     pub elb: Arc<str>,
     /// Where access log lines go, when enabled.
     pub access_log: Option<AccessLog>,
+    /// How the forwarded headers are made (the load balancer's attributes).
+    pub forwarding: crate::forwarded::Forwarding,
 }
 
 /// The connection a request came on.
@@ -92,7 +94,7 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
     };
     let mut cors = None;
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut response = match respond(ctx, conn.client.ip(), req, &mut outcome, &mut cors).await {
+    let mut response = match respond(ctx, conn.client, req, &mut outcome, &mut cors).await {
         Ok(response) => response,
         Err(LbError::Gateway(rejection)) => {
             // Refusals are the gateway working, and can come by the thousand: counted in
@@ -218,11 +220,12 @@ fn head_bytes<B>(response: &Response<B>) -> u64 {
 
 async fn respond<'c>(
     ctx: &'c Context,
-    client: IpAddr,
+    peer: SocketAddr,
     mut req: Request<Incoming>,
     outcome: &mut Outcome,
     cors: &mut Option<&'c Policy>,
 ) -> Result<Response<Body>, LbError> {
+    let client = peer.ip();
     check_head(&req)?;
     if req.version() == http::Version::HTTP_2 {
         join_cookies(req.headers_mut());
@@ -261,9 +264,11 @@ async fn respond<'c>(
         req.map(crate::body::incoming)
     };
     let origin = Origin {
-        client,
+        client: peer,
         proto: ctx.proto,
         port: &ctx.port_header,
+        port_number: ctx.port,
+        forwarding: ctx.forwarding,
     };
     match routed.action {
         Action::FixedResponse(fixed) => Ok(fixed.respond()),

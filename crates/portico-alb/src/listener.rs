@@ -56,6 +56,8 @@ pub struct ListenerSpec {
     pub tls: Option<Arc<Certificates>>,
     /// Accept HTTP/2 (ALPN `h2` on HTTPS, prior knowledge on HTTP).
     pub http2: bool,
+    /// How the forwarded headers are made.
+    pub forwarding: crate::forwarded::Forwarding,
 }
 
 /// How long a connection may take to send its PROXY header.
@@ -92,6 +94,7 @@ pub async fn serve(
         target_timeout: spec.idle_timeout,
         elb: spec.elb.as_str().into(),
         access_log: spec.access_log.clone(),
+        forwarding: spec.forwarding,
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

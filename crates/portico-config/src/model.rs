@@ -456,6 +456,33 @@ pub struct LoadBalancer {
     /// on HTTP listeners. ALB's `routing.http2.enabled`; default true.
     #[serde(default = "default_true")]
     pub http2: bool,
+    /// What happens to a request's `X-Forwarded-For` (ALB's
+    /// `routing.http.xff_header_processing.mode`): `append` the client's address (the
+    /// default), `preserve` it as sent, or `remove` it.
+    #[serde(default)]
+    pub xff_header_processing_mode: XffHeaderProcessingMode,
+    /// Append the client's source port to its address in `X-Forwarded-For` (ALB's
+    /// `routing.http.xff_client_port.enabled`). Default false.
+    #[serde(default)]
+    pub xff_client_port: bool,
+    /// Send the `Host` header as the client sent it (ALB's
+    /// `routing.http.preserve_host_header.enabled`); by default, as on ALB, a listener on a
+    /// port other than 80 (HTTP) or 443 (HTTPS) appends its port to a `Host` without one.
+    #[serde(default)]
+    pub preserve_host_header: bool,
+}
+
+/// ALB's `routing.http.xff_header_processing.mode`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XffHeaderProcessingMode {
+    /// The client's address is appended (or the header made).
+    #[default]
+    Append,
+    /// The header goes on as the client sent it.
+    Preserve,
+    /// The header is removed.
+    Remove,
 }
 
 fn default_true() -> bool {

@@ -272,6 +272,11 @@ async fn start(
                 access_log: access_log.clone(),
                 tls,
                 http2: lb.http2,
+                forwarding: portico_alb::forwarded::Forwarding {
+                    xff: lb.xff_header_processing_mode,
+                    xff_client_port: lb.xff_client_port,
+                    preserve_host_header: lb.preserve_host_header,
+                },
             };
             tasks.spawn(portico_alb::serve(
                 listener,

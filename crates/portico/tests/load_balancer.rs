@@ -405,7 +405,11 @@ fn http_targets_get_albs_headers_and_errors_are_502_503_504() {
     assert_eq!(seen["path"], "/orders?id=7&id=8");
     assert_eq!(seen["body"], 5);
     let h = &seen["headers"];
-    assert_eq!(h["host"], "shop.example.com");
+    // ALB's default: a listener on a port other than 80 appends it to a Host without one.
+    assert_eq!(
+        h["host"],
+        format!("shop.example.com:{}", lb(&portico).port())
+    );
     assert_eq!(h["x-forwarded-for"], "198.51.100.7, 127.0.0.5");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-port"], lb(&portico).port().to_string());
@@ -424,6 +428,59 @@ fn http_targets_get_albs_headers_and_errors_are_502_503_504() {
     let r = curl(None, &[&format!("{base}/slow")]);
     assert_eq!(r.status, 504, "{r:?}");
     assert_eq!(r.header("server"), Some("awselb/2.0"));
+}
+
+#[test]
+fn the_load_balancers_header_attributes_do_what_albs_do() {
+    let a = Backend::start("a", 0);
+    let seen = |attributes: &str, extra_headers: &[&str]| {
+        let config = servers_config(&[a.address()], "").replace(
+            "idle_timeout_seconds = 1\n",
+            &format!("idle_timeout_seconds = 1\n{attributes}\n"),
+        );
+        let portico = Portico::start(&config);
+        std::thread::sleep(Duration::from_millis(400));
+        let url = format!("http://{}/x", lb(&portico));
+        let mut args = vec![
+            "-H",
+            "Host: shop.example.com",
+            "-H",
+            "X-Forwarded-For: 198.51.100.7",
+        ];
+        for h in extra_headers {
+            args.extend(["-H", h]);
+        }
+        args.push(&url);
+        let r = curl(Some("127.0.0.5"), &args);
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["headers"].clone()
+    };
+    // The Host as sent; the client's port after its address.
+    let h = seen("preserve_host_header = true\nxff_client_port = true", &[]);
+    assert_eq!(h["host"], "shop.example.com");
+    let xff = h["x-forwarded-for"].as_str().unwrap();
+    let (before, port) = xff.rsplit_once(':').unwrap();
+    assert_eq!(before, "198.51.100.7, 127.0.0.5");
+    assert!(port.parse::<u16>().is_ok(), "{xff}");
+    // X-Forwarded-For as sent, or gone.
+    let h = seen("xff_header_processing_mode = \"preserve\"", &[]);
+    assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+    let h = seen("xff_header_processing_mode = \"remove\"", &[]);
+    assert!(h.get("x-forwarded-for").is_none(), "{h}");
+    // Over 7 KB of headers: the trace header is a new Root, whatever was sent.
+    let big = format!("X-Big: {}", "v".repeat(7 * 1024));
+    let h = seen(
+        "",
+        &[
+            "X-Amzn-Trace-Id: Root=1-67891233-abcdef012345678912345678",
+            &big,
+        ],
+    );
+    let trace = h["x-amzn-trace-id"].as_str().unwrap();
+    assert!(
+        trace.starts_with("Root=1-") && !trace.contains("67891233"),
+        "{trace}"
+    );
 }
 
 #[test]
