@@ -333,13 +333,16 @@ pub(crate) struct Report<'a> {
 }
 
 impl Report<'_> {
-    /// Lambda's `REPORT` line; billed duration is rounded up to the millisecond.
+    /// Lambda's `REPORT` line. The billed duration is the invocation's and, on a cold
+    /// start, the init's (Lambda bills the init phase since August 2025), rounded up to the
+    /// millisecond.
     pub(crate) fn line(&self) -> String {
         let ms = self.duration.as_secs_f64() * 1000.0;
+        let init_ms = self.init_duration.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         let mut line = format!(
             "REPORT RequestId: {}\tDuration: {ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
             self.request_id,
-            ms.ceil().max(1.0) as u64,
+            (ms + init_ms).ceil().max(1.0) as u64,
             self.memory_size_mb,
             self.max_memory_used_mb.unwrap_or(0),
         );
@@ -376,7 +379,7 @@ mod tests {
         };
         assert_eq!(
             r.line(),
-            "REPORT RequestId: id-1\tDuration: 1234.56 ms\tBilled Duration: 1235 ms\tMemory Size: 128 MB\tMax Memory Used: 20 MB\tInit Duration: 4.56 ms"
+            "REPORT RequestId: id-1\tDuration: 1234.56 ms\tBilled Duration: 1240 ms\tMemory Size: 128 MB\tMax Memory Used: 20 MB\tInit Duration: 4.56 ms"
         );
         let crashed = Report {
             init_duration: None,
