@@ -2,7 +2,8 @@
 //!
 //! The reply is ALB's response document: `statusCode` (required), `statusDescription`,
 //! `headers` or `multiValueHeaders`, `body`, `isBase64Encoded`. Anything that does not fit
-//! (not JSON, no status, a status outside 100-599, a header that is not valid HTTP, a body
+//! (not JSON, no status, a status outside 200-599 (a 1xx is not a response a target may end
+//! with: ALB answers 502), a header that is not valid HTTP, a body
 //! that claims base64 and is not) is `LambdaInvalidResponse`, a 502. In multi-value mode the
 //! response headers come from `multiValueHeaders`, otherwise from `headers`, and the other
 //! field is ignored, as ALB ignores it ("You must use `multiValueHeaders` if you have enabled
@@ -62,10 +63,10 @@ pub fn into_response(payload: &[u8], multi_value: bool) -> Result<Response<Full<
         serde_json::from_slice(payload).map_err(|e| LbError::InvalidReply(e.to_string()))?;
     let status = StatusCode::from_u16(reply.status_code)
         .ok()
-        .filter(|s| (100..=599).contains(&s.as_u16()))
+        .filter(|s| (200..=599).contains(&s.as_u16()))
         .ok_or_else(|| {
             LbError::InvalidReply(format!(
-                "statusCode {} is not an HTTP status",
+                "statusCode {} is not a final HTTP status (200-599)",
                 reply.status_code
             ))
         })?;
@@ -177,6 +178,17 @@ mod tests {
         let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
         assert!(r.headers().get("x").is_none());
+    }
+
+    #[test]
+    fn an_informational_status_is_an_invalid_reply() {
+        for status in [100, 101, 103, 199] {
+            let doc = format!(r#"{{"statusCode":{status}}}"#);
+            let err = into_response(doc.as_bytes(), false).unwrap_err();
+            assert_eq!(err.status(), 502, "{status}");
+            assert_eq!(err.reason(), "LambdaInvalidResponse", "{status}");
+        }
+        assert!(into_response(br#"{"statusCode":204}"#, false).is_ok());
     }
 
     #[test]
