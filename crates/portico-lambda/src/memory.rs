@@ -247,14 +247,49 @@ impl MemoryLimit {
 
 impl Drop for MemoryLimit {
     fn drop(&mut self) {
-        if let Some((dir, _)) = &self.cgroup {
-            // Empty once the process group is gone; a straggler only leaves an empty
-            // directory behind.
-            if let Err(error) = std::fs::remove_dir(dir) {
-                tracing::debug!(%error, cgroup = %dir.display(), "cgroup not removed");
+        let Some((dir, _)) = &self.cgroup else {
+            return;
+        };
+        // The environment is over: whatever is still in its cgroup goes too, a process
+        // that left the process group (`setsid`) included.
+        let killed = kill_members(dir);
+        if std::fs::remove_dir(dir).is_ok() {
+            return;
+        }
+        // A killed process leaves its cgroup once the kernel has reaped it: a moment.
+        let dir = dir.clone();
+        let removed = std::thread::Builder::new()
+            .name("cgroup-reaper".into())
+            .spawn(move || {
+                for _ in 0..100 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    kill_members(&dir);
+                    if std::fs::remove_dir(&dir).is_ok() {
+                        return;
+                    }
+                }
+                tracing::debug!(cgroup = %dir.display(), "cgroup not removed");
+            });
+        if removed.is_err() {
+            tracing::debug!(killed, "cgroup left behind");
+        }
+    }
+}
+
+/// Kills every process in the cgroup at `dir`; how many there were.
+fn kill_members(dir: &Path) -> usize {
+    let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                killed += 1;
             }
         }
     }
+    killed
 }
 
 fn own_cgroup(

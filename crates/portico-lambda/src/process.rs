@@ -44,10 +44,39 @@ pub(crate) fn spawn(
         .process_group(0)
         .kill_on_drop(true);
     let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        lambda_limits(pid);
+    }
     // `cmd` holds the parent's copies of the write end; they must go for EOF to come.
     drop(cmd);
     let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())?;
     Ok((child, reader))
+}
+
+/// Lambda's quotas on an execution environment: 1 024 file descriptors, 1 024 processes and
+/// threads (portico's own limits, 20 000 open files here, are not a function's).
+const LAMBDA_NOFILE: u64 = 1024;
+const LAMBDA_NPROC: u64 = 1024;
+
+/// Gives process `pid` Lambda's limits. Set right after the start: what the process inherits
+/// in between is only what it was started with.
+fn lambda_limits(pid: u32) {
+    use rustix::process::{Pid, Resource, Rlimit, prlimit};
+    let Some(target) = Pid::from_raw(pid as i32) else {
+        return;
+    };
+    for (resource, value, name) in [
+        (Resource::Nofile, LAMBDA_NOFILE, "RLIMIT_NOFILE"),
+        (Resource::Nproc, LAMBDA_NPROC, "RLIMIT_NPROC"),
+    ] {
+        let limit = Rlimit {
+            current: Some(value),
+            maximum: Some(value),
+        };
+        if let Err(error) = prlimit(Some(target), resource, limit) {
+            tracing::warn!(%error, pid, limit = name, "cannot set a function's limit");
+        }
+    }
 }
 
 /// The variables Lambda sets for every function.

@@ -273,6 +273,40 @@ async fn failed_invocations_end_their_report_with_a_status() {
 }
 
 #[tokio::test]
+async fn a_process_that_left_the_process_group_goes_with_its_environment() {
+    let rt = Runtime::new(
+        vec![prober("orphans", &[], None)],
+        RuntimeOptions::default(),
+    );
+    let out = invoke(&rt, "orphans", json!({"action": "orphan"}))
+        .await
+        .unwrap();
+    assert!(out.function_error.is_none(), "{out:?}");
+    let pid = json_of(&out)["orphan"].as_u64().unwrap();
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')))
+    };
+    assert!(alive(), "the function's setsid child runs");
+    rt.shutdown().await;
+    let began = std::time::Instant::now();
+    while alive() && began.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Only a memory cgroup knows the whole tree; without one, the process group is all
+    // portico can end.
+    if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+        || std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+    {
+        assert!(!alive(), "process {pid} outlived its environment");
+    } else {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test]
 async fn a_missing_program_is_an_init_failure() {
     let mut spec = prober("ghost", &[], None);
     spec.program = PathBuf::from("/nonexistent/bootstrap");

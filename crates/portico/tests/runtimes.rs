@@ -316,6 +316,8 @@ port = 0
     assert!(Path::new(task_root).is_absolute(), "{reply}");
     assert!(task_root.ends_with("/pyapp"), "{reply}");
     assert_eq!(reply["cwd"], task_root);
+    // Lambda's quota, not portico's own limit.
+    assert_eq!(reply["open_files_limit"], json!([1024, 1024]));
     let env = &reply["env"];
     assert_eq!(env["PYTHONPATH"], task_root, "{env}");
     assert_eq!(env["AWS_EXECUTION_ENV"], "AWS_Lambda_python3.11", "{env}");

@@ -56,6 +56,13 @@ while True:
         seen["first_response"] = status
         status, body = call("POST", "invocation/%s/response" % rid, b"{}")
         seen["second_response"] = [status, error_type(body)]
+    elif action == "orphan":
+        # A process that leaves the environment's process group.
+        import subprocess
+        child = subprocess.Popen(["setsid", "sleep", "300"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        call("POST", "invocation/%s/response" % rid, json.dumps({"orphan": child.pid}).encode())
+        continue
     elif action == "big":
         status, body = call("POST", "invocation/%s/response" % rid, b"x" * (7 * 1024 * 1024))
         seen["big_response"] = [status, error_type(body), json.loads(body).get("errorMessage")]

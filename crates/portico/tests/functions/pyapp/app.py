@@ -5,6 +5,7 @@ request."""
 import json
 import logging
 import os
+import resource
 import time
 
 import helper  # A second module of the package: the code directory is importable.
@@ -35,6 +36,7 @@ def handler(event, context):
         "handler": os.environ.get("_HANDLER"),
         "task_root": os.environ.get("LAMBDA_TASK_ROOT"),
         "cwd": os.getcwd(),
+        "open_files_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
         "env": {
             k: v
             for k, v in os.environ.items()
