@@ -389,6 +389,38 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
+/// One `Host`, and a well-formed one (RFC 9112 §3.2: a request with several, or an
+/// HTTP/1.1 request with none, is a 400): rules match it, redirects copy it into
+/// `Location`, targets read it; each must see the same one, and only a host.
+fn check_host<B>(req: &Request<B>) -> Result<(), LbError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(LbError::BadRequest("more than one Host header".into()));
+    }
+    let Some(host) = host else {
+        // HTTP/2 names the host in `:authority`; HTTP/1.0 may leave it out.
+        if req.version() == http::Version::HTTP_11 && req.uri().authority().is_none() {
+            return Err(LbError::BadRequest(
+                "an HTTP/1.1 request without Host".into(),
+            ));
+        }
+        return Ok(());
+    };
+    // uri-host [ ":" port ]: a name or address, no userinfo, path or spaces.
+    let valid = !host.is_empty()
+        && host.as_bytes().iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        });
+    if !valid {
+        return Err(LbError::BadRequest(format!(
+            "Host {:?} is not a host",
+            String::from_utf8_lossy(host.as_bytes())
+        )));
+    }
+    Ok(())
+}
+
 /// Most addresses ALB takes in a request's `X-Forwarded-For`.
 pub const MAX_FORWARDED_FOR: usize = 30;
 
@@ -399,6 +431,7 @@ fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
     if req.method() == http::Method::TRACE {
         return Err(LbError::MethodNotAllowed);
     }
+    check_host(req)?;
     let forwarded: usize = req
         .headers()
         .get_all(crate::forwarded::X_FORWARDED_FOR)
@@ -449,8 +482,12 @@ fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
 mod tests {
     use super::*;
 
+    /// An HTTP/1.1 request with `headers` (and a `Host` when they have none).
     fn req(uri: &str, headers: &[(&str, String)]) -> Request<()> {
         let mut b = Request::builder().uri(uri);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", "shop.example.com");
+        }
         for (k, v) in headers {
             b = b.header(*k, v.as_str());
         }
@@ -490,9 +527,40 @@ mod tests {
     }
 
     #[test]
+    fn one_well_formed_host_or_a_400() {
+        assert!(check_head(&req("/", &[("host", "shop.example.com:8080".into())])).is_ok());
+        assert!(check_head(&req("/", &[("host", "[2001:db8::1]:80".into())])).is_ok());
+        let two = req(
+            "/",
+            &[
+                ("host", "good.example".into()),
+                ("host", "evil.example".into()),
+            ],
+        );
+        assert_eq!(check_head(&two).unwrap_err().status(), 400);
+        for bad in ["good.example@evil.example", "a b", "a/b", "a\\b", ""] {
+            let e = check_head(&req("/", &[("host", bad.into())])).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad:?}");
+        }
+        let none = Request::builder()
+            .version(http::Version::HTTP_11)
+            .uri("/")
+            .body(())
+            .unwrap();
+        assert_eq!(check_head(&none).unwrap_err().status(), 400);
+        let old = Request::builder()
+            .version(http::Version::HTTP_10)
+            .uri("/")
+            .body(())
+            .unwrap();
+        assert!(check_head(&old).is_ok());
+    }
+
+    #[test]
     fn methods_forwarded_for_and_transfer_codings_alb_refuses() {
         let trace = Request::builder()
             .method(http::Method::TRACE)
+            .header("host", "shop.example.com")
             .uri("/")
             .body(())
             .unwrap();

@@ -381,12 +381,26 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        headers.remove(name);
+        // `Connection` may not take what makes the message: the host it is for, its
+        // framing, and the headers the load balancer sets.
+        if !KEPT.contains(&name) {
+            headers.remove(name);
+        }
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+/// End-to-end headers that a `Connection` header cannot make hop-by-hop.
+const KEPT: [header::HeaderName; 6] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::HeaderName::from_static("x-forwarded-for"),
+    header::HeaderName::from_static("x-forwarded-proto"),
+    header::HeaderName::from_static("x-forwarded-port"),
+    header::HeaderName::from_static("x-amzn-trace-id"),
+];
 
 /// The hop-by-hop headers RFC 9110 names, and two that old clients still send.
 const HOP_BY_HOP: [header::HeaderName; 7] = [
@@ -437,6 +451,26 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_strip_the_host_or_the_framing() {
+        let mut h = headers(&[
+            ("host", "shop.example.com"),
+            ("content-length", "5"),
+            ("x-forwarded-for", "198.51.100.7"),
+            (
+                "connection",
+                "host, content-length, x-forwarded-for, x-secret",
+            ),
+            ("x-secret", "s"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["host"], "shop.example.com");
+        assert_eq!(h["content-length"], "5");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("connection").is_none());
     }
 
     #[test]

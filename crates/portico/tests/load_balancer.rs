@@ -455,8 +455,12 @@ fn the_load_balancers_header_attributes_do_what_albs_do() {
         assert_eq!(r.status, 200, "{r:?}");
         r.json()["headers"].clone()
     };
-    // The Host as sent; the client's port after its address.
-    let h = seen("preserve_host_header = true\nxff_client_port = true", &[]);
+    // The Host as sent (which `Connection` cannot strip); the client's port after its
+    // address.
+    let h = seen(
+        "preserve_host_header = true\nxff_client_port = true",
+        &["Connection: keep-alive, host"],
+    );
     assert_eq!(h["host"], "shop.example.com");
     let xff = h["x-forwarded-for"].as_str().unwrap();
     let (before, port) = xff.rsplit_once(':').unwrap();
@@ -660,6 +664,24 @@ enabled = false
     let xff = |n: usize| format!("X-Forwarded-For: {}", addresses(n));
     assert_eq!(curl(None, &["-H", &xff(30), &url]).status, 200);
     assert_eq!(curl(None, &["-H", &xff(31), &url]).status, 463);
+    // One Host, and a host: rules, redirects and targets must all see the same one (curl
+    // sends one Host however many it is given: the raw request sends two).
+    let raw = |request: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(lb(&portico)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    let two =
+        raw("GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n");
+    assert!(two.starts_with("HTTP/1.1 400 "), "{two}");
+    assert_eq!(
+        curl(None, &["-H", "Host: good.example@evil.example", &url]).status,
+        400
+    );
+    assert_eq!(curl(None, &["-H", "Host:", &url]).status, 400);
     // A header over 16 K: 400, not 431.
     let big = format!("X-Big: {}", "v".repeat(17 * 1024));
     assert_eq!(curl(None, &["-H", &big, &url]).status, 400);
