@@ -52,6 +52,16 @@ pub enum PackageError {
         /// The limit.
         limit: u64,
     },
+    /// The cache directory is not portico's alone: code in it could have been planted.
+    #[error(
+        "{dir}: {why}; the code cache must be portico's own (owned by its user, writable by no one else)"
+    )]
+    UnsafeCache {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The cache directory could not be written.
     #[error("cannot unpack into {dir}: {source}")]
     Cache {
@@ -175,15 +185,23 @@ fn unpack_limited(package: &Path, cache: &Path, limit: u64) -> Result<PathBuf, P
         hasher.finalize()
     };
     let key: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let target = cache.join(&key);
-    if target.is_dir() {
-        return Ok(target);
-    }
     let cache_err = |dir: &Path| {
         let dir = dir.to_owned();
         move |source| PackageError::Cache { dir, source }
     };
-    fs::create_dir_all(cache).map_err(cache_err(cache))?;
+    private_dir(cache)?;
+    let target = cache.join(&key);
+    // What the tree looked like when it was unpacked: a tree changed since (by a function
+    // writing into its own code, or by hand) is unpacked again.
+    let tree = cache.join(format!("{key}.tree"));
+    if target.is_dir() {
+        let recorded = fs::read_to_string(&tree).unwrap_or_default();
+        if fingerprint(&target).is_ok_and(|now| now.sha256 == recorded.trim()) {
+            return Ok(target);
+        }
+        tracing::warn!(dir = %target.display(), "the unpacked code changed since it was unpacked: unpacking it again");
+        let _ = fs::remove_dir_all(&target);
+    }
     let staging = cache.join(format!(".{key}.{}.partial", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir(&staging).map_err(cache_err(&staging))?;
@@ -192,6 +210,8 @@ fn unpack_limited(package: &Path, cache: &Path, limit: u64) -> Result<PathBuf, P
         let _ = fs::remove_dir_all(&staging);
         return Err(error);
     }
+    let recorded = fingerprint(&staging)?;
+    fs::write(&tree, &recorded.sha256).map_err(cache_err(&tree))?;
     match fs::rename(&staging, &target) {
         Ok(()) => Ok(target),
         // Another portico unpacked the same package first: theirs is as good as ours.
@@ -270,7 +290,7 @@ fn extract(package: &Path, into: &Path, limit: u64) -> Result<(), PackageError> 
 /// Where packages are unpacked: `$XDG_CACHE_HOME/portico/code`, `~/.cache/portico/code`, or
 /// the temporary directory when neither is set.
 pub fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| {
@@ -278,8 +298,62 @@ pub fn default_cache_dir() -> PathBuf {
                 .filter(|v| !v.is_empty())
                 .map(|home| PathBuf::from(home).join(".cache"))
         })
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("portico").join("code")
+        .map(|base| base.join("portico"))
+        // No home: a directory of this user's own in the shared temporary directory (which
+        // `private_dir` checks before anything is unpacked there).
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("portico-{}", rustix::process::geteuid().as_raw()))
+        })
+        .join("code")
+}
+
+/// Makes `dir` (and its parent, portico's) if need be, readable by portico's user only,
+/// and refuses one that another user owns or may write to.
+fn private_dir(dir: &Path) -> Result<(), PackageError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let unsafe_cache = |dir: &Path, why: String| PackageError::UnsafeCache {
+        dir: dir.to_owned(),
+        why,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| PackageError::Cache {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    let me = rustix::process::geteuid().as_raw();
+    for checked in [Some(dir), dir.parent()].into_iter().flatten() {
+        let meta = fs::symlink_metadata(checked).map_err(|source| PackageError::Cache {
+            dir: checked.to_owned(),
+            source,
+        })?;
+        if meta.file_type().is_symlink() {
+            return Err(unsafe_cache(checked, "a symbolic link".into()));
+        }
+        if meta.uid() != me {
+            return Err(unsafe_cache(
+                checked,
+                format!("owned by user {}", meta.uid()),
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            // portico's own directory, made by an older portico or under a loose umask:
+            // closed to others, and what it holds is checked before use.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(checked, fs::Permissions::from_mode(0o700)).map_err(|e| {
+                unsafe_cache(
+                    checked,
+                    format!(
+                        "writable by others (mode {:o}) and cannot be closed: {e}",
+                        meta.mode() & 0o777
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -372,12 +446,46 @@ mod tests {
         assert_eq!(mode & 0o777, 0o755);
         assert_eq!(fs::read(dir.join("lib/data.txt")).unwrap(), b"data");
         // Same content, same directory; nothing is unpacked again.
-        fs::write(dir.join("marker"), b"").unwrap();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&dir);
         assert_eq!(unpack(&zip, &cache).unwrap(), dir);
-        assert!(dir.join("marker").exists());
-        // No staging directory is left behind.
+        assert_eq!(inode(&dir), before);
+        // A tree changed since (a function writing into its code, a planted file) is
+        // unpacked again.
+        fs::write(dir.join("lib/data.txt"), b"planted").unwrap();
+        fs::write(dir.join("extra"), b"").unwrap();
+        assert_eq!(unpack(&zip, &cache).unwrap(), dir);
+        assert_eq!(fs::read(dir.join("lib/data.txt")).unwrap(), b"data");
+        assert!(!dir.join("extra").exists());
+        // The cache is private; no staging directory is left behind (the tree and its
+        // record).
+        let mode = fs::metadata(&cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
         let entries: Vec<_> = fs::read_dir(&cache).unwrap().collect();
-        assert_eq!(entries.len(), 1);
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn a_cache_another_user_owns_is_refused_and_an_open_one_of_ours_is_closed() {
+        let d = Dir::new("shared");
+        let zip = d.0.join("fn.zip");
+        zip_of(&zip, &[("bootstrap", b"#!/bin/sh\n", 0o755)]);
+        // Ours, but open to everyone: closed, then used.
+        let cache = d.0.join("open");
+        fs::create_dir_all(&cache).unwrap();
+        fs::set_permissions(&cache, fs::Permissions::from_mode(0o777)).unwrap();
+        unpack(&zip, &cache).unwrap();
+        let mode = fs::metadata(&cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Another user's (tests run as root, which can give it away): refused.
+        if rustix::process::geteuid().is_root() {
+            let theirs = d.0.join("theirs");
+            fs::create_dir_all(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = unpack(&zip, &theirs).unwrap_err();
+            assert!(matches!(err, PackageError::UnsafeCache { .. }), "{err}");
+            assert!(err.to_string().contains("owned by user 65534"), "{err}");
+        }
     }
 
     #[test]
@@ -422,11 +530,14 @@ mod tests {
         zip_of(&at, &[("a", &[0u8; 500], 0o644), ("b", &[0u8; 500], 0o644)]);
         unpack_limited(&at, &cache, 1000).unwrap();
 
-        let left: Vec<_> = fs::read_dir(&cache)
+        let mut left: Vec<_> = fs::read_dir(&cache)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(left.len(), 1, "{left:?}");
+        left.sort();
+        // The one good package's tree and its record; nothing of the refused ones.
+        assert_eq!(left.len(), 2, "{left:?}");
         assert!(!left[0].starts_with('.'));
+        assert_eq!(left[1], format!("{}.tree", left[0]));
     }
 }
