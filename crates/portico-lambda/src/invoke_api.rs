@@ -23,7 +23,7 @@
 //! the qualifier may come as `?Qualifier=`, as Lambda allows. A function here has one version,
 //! `$LATEST`, and no alias: any other qualifier is `ResourceNotFoundException`.
 
-use crate::logs::{LogBook, LogLine};
+use crate::logs::{Followed, LogBook, LogLine};
 use crate::runtime::{MAX_SYNC_PAYLOAD_BYTES, Runtime};
 use crate::spec::FunctionSpec;
 use base64::Engine;
@@ -418,17 +418,17 @@ fn logs(book: &Arc<LogBook>, follow: bool, shutdown: &CancellationToken) -> ApiR
                 next = live.recv() => next,
             };
             let chunk = match next {
-                Ok(line) if line.seq <= seen => continue,
-                Ok(line) => {
+                Some(Followed::Line(line)) if line.seq <= seen => continue,
+                Some(Followed::Line(line)) => {
                     seen = line.seq;
                     log_text(&line)
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                Some(Followed::Skipped(missed)) => {
                     format!(
                         "[portico] {missed} lines of {function} were skipped: reading too slowly\n"
                     )
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                None => return,
             };
             if tx.send_data(Bytes::from(chunk)).await.is_err() {
                 return;

@@ -12,12 +12,12 @@
 //! function's last lines never land after its `END`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Longest line kept as one event; longer lines are split. CloudWatch's event limit.
@@ -32,8 +32,9 @@ pub const LOG_TAIL_BYTES: usize = 4 * 1024;
 /// Recent lines a [`LogBook`] keeps, by total size of their text.
 const BOOK_BYTES: usize = 1024 * 1024;
 
-/// Lines a slow follower may fall behind before it misses some.
-const FOLLOW_BACKLOG: usize = 4096;
+/// Bytes of lines a follower may fall behind before it misses some: what a client that
+/// stops reading can hold in portico's memory.
+const FOLLOW_BACKLOG_BYTES: usize = 1024 * 1024;
 
 /// One line of a function's log.
 #[derive(Debug, Clone)]
@@ -53,7 +54,52 @@ pub struct LogBook {
     function: Arc<str>,
     recent: Mutex<Recent>,
     next_seq: AtomicU64,
-    live: broadcast::Sender<Arc<LogLine>>,
+    followers: Mutex<Vec<FollowerQueue>>,
+}
+
+/// A follower's side of the book: its queue, and what it holds.
+struct FollowerQueue {
+    tx: mpsc::UnboundedSender<Arc<LogLine>>,
+    /// Bytes queued and not yet taken.
+    queued: Arc<AtomicUsize>,
+    /// Lines it missed since it last took one.
+    skipped: Arc<AtomicU64>,
+}
+
+/// What a follower gets next.
+#[derive(Debug)]
+pub enum Followed {
+    /// A new line.
+    Line(Arc<LogLine>),
+    /// This many lines were skipped: the follower fell more than its backlog behind.
+    Skipped(u64),
+}
+
+/// New lines of one [`LogBook`], as they are written; dropping it ends the following and
+/// frees what it held.
+pub struct Follower {
+    rx: mpsc::UnboundedReceiver<Arc<LogLine>>,
+    queued: Arc<AtomicUsize>,
+    skipped: Arc<AtomicU64>,
+}
+
+impl Follower {
+    /// The next line, or the count of lines skipped before it; `None` once the book is gone.
+    pub async fn recv(&mut self) -> Option<Followed> {
+        // The lines queued before the gap come first, then the gap.
+        let line = match self.rx.try_recv() {
+            Ok(line) => line,
+            Err(_) => {
+                let skipped = self.skipped.swap(0, Ordering::Relaxed);
+                if skipped > 0 {
+                    return Some(Followed::Skipped(skipped));
+                }
+                self.rx.recv().await?
+            }
+        };
+        self.queued.fetch_sub(line.text.len(), Ordering::Relaxed);
+        Some(Followed::Line(line))
+    }
 }
 
 #[derive(Default)]
@@ -69,7 +115,7 @@ impl LogBook {
             function: function.into(),
             recent: Mutex::new(Recent::default()),
             next_seq: AtomicU64::new(1),
-            live: broadcast::Sender::new(FOLLOW_BACKLOG),
+            followers: Mutex::new(Vec::new()),
         }
     }
 
@@ -84,9 +130,25 @@ impl LogBook {
     }
 
     /// New lines as they are written. Subscribe before reading [`Self::recent`] and skip
-    /// lines whose `seq` was already seen, and nothing falls in between.
-    pub fn follow(&self) -> broadcast::Receiver<Arc<LogLine>> {
-        self.live.subscribe()
+    /// lines whose `seq` was already seen, and nothing falls in between. A follower that
+    /// falls more than 1 MB behind misses lines (and is told how many).
+    pub fn follow(&self) -> Follower {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let skipped = Arc::new(AtomicU64::new(0));
+        self.followers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(FollowerQueue {
+                tx,
+                queued: queued.clone(),
+                skipped: skipped.clone(),
+            });
+        Follower {
+            rx,
+            queued,
+            skipped,
+        }
     }
 
     /// Emits `text` as a log event and keeps it.
@@ -114,8 +176,18 @@ impl LogBook {
                 }
             }
         }
-        // Nobody following is not an error.
-        let _ = self.live.send(line);
+        let mut followers = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+        // A follower that left is forgotten, with what it held.
+        followers.retain(|f| !f.tx.is_closed());
+        for follower in followers.iter() {
+            let size = line.text.len();
+            if follower.queued.load(Ordering::Relaxed) + size > FOLLOW_BACKLOG_BYTES {
+                follower.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            follower.queued.fetch_add(size, Ordering::Relaxed);
+            let _ = follower.tx.send(line.clone());
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -398,6 +470,40 @@ mod tests {
             ..crashed
         };
         assert!(timed_out.line().ends_with("\tStatus: timeout"));
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_does_not_read_holds_at_most_its_backlog() {
+        let book = LogBook::new("chatty");
+        let mut slow = book.follow();
+        let line = "x".repeat(1024);
+        for _ in 0..3000 {
+            book.record(None, line.clone());
+        }
+        // 3 MB written; what waits for the follower is bounded.
+        assert!(slow.queued.load(Ordering::Relaxed) <= FOLLOW_BACKLOG_BYTES);
+        let mut got = 0;
+        let skipped = loop {
+            match slow.recv().await.unwrap() {
+                Followed::Line(_) => got += 1,
+                Followed::Skipped(n) => break n,
+            }
+        };
+        assert_eq!(got, FOLLOW_BACKLOG_BYTES / 1024);
+        assert_eq!(got as u64 + skipped, 3000);
+        // Caught up: new lines come again.
+        book.record(None, "after".to_owned());
+        match slow.recv().await.unwrap() {
+            Followed::Line(l) => assert_eq!(l.text, "after"),
+            other => panic!("{other:?}"),
+        }
+        // A follower that left is forgotten with what it held.
+        drop(slow);
+        book.record(None, "again".to_owned());
+        assert!(book.followers.lock().unwrap().is_empty());
+        // The recent lines are bounded by bytes too.
+        let kept: usize = book.recent().iter().map(|l| l.text.len()).sum();
+        assert!(kept <= BOOK_BYTES);
     }
 
     #[test]
