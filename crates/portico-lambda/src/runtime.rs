@@ -138,7 +138,18 @@ impl Runtime {
                 limit: MAX_SYNC_PAYLOAD_BYTES,
             });
         }
-        pool.invoke(invocation, &self.shared).await
+        // In a task of its own: a caller that goes away (a client that disconnects, an
+        // HTTP/2 stream reset) does not end the invocation. As on Lambda, it runs to its end
+        // and its environment stays warm for the next one.
+        let (pool, shared) = (pool.clone(), self.shared.clone());
+        let task = self
+            .shared
+            .tracker
+            .spawn(async move { pool.invoke(invocation, &shared).await });
+        task.await.unwrap_or_else(|error| {
+            tracing::error!(%error, "an invocation's task failed");
+            Err(InvokeError::ShuttingDown)
+        })
     }
 
     /// Queues an asynchronous (`Event`) invocation and returns at once. The function runs in

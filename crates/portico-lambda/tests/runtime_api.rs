@@ -273,6 +273,35 @@ async fn failed_invocations_end_their_report_with_a_status() {
 }
 
 #[tokio::test]
+async fn a_caller_that_goes_away_does_not_end_the_invocation_or_its_environment() {
+    let rt = Runtime::new(vec![prober("steady", &[], None)], RuntimeOptions::default());
+    let pid = |out: InvokeOutput| json_of(&out)["pid"].clone();
+    let first = pid(invoke(&rt, "steady", json!({"action": "report"}))
+        .await
+        .unwrap());
+    // The caller gives up after 100 ms of a 500 ms invocation (its future is dropped).
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        invoke(&rt, "steady", json!({"action": "sleep", "seconds": 0.5})),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The invocation ran to its end, and the same environment serves the next one.
+    let log = log_texts(&rt, "steady");
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("END ")).count(),
+        2,
+        "{log:#?}"
+    );
+    let again = pid(invoke(&rt, "steady", json!({"action": "report"}))
+        .await
+        .unwrap());
+    assert_eq!(again, first, "no cold start after a caller went away");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_process_that_left_the_process_group_goes_with_its_environment() {
     let rt = Runtime::new(
         vec![prober("orphans", &[], None)],
