@@ -51,14 +51,20 @@ where
 /// The error type hyper's bounds ask for.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How long portico's own APIs wait for a request head, and on an idle keep-alive
+/// connection for the next one: ALB's default idle timeout.
+pub const API_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` fires, then drains as [`serve`] does:
 /// every request goes to `handle` with the shared `state`. `name` says whose connections
-/// these are in logs. For portico's own small APIs (Invoke, Runtime, admin).
+/// these are in logs. For portico's own small APIs (Invoke, Runtime, admin). A connection
+/// that does not send a whole request head within `head_timeout`, counted from the end of
+/// the previous response on a kept-alive one, is closed: no connection is held for ever.
 pub async fn serve_http1<T, H, Fut, B>(
     name: &'static str,
     listener: TcpListener,
     shutdown: &CancellationToken,
-    limits: Limits,
+    (limits, head_timeout): (Limits, Duration),
     state: Arc<T>,
     handle: H,
 ) -> Drained
@@ -80,6 +86,8 @@ where
                 async move { Ok::<_, std::convert::Infallible>(response.await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(head_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             if let Err(error) = serve_connection(conn, &shutdown).await {
                 tracing::debug!(%error, "{name} connection ended");
@@ -248,6 +256,60 @@ mod tests {
             tokio::spawn(async move { serve(listener, &shutdown, limits, handle).await })
         };
         (addr, shutdown, server)
+    }
+
+    #[tokio::test]
+    async fn an_api_connection_that_stalls_or_idles_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                serve_http1(
+                    "test API",
+                    listener,
+                    &shutdown,
+                    (limits(8, 100), Duration::from_millis(300)),
+                    Arc::new(()),
+                    |_, _req| async {
+                        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                            b"ok",
+                        )))
+                    },
+                )
+                .await
+            })
+        };
+        let closed_within = |mut stream: TcpStream| async move {
+            let began = std::time::Instant::now();
+            let mut buf = vec![0u8; 1024];
+            let mut seen = Vec::new();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return (began.elapsed(), seen),
+                    Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+                    Err(_) => panic!("still open after 3 s"),
+                }
+            }
+        };
+        // Half a request head, then nothing: closed.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let (took, _) = closed_within(slow).await;
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // A kept-alive connection that goes quiet after its answer: closed too.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (took, seen) = closed_within(idle).await;
+        assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        shutdown.cancel();
+        server.await.unwrap();
     }
 
     #[tokio::test]

@@ -56,7 +56,7 @@ pub async fn serve(
         "admin API",
         listener,
         &shutdown,
-        limits,
+        (limits, portico_accept::API_HEAD_TIMEOUT),
         admin,
         |admin, req| async move { route(&admin, req).await },
     )

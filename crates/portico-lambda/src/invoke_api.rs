@@ -87,7 +87,7 @@ pub async fn serve(
         "invoke API",
         listener,
         &shutdown,
-        limits,
+        (limits, portico_accept::API_HEAD_TIMEOUT),
         api,
         |api, req| async move { route(&api, req).await },
     )
@@ -276,8 +276,26 @@ async fn invoke_async(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiRe
 
 /// The request body as a JSON payload (`{}` when empty), or the error answer: over `limit`,
 /// unreadable or not JSON.
+/// How long a request's body may take to arrive: a client that sends it slowly holds its
+/// connection and its buffer no longer than this.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn read_payload(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiResponse> {
-    let payload = match Limited::new(req.into_body(), limit).collect().await {
+    let read = tokio::time::timeout(
+        BODY_DEADLINE,
+        Limited::new(req.into_body(), limit).collect(),
+    );
+    let Ok(read) = read.await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            &format!(
+                "The request body did not arrive within {} s",
+                BODY_DEADLINE.as_secs()
+            ),
+        ));
+    };
+    let payload = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(request_too_large(limit));

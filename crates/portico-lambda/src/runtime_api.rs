@@ -52,7 +52,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: C
         "runtime API",
         listener,
         &cancel,
-        limits,
+        (limits, portico_accept::API_HEAD_TIMEOUT),
         ctx,
         |ctx, req| async move { route(&ctx, req).await },
     )
