@@ -73,6 +73,12 @@ pub enum LbError {
         /// The time allowed.
         timeout: std::time::Duration,
     },
+    /// The client's request body did not arrive within the load balancer's idle timeout.
+    #[error("the request body did not arrive within {timeout:?}")]
+    ClientTimeout {
+        /// The time allowed.
+        timeout: std::time::Duration,
+    },
     /// `TRACE`, which ALB does not support.
     #[error("the TRACE method is not supported")]
     MethodNotAllowed,
@@ -126,6 +132,7 @@ impl LbError {
             | Self::BadBody(_)
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyForwardedFor { .. } => X_FORWARDED_FOR_TOO_LONG,
             Self::UnsupportedTransferEncoding(_) => StatusCode::NOT_IMPLEMENTED,
             Self::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
@@ -159,6 +166,7 @@ impl LbError {
             | Self::BadBody(_)
             | Self::BadRequest(_)
             | Self::MethodNotAllowed
+            | Self::ClientTimeout { .. }
             | Self::TooManyForwardedFor { .. }
             | Self::UnsupportedTransferEncoding(_)
             | Self::NoTargets
@@ -189,6 +197,7 @@ impl LbError {
             | Self::BadBody(_)
             | Self::BadRequest(_)
             | Self::MethodNotAllowed
+            | Self::ClientTimeout { .. }
             | Self::TooManyForwardedFor { .. }
             | Self::UnsupportedTransferEncoding(_)
             | Self::NotUtf8(_)

@@ -188,7 +188,7 @@ pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 pub(crate) async fn read_body<B>(
     headers: &http::HeaderMap,
     body: B,
-    limit: usize,
+    (limit, deadline): (usize, Duration),
 ) -> Result<bytes::Bytes, LbError>
 where
     B: http_body::Body<Data = bytes::Bytes>,
@@ -197,7 +197,13 @@ where
     if content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(LbError::RequestTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    // A body that dribbles in holds its connection and its buffer: it gets the load
+    // balancer's idle timeout in all, then a 408 as ALB's.
+    let read = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else {
+        return Err(LbError::ClientTimeout { timeout: deadline });
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(LbError::RequestTooLarge { limit })
@@ -259,7 +265,7 @@ async fn respond<'c>(
     *cors = ctx.router.cors_policy(&routed);
     let policies = [listener_policy, routed.policy];
     let req = if policies.iter().flatten().next().is_some() {
-        admit(&policies, client, req).await?
+        admit(&policies, client, req, ctx.target_timeout).await?
     } else {
         req.map(crate::body::incoming)
     };
@@ -300,7 +306,14 @@ async fn respond<'c>(
             }
             let mut response = match picked.group {
                 TargetGroup::Lambda(tg) => {
-                    lambda_target::forward(tg, ctx.invoker.as_ref(), origin, req, outcome).await?
+                    lambda_target::forward(
+                        tg,
+                        (ctx.invoker.as_ref(), ctx.target_timeout),
+                        origin,
+                        req,
+                        outcome,
+                    )
+                    .await?
                 }
                 TargetGroup::Http(tg) => {
                     tg.forward(req, origin, ctx.target_timeout, outcome).await?
@@ -346,6 +359,7 @@ async fn admit(
     policies: &[Option<&Policy>; 2],
     client: IpAddr,
     req: Request<Incoming>,
+    deadline: Duration,
 ) -> Result<Request<Body>, LbError> {
     let mut grant = Grant::default();
     for policy in policies.iter().flatten() {
@@ -355,7 +369,7 @@ async fn admit(
     }
     let (mut parts, body) = req.into_parts();
     let body = if policies.iter().flatten().any(|p| p.wants_body()) {
-        let bytes = read_body(&parts.headers, body, MAX_VALIDATED_BODY_BYTES).await?;
+        let bytes = read_body(&parts.headers, body, (MAX_VALIDATED_BODY_BYTES, deadline)).await?;
         for policy in policies.iter().flatten().filter(|p| p.wants_body()) {
             policy.check_body(&bytes)?;
         }

@@ -18,7 +18,7 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
 /// response.
 pub async fn forward(
     tg: &LambdaTargetGroup,
-    invoker: &dyn Invoker,
+    (invoker, body_deadline): (&dyn Invoker, std::time::Duration),
     origin: Origin<'_>,
     req: Request<Body>,
     outcome: &mut Outcome,
@@ -27,7 +27,12 @@ pub async fn forward(
         return Err(LbError::UpgradeRefused);
     }
     let (mut parts, body) = req.into_parts();
-    let body = crate::handler::read_body(&parts.headers, body, MAX_REQUEST_BODY_BYTES).await?;
+    let body = crate::handler::read_body(
+        &parts.headers,
+        body,
+        (MAX_REQUEST_BODY_BYTES, body_deadline),
+    )
+    .await?;
     forwarded::apply(&mut parts.headers, origin);
     let trace_id = parts.headers.get(forwarded::X_AMZN_TRACE_ID).cloned();
     outcome.trace_id = trace_id.clone();

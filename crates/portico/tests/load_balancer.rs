@@ -709,3 +709,48 @@ enabled = false
     // The function is fine for the next request.
     assert_eq!(curl(None, &[&url]).status, 200);
 }
+
+/// A body that dribbles in holds its connection and its buffer for the load balancer's idle
+/// timeout at most, then gets ALB's 408; the function never sees it.
+#[test]
+fn a_slow_body_gets_a_408_after_the_idle_timeout() {
+    let config = format!(
+        r#"
+[load_balancers.web]
+idle_timeout_seconds = 1
+[[load_balancers.web.listeners]]
+port = 0
+default_action = {{ type = "forward", target_group = "hello" }}
+
+[target_groups.hello]
+target_type = "lambda"
+function = "hello"
+
+[functions.hello]
+command = ["{}"]
+
+[invoke_api]
+enabled = false
+"#,
+        hello_bin().display()
+    );
+    let portico = Portico::start(&config);
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(lb(&portico)).unwrap();
+    stream
+        .write_all(b"POST /x HTTP/1.1\r\nHost: a.example\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let began = Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        began.elapsed()
+    );
+}
