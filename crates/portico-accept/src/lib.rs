@@ -51,6 +51,10 @@ where
 /// The error type hyper's bounds ask for.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Decides, from the client's address and the listener's, whether a connection is served
+/// (it may read `/proc`: it runs off the async threads).
+pub type Admit = Arc<dyn Fn(SocketAddr, SocketAddr) -> bool + Send + Sync>;
+
 /// How long portico's own APIs wait for a request head, and on an idle keep-alive
 /// connection for the next one: ALB's default idle timeout.
 pub const API_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,7 +65,7 @@ pub const API_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// that does not send a whole request head within `head_timeout`, counted from the end of
 /// the previous response on a kept-alive one, is closed: no connection is held for ever.
 pub async fn serve_http1<T, H, Fut, B>(
-    name: &'static str,
+    (name, admit): (&'static str, Option<Admit>),
     listener: TcpListener,
     shutdown: &CancellationToken,
     (limits, head_timeout): (Limits, Duration),
@@ -76,11 +80,25 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    serve(listener, shutdown, limits, |stream, _| {
+    serve(listener, shutdown, limits, |stream, peer| {
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let shutdown = shutdown.clone();
+        let admit = admit.clone();
         async move {
+            if let Some(admit) = admit {
+                let local = stream.local_addr();
+                let admitted = match local {
+                    Ok(local) => tokio::task::spawn_blocking(move || admit(peer, local))
+                        .await
+                        .unwrap_or(false),
+                    Err(_) => false,
+                };
+                if !admitted {
+                    tracing::warn!(%peer, "{name}: connection refused: not from whom it serves");
+                    return;
+                }
+            }
             let service = hyper::service::service_fn(move |req| {
                 let response = handle(state.clone(), req);
                 async move { Ok::<_, std::convert::Infallible>(response.await) }
@@ -267,7 +285,7 @@ mod tests {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 serve_http1(
-                    "test API",
+                    ("test API", None),
                     listener,
                     &shutdown,
                     (limits(8, 100), Duration::from_millis(300)),

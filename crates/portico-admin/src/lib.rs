@@ -53,7 +53,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let drained = portico_accept::serve_http1(
-        "admin API",
+        ("admin API", None),
         listener,
         &shutdown,
         (limits, portico_accept::API_HEAD_TIMEOUT),

@@ -139,7 +139,11 @@ impl Environment {
             exchange: exchange.clone(),
             function_arn: spec.arn(),
         });
-        tracker.spawn(runtime_api::serve(listener, ctx, stop.clone()));
+        let members = pid.map(|pid| runtime_api::Members {
+            pid,
+            memory: memory.clone(),
+        });
+        tracker.spawn(runtime_api::serve(listener, (ctx, members), stop.clone()));
         let sink = Arc::new(Sink::new(book));
         let (sync_output, syncs) = mpsc::channel(1);
         tracker.spawn(logs::capture(

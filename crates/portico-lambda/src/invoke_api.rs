@@ -84,7 +84,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     });
     let drained = portico_accept::serve_http1(
-        "invoke API",
+        ("invoke API", None),
         listener,
         &shutdown,
         (limits, portico_accept::API_HEAD_TIMEOUT),

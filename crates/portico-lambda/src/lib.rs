@@ -29,6 +29,7 @@ pub mod launch;
 pub mod logs;
 mod memory;
 pub mod package;
+mod peer;
 mod pool;
 mod process;
 pub mod runtime;

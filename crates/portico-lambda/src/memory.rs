@@ -195,6 +195,18 @@ impl MemoryLimit {
         self.cgroup.is_none() && self.peak_mb().is_some_and(|used| used > self.limit_mb)
     }
 
+    /// The processes in its cgroup (none without one).
+    pub(crate) fn members(&self) -> Vec<u32> {
+        let Some((dir, _)) = &self.cgroup else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
     /// Whether the kernel killed the process for memory (with a cgroup only).
     pub(crate) fn oom_killed(&self) -> bool {
         let Some((dir, hierarchy)) = &self.cgroup else {

@@ -40,16 +40,47 @@ pub(crate) struct ApiContext {
     pub(crate) function_arn: String,
 }
 
-/// Serves the Runtime API on `listener` until `cancel` fires. Connection tasks end with it.
-pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: CancellationToken) {
+/// The processes of one environment, the only ones its Runtime API serves.
+pub(crate) struct Members {
+    /// The function's process.
+    pub(crate) pid: u32,
+    /// Its memory limit, whose cgroup (when it has one) holds the whole tree.
+    pub(crate) memory: Option<Arc<crate::memory::MemoryLimit>>,
+}
+
+impl Members {
+    /// Whether the connection from `peer` to `local` is one of theirs.
+    fn own(&self, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> bool {
+        let in_cgroup = self
+            .memory
+            .as_ref()
+            .map(|m| m.members())
+            .unwrap_or_default();
+        crate::peer::held_by(peer, local, &in_cgroup)
+            || crate::peer::held_by(peer, local, &crate::peer::process_tree(self.pid))
+    }
+}
+
+/// Serves the Runtime API on `listener` until `cancel` fires, to `members` only. Connection
+/// tasks end with it.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    (ctx, members): (Arc<ApiContext>, Option<Members>),
+    cancel: CancellationToken,
+) {
     // A runtime needs a connection or two; the function is being stopped when `cancel`
     // fires, so its API calls have nothing to drain into.
     let limits = portico_accept::Limits {
         max_connections: MAX_API_CONNECTIONS,
         drain: Duration::ZERO,
     };
+    let admit = members.map(|members| {
+        let members = Arc::new(members);
+        let admit: portico_accept::Admit = Arc::new(move |peer, local| members.own(peer, local));
+        admit
+    });
     portico_accept::serve_http1(
-        "runtime API",
+        ("runtime API", admit),
         listener,
         &cancel,
         (limits, portico_accept::API_HEAD_TIMEOUT),

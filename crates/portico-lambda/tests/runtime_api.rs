@@ -302,6 +302,52 @@ async fn a_caller_that_goes_away_does_not_end_the_invocation_or_its_environment(
 }
 
 #[tokio::test]
+async fn only_the_environments_own_processes_reach_its_runtime_api() {
+    let rt = Runtime::new(
+        vec![prober("guarded", &[], None)],
+        RuntimeOptions::default(),
+    );
+    let out = invoke(&rt, "guarded", json!({"action": "probe"}))
+        .await
+        .unwrap();
+    let api = json_of(&out)["env"]["AWS_LAMBDA_RUNTIME_API"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another process (this test's, which is not the function's) asks for the next
+    // invocation, as a local attacker would: the connection is closed unanswered.
+    let taken = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&api).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // A request the API answers at once when it serves a connection (an unknown
+        // request id is a 400): nothing comes back but the connection's end.
+        let _ = stream.write_all(
+            b"POST /2018-06-01/runtime/invocation/forged/response HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        );
+        let mut answer = Vec::new();
+        match stream.read_to_end(&mut answer) {
+            // Closed (or reset, with the request unread) at once.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("not closed at once: {e}"),
+        }
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(taken.is_empty(), "{}", String::from_utf8_lossy(&taken));
+    // The function goes on, its own connection served.
+    let out = invoke(&rt, "guarded", json!({"action": "report"}))
+        .await
+        .unwrap();
+    assert!(out.function_error.is_none(), "{out:?}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_process_that_left_the_process_group_goes_with_its_environment() {
     let rt = Runtime::new(
         vec![prober("orphans", &[], None)],
