@@ -246,9 +246,12 @@ async fn respond<'c>(
     }
     // Only the gateway says what a verified token holds.
     req.headers_mut().remove(portico_gateway::CLAIMS_HEADER);
+    // Rules see the path with its dot segments resolved: `/ip/a/../../etc` is `/etc`, and
+    // no `/ip/*` rule takes it.
+    let routed_path = crate::rules::normalize_path(req.uri().path());
     let view = RequestView {
         method: req.method().as_str(),
-        path: req.uri().path(),
+        path: &routed_path,
         query: req.uri().query(),
         headers: req.headers(),
         source: client,

@@ -138,6 +138,51 @@ pub struct QueryPair {
     pub value: Pattern,
 }
 
+/// `path` with its dot segments removed (RFC 3986 §5.2.4), `%2e` counted as a dot: what
+/// rules match, so that `..` cannot walk a request out of the prefix a rule names. Most paths
+/// have none and are returned as they are.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    // Without allocating: this looks at every request's path.
+    let dot = |b: &[u8]| b == b"." || b.eq_ignore_ascii_case(b"%2e");
+    let is_dot = |segment: &str| dot(segment.as_bytes());
+    let is_dot_dot = |segment: &str| {
+        let b = segment.as_bytes();
+        [1, 3]
+            .into_iter()
+            .any(|k| b.len() > k && dot(&b[..k]) && dot(&b[k..]))
+    };
+    if !path
+        .split('/')
+        .any(|segment| is_dot(segment) || is_dot_dot(segment))
+    {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, segment) in segments.iter().enumerate() {
+        if is_dot(segment) {
+            trailing_slash = i == last;
+        } else if is_dot_dot(segment) {
+            kept.pop();
+            trailing_slash = i == last;
+        } else {
+            kept.push(segment);
+            trailing_slash = false;
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &kept {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// What a condition looks at in a request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
@@ -378,5 +423,26 @@ mod tests {
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::normalize_path;
+
+    #[test]
+    fn dot_segments_are_resolved_before_rules_match() {
+        for (raw, seen) in [
+            ("/ip/x", "/ip/x"),
+            ("/ip/a/../../etc/passwd", "/etc/passwd"),
+            ("/ip/%2e%2e/admin", "/admin"),
+            ("/ip/%2E%2e/admin", "/admin"),
+            ("/a/./b/.", "/a/b/"),
+            ("/..", "/"),
+            ("/a/b/..", "/a/"),
+            ("/a..b/c", "/a..b/c"),
+        ] {
+            assert_eq!(normalize_path(raw), seen, "{raw}");
+        }
     }
 }

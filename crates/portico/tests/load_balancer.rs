@@ -125,6 +125,20 @@ enabled = false
     assert_eq!(hit(None, &[&url("/img/a.png")]), "path");
     assert_eq!(hit(None, &[&url("/img/ab.png")]), "default");
     assert_eq!(hit(None, &[&url("/DOCS/a")]), "default");
+    // Dot segments are resolved before rules match: `..` cannot walk out of a prefix
+    // (curl resolves them itself unless told not to).
+    assert_eq!(
+        hit(None, &["--path-as-is", &url("/docs/../admin")]),
+        "default"
+    );
+    assert_eq!(
+        hit(None, &["--path-as-is", &url("/docs/%2e%2e/admin")]),
+        "default"
+    );
+    assert_eq!(
+        hit(None, &["--path-as-is", &url("/admin/../docs/a")]),
+        "path"
+    );
     // http-header: name and value case-insensitive.
     assert_eq!(hit(None, &["-H", "x-env: CANARY", &url("/")]), "header");
     assert_eq!(hit(None, &["-H", "x-env: prod", &url("/")]), "default");
