@@ -43,6 +43,9 @@ pub enum Elbv2Error {
     /// An action this API does not have.
     #[error("The action {0} is not valid for this web service.")]
     InvalidAction(String),
+    /// More targets than a group may have.
+    #[error("You've reached the limit on the number of targets: a target group has at most {0}")]
+    TooManyTargets(usize),
 }
 
 impl Elbv2Error {
@@ -53,6 +56,7 @@ impl Elbv2Error {
             Self::InvalidTarget(_) => "InvalidTarget",
             Self::Validation(_) => "ValidationError",
             Self::InvalidAction(_) => "InvalidAction",
+            Self::TooManyTargets(_) => "TooManyTargets",
         }
     }
 }
@@ -212,16 +216,49 @@ fn http_group<'a>(
     }
 }
 
+/// ALB's quota of targets in one target group.
+pub const MAX_TARGETS_PER_GROUP: usize = 1000;
+
 fn register_targets(
     groups: &BTreeMap<String, TargetGroup>,
     params: &Params,
 ) -> Result<(), Elbv2Error> {
     let group = http_group(groups, params)?;
     let addresses = addresses(params)?;
+    // Traffic may not be pointed at the host's link-local range, cloud metadata services
+    // among it: a target there would let anyone who can register one reach them.
+    if let Some(refused) = addresses.iter().find(|a| link_local(a.ip())) {
+        return Err(Elbv2Error::InvalidTarget(format!(
+            "The IP address {} is link-local (metadata services live there) and cannot be a target",
+            refused.ip()
+        )));
+    }
+    let mut known: std::collections::HashSet<SocketAddr> = group
+        .targets()
+        .iter()
+        .filter(|t| !t.is_draining())
+        .map(|t| t.address)
+        .collect();
+    known.extend(addresses.iter().copied());
+    if known.len() > MAX_TARGETS_PER_GROUP {
+        return Err(Elbv2Error::TooManyTargets(MAX_TARGETS_PER_GROUP));
+    }
     for address in addresses {
         group.register(address);
     }
     Ok(())
+}
+
+/// `169.254.0.0/16` and `fe80::/10`, and the EC2 metadata service's IPv6 address.
+fn link_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+    }
 }
 
 fn deregister_targets(

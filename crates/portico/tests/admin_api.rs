@@ -480,6 +480,45 @@ fn malformed_and_oversized_admin_requests_get_clear_errors() {
     );
     let garbage = post("%%%&&&=\u{1}");
     assert_eq!(garbage.status, 400);
+    // No target in the link-local range, where metadata services answer.
+    for metadata in ["169.254.169.254", "fe80::1", "fd00:ec2::254"] {
+        let refused = post(&format!(
+            "Action=RegisterTargets&TargetGroupArn={arn}&Targets.member.1.Id={metadata}&Targets.member.1.Port=80"
+        ));
+        assert_eq!(refused.status, 400, "{metadata}");
+        assert!(
+            refused.body.contains("<Code>InvalidTarget</Code>"),
+            "{}",
+            refused.body
+        );
+    }
+    // ALB's quota: 1 000 targets in a group (at most 200 a request, as ALB takes).
+    let mut last = None;
+    for batch in 0..6 {
+        let members: Vec<String> = (0..200)
+            .map(|i| {
+                let n = batch * 200 + i + 1;
+                format!(
+                    "Targets.member.{}.Id=10.77.{}.{}&Targets.member.{}.Port=80",
+                    i + 1,
+                    n / 250,
+                    n % 250 + 1,
+                    i + 1
+                )
+            })
+            .collect();
+        last = Some(post(&format!(
+            "Action=RegisterTargets&TargetGroupArn={arn}&{}",
+            members.join("&")
+        )));
+    }
+    let over = last.unwrap();
+    assert_eq!(over.status, 400, "{}", over.body);
+    assert!(
+        over.body.contains("<Code>TooManyTargets</Code>"),
+        "{}",
+        over.body
+    );
 
     let scratch = Scratch::new("admin-big");
     let big = scratch.write("big.txt", &"A".repeat(300 * 1024));
@@ -495,6 +534,7 @@ fn malformed_and_oversized_admin_requests_get_clear_errors() {
     );
     assert_eq!(huge.status, 413);
     assert_eq!(curl(None, &[&format!("{url}nope")]).status, 404);
-    // Nothing of that changed the group.
-    assert_eq!(health(&portico, &arn, &[]).len(), 1);
+    // Nothing refused changed the group: the one it had and 4 × 200 (a fifth batch would
+    // have made 1 001).
+    assert_eq!(health(&portico, &arn, &[]).len(), 801);
 }
