@@ -29,6 +29,9 @@ pub struct RuntimeOptions {
     /// Most asynchronous invocations queued or running at once; beyond it, `Event`
     /// invocations are refused as throttled rather than held in unbounded memory.
     pub max_queued_events: usize,
+    /// Most bytes of payload those hold in all: with `max_queued_events`, what the queue may
+    /// cost in memory (each event keeps its payload through its retries).
+    pub max_queued_event_bytes: usize,
     /// How long an asynchronous invocation may wait to run: Lambda's maximum event age,
     /// six hours. An event still throttled after it is dropped.
     pub max_event_age: Duration,
@@ -45,6 +48,7 @@ impl Default for RuntimeOptions {
             idle_timeout: Duration::from_secs(600),
             async_retry_delays: vec![Duration::from_secs(60), Duration::from_secs(120)],
             max_queued_events: 100_000,
+            max_queued_event_bytes: 64 * 1024 * 1024,
             max_event_age: Duration::from_secs(6 * 3600),
             throttle_backoff: (Duration::from_secs(1), Duration::from_secs(300)),
         }
@@ -56,6 +60,9 @@ pub struct Runtime {
     pools: HashMap<String, Arc<Pool>>,
     shared: Arc<Shared>,
     queued: Limit,
+    /// Bytes of queued payload, a permit each.
+    queued_bytes: Arc<tokio::sync::Semaphore>,
+    max_queued_event_bytes: usize,
     async_retry_delays: Arc<[Duration]>,
     max_event_age: Duration,
     throttle_backoff: (Duration, Duration),
@@ -85,6 +92,8 @@ impl Runtime {
             pools,
             shared,
             queued: Limit::new(options.max_queued_events),
+            queued_bytes: Arc::new(tokio::sync::Semaphore::new(options.max_queued_event_bytes)),
+            max_queued_event_bytes: options.max_queued_event_bytes,
             async_retry_delays: options.async_retry_delays.into(),
             max_event_age: options.max_event_age,
             throttle_backoff: options.throttle_backoff,
@@ -179,6 +188,16 @@ impl Runtime {
                 limit,
                 reason: ThrottleReason::EventQueue,
             })?;
+        let size = u32::try_from(invocation.payload.len()).unwrap_or(u32::MAX);
+        let bytes = self
+            .queued_bytes
+            .clone()
+            .try_acquire_many_owned(size)
+            .map_err(|_| InvokeError::Throttled {
+                function: invocation.function.clone(),
+                limit: self.max_queued_event_bytes,
+                reason: ThrottleReason::EventQueue,
+            })?;
         let delivery = Delivery {
             pool,
             shared: self.shared.clone(),
@@ -188,7 +207,7 @@ impl Runtime {
         };
         self.shared.tracker.spawn(async move {
             delivery.run(invocation).await;
-            drop(slot);
+            drop((slot, bytes));
         });
         Ok(())
     }

@@ -611,6 +611,35 @@ async fn a_full_event_queue_refuses_and_names_its_limit() {
 }
 
 #[tokio::test]
+async fn the_event_queue_is_bounded_by_bytes_too() {
+    let options = RuntimeOptions {
+        max_queued_event_bytes: 300 * 1024,
+        ..RuntimeOptions::default()
+    };
+    let rt = Runtime::new(vec![prober("heavy", &[], None)], options);
+    // A 200 KB payload the function sleeps on.
+    let heavy = || Invocation {
+        function: "heavy".into(),
+        payload: Bytes::from(
+            json!({"action": "sleep", "seconds": 1, "pad": "x".repeat(200 * 1024)}).to_string(),
+        ),
+        ..Invocation::default()
+    };
+    rt.invoke_event(heavy()).unwrap();
+    // Two would hold 400 KB: the second is refused, naming the byte limit.
+    let err = rt.invoke_event(heavy()).unwrap_err();
+    assert_eq!(
+        err,
+        InvokeError::Throttled {
+            function: "heavy".into(),
+            limit: 300 * 1024,
+            reason: ThrottleReason::EventQueue,
+        }
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
 async fn output_of_both_streams_is_framed_by_start_and_end_and_tailed() {
     let rt = Runtime::new(vec![prober("chat", &[], None)], RuntimeOptions::default());
     for _ in 0..3 {
