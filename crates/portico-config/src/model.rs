@@ -784,7 +784,7 @@ impl Matcher {
 /// A Lambda function.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Function {
-    /// The runtime. Default `provided`.
+    /// The runtime. Default `provided.al2023`.
     #[serde(default)]
     pub runtime: FunctionRuntime,
     /// The function's code: a directory or a `.zip` deployment package (Lambda's layout:
