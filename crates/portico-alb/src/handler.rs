@@ -409,10 +409,12 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 /// One `Host`, and a well-formed one (RFC 9112 §3.2: a request with several, or an
 /// HTTP/1.1 request with none, is a 400): rules match it, redirects copy it into
 /// `Location`, targets read it; each must see the same one, and only a host.
-fn check_host<B>(req: &Request<B>) -> Result<(), LbError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+fn check_host<B>(
+    req: &Request<B>,
+    host: Option<&HeaderValue>,
+    hosts: usize,
+) -> Result<(), LbError> {
+    if hosts > 1 {
         return Err(LbError::BadRequest("more than one Host header".into()));
     }
     let Some(host) = host else {
@@ -438,6 +440,17 @@ fn check_host<B>(req: &Request<B>) -> Result<(), LbError> {
     Ok(())
 }
 
+/// A `Transfer-Encoding` value's first coding other than `chunked` and `identity`.
+fn unsupported_coding(value: &HeaderValue) -> Option<String> {
+    let text = String::from_utf8_lossy(value.as_bytes());
+    text.split(',')
+        .map(str::trim)
+        .find(|coding| {
+            !coding.eq_ignore_ascii_case("chunked") && !coding.eq_ignore_ascii_case("identity")
+        })
+        .map(str::to_owned)
+}
+
 /// Most addresses ALB takes in a request's `X-Forwarded-For`.
 pub const MAX_FORWARDED_FOR: usize = 30;
 
@@ -448,28 +461,6 @@ fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
     if req.method() == http::Method::TRACE {
         return Err(LbError::MethodNotAllowed);
     }
-    check_host(req)?;
-    let forwarded: usize = req
-        .headers()
-        .get_all(crate::forwarded::X_FORWARDED_FOR)
-        .iter()
-        .map(|v| v.as_bytes().split(|b| *b == b',').count())
-        .sum();
-    if forwarded > MAX_FORWARDED_FOR {
-        return Err(LbError::TooManyForwardedFor {
-            count: forwarded,
-            limit: MAX_FORWARDED_FOR,
-        });
-    }
-    for value in req.headers().get_all(header::TRANSFER_ENCODING) {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        let unsupported = text.split(',').map(str::trim).find(|coding| {
-            !coding.eq_ignore_ascii_case("chunked") && !coding.eq_ignore_ascii_case("identity")
-        });
-        if let Some(coding) = unsupported {
-            return Err(LbError::UnsupportedTransferEncoding(coding.to_owned()));
-        }
-    }
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     let line = req.method().as_str().len() + 1 + target + " HTTP/1.1".len();
     if line > MAX_REQUEST_LINE_BYTES {
@@ -477,7 +468,8 @@ fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
             limit: MAX_REQUEST_LINE_BYTES,
         });
     }
-    let mut total = 0;
+    // One pass over the headers for every check that reads them: this runs per request.
+    let (mut total, mut hosts, mut host, mut forwarded) = (0, 0, None, 0);
     for (name, value) in req.headers() {
         let one = name.as_str().len() + 2 + value.len();
         if one > MAX_HEADER_BYTES {
@@ -486,10 +478,27 @@ fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
             });
         }
         total += one + 2;
+        if name == header::HOST {
+            hosts += 1;
+            host = Some(value);
+        } else if name == crate::forwarded::X_FORWARDED_FOR {
+            forwarded += value.as_bytes().split(|b| *b == b',').count();
+        } else if name == header::TRANSFER_ENCODING {
+            if let Some(coding) = unsupported_coding(value) {
+                return Err(LbError::UnsupportedTransferEncoding(coding));
+            }
+        }
     }
     if total > MAX_HEADERS_TOTAL_BYTES {
         return Err(LbError::HeaderTooLarge {
             limit: MAX_HEADERS_TOTAL_BYTES,
+        });
+    }
+    check_host(req, host, hosts)?;
+    if forwarded > MAX_FORWARDED_FOR {
+        return Err(LbError::TooManyForwardedFor {
+            count: forwarded,
+            limit: MAX_FORWARDED_FOR,
         });
     }
     Ok(())
