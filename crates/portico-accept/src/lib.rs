@@ -118,6 +118,32 @@ where
 /// Pause after a failed accept, so that a full file table does not become a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often failed accepts are logged, at most.
+const ACCEPT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed accepts, logged once per [`ACCEPT_FAILURE_LOG_EVERY`] with how many there were.
+#[derive(Default)]
+struct Failures {
+    since_log: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl Failures {
+    /// Counts one; logs it when the last log is old enough. Returns whether it logged.
+    fn note(&mut self, error: &std::io::Error) -> bool {
+        self.since_log += 1;
+        let due = self
+            .logged
+            .is_none_or(|at| at.elapsed() >= ACCEPT_FAILURE_LOG_EVERY);
+        if due {
+            tracing::warn!(%error, failures = self.since_log, "accept failed; backing off");
+            self.since_log = 0;
+            self.logged = Some(std::time::Instant::now());
+        }
+        due
+    }
+}
+
 /// What happened at shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
@@ -147,6 +173,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let connections = TaskTracker::new();
+    let mut failures = Failures::default();
     let cut = Cut::default();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
@@ -171,7 +198,9 @@ where
                 });
             }
             Err(error) => {
-                tracing::warn!(%error, "accept failed; backing off");
+                // Out of descriptors, this fails ten times a second until one frees: said
+                // once per interval, with how many times.
+                failures.note(&error);
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
@@ -274,6 +303,23 @@ mod tests {
             tokio::spawn(async move { serve(listener, &shutdown, limits, handle).await })
         };
         (addr, shutdown, server)
+    }
+
+    #[test]
+    fn failed_accepts_are_said_once_per_interval() {
+        let mut failures = Failures::default();
+        let error = std::io::Error::from_raw_os_error(24); // EMFILE
+        assert!(failures.note(&error), "the first is said");
+        for _ in 0..50 {
+            assert!(
+                !failures.note(&error),
+                "the next ones in the interval are counted"
+            );
+        }
+        assert_eq!(failures.since_log, 50);
+        failures.logged = Some(std::time::Instant::now() - ACCEPT_FAILURE_LOG_EVERY);
+        assert!(failures.note(&error), "then said again, with the count");
+        assert_eq!(failures.since_log, 0);
     }
 
     #[tokio::test]
