@@ -393,9 +393,6 @@ fn anycast_static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
                 "10.82.10.1",
             ])
         },
-        // The router's rehash moves some of edge-b's open connections to edge-a, which
-        // passes their packets on (second chance).
-        lossless_comeback: true,
     };
     failover::run(&targets, &edges, a);
     drop(b);

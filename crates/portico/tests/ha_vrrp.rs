@@ -176,7 +176,6 @@ fn static_ips_survive_a_node_stopping_dying_and_losing_its_link() {
         moved_away: &|| b_holds_both(&hosts),
         settled: &|| settled(&hosts),
         after_relink: &|| {},
-        lossless_comeback: true,
     };
     failover::run(&targets, &edges, a);
 }

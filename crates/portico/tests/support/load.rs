@@ -61,23 +61,6 @@ pub struct Report {
 }
 
 impl Report {
-    /// The failed requests that were not in flight while a move seen at `change` went
-    /// on (from `before` ahead of it, for the polling that saw it, to `after` past it, for
-    /// the neighbours that still send to the old holder): those that the move does not
-    /// explain.
-    pub fn failed_apart_from(
-        &self,
-        change: Instant,
-        (before, after): (Duration, Duration),
-    ) -> Vec<&(SocketAddr, String, Instant, Instant)> {
-        self.failed
-            .iter()
-            .filter(|(_, _, started, ended)| {
-                !(*started <= change + after && *ended + before >= change)
-            })
-            .collect()
-    }
-
     /// The longest time any address went unanswered.
     pub fn worst_gap(&self) -> Duration {
         self.unanswered
@@ -376,10 +359,6 @@ fn read_rest(reader: &mut BufReader<TcpStream>, status: &str) -> Result<(), Stri
 pub enum Expect {
     /// Every request answered.
     NoFailure,
-    /// Every request answered but those in flight when the route or address moved at
-    /// this moment (an ECMP rehash or a VRRP move resets those; nothing else may fail),
-    /// and no address unanswered for longer than the duration.
-    NoFailureApartFrom(Instant, Duration),
     /// No address unanswered for longer than this; requests caught by the failure may fail.
     RestoredWithin(Duration),
 }
@@ -393,11 +372,9 @@ pub struct Phase {
     pub expect: Expect,
 }
 
-/// How far before and after a measured move a request still counts as caught in it: the
-/// move is seen by polling (100 ms before), and neighbours go on sending to the old holder
-/// until its gratuitous ARP or the new route reaches them (seen up to half a second after
-/// a VRRP preemption: 1 s).
-const CHANGE_SLACK: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+/// How long before a failure strikes a request may have begun and still be its casualty
+/// (one in flight then, waiting on the node that died or lost its link).
+const CASUALTY_SLACK: Duration = Duration::from_secs(1);
 
 impl Load {
     /// Prints what each phase saw (each test output line starts with `HA` and the phase),
@@ -412,7 +389,7 @@ impl Load {
                 .get(i + 1)
                 .is_some_and(|next| matches!(next.expect, Expect::RestoredWithin(_)));
             let casualty = |started: Instant, ended: Instant| {
-                next_tolerates && ended > phase.to && started + CHANGE_SLACK.1 >= phase.to
+                next_tolerates && ended > phase.to && started + CASUALTY_SLACK >= phase.to
             };
             let failed_here = report
                 .failed
@@ -430,18 +407,6 @@ impl Load {
             let gap = report.worst_gap();
             let problem = match phase.expect {
                 Expect::NoFailure if failed_here > 0 => Some("requests failed".to_owned()),
-                Expect::NoFailureApartFrom(change, limit) => {
-                    let unexplained = report.failed_apart_from(change, CHANGE_SLACK).len();
-                    if unexplained > 0 {
-                        Some(format!(
-                            "{unexplained} requests not in flight at the change failed"
-                        ))
-                    } else if gap > limit {
-                        Some(format!("unanswered for {gap:?}"))
-                    } else {
-                        None
-                    }
-                }
                 Expect::RestoredWithin(limit) if gap > limit => {
                     Some(format!("unanswered for {gap:?}, over {limit:?}"))
                 }
