@@ -197,14 +197,10 @@ impl MemoryLimit {
 
     /// The processes in its cgroup (none without one).
     pub(crate) fn members(&self) -> Vec<u32> {
-        let Some((dir, _)) = &self.cgroup else {
-            return Vec::new();
-        };
-        std::fs::read_to_string(dir.join("cgroup.procs"))
+        self.cgroup
+            .as_ref()
+            .map(|(dir, _)| procs(dir))
             .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
     }
 
     /// Whether the kernel killed the process for memory (with a cgroup only).
@@ -288,20 +284,22 @@ impl Drop for MemoryLimit {
     }
 }
 
+/// The processes in the cgroup at `dir` (none when it cannot be read).
+fn procs(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 /// Kills every process in the cgroup at `dir`; how many there were.
 fn kill_members(dir: &Path) -> usize {
-    let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
-        return 0;
-    };
-    let mut killed = 0;
-    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-            if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
-                killed += 1;
-            }
-        }
-    }
-    killed
+    procs(dir)
+        .into_iter()
+        .filter_map(|pid| rustix::process::Pid::from_raw(i32::try_from(pid).ok()?))
+        .filter(|pid| rustix::process::kill_process(*pid, rustix::process::Signal::KILL).is_ok())
+        .count()
 }
 
 fn own_cgroup(
