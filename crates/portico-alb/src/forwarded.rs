@@ -26,6 +26,10 @@ pub struct Origin<'a> {
     pub port: &'a HeaderValue,
     /// The listener's port.
     pub port_number: u16,
+    /// Bytes of the request's header block as the client sent it (what the load balancer
+    /// measured of it on arrival): over [`TRACE_REWRITE_OVER_BYTES`], the trace header is a
+    /// new `Root`.
+    pub header_bytes: usize,
     /// The load balancer's attributes for these headers.
     pub forwarding: Forwarding,
 }
@@ -52,12 +56,7 @@ pub const TRACE_REWRITE_OVER_BYTES: usize = 7 * 1024;
 pub fn apply(headers: &mut HeaderMap, origin: Origin<'_>) {
     use portico_config::XffHeaderProcessingMode as Mode;
     let forwarding = origin.forwarding;
-    // Measured before anything is added: the client's headers.
-    let oversized = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum::<usize>()
-        > TRACE_REWRITE_OVER_BYTES;
+    let oversized = origin.header_bytes > TRACE_REWRITE_OVER_BYTES;
     let xff = match forwarding.xff {
         Mode::Append => Some(appended_xff(headers, origin)),
         Mode::Preserve | Mode::Remove => None,
@@ -358,6 +357,7 @@ mod tests {
             proto: "http",
             port: &HeaderValue::from_static("8080"),
             port_number: 8080,
+            header_bytes: 0,
             forwarding: Forwarding {
                 preserve_host_header: true,
                 ..Forwarding::default()
@@ -387,6 +387,11 @@ mod tests {
             );
         }
         let port_value = HeaderValue::from(port);
+        // As the handler measures the client's headers on arrival.
+        let header_bytes = h
+            .iter()
+            .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+            .sum();
         apply(
             &mut h,
             Origin {
@@ -394,6 +399,7 @@ mod tests {
                 proto: "http",
                 port: &port_value,
                 port_number: port,
+                header_bytes,
                 forwarding,
             },
         );

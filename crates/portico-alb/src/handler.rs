@@ -232,7 +232,7 @@ async fn respond<'c>(
     cors: &mut Option<&'c Policy>,
 ) -> Result<Response<Body>, LbError> {
     let client = peer.ip();
-    check_head(&req)?;
+    let header_bytes = check_head(&req)?;
     if req.version() == http::Version::HTTP_2 {
         join_cookies(req.headers_mut());
     }
@@ -277,6 +277,7 @@ async fn respond<'c>(
         proto: ctx.proto,
         port: &ctx.port_header,
         port_number: ctx.port,
+        header_bytes,
         forwarding: ctx.forwarding,
     };
     match routed.action {
@@ -456,8 +457,9 @@ pub const MAX_FORWARDED_FOR: usize = 30;
 
 /// What ALB refuses in a request head: 414 for a long request line, 400 for a long header
 /// or too many header bytes, 405 for `TRACE`, 463 for an `X-Forwarded-For` of more than 30
-/// addresses, 501 for a transfer coding other than `chunked` or `identity`.
-fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
+/// addresses, 501 for a transfer coding other than `chunked` or `identity`. Returns the
+/// header block's size in bytes, which the forwarded headers need too.
+fn check_head<B>(req: &Request<B>) -> Result<usize, LbError> {
     if req.method() == http::Method::TRACE {
         return Err(LbError::MethodNotAllowed);
     }
@@ -501,7 +503,7 @@ fn check_head<B>(req: &Request<B>) -> Result<(), LbError> {
             limit: MAX_FORWARDED_FOR,
         });
     }
-    Ok(())
+    Ok(total)
 }
 
 #[cfg(test)]
