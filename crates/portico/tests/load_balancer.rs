@@ -639,13 +639,12 @@ action = { type = "redirect", path = "/new", status_code = "HTTP_302" }
     assert_eq!(moved[23], format!("http://127.0.0.1:{}/new", lb.port()));
 }
 
-/// What ALB refuses before any target sees the request, and what it refuses to send a Lambda
-/// target, with the status codes ALB documents.
-#[test]
-fn requests_alb_refuses_get_albs_status_codes() {
-    let config = format!(
+/// A load balancer (with `attributes`) whose one listener forwards to the demo function.
+fn hello_config(attributes: &str) -> String {
+    format!(
         r#"
 [load_balancers.web]
+{attributes}
 [[load_balancers.web.listeners]]
 port = 0
 default_action = {{ type = "forward", target_group = "hello" }}
@@ -661,8 +660,14 @@ command = ["{}"]
 enabled = false
 "#,
         hello_bin().display()
-    );
-    let portico = Portico::start(&config);
+    )
+}
+
+/// What ALB refuses before any target sees the request, and what it refuses to send a Lambda
+/// target, with the status codes ALB documents.
+#[test]
+fn requests_alb_refuses_get_albs_status_codes() {
+    let portico = Portico::start(&hello_config(""));
     let url = format!("http://{}/x", lb(&portico));
     let ok = curl(None, &[&url]);
     assert_eq!(ok.status, 200, "{ok:?}");
@@ -728,27 +733,7 @@ enabled = false
 /// timeout at most, then gets ALB's 408; the function never sees it.
 #[test]
 fn a_slow_body_gets_a_408_after_the_idle_timeout() {
-    let config = format!(
-        r#"
-[load_balancers.web]
-idle_timeout_seconds = 1
-[[load_balancers.web.listeners]]
-port = 0
-default_action = {{ type = "forward", target_group = "hello" }}
-
-[target_groups.hello]
-target_type = "lambda"
-function = "hello"
-
-[functions.hello]
-command = ["{}"]
-
-[invoke_api]
-enabled = false
-"#,
-        hello_bin().display()
-    );
-    let portico = Portico::start(&config);
+    let portico = Portico::start(&hello_config("idle_timeout_seconds = 1"));
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(lb(&portico)).unwrap();
     stream
