@@ -208,6 +208,7 @@ fn section(text: &str, name: &str) -> Vec<(String, String)> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::package::tests::Dir;
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -218,8 +219,8 @@ mod tests {
         move |name| map.get(name).cloned()
     }
 
-    fn files(credentials: &str, config: &str) -> (tempdir::Dir, Vec<(&'static str, String)>) {
-        let dir = tempdir::Dir::new();
+    fn files(credentials: &str, config: &str) -> (Dir, Vec<(&'static str, String)>) {
+        let dir = Dir::new("credentials");
         std::fs::write(dir.0.join("credentials"), credentials).unwrap();
         std::fs::write(dir.0.join("config"), config).unwrap();
         let vars = vec![
@@ -233,27 +234,6 @@ mod tests {
             ),
         ];
         (dir, vars)
-    }
-
-    mod tempdir {
-        /// A directory removed on drop.
-        pub(super) struct Dir(pub(super) std::path::PathBuf);
-        impl Dir {
-            pub(super) fn new() -> Self {
-                let path = std::env::temp_dir().join(format!(
-                    "portico-credentials-{}-{}",
-                    std::process::id(),
-                    uuid::Uuid::new_v4().simple()
-                ));
-                std::fs::create_dir_all(&path).unwrap();
-                Self(path)
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 
     const CREDENTIALS: &str = "# keys\n[default]\naws_access_key_id = AKDEFAULT\naws_secret_access_key = sdefault\n\n[dev]\naws_access_key_id=AKDEV\naws_secret_access_key=sdev\naws_session_token = tdev\n";

@@ -357,18 +357,19 @@ fn private_dir(dir: &Path) -> Result<(), PackageError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
     use zip::write::SimpleFileOptions;
 
-    struct Dir(PathBuf);
+    /// A scratch directory for a test, removed on drop; shared by the crate's unit tests.
+    pub(crate) struct Dir(pub(crate) PathBuf);
     impl Dir {
-        fn new(tag: &str) -> Self {
+        pub(crate) fn new(tag: &str) -> Self {
             let p = std::env::temp_dir().join(format!(
-                "portico-package-{tag}-{}-{}",
+                "portico-{tag}-{}-{}",
                 std::process::id(),
-                unique()
+                uuid::Uuid::new_v4().simple()
             ));
             fs::create_dir_all(&p).unwrap();
             Self(p)
@@ -378,12 +379,6 @@ mod tests {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.0);
         }
-    }
-    fn unique() -> u128 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
     }
 
     fn zip_of(path: &Path, entries: &[(&str, &[u8], u32)]) {
