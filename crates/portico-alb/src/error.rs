@@ -227,14 +227,7 @@ pub const X_FORWARDED_FOR_TOO_LONG: StatusCode = match StatusCode::from_u16(463)
 /// titles it (`503 Service Temporarily Unavailable`; a status without a reason phrase, such
 /// as 463, by its number alone).
 pub fn error_page(status: StatusCode) -> Response<Full<Bytes>> {
-    let title = match (status, status.canonical_reason()) {
-        (StatusCode::SERVICE_UNAVAILABLE, _) => "503 Service Temporarily Unavailable".to_owned(),
-        (_, Some(reason)) => format!("{} {reason}", status.as_u16()),
-        (_, None) => status.as_u16().to_string(),
-    };
-    let body = format!(
-        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n</body>\r\n</html>\r\n"
-    );
+    let body = page_html(status);
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -247,4 +240,30 @@ pub fn error_page(status: StatusCode) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/html"),
     );
     response
+}
+
+/// The HTML of ALB's error page for `status`.
+fn page_html(status: StatusCode) -> String {
+    let title = match (status, status.canonical_reason()) {
+        (StatusCode::SERVICE_UNAVAILABLE, _) => "503 Service Temporarily Unavailable".to_owned(),
+        (_, Some(reason)) => format!("{} {reason}", status.as_u16()),
+        (_, None) => status.as_u16().to_string(),
+    };
+    format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n</body>\r\n</html>\r\n"
+    )
+}
+
+/// ALB's error page for `status` as HTTP/1.1 bytes, head and body, for a connection that
+/// closes after it (one whose request hyper could not parse).
+pub fn error_page_bytes(status: StatusCode) -> (String, String) {
+    let body = page_html(status);
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nServer: awselb/2.0\r\nDate: {}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        body.len(),
+    );
+    (head, body)
 }

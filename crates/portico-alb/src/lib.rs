@@ -30,6 +30,7 @@ pub mod handler;
 pub mod http_target;
 pub mod lambda_target;
 pub mod listener;
+mod malformed;
 pub mod redirect;
 pub mod reply;
 pub mod router;

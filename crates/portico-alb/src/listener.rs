@@ -11,6 +11,7 @@
 //! drain timeout → cut the rest and report how many.
 
 use crate::handler::{self, Connection, Context};
+use crate::malformed::{self, Held};
 use crate::router::Router;
 use crate::tls::Certificates;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -224,8 +225,9 @@ async fn serve_http<I>(
         })
     };
     let close = shutdown.child_token();
+    let parking = malformed::Parking::default();
     let served = portico_accept::serve_connection(
-        builder.serve_connection(TokioIo::new(io), service),
+        builder.serve_connection(TokioIo::new(Held::new(io, parking.clone())), service),
         &close,
     );
     let idle_timeout = listener.spec.idle_timeout;
@@ -242,6 +244,10 @@ async fn serve_http<I>(
         result = served => {
             if let Err(error) = result {
                 tracing::debug!(%error, "connection ended with an error");
+                let parked = parking.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(io) = parked {
+                    malformed::answer(io, malformed::status_for(error.as_ref())).await;
+                }
             }
         }
         () = watchdog => {}

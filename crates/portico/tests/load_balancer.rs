@@ -716,6 +716,30 @@ fn requests_alb_refuses_get_albs_status_codes() {
         ],
     );
     assert_eq!(r.status, 501, "{r:?}");
+    // A lone unsupported coding, which hyper refuses before portico sees the request: ALB's
+    // 501 page all the same, and the connection closes after it.
+    let gzip = raw(
+        "POST /x HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: gzip\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    );
+    assert!(
+        gzip.starts_with("HTTP/1.1 501 Not Implemented\r\n"),
+        "{gzip}"
+    );
+    assert!(gzip.contains("Server: awselb/2.0\r\n"), "{gzip}");
+    assert!(
+        gzip.ends_with("<center><h1>501 Not Implemented</h1></center>\r\n</body>\r\n</html>\r\n"),
+        "{gzip}"
+    );
+    // A head hyper cannot parse at all: ALB's 400 page, not an empty 400.
+    let broken = raw("GET /x HTTP/1.1\r\nHost: a.example\r\nBad Header\r\n\r\n");
+    assert!(
+        broken.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{broken}"
+    );
+    assert!(
+        broken.contains("<title>400 Bad Request</title>"),
+        "{broken}"
+    );
     // A header that is not UTF-8 cannot go into a Lambda event: LambdaBadRequest.
     use std::os::unix::ffi::OsStrExt;
     let out = std::process::Command::new("curl")
@@ -727,6 +751,52 @@ fn requests_alb_refuses_get_albs_status_codes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
     // The function is fine for the next request.
     assert_eq!(curl(None, &[&url]).status, 200);
+}
+
+/// A response shaped like hyper's automatic reply to a malformed head (a 4xx with no body),
+/// which the listener holds back until it knows which it is, reaches the client whole and
+/// in order, and the connection serves the next request.
+#[test]
+fn an_empty_4xx_response_is_not_mistaken_for_a_malformed_request() {
+    let config = hello_config("")
+        + r#"
+[[load_balancers.web.listeners.rules]]
+priority = 1
+conditions = [{ field = "path-pattern", values = ["/empty"] }]
+action = { type = "fixed-response", status_code = 404 }
+"#;
+    let portico = Portico::start(&config);
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect(lb(&portico)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let head = |reader: &mut BufReader<std::net::TcpStream>| {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                return lines;
+            }
+            lines.push(line.trim_end().to_ascii_lowercase());
+        }
+    };
+    stream
+        .write_all(b"GET /empty HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .unwrap();
+    let first = head(&mut reader);
+    assert_eq!(first[0], "http/1.1 404 not found", "{first:?}");
+    assert!(first.contains(&"content-length: 0".to_owned()), "{first:?}");
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let second = head(&mut reader);
+    assert_eq!(second[0], "http/1.1 200 ok", "{second:?}");
+    let mut body = String::new();
+    reader.read_to_string(&mut body).unwrap();
+    assert!(!body.is_empty());
 }
 
 /// A body that dribbles in holds its connection and its buffer for the load balancer's idle
