@@ -59,9 +59,10 @@ const LAMBDA_NOFILE: u64 = 1024;
 const LAMBDA_NPROC: u64 = 1024;
 
 /// Gives process `pid` Lambda's limits. Set right after the start: what the process inherits
-/// in between is only what it was started with.
+/// in between is only what it was started with. Where portico's own hard limit is lower
+/// (and it may not raise limits: no `CAP_SYS_RESOURCE`), the function gets that.
 fn lambda_limits(pid: u32) {
-    use rustix::process::{Pid, Resource, Rlimit, prlimit};
+    use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
     let Some(target) = Pid::from_raw(pid as i32) else {
         return;
     };
@@ -69,6 +70,9 @@ fn lambda_limits(pid: u32) {
         (Resource::Nofile, LAMBDA_NOFILE, "RLIMIT_NOFILE"),
         (Resource::Nproc, LAMBDA_NPROC, "RLIMIT_NPROC"),
     ] {
+        let value = getrlimit(resource)
+            .maximum
+            .map_or(value, |own| own.min(value));
         let limit = Rlimit {
             current: Some(value),
             maximum: Some(value),
