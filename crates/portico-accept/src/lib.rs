@@ -13,9 +13,15 @@
 //! [`Dormant`] keeps what waits beside a connection's I/O (its shutdown, its timers) from
 //! being polled on every one of the connection's wake-ups.
 
+mod admission;
 mod dormant;
+mod occasional;
 
+pub use admission::{
+    Admission, Admitted, ClientSlot, Descriptors, PerClient, Refusal, Taken, default_reserve,
+};
 pub use dormant::Dormant;
+use occasional::Occasional;
 
 use hyper_util::server::graceful::GracefulConnection;
 use std::future::Future;
@@ -80,7 +86,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    serve(listener, shutdown, limits, |stream, peer| {
+    serve(listener, shutdown, (limits, &Admission::default()), |stream, peer| {
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let shutdown = shutdown.clone();
@@ -121,28 +127,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often failed accepts are logged, at most.
 const ACCEPT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Failed accepts, logged once per [`ACCEPT_FAILURE_LOG_EVERY`] with how many there were.
-#[derive(Default)]
-struct Failures {
-    since_log: u64,
-    logged: Option<std::time::Instant>,
-}
-
-impl Failures {
-    /// Counts one; logs it when the last log is old enough. Returns whether it logged.
-    fn note(&mut self, error: &std::io::Error) -> bool {
-        self.since_log += 1;
-        let due = self
-            .logged
-            .is_none_or(|at| at.elapsed() >= ACCEPT_FAILURE_LOG_EVERY);
-        if due {
-            tracing::warn!(%error, failures = self.since_log, "accept failed; backing off");
-            self.since_log = 0;
-            self.logged = Some(std::time::Instant::now());
-        }
-        due
-    }
-}
+/// How often refused connections are logged, at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What happened at shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,11 +147,12 @@ pub struct Limits {
 }
 
 /// Runs `handle` for every connection accepted on `listener` until `shutdown` fires, then
-/// drains for at most `limits.drain` and cuts the rest.
+/// drains for at most `limits.drain` and cuts the rest. A connection that `admission`
+/// refuses is closed as soon as it is accepted.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     shutdown: &CancellationToken,
-    limits: Limits,
+    (limits, admission): (Limits, &Admission),
     mut handle: F,
 ) -> Drained
 where
@@ -173,7 +160,8 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let connections = TaskTracker::new();
-    let mut failures = Failures::default();
+    let mut failures = Occasional::new(ACCEPT_FAILURE_LOG_EVERY);
+    let mut refusals = Occasional::new(REFUSAL_LOG_EVERY);
     let cut = Cut::default();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
@@ -188,19 +176,35 @@ where
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                connections.spawn(Connection {
-                    handler: handle(stream, peer),
-                    cut: cut.token.clone().cancelled_owned(),
-                    cutting: cut.cutting.clone(),
-                    watching: false,
-                    _slot: slot,
-                });
-            }
+            Ok((stream, peer)) => match admission.admit(peer.ip()) {
+                Ok(admitted) => {
+                    connections.spawn(Connection {
+                        handler: handle(stream, peer),
+                        cut: cut.token.clone().cancelled_owned(),
+                        cutting: cut.cutting.clone(),
+                        watching: false,
+                        _slot: slot,
+                        _admitted: admitted,
+                    });
+                }
+                Err(refusal) => {
+                    drop(stream);
+                    if let Some(refused) = refusals.note() {
+                        tracing::warn!(
+                            client = %peer.ip(),
+                            refused,
+                            "connections refused: {refusal} (said once per {}s)",
+                            REFUSAL_LOG_EVERY.as_secs()
+                        );
+                    }
+                }
+            },
             Err(error) => {
                 // Out of descriptors, this fails ten times a second until one frees: said
                 // once per interval, with how many times.
-                failures.note(&error);
+                if let Some(failures) = failures.note() {
+                    tracing::warn!(%error, failures, "accept failed; backing off");
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
@@ -250,6 +254,7 @@ pin_project_lite::pin_project! {
         cutting: Arc<AtomicBool>,
         watching: bool,
         _slot: tokio::sync::OwnedSemaphorePermit,
+        _admitted: Admitted,
     }
 }
 
@@ -300,26 +305,11 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = {
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { serve(listener, &shutdown, limits, handle).await })
+            tokio::spawn(async move {
+                serve(listener, &shutdown, (limits, &Admission::default()), handle).await
+            })
         };
         (addr, shutdown, server)
-    }
-
-    #[test]
-    fn failed_accepts_are_said_once_per_interval() {
-        let mut failures = Failures::default();
-        let error = std::io::Error::from_raw_os_error(24); // EMFILE
-        assert!(failures.note(&error), "the first is said");
-        for _ in 0..50 {
-            assert!(
-                !failures.note(&error),
-                "the next ones in the interval are counted"
-            );
-        }
-        assert_eq!(failures.since_log, 50);
-        failures.logged = Some(std::time::Instant::now() - ACCEPT_FAILURE_LOG_EVERY);
-        assert!(failures.note(&error), "then said again, with the count");
-        assert_eq!(failures.since_log, 0);
     }
 
     #[tokio::test]

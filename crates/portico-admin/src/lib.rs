@@ -43,6 +43,10 @@ pub struct Admin {
     pub ha: Option<Arc<portico_ha::Ha>>,
     /// The gateway, whose metrics `GET /metrics` serves.
     pub gateway: Arc<portico_gateway::Gateway>,
+    /// The descriptor budget client connections draw from.
+    pub descriptors: Arc<portico_accept::Descriptors>,
+    /// The per-client limit on the static IPs, when there is one.
+    pub per_client: Option<Arc<portico_accept::PerClient>>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` fires, then drains.

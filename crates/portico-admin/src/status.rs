@@ -2,7 +2,8 @@
 //! addresses (`tcp://ip:port`, `udp://ip:port`) and, per listener and endpoint group
 //! (nearest first, as new connections see them), its health, the round-trip time this edge
 //! measures to it, and its share of the listener's connections (UDP: flows) forwarded so
-//! far; each target group's targets and their health.
+//! far; each target group's targets and their health; the descriptor budget client
+//! connections draw from and the connections refused for it or for the per-client limit.
 
 use crate::Admin;
 use portico_alb::TargetGroup;
@@ -106,5 +107,23 @@ pub fn document(admin: &Admin) -> Value {
         })
         .collect();
     let ha = admin.ha.as_ref().map(|ha| ha.status());
-    json!({ "accelerator": accelerator, "ha": ha, "target_groups": target_groups })
+    let descriptors = &admin.descriptors;
+    let limits = json!({
+        "descriptors": {
+            "budget": descriptors.budget(),
+            "reserve": descriptors.reserve(),
+            "held": descriptors.held(),
+            "refused": descriptors.refused(),
+        },
+        "per_client": admin.per_client.as_ref().map(|p| json!({
+            "limit": p.limit(),
+            "refused": p.refused(),
+        })),
+    });
+    json!({
+        "accelerator": accelerator,
+        "ha": ha,
+        "target_groups": target_groups,
+        "limits": limits,
+    })
 }

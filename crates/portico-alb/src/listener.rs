@@ -47,6 +47,8 @@ pub struct ListenerSpec {
     pub idle_timeout: Duration,
     /// Connection cap, and how long in-flight requests get to finish at shutdown.
     pub limits: portico_accept::Limits,
+    /// What a connection must pass to be served (the descriptor budget).
+    pub admission: portico_accept::Admission,
     /// The listener's rules and default action.
     pub router: Router,
     /// The load balancer's id as access logs name it, `app/NAME/ID`.
@@ -130,7 +132,7 @@ pub async fn serve(
         http2: builder.http2_only(),
         spec,
     });
-    let limits = shared.spec.limits;
+    let limits = (shared.spec.limits, &shared.spec.admission);
     let drained = portico_accept::serve(listener, &shutdown, limits, |stream, peer| {
         connection(stream, peer, shared.clone(), shutdown.clone())
     })

@@ -99,6 +99,11 @@ fn decode_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
                     config.runtime = settings;
                 }
             }
+            "limits" => {
+                if let Some(limits) = decode_value(value, &key, errors) {
+                    config.limits = limits;
+                }
+            }
             "invoke_api" => {
                 if let Some(api) = decode_value(value, &key, errors) {
                     config.invoke_api = api;

@@ -36,6 +36,9 @@ pub struct Config {
     /// Settings of the function runtime as a whole.
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// What the node keeps back from its clients, so that none of them can exhaust it.
+    #[serde(default)]
+    pub limits: Limits,
     /// JWT authorizers by name, for `gateway.jwt` on listeners and rules.
     #[serde(default)]
     pub authorizers: BTreeMap<String, crate::gateway::Authorizer>,
@@ -102,6 +105,35 @@ fn default_max_concurrency() -> u32 {
 }
 fn default_environment_idle() -> u32 {
     600
+}
+
+/// What the node keeps back from its clients.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Open files kept out of the budget that connections from clients draw from, for what
+    /// must go on working when it is spent: established connections' traffic to targets,
+    /// the Invoke and admin APIs, health checks and function starts. Default: an eighth of
+    /// the open-file limit, between 256 and 8 192 (and at most half of it).
+    #[serde(default)]
+    pub reserved_descriptors: Option<u32>,
+    /// Most TCP connections one client (an IPv4 address, an IPv6 /64) may hold on the
+    /// accelerator's static IPs at once; 0 for no limit. Default 1 000.
+    #[serde(default = "default_connections_per_client")]
+    pub connections_per_client: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            reserved_descriptors: None,
+            connections_per_client: default_connections_per_client(),
+        }
+    }
+}
+
+fn default_connections_per_client() -> u32 {
+    1000
 }
 
 /// Where one of portico's own APIs listens: the Lambda Invoke API (default port 9001) or the

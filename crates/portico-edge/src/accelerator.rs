@@ -188,6 +188,9 @@ pub struct Accelerator {
     state: tokio::sync::Mutex<State>,
     view: RwLock<Arc<View>>,
     limits: portico_accept::Limits,
+    /// What a TCP connection must pass to be served: the descriptor budget, the per-client
+    /// limit.
+    admission: portico_accept::Admission,
     /// Each static IP's TCP connections.
     connections: Arc<Mutex<HashMap<IpAddr, Arc<Connections>>>>,
     /// Every static IP was quiesced: the node is leaving, and nothing resumes.
@@ -204,10 +207,11 @@ impl std::fmt::Debug for Accelerator {
 
 impl Accelerator {
     /// Binds every static address of `spec` and starts forwarding and health checks, until
-    /// `shutdown` fires; tasks are spawned on `tasks`.
+    /// `shutdown` fires; tasks are spawned on `tasks`. TCP connections are held to `limits`
+    /// and pass `admission`.
     pub async fn start(
         spec: &AcceleratorSpec,
-        limits: portico_accept::Limits,
+        (limits, admission): (portico_accept::Limits, portico_accept::Admission),
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Arc<Self>, ApplyError> {
@@ -220,6 +224,7 @@ impl Accelerator {
                 ip_ranges: IpRanges::new(&[], SystemTime::now()),
             })),
             limits,
+            admission,
             connections: Arc::default(),
             leaving: AtomicBool::new(false),
             shutdown,
@@ -480,7 +485,7 @@ impl Accelerator {
                     self.tasks.spawn(crate::tcp::serve(
                         listener,
                         route.clone(),
-                        self.limits,
+                        (self.limits, self.admission.clone()),
                         connections,
                         stop.clone(),
                     ));

@@ -80,14 +80,16 @@ impl Drop for Open {
     }
 }
 
-/// Forwards connections accepted on `listener` until `shutdown` fires.
+/// Forwards connections accepted on `listener` that pass `admission` until `shutdown`
+/// fires.
 pub async fn serve(
     listener: TcpListener,
     route: RouteCell,
-    limits: portico_accept::Limits,
+    (limits, admission): (portico_accept::Limits, portico_accept::Admission),
     connections: Arc<Connections>,
     shutdown: CancellationToken,
 ) {
+    let limits = (limits, &admission);
     let drained = portico_accept::serve(listener, &shutdown, limits, |stream, client| {
         forward(stream, client, route.current(), Open::new(&connections))
     })

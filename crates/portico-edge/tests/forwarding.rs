@@ -100,13 +100,20 @@ struct Running {
 
 impl Running {
     async fn start(spec: &AcceleratorSpec) -> Self {
+        Self::admitting(spec, portico_accept::Admission::default()).await
+    }
+
+    async fn admitting(spec: &AcceleratorSpec, admission: portico_accept::Admission) -> Self {
         let shutdown = CancellationToken::new();
         let accelerator = Accelerator::start(
             spec,
-            portico_accept::Limits {
-                max_connections: 64,
-                drain: Duration::from_secs(1),
-            },
+            (
+                portico_accept::Limits {
+                    max_connections: 64,
+                    drain: Duration::from_secs(1),
+                },
+                admission,
+            ),
             shutdown.clone(),
             TaskTracker::new(),
         )
@@ -281,6 +288,82 @@ async fn ask(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>, line: &st
     answer
 }
 
+/// A connection from `from` to `to`, held open.
+async fn connect_from(from: &str, to: SocketAddr) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    tokio::io::BufReader::new(socket.connect(to).await.unwrap())
+}
+
+/// Whether the edge closed `stream` without serving it (it was refused on accept).
+async fn refused(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> bool {
+    let _ = stream.get_mut().write_all(b"anyone?\n").await;
+    let mut answer = String::new();
+    match tokio::time::timeout(Duration::from_secs(5), stream.read_line(&mut answer)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => false,
+        Err(_) => panic!("neither served nor closed"),
+    }
+}
+
+/// One client holding its limit of connections is refused the next one, on accept, while
+/// other clients and its own open connections are served; when the descriptor budget is
+/// spent, new connections from anyone are refused and open ones go on; both come back.
+#[tokio::test]
+async fn a_client_at_its_limit_and_a_spent_budget_refuse_new_connections_only() {
+    let backend = line_echo().await;
+    let descriptors = Arc::new(portico_accept::Descriptors::new(3 * 6, 0));
+    let per_client = Arc::new(portico_accept::PerClient::new(4));
+    let edge = Running::admitting(
+        &spec(
+            &["127.0.0.2"],
+            Transport::Tcp,
+            vec![0],
+            vec![group(vec![endpoint(backend, 1, false)])],
+        ),
+        portico_accept::Admission {
+            descriptors: Some((descriptors.clone(), 3)),
+            per_client: Some(per_client.clone()),
+            loopback_free: false,
+        },
+    )
+    .await;
+    let address = edge.address(Transport::Tcp, "127.0.0.2");
+    let mut attacker = Vec::new();
+    for i in 0..4 {
+        let mut held = connect_from("127.0.0.50", address).await;
+        assert_eq!(
+            ask(&mut held, &format!("a{i}")).await,
+            format!("re: a{i}\n")
+        );
+        attacker.push(held);
+    }
+    let mut fifth = connect_from("127.0.0.50", address).await;
+    assert!(refused(&mut fifth).await, "over its limit");
+    assert_eq!(per_client.refused(), 1);
+    assert_eq!(ask(&mut attacker[0], "still").await, "re: still\n");
+    let mut other = connect_from("127.0.0.51", address).await;
+    assert_eq!(ask(&mut other, "b").await, "re: b\n");
+    assert_eq!(descriptors.held(), 15);
+
+    // One more connection spends the budget; the next, from a third client, is refused.
+    let mut last = connect_from("127.0.0.52", address).await;
+    assert_eq!(ask(&mut last, "c").await, "re: c\n");
+    let mut over = connect_from("127.0.0.53", address).await;
+    assert!(refused(&mut over).await, "over the budget");
+    assert_eq!(descriptors.refused(), 1);
+    assert_eq!(ask(&mut other, "b2").await, "re: b2\n");
+
+    // Connections that end give their share back.
+    attacker.clear();
+    wait_for(|| descriptors.held() == 6).await;
+    let mut again = connect_from("127.0.0.50", address).await;
+    assert_eq!(ask(&mut again, "back").await, "re: back\n");
+    assert_eq!(per_client.open("127.0.0.50".parse().unwrap()), 1);
+}
+
 #[tokio::test]
 async fn quiesce_drops_new_connections_and_finishes_open_ones_at_their_end() {
     let backend = line_echo().await;
@@ -353,10 +436,13 @@ async fn freebind_listens_on_a_static_ip_this_host_does_not_have_yet() {
     );
     let refused = Accelerator::start(
         &without,
-        portico_accept::Limits {
-            max_connections: 4,
-            drain: Duration::from_secs(1),
-        },
+        (
+            portico_accept::Limits {
+                max_connections: 4,
+                drain: Duration::from_secs(1),
+            },
+            portico_accept::Admission::default(),
+        ),
         CancellationToken::new(),
         TaskTracker::new(),
     )

@@ -314,6 +314,25 @@ pub(crate) async fn status(api: SocketAddr, json: bool) -> anyhow::Result<()> {
             )?;
         }
     }
+    let limits = &doc["limits"];
+    let descriptors = &limits["descriptors"];
+    if descriptors.is_object() {
+        writeln!(
+            out,
+            "client connections: {} of {} descriptors held ({} reserved), {} refused{}",
+            descriptors["held"],
+            descriptors["budget"],
+            descriptors["reserve"],
+            descriptors["refused"],
+            match limits["per_client"].as_object() {
+                Some(p) => format!(
+                    "; at most {} per client on the static IPs, {} refused",
+                    p["limit"], p["refused"]
+                ),
+                None => String::new(),
+            }
+        )?;
+    }
     Ok(())
 }
 

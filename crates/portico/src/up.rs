@@ -44,6 +44,62 @@ const EDGE_LIMITS: portico_accept::Limits = portico_accept::Limits {
     drain: LISTENER_LIMITS.drain,
 };
 
+/// Descriptors one connection to a static IP holds: the client's socket, the edge's
+/// connection to its endpoint, and the load balancer's end of it when that is on this node.
+const EDGE_CONNECTION_DESCRIPTORS: usize = 3;
+
+/// Descriptors one connection to a load balancer listener holds: the client's socket and a
+/// connection to an HTTP target. Connections from loopback (this node's edge) draw nothing:
+/// the edge paid for them.
+const LB_CONNECTION_DESCRIPTORS: usize = 2;
+
+/// What keeps clients from exhausting the node: the descriptor budget all public
+/// listeners draw from, and the per-client limit on the static IPs.
+#[derive(Debug, Clone)]
+struct Protection {
+    descriptors: Arc<portico_accept::Descriptors>,
+    per_client: Option<Arc<portico_accept::PerClient>>,
+}
+
+impl Protection {
+    /// The budget of this process, as `limits` configure it; after the open-file limit
+    /// was raised.
+    fn new(limits: &portico_config::model::Limits) -> Self {
+        let descriptors = portico_accept::Descriptors::of_this_process(
+            limits.reserved_descriptors.map(|n| n as usize),
+        );
+        tracing::debug!(
+            budget = descriptors.budget(),
+            reserve = descriptors.reserve(),
+            "descriptor budget for client connections"
+        );
+        Self {
+            descriptors: Arc::new(descriptors),
+            per_client: (limits.connections_per_client > 0).then(|| {
+                Arc::new(portico_accept::PerClient::new(
+                    limits.connections_per_client as usize,
+                ))
+            }),
+        }
+    }
+
+    fn edge(&self) -> portico_accept::Admission {
+        portico_accept::Admission {
+            descriptors: Some((self.descriptors.clone(), EDGE_CONNECTION_DESCRIPTORS)),
+            per_client: self.per_client.clone(),
+            loopback_free: false,
+        }
+    }
+
+    fn load_balancer(&self) -> portico_accept::Admission {
+        portico_accept::Admission {
+            descriptors: Some((self.descriptors.clone(), LB_CONNECTION_DESCRIPTORS)),
+            per_client: None,
+            loopback_free: true,
+        }
+    }
+}
+
 /// A bound load balancer listener, as the edge needs to know it.
 struct BoundListener {
     address: SocketAddr,
@@ -196,6 +252,7 @@ async fn start(
     ha_spec: Option<portico_ha::HaSpec>,
 ) -> anyhow::Result<()> {
     let invoker: Arc<dyn Invoker> = runtime.clone();
+    let protection = Protection::new(&config.limits);
     if config.invoke_api.enabled {
         let api = &config.invoke_api;
         let listener = TcpListener::bind((api.address, api.port.0))
@@ -267,6 +324,7 @@ async fn start(
                 proxy_protocol: l.proxy_protocol_v2,
                 idle_timeout: Duration::from_secs(u64::from(lb.idle_timeout_seconds)),
                 limits: LISTENER_LIMITS,
+                admission: protection.load_balancer(),
                 router,
                 elb: elb.clone(),
                 access_log: access_log.clone(),
@@ -291,7 +349,10 @@ async fn start(
         }
     }
     let accelerator = match &config.accelerator {
-        Some(acc) => Some(start_edge(acc, full, bound, (shutdown, tasks), banner).await?),
+        Some(acc) => {
+            let admission = protection.edge();
+            Some(start_edge(acc, full, bound, (admission, shutdown, tasks), banner).await?)
+        }
         None => None,
     };
     started.accelerator = accelerator.clone();
@@ -324,6 +385,8 @@ async fn start(
             accelerator,
             ha: started.ha.clone(),
             gateway,
+            descriptors: protection.descriptors.clone(),
+            per_client: protection.per_client.clone(),
         });
         tasks.spawn(portico_admin::serve(
             listener,
@@ -448,15 +511,20 @@ async fn start_edge(
     acc: &portico_config::Accelerator,
     config: &Config,
     bound: &BTreeMap<String, Vec<BoundListener>>,
-    (shutdown, tasks): (&CancellationToken, &TaskTracker),
+    (admission, shutdown, tasks): (portico_accept::Admission, &CancellationToken, &TaskTracker),
     banner: &mut Banner,
 ) -> anyhow::Result<Arc<Accelerator>> {
     banner.accelerator = Some(acc.name.clone());
     let mut routes = Vec::new();
     let spec = edge_spec(acc, config, bound, &mut routes)?;
-    let accelerator = Accelerator::start(&spec, EDGE_LIMITS, shutdown.clone(), tasks.clone())
-        .await
-        .context("accelerator")?;
+    let accelerator = Accelerator::start(
+        &spec,
+        (EDGE_LIMITS, admission),
+        shutdown.clone(),
+        tasks.clone(),
+    )
+    .await
+    .context("accelerator")?;
     let view = accelerator.view();
     for (transport, address) in &view.addresses {
         banner.static_addresses.push((*address, transport.name()));

@@ -125,6 +125,18 @@ impl Portico {
         Self::launch(config, None, None, env)
     }
 
+    /// Starts `portico up` on `config` with an open-file limit (soft and hard) of `nofile`.
+    pub fn start_with_file_limit(config: &str, nofile: u32) -> Self {
+        let limit = format!("--nofile={nofile}:{nofile}");
+        Self::launch_from(
+            Scratch::new("up"),
+            config,
+            (None, None),
+            &[("PORTICO_TEST_PRLIMIT", limit.as_str())],
+            false,
+        )
+    }
+
     /// Starts `portico up portico.toml` in `scratch`, a relative path as a user types it,
     /// with these environment variables set.
     pub fn start_here(scratch: Scratch, config: &str, env: &[(&str, &str)]) -> Self {
@@ -149,13 +161,19 @@ impl Portico {
             format!("{config}\n[admin_api]\nport = 0\n")
         };
         let file = scratch.write("portico.toml", &config);
-        let mut command = match netns {
-            Some(ns) => {
+        let prlimit = env.iter().find(|(k, _)| *k == "PORTICO_TEST_PRLIMIT");
+        let mut command = match (netns, prlimit) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(portico_bin());
                 c
             }
-            None => Command::new(portico_bin()),
+            (None, Some((_, limit))) => {
+                let mut c = Command::new("prlimit");
+                c.arg(limit).arg(portico_bin());
+                c
+            }
+            (None, None) => Command::new(portico_bin()),
         };
         if relative {
             command.current_dir(&scratch.0).args(["up", "portico.toml"]);

@@ -1,0 +1,200 @@
+//! Attacks on a whole node through `portico up`, each run while a normal client goes on
+//! using it: the attack must fail, and the normal client must not notice. Every request
+//! of the normal client must succeed; its latencies are printed (and bounded loosely, to
+//! catch a node that queues it behind the attack; the figure that matters, p99 under
+//! 100 ms, is the soak's to measure: `scripts/soak`).
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use support::{Portico, curl, echo_bin, hello_target_group};
+
+/// A client with one kept-alive HTTP/1.1 connection.
+struct KeepAlive {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    fn connect(to: SocketAddr) -> Self {
+        let writer = TcpStream::connect(to).unwrap();
+        writer.set_nodelay(true).unwrap();
+        writer
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let reader = BufReader::new(writer.try_clone().unwrap());
+        Self { writer, reader }
+    }
+
+    /// `GET path`: the status and how long it took.
+    fn get(&mut self, path: &str) -> (u16, Duration) {
+        let began = Instant::now();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        self.writer.write_all(request.as_bytes()).unwrap();
+        let mut status = String::new();
+        self.reader.read_line(&mut status).unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body).unwrap();
+        let code = status.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, began.elapsed())
+    }
+}
+
+/// The 99th percentile of `latencies`.
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    latencies.sort();
+    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]
+}
+
+/// A connection from `from` to `to` that sends half a request head and stops there; `None`
+/// when the node closed it at once (refused on accept) or it could not be opened.
+fn half_sent(from: &str, to: SocketAddr) -> Option<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket
+        .bind(&SocketAddr::new(from.parse().unwrap(), 0).into())
+        .ok()?;
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(2))
+        .ok()?;
+    let mut stream: TcpStream = socket.into();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: a.example\r\nX-Half: ")
+        .ok()?;
+    Some(stream)
+}
+
+fn open_files(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// The node's open-file limit in the attack below: small, so that the attack needs
+/// hundreds of connections, not thousands.
+const NOFILE: u32 = 512;
+
+/// Half-sent requests from many addresses cannot use up the node's descriptors: past the
+/// per-client limit and then past the budget, new connections are refused on accept, and
+/// meanwhile an established client goes on being served, the Invoke and admin APIs
+/// answer, and a function that never ran starts. (Without the budget, ~170 such
+/// connections fill a table of 512 and all of these fail.)
+#[test]
+fn half_sent_requests_cannot_exhaust_the_nodes_descriptors() {
+    let config = format!(
+        r#"
+[accelerator]
+static_ips = ["127.0.0.1"]
+[[accelerator.listeners]]
+port = 0
+[[accelerator.listeners.endpoint_groups]]
+region = "local"
+endpoints = [{{ load_balancer = "web" }}]
+
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = {{ type = "forward", target_group = "hello" }}
+
+{}
+[functions.echo]
+command = ["{}"]
+
+[invoke_api]
+port = 0
+
+[limits]
+connections_per_client = 30
+"#,
+        hello_target_group(),
+        echo_bin().display()
+    );
+    let portico = Portico::start_with_file_limit(&config, NOFILE);
+    let edge = portico.static_addresses[0];
+    let admin = portico.admin_api.unwrap();
+    let status = || curl(None, &[&format!("http://{admin}/status")]).json();
+    let budget = status()["limits"]["descriptors"]["budget"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(budget, u64::from(NOFILE) - 256, "the default reserve");
+
+    let mut normal = KeepAlive::connect(edge);
+    assert_eq!(normal.get("/before").0, 200);
+
+    // One address opens as many as it may, and more.
+    let mut held: Vec<TcpStream> = (0..40)
+        .filter_map(|_| half_sent("127.0.1.1", edge))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let limits = status()["limits"].clone();
+    assert_eq!(limits["per_client"]["refused"], 10, "{limits}");
+
+    // Many addresses: the budget is spent, and the rest are refused.
+    for client in 2..=20 {
+        held.extend((0..30).filter_map(|_| half_sent(&format!("127.0.1.{client}"), edge)));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let limits = status()["limits"].clone();
+    assert!(
+        limits["descriptors"]["refused"].as_u64().unwrap() > 0,
+        "{limits}"
+    );
+    assert!(
+        limits["descriptors"]["held"].as_u64().unwrap() <= budget,
+        "{limits}"
+    );
+
+    // While it lasts: the established client, the APIs, a cold start.
+    let latencies: Vec<Duration> = (0..200)
+        .map(|i| {
+            let (status, took) = normal.get(&format!("/during/{i}"));
+            assert_eq!(status, 200);
+            took
+        })
+        .collect();
+    let p99 = p99(latencies);
+    eprintln!("normal client during the attack: p99 {p99:?}");
+    assert!(p99 < Duration::from_secs(1), "{p99:?}");
+    let invoked = curl(
+        None,
+        &[
+            "-X",
+            "POST",
+            "--data",
+            r#"{"cold":true}"#,
+            &format!(
+                "http://{}/2015-03-31/functions/echo/invocations",
+                portico.invoke_api.unwrap()
+            ),
+        ],
+    );
+    assert_eq!(invoked.status, 200, "{invoked:?}");
+    let files = open_files(portico.pid());
+    assert!(files < NOFILE as usize, "{files} open files");
+
+    // The attack ends; anyone may connect again.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(KeepAlive::connect(edge).get("/after").0, 200);
+    let limits = status()["limits"].clone();
+    assert!(
+        limits["descriptors"]["held"].as_u64().unwrap() <= 2 * 3,
+        "{limits}"
+    );
+}
