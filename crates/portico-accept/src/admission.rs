@@ -228,6 +228,14 @@ pub struct Admitted {
 }
 
 impl Admission {
+    /// The same admission for connections (or flows) that each cost `cost` descriptors.
+    pub fn with_cost(&self, cost: usize) -> Self {
+        Self {
+            descriptors: self.descriptors.as_ref().map(|(d, _)| (d.clone(), cost)),
+            ..self.clone()
+        }
+    }
+
     /// Admits a connection from `client`, or says why not.
     pub fn admit(&self, client: IpAddr) -> Result<Admitted, Refusal> {
         if self.loopback_free && client.to_canonical().is_loopback() {

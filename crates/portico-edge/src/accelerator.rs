@@ -183,6 +183,9 @@ struct State {
     checks: HashMap<CheckKey, Check>,
 }
 
+/// Descriptors a UDP flow holds: its socket toward the endpoint.
+const UDP_FLOW_DESCRIPTORS: usize = 1;
+
 /// A running accelerator.
 pub struct Accelerator {
     state: tokio::sync::Mutex<State>,
@@ -208,7 +211,7 @@ impl std::fmt::Debug for Accelerator {
 impl Accelerator {
     /// Binds every static address of `spec` and starts forwarding and health checks, until
     /// `shutdown` fires; tasks are spawned on `tasks`. TCP connections are held to `limits`
-    /// and pass `admission`.
+    /// and pass `admission`; so does each new UDP flow, at a cost of one descriptor.
     pub async fn start(
         spec: &AcceleratorSpec,
         (limits, admission): (portico_accept::Limits, portico_accept::Admission),
@@ -491,8 +494,12 @@ impl Accelerator {
                     ));
                 }
                 Socket::Udp(socket, _) => {
-                    self.tasks
-                        .spawn(crate::udp::serve(socket, route.clone(), stop.clone()));
+                    let admission = self.admission.with_cost(UDP_FLOW_DESCRIPTORS);
+                    self.tasks.spawn(crate::udp::serve(
+                        socket,
+                        (route.clone(), admission),
+                        stop.clone(),
+                    ));
                 }
             }
             state.sockets.insert(

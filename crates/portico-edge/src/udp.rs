@@ -7,7 +7,9 @@
 //! datagram either way for the idle timeout (Global Accelerator: 30 s) is closed; the
 //! client's next datagram opens a new one. A flow whose endpoint has turned unhealthy moves
 //! to a healthy one with its next datagram. The flow table is bounded: beyond
-//! [`MAX_FLOWS`] datagrams of new clients are dropped and counted.
+//! [`MAX_FLOWS`] datagrams of new clients are dropped and counted; so are those of a new
+//! flow that the admission refuses (each flow's socket is one descriptor from the
+//! process's budget, and counts against its client's limit).
 
 use crate::endpoint::Endpoint;
 use crate::route::RouteCell;
@@ -35,12 +37,19 @@ struct Flow {
     last: AtomicU64,
     closed: AtomicBool,
     stop: CancellationToken,
+    /// Its descriptor and its place in its client's limit, given back when it ends.
+    _admitted: portico_accept::Admitted,
 }
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
 
-/// Forwards datagrams received on `socket` until `shutdown` fires.
-pub async fn serve(socket: UdpSocket, route: RouteCell, shutdown: CancellationToken) {
+/// Forwards datagrams received on `socket` until `shutdown` fires; a new flow must pass
+/// `admission`.
+pub async fn serve(
+    socket: UdpSocket,
+    (route, admission): (RouteCell, portico_accept::Admission),
+    shutdown: CancellationToken,
+) {
     let socket = Arc::new(socket);
     let Ok(local) = socket.local_addr() else {
         return;
@@ -61,7 +70,8 @@ pub async fn serve(socket: UdpSocket, route: RouteCell, shutdown: CancellationTo
                 }
             },
         };
-        let Some(flow) = flow_for(client, local, &route, &socket, &flows, started, &shutdown).await
+        let at = (&route, &admission);
+        let Some(flow) = flow_for(client, local, at, &socket, &flows, started, &shutdown).await
         else {
             dropped += 1;
             if dropped.is_power_of_two() {
@@ -94,7 +104,7 @@ fn lock(flows: &Flows) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<Flow
 async fn flow_for(
     client: SocketAddr,
     local: SocketAddr,
-    route: &RouteCell,
+    (route, admission): (&RouteCell, &portico_accept::Admission),
     listener: &Arc<UdpSocket>,
     flows: &Flows,
     started: Instant,
@@ -118,6 +128,7 @@ async fn flow_for(
     if lock(flows).len() >= MAX_FLOWS {
         return None;
     }
+    let mut admitted = Some(admission.admit(client.ip()).ok()?);
     let route = route.current();
     for (endpoint, address) in candidates(&route.groups, client, local.port(), route.affinity) {
         let unspecified: IpAddr = match address {
@@ -131,12 +142,14 @@ async fn flow_for(
             continue;
         }
         endpoint.count_connection();
+        let admitted = admitted.take()?;
         let flow = Arc::new(Flow {
             socket: Arc::new(socket),
             endpoint,
             last: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             stop: shutdown.child_token(),
+            _admitted: admitted,
         });
         touch(&flow.last, started);
         lock(flows).insert(client, flow.clone());

@@ -609,6 +609,61 @@ async fn udp_flows_forward_both_ways_and_close_when_idle() {
     assert_eq!(flows(), 2, "the idle flow was closed and a new one opened");
 }
 
+/// A client's new UDP flows beyond its limit are dropped (its open ones go on), and each
+/// flow holds one descriptor of the budget until it closes.
+#[tokio::test]
+async fn udp_flows_count_against_their_client_and_the_budget() {
+    let e = udp_echo("e").await;
+    let mut s = spec(
+        &["127.0.0.2"],
+        Transport::Udp,
+        vec![0],
+        vec![group(vec![endpoint(e, 1, false)])],
+    );
+    s.listeners[0].idle_timeout = Duration::from_millis(1500);
+    let descriptors = Arc::new(portico_accept::Descriptors::new(100, 0));
+    let per_client = Arc::new(portico_accept::PerClient::new(2));
+    let edge = Running::admitting(
+        &s,
+        portico_accept::Admission {
+            descriptors: Some((descriptors.clone(), 3)),
+            per_client: Some(per_client.clone()),
+            loopback_free: false,
+        },
+    )
+    .await;
+    let at = edge.address(Transport::Udp, "127.0.0.2");
+    let mut buf = [0u8; 2048];
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(at).await.unwrap();
+        client.send(b"hi").await.unwrap();
+        let answered = tokio::time::timeout(Duration::from_millis(200), client.recv(&mut buf))
+            .await
+            .is_ok();
+        clients.push((client, answered));
+    }
+    let answered: Vec<bool> = clients.iter().map(|(_, a)| *a).collect();
+    assert_eq!(answered, [true, true, false]);
+    assert_eq!(per_client.refused(), 1);
+    assert_eq!(descriptors.held(), 2, "one descriptor per flow");
+    clients[0].0.send(b"again").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), clients[0].0.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"e:again");
+    // Idle flows close and give their share back.
+    wait_for(|| descriptors.held() == 0).await;
+    clients[2].0.send(b"now").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), clients[2].0.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"e:now");
+}
+
 #[tokio::test]
 async fn reloads_keep_sockets_that_stay_and_drain_the_rest() {
     let old = backend_at("127.0.0.1:0".parse().unwrap(), "old ", false).await;
