@@ -21,7 +21,7 @@ pub use admission::{
     Admission, Admitted, ClientSlot, Descriptors, PerClient, Refusal, Taken, default_reserve,
 };
 pub use dormant::Dormant;
-use occasional::Occasional;
+pub use occasional::Occasional;
 
 use hyper_util::server::graceful::GracefulConnection;
 use std::future::Future;

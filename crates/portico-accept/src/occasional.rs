@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 /// Counts events and says when one should be logged: the first, then one per `every`.
 #[derive(Debug)]
-pub(crate) struct Occasional {
+pub struct Occasional {
     every: Duration,
     since_log: u64,
     logged: Option<Instant>,
@@ -12,7 +12,7 @@ pub(crate) struct Occasional {
 
 impl Occasional {
     /// At most one log line per `every`.
-    pub(crate) const fn new(every: Duration) -> Self {
+    pub const fn new(every: Duration) -> Self {
         Self {
             every,
             since_log: 0,
@@ -21,7 +21,7 @@ impl Occasional {
     }
 
     /// Counts one event; when a line is due, returns how many events it speaks for.
-    pub(crate) fn note(&mut self) -> Option<u64> {
+    pub fn note(&mut self) -> Option<u64> {
         self.since_log += 1;
         let due = self.logged.is_none_or(|at| at.elapsed() >= self.every);
         if !due {

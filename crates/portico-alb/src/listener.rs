@@ -1,6 +1,8 @@
-//! A load balancer listener: accepts connections, reads PROXY v2 when enabled, completes
-//! the TLS handshake on HTTPS listeners, serves HTTP/1.1 and HTTP/2, closes idle
-//! connections after the idle timeout, and drains on shutdown.
+//! A load balancer listener: accepts connections, reads PROXY v2 when enabled (from its
+//! trusted sources only: anyone else could choose the client address that rules, rate
+//! limits and functions see), completes the TLS handshake on HTTPS listeners, serves
+//! HTTP/1.1 and HTTP/2, closes idle connections after the idle timeout, and drains on
+//! shutdown. A request head hyper cannot parse gets ALB's answer (`malformed`).
 //!
 //! The HTTP version: on HTTPS listeners ALPN decides (`h2` or `http/1.1`); on HTTP listeners
 //! a connection that opens with the HTTP/2 preface is HTTP/2 (h2c with prior knowledge),
@@ -42,6 +44,9 @@ pub struct ListenerSpec {
     pub load_balancer: String,
     /// Require a PROXY protocol v2 header on every connection.
     pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the networks whose connections may send the header; others
+    /// are refused.
+    pub proxy_sources: Vec<ipnet::IpNet>,
     /// How long a connection may stay open with no request in progress, and how long a
     /// request head may take.
     pub idle_timeout: Duration,
@@ -66,6 +71,9 @@ pub struct ListenerSpec {
 /// How long a connection may take to send its PROXY header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often connections refused for an untrusted PROXY source are logged, at most.
+const UNTRUSTED_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,6 +86,8 @@ struct Listener {
     /// For connections whose version ALPN settled.
     http1: auto::Builder<TokioExecutor>,
     http2: auto::Builder<TokioExecutor>,
+    /// Connections refused for sending PROXY headers from elsewhere, said once per interval.
+    untrusted: std::sync::Mutex<portico_accept::Occasional>,
 }
 
 /// Serves `listener` until `shutdown` fires, then drains.
@@ -130,6 +140,7 @@ pub async fn serve(
         },
         http1: builder.clone().http1_only(),
         http2: builder.http2_only(),
+        untrusted: std::sync::Mutex::new(portico_accept::Occasional::new(UNTRUSTED_LOG_EVERY)),
         spec,
     });
     let limits = (shared.spec.limits, &shared.spec.admission);
@@ -154,6 +165,27 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let client = if listener.spec.proxy_protocol {
+        let source = peer.ip().to_canonical();
+        if !listener
+            .spec
+            .proxy_sources
+            .iter()
+            .any(|n| n.contains(&source))
+        {
+            let said = listener
+                .untrusted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note();
+            if let Some(refused) = said {
+                tracing::warn!(
+                    %peer,
+                    refused,
+                    "connections refused: PROXY headers are taken only from proxy_protocol_sources"
+                );
+            }
+            return;
+        }
         match portico_proxy_protocol::read_header(&mut stream, PROXY_HEADER_TIMEOUT).await {
             Ok(Some(client)) => client,
             Ok(None) => peer,

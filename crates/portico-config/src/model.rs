@@ -51,6 +51,24 @@ pub struct Config {
 }
 
 impl Config {
+    /// The networks whose connections may send `listener` a PROXY v2 header: its
+    /// `proxy_protocol_sources`, or loopback and the accelerator's nodes.
+    pub fn proxy_protocol_sources(&self, listener: &LbListener) -> Vec<ipnet::IpNet> {
+        if let Some(sources) = &listener.proxy_protocol_sources {
+            return sources.clone();
+        }
+        let loopback = [
+            ipnet::IpNet::from(ipnet::Ipv4Net::new_assert([127, 0, 0, 0].into(), 8)),
+            ipnet::IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+        ];
+        let nodes = self
+            .accelerator
+            .iter()
+            .flat_map(|a| &a.nodes)
+            .map(|n| ipnet::IpNet::from(n.address));
+        loopback.into_iter().chain(nodes).collect()
+    }
+
     /// Every node named in the file (`node = "…"` on the accelerator or a load balancer).
     pub fn nodes(&self) -> std::collections::BTreeSet<&str> {
         self.accelerator
@@ -556,6 +574,11 @@ pub struct LbListener {
     /// without one. Default false.
     #[serde(default)]
     pub proxy_protocol_v2: bool,
+    /// With `proxy_protocol_v2`: the networks whose connections may send the header; any
+    /// other peer is refused (the header names the client, and only the edge may say who
+    /// that is). Default: loopback and the addresses of the accelerator's `nodes`.
+    #[serde(default)]
+    pub proxy_protocol_sources: Option<Vec<ipnet::IpNet>>,
     /// Rules, tried from the lowest priority number up; the first whose conditions all
     /// hold decides. Default none.
     #[serde(default)]

@@ -375,6 +375,39 @@ impl Validator {
             );
             self.gateway(&lp, &l.gateway, None, config);
             self.rules(&lp, l, config);
+            self.proxy_protocol_sources(&lp, l, lb, config);
+        }
+    }
+
+    /// PROXY v2 sources only where headers are read; and where the edge connects from a
+    /// node whose address the file does not give, they must be listed.
+    fn proxy_protocol_sources(
+        &mut self,
+        path: &str,
+        l: &LbListener,
+        lb: &LoadBalancer,
+        config: &Config,
+    ) {
+        let path = format!("{path}.proxy_protocol_sources");
+        if !l.proxy_protocol_v2 {
+            if l.proxy_protocol_sources.is_some() {
+                self.err(&path, "is for listeners with proxy_protocol_v2 = true");
+            }
+            return;
+        }
+        let Some(acc) = &config.accelerator else {
+            return;
+        };
+        let edge_elsewhere = acc.nodes.is_empty()
+            && lb
+                .node
+                .as_deref()
+                .is_some_and(|n| acc.node.as_deref().is_some_and(|edge| edge != n));
+        if edge_elsewhere && l.proxy_protocol_sources.is_none() {
+            self.err(
+                &path,
+                "the edge connects from another node whose address this file does not give: list the networks it connects from (only they may send PROXY headers)",
+            );
         }
     }
 

@@ -322,6 +322,7 @@ async fn start(
             let spec = portico_alb::ListenerSpec {
                 load_balancer: name.clone(),
                 proxy_protocol: l.proxy_protocol_v2,
+                proxy_sources: full.proxy_protocol_sources(l),
                 idle_timeout: Duration::from_secs(u64::from(lb.idle_timeout_seconds)),
                 limits: LISTENER_LIMITS,
                 admission: protection.load_balancer(),

@@ -198,3 +198,72 @@ connections_per_client = 30
         "{limits}"
     );
 }
+
+/// A PROXY v2 header for a TCP/IPv4 connection from `client` to `to`.
+fn proxy_header(client: SocketAddr, to: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(client), SocketAddr::V4(to)) = (client, to) else {
+        panic!("IPv4 only");
+    };
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&client.ip().octets());
+    header.extend_from_slice(&to.ip().octets());
+    header.extend_from_slice(&client.port().to_be_bytes());
+    header.extend_from_slice(&to.port().to_be_bytes());
+    header
+}
+
+/// One request from `from` that first claims, in a PROXY v2 header, to come from
+/// `claimed`: the answer, or what is left of it when the node closes the connection.
+fn proxied_request(from: &str, to: SocketAddr, claimed: SocketAddr) -> String {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::new(from.parse().unwrap(), 0).into())
+        .unwrap();
+    socket.connect(&to.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = proxy_header(claimed, to);
+    request.extend_from_slice(b"GET /who HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(&request);
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+/// A load balancer that reads PROXY v2 headers takes them only from its trusted sources:
+/// anyone else who reaches its port cannot choose the client address that rules, rate
+/// limits and the function see.
+#[test]
+fn proxy_headers_from_outside_the_trusted_sources_are_refused() {
+    let config = format!(
+        r#"
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+proxy_protocol_v2 = true
+proxy_protocol_sources = ["127.0.0.7/32"]
+default_action = {{ type = "forward", target_group = "hello" }}
+
+{}
+[invoke_api]
+enabled = false
+"#,
+        hello_target_group()
+    );
+    let portico = Portico::start(&config);
+    let lb = portico.load_balancers[0].1;
+    let claimed: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+    let trusted = proxied_request("127.0.0.7", lb, claimed);
+    assert!(trusted.starts_with("HTTP/1.1 200 "), "{trusted}");
+    assert!(
+        trusted.contains("203.0.113.9"),
+        "the function sees the claimed client"
+    );
+    let forged = proxied_request("127.0.0.8", lb, claimed);
+    assert_eq!(forged, "", "closed without an answer");
+    // The trusted source is still served.
+    assert!(proxied_request("127.0.0.7", lb, claimed).starts_with("HTTP/1.1 200 "));
+}

@@ -161,6 +161,7 @@ node = "{name}"
 address = "{address}"
 port = 9080
 proxy_protocol_v2 = true
+proxy_protocol_sources = ["10.78.0.0/16"]
 default_action = {{ type = "forward", target_group = "{name}" }}
 
 [target_groups.{name}]
