@@ -156,8 +156,13 @@ impl TargetRef {
     }
 }
 
-/// Answers one Query request: the HTTP status and the XML body.
-pub fn handle(groups: &BTreeMap<String, TargetGroup>, body: &[u8]) -> (StatusCode, String) {
+/// Answers one Query request: the HTTP status and the XML body. `own` are portico's own
+/// listening sockets, which may not become targets.
+pub fn handle(
+    groups: &BTreeMap<String, TargetGroup>,
+    own: &[SocketAddr],
+    body: &[u8],
+) -> (StatusCode, String) {
     let params = Params::parse(body);
     let request_id = uuid::Uuid::new_v4().to_string();
     let action = params.get("Action").unwrap_or_default().to_owned();
@@ -167,7 +172,7 @@ pub fn handle(groups: &BTreeMap<String, TargetGroup>, body: &[u8]) -> (StatusCod
     let result = match action.as_str() {
         "DescribeTargetGroups" => describe_target_groups(groups, &params, &mut xml),
         "DescribeTargetHealth" => describe_target_health(groups, &params, &mut xml),
-        "RegisterTargets" => register_targets(groups, &params),
+        "RegisterTargets" => register_targets(groups, own, &params),
         "DeregisterTargets" => deregister_targets(groups, &params),
         _ => Err(Elbv2Error::InvalidAction(action.clone())),
     };
@@ -181,16 +186,24 @@ pub fn handle(groups: &BTreeMap<String, TargetGroup>, body: &[u8]) -> (StatusCod
         }
         Err(error) => {
             tracing::debug!(%action, code = error.code(), %error, "elbv2 request refused");
-            let mut xml = Xml::with_root("ErrorResponse", NAMESPACE);
-            xml.open("Error")
-                .leaf("Type", "Sender")
-                .leaf("Code", error.code())
-                .leaf("Message", &error)
-                .close("Error")
-                .leaf("RequestId", &request_id);
-            (StatusCode::BAD_REQUEST, xml.finish("ErrorResponse"))
+            (
+                StatusCode::BAD_REQUEST,
+                error_document(error.code(), &error.to_string()),
+            )
         }
     }
+}
+
+/// The Query protocol's error document: a sender's error with `code` and `message`.
+pub fn error_document(code: &str, message: &str) -> String {
+    let mut xml = Xml::with_root("ErrorResponse", NAMESPACE);
+    xml.open("Error")
+        .leaf("Type", "Sender")
+        .leaf("Code", code)
+        .leaf("Message", message)
+        .close("Error")
+        .leaf("RequestId", uuid::Uuid::new_v4().to_string());
+    xml.finish("ErrorResponse")
 }
 
 fn by_arn<'a>(
@@ -221,10 +234,17 @@ pub const MAX_TARGETS_PER_GROUP: usize = 1000;
 
 fn register_targets(
     groups: &BTreeMap<String, TargetGroup>,
+    own: &[SocketAddr],
     params: &Params,
 ) -> Result<(), Elbv2Error> {
     let group = http_group(groups, params)?;
     let addresses = addresses(params)?;
+    // Nor at portico itself: its load balancers (a loop), its APIs, its static IPs.
+    if let Some(refused) = addresses.iter().find(|a| is_own(**a, own)) {
+        return Err(Elbv2Error::InvalidTarget(format!(
+            "The target {refused} is one of portico's own listeners and cannot be a target"
+        )));
+    }
     // Traffic may not be pointed at the host's link-local range, cloud metadata services
     // among it: a target there would let anyone who can register one reach them.
     if let Some(refused) = addresses.iter().find(|a| link_local(a.ip())) {
@@ -247,6 +267,17 @@ fn register_targets(
         group.register(address);
     }
     Ok(())
+}
+
+/// Whether `target` reaches one of the sockets `own`: the same address and port, or the
+/// port of a socket bound to every address, at a loopback or unspecified address.
+fn is_own(target: SocketAddr, own: &[SocketAddr]) -> bool {
+    let ip = target.ip().to_canonical();
+    own.iter().any(|o| {
+        o.port() == target.port()
+            && (o.ip().to_canonical() == ip
+                || (o.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+    })
 }
 
 /// `169.254.0.0/16` and `fe80::/10`, and the EC2 metadata service's IPv6 address.

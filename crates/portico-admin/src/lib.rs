@@ -12,8 +12,10 @@
 //!   `ip-ranges.json` (what `portico ips` prints); 404 on a node without the accelerator;
 //! - anything else is 404.
 //!
-//! Like the Invoke API it has no authentication of its own and listens on loopback unless
-//! configured otherwise; AWS signatures are accepted and not checked.
+//! Like the Invoke API it listens on loopback unless configured otherwise; with access keys
+//! (required beyond loopback) every request must carry an AWS Signature Version 4 of one of
+//! them (`elasticloadbalancing` scope), else 403 with the Query protocol's error
+//! (`MissingAuthenticationToken`, `InvalidClientTokenId`, `SignatureDoesNotMatch`).
 
 pub mod elbv2;
 pub mod status;
@@ -47,6 +49,11 @@ pub struct Admin {
     pub descriptors: Arc<portico_accept::Descriptors>,
     /// The per-client limit on the static IPs, when there is one.
     pub per_client: Option<Arc<portico_accept::PerClient>>,
+    /// The keys whose signatures are accepted; none: requests are not checked.
+    pub keys: portico_sigv4::AccessKeys,
+    /// portico's own listening sockets (load balancers, APIs, static addresses), which
+    /// `RegisterTargets` refuses as targets.
+    pub own_listeners: Vec<std::net::SocketAddr>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` fires, then drains.
@@ -70,19 +77,57 @@ pub async fn serve(
     }
 }
 
+/// How long a request's body may take to arrive.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() == Method::GET && req.uri().path() == "/status" {
+    let (parts, body) = req.into_parts();
+    let body = match tokio::time::timeout(
+        BODY_DEADLINE,
+        Limited::new(body, MAX_REQUEST_BYTES).collect(),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(error)) => {
+            return respond(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                format!("request body: {error} (limit {MAX_REQUEST_BYTES} bytes)\n"),
+            );
+        }
+        Err(_) => {
+            return respond(
+                StatusCode::REQUEST_TIMEOUT,
+                "text/plain",
+                "the request body did not arrive in time\n".to_owned(),
+            );
+        }
+    };
+    if !admin.keys.is_empty() {
+        let signable = portico_sigv4::Signable::of(&parts, &body);
+        let now = std::time::SystemTime::now();
+        if let Err(refusal) =
+            portico_sigv4::verify(signable, &admin.keys, "elasticloadbalancing", now)
+        {
+            tracing::debug!(path = %parts.uri.path(), %refusal, "admin API: request refused");
+            let xml = elbv2::error_document(refusal.query_code(), &refusal.to_string());
+            return respond(StatusCode::FORBIDDEN, "text/xml", xml);
+        }
+    }
+    let path = parts.uri.path();
+    if parts.method == Method::GET && path == "/status" {
         let document = status::document(admin).to_string();
         return respond(StatusCode::OK, "application/json", document);
     }
-    if req.method() == Method::GET && req.uri().path() == "/metrics" {
+    if parts.method == Method::GET && path == "/metrics" {
         return respond(
             StatusCode::OK,
             portico_gateway::metrics::CONTENT_TYPE,
             admin.gateway.encode_metrics(),
         );
     }
-    if req.method() == Method::GET && req.uri().path() == "/ip-ranges.json" {
+    if parts.method == Method::GET && path == "/ip-ranges.json" {
         if let Some(acc) = &admin.accelerator {
             return respond(
                 StatusCode::OK,
@@ -91,27 +136,14 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
         }
     }
-    if req.method() != Method::POST || req.uri().path() != "/" {
+    if parts.method != Method::POST || path != "/" {
         return respond(
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found\n".to_owned(),
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(error) => {
-            return respond(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "text/plain",
-                format!("request body: {error} (limit {MAX_REQUEST_BYTES} bytes)\n"),
-            );
-        }
-    };
-    let (status, xml) = elbv2::handle(&admin.target_groups, &body);
+    let (status, xml) = elbv2::handle(&admin.target_groups, &admin.own_listeners, &body);
     respond(status, "text/xml", xml)
 }
 

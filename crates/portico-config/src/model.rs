@@ -161,13 +161,18 @@ pub struct ApiListener<const PORT: u16> {
     /// Serve it at all. Default true.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Address to bind. Default `127.0.0.1`: the APIs have no authentication of their own,
-    /// so they are reachable from this machine only unless you say otherwise.
+    /// Address to bind. Default `127.0.0.1`: reachable from this machine only. An address
+    /// beyond loopback needs `access_keys`.
     #[serde(default = "default_lb_address")]
     pub address: IpAddr,
     /// Port to bind. `0` picks a free port.
     #[serde(default = "default_api_port::<PORT>")]
     pub port: Port,
+    /// The access keys whose AWS Signature Version 4 the API accepts (the AWS CLI and SDKs
+    /// sign every request with the caller's key). With none, requests are not checked, which
+    /// only an API on loopback may do. Default none.
+    #[serde(default)]
+    pub access_keys: Vec<ApiAccessKey>,
 }
 
 impl<const PORT: u16> Default for ApiListener<PORT> {
@@ -176,7 +181,27 @@ impl<const PORT: u16> Default for ApiListener<PORT> {
             enabled: true,
             address: default_lb_address(),
             port: Port(PORT),
+            access_keys: Vec::new(),
         }
+    }
+}
+
+/// An access key one of portico's APIs accepts.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAccessKey {
+    /// The key's id, as callers configure it (`AWS_ACCESS_KEY_ID`): 16 to 128 letters and
+    /// digits.
+    pub access_key_id: String,
+    /// The secret (`AWS_SECRET_ACCESS_KEY`): at least 16 characters.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for ApiAccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiAccessKey")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
     }
 }
 

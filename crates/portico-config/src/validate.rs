@@ -5,11 +5,11 @@
 
 use crate::error::ConfigError;
 use crate::model::{
-    Accelerator, Config, EdgeProtocol, Function, FunctionRuntime, LbListener, LbProtocol,
-    LoadBalancer, TargetGroup,
+    Accelerator, ApiAccessKey, Config, EdgeProtocol, Function, FunctionRuntime, LbListener,
+    LbProtocol, LoadBalancer, TargetGroup,
 };
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 mod gateway;
 mod ha;
@@ -74,6 +74,19 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     }
     v.gateway_resources(config);
     v.bind_clashes(config);
+    let (invoke, admin) = (&config.invoke_api, &config.admin_api);
+    v.api_access_keys(
+        "invoke_api",
+        invoke.enabled,
+        invoke.address,
+        &invoke.access_keys,
+    );
+    v.api_access_keys(
+        "admin_api",
+        admin.enabled,
+        admin.address,
+        &admin.access_keys,
+    );
     v.errors
 }
 
@@ -643,6 +656,47 @@ impl Validator {
                     SocketAddr::new(address, port.0),
                     EdgeProtocol::Tcp,
                     name.to_owned(),
+                );
+            }
+        }
+    }
+
+    /// An API beyond loopback checks signatures; its keys are well formed and distinct.
+    fn api_access_keys(
+        &mut self,
+        name: &str,
+        enabled: bool,
+        address: IpAddr,
+        keys: &[ApiAccessKey],
+    ) {
+        let path = format!("{name}.access_keys");
+        if enabled && keys.is_empty() && !address.to_canonical().is_loopback() {
+            self.err(
+                &path,
+                format!(
+                    "{address} is reachable beyond this machine: give the API access keys (its callers then sign every request, as the AWS CLI and SDKs do)"
+                ),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let id = &key.access_key_id;
+            if !(16..=128).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                self.err(
+                    format!("{path}[{i}].access_key_id"),
+                    "16 to 128 letters and digits",
+                );
+            }
+            if key.secret_access_key.len() < 16 {
+                self.err(
+                    format!("{path}[{i}].secret_access_key"),
+                    "at least 16 characters",
+                );
+            }
+            if !seen.insert(id) {
+                self.err(
+                    format!("{path}[{i}].access_key_id"),
+                    format!("{id} is given twice"),
                 );
             }
         }

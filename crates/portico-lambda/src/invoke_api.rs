@@ -18,7 +18,10 @@
 //!   response stays open and new lines are streamed (`portico logs`).
 //!
 //! Errors are AWS's: a JSON body `{"Type": "User", "message": …}` and the exception's name in
-//! `x-amzn-ErrorType`, which the SDKs read. Request signatures (SigV4) are accepted unchecked.
+//! `x-amzn-ErrorType`, which the SDKs read. Request signatures (SigV4) are checked against the
+//! API's access keys when it has any (403 `InvalidSignatureException`,
+//! `UnrecognizedClientException`, `MissingAuthenticationTokenException` otherwise), and
+//! ignored when it has none (on loopback only).
 //! The function name may be a name, a full ARN or a partial ARN, each with a `:QUALIFIER`, or
 //! the qualifier may come as `?Qualifier=`, as Lambda allows. A function here has one version,
 //! `$LATEST`, and no alias: any other qualifier is `ResourceNotFoundException`.
@@ -37,6 +40,7 @@ use portico_invoke::{Invocation, InvokeError, ThrottleReason};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -69,18 +73,25 @@ const MAX_CLIENT_CONTEXT_BYTES: usize = 3583;
 /// What every request needs.
 struct Api {
     runtime: Arc<Runtime>,
+    /// The keys whose signatures are accepted; none: requests are not checked.
+    keys: portico_sigv4::AccessKeys,
     shutdown: CancellationToken,
 }
 
-/// Serves the Invoke API for `runtime` on `listener` until `shutdown` fires.
+/// A request's body: as it arrives, or read whole to check its signature.
+type ReqBody = BoxBody<Bytes, std::io::Error>;
+
+/// Serves the Invoke API for `runtime` on `listener` until `shutdown` fires. With `keys`,
+/// every request must be signed with one of them (AWS Signature Version 4).
 pub async fn serve(
     listener: TcpListener,
     runtime: Arc<Runtime>,
-    limits: portico_accept::Limits,
+    (limits, keys): (portico_accept::Limits, portico_sigv4::AccessKeys),
     shutdown: CancellationToken,
 ) {
     let api = Arc::new(Api {
         runtime,
+        keys,
         shutdown: shutdown.clone(),
     });
     let drained = portico_accept::serve_http1(
@@ -100,6 +111,10 @@ pub async fn serve(
 type ApiResponse = Response<BoxBody<Bytes, Infallible>>;
 
 async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
+    let req = match authenticate(&api.keys, req).await {
+        Ok(req) => req,
+        Err(response) => return response,
+    };
     let rt = &*api.runtime;
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix(PORTICO_PREFIX) {
@@ -170,7 +185,7 @@ fn function_name(segment: &str) -> (String, Option<String>) {
 fn find<'a>(
     rt: &'a Runtime,
     segment: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<&'a FunctionSpec, Box<ApiResponse>> {
     let (name, derived) = function_name(segment);
     let Some(spec) = rt.spec(&name) else {
@@ -196,7 +211,7 @@ fn find<'a>(
     }
 }
 
-async fn invoke(rt: &Runtime, spec: &FunctionSpec, req: Request<Incoming>) -> ApiResponse {
+async fn invoke(rt: &Runtime, spec: &FunctionSpec, req: Request<ReqBody>) -> ApiResponse {
     let invocation_type = header_str(&req, "x-amz-invocation-type")
         .unwrap_or("RequestResponse")
         .to_owned();
@@ -251,7 +266,7 @@ async fn invoke(rt: &Runtime, spec: &FunctionSpec, req: Request<Incoming>) -> Ap
 
 /// The deprecated InvokeAsync: an `Event` invocation with a 256 KB payload limit, answered
 /// `202 {"Status": 202}`.
-async fn invoke_async(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiResponse {
+async fn invoke_async(rt: &Runtime, name: &str, req: Request<ReqBody>) -> ApiResponse {
     let Some(spec) = rt.spec(name) else {
         return not_found(name, rt);
     };
@@ -280,11 +295,10 @@ async fn invoke_async(rt: &Runtime, name: &str, req: Request<Incoming>) -> ApiRe
 /// connection and its buffer no longer than this.
 const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn read_payload(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiResponse> {
-    let read = tokio::time::timeout(
-        BODY_DEADLINE,
-        Limited::new(req.into_body(), limit).collect(),
-    );
+/// The request's whole body, read within `limit` bytes and [`BODY_DEADLINE`], or the error
+/// answer.
+async fn read_body(body: ReqBody, limit: usize) -> Result<Bytes, ApiResponse> {
+    let read = tokio::time::timeout(BODY_DEADLINE, Limited::new(body, limit).collect());
     let Ok(read) = read.await else {
         return Err(error(
             StatusCode::REQUEST_TIMEOUT,
@@ -295,19 +309,47 @@ async fn read_payload(req: Request<Incoming>, limit: usize) -> Result<Bytes, Api
             ),
         ));
     };
-    let payload = match read {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(request_too_large(limit));
-        }
-        Err(_) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContentException",
-                "Could not read the request body",
-            ));
-        }
-    };
+    match read {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(request_too_large(limit)),
+        Err(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            "Could not read the request body",
+        )),
+    }
+}
+
+/// With access keys, the request is read whole (within the largest payload an operation
+/// takes) and its signature checked before it is routed; a refusal is Lambda's 403.
+async fn authenticate(
+    keys: &portico_sigv4::AccessKeys,
+    req: Request<Incoming>,
+) -> Result<Request<ReqBody>, ApiResponse> {
+    if keys.is_empty() {
+        return Ok(req.map(|body| body.map_err(io_error).boxed()));
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(body.map_err(io_error).boxed(), MAX_SYNC_PAYLOAD_BYTES).await?;
+    let signable = portico_sigv4::Signable::of(&parts, &body);
+    if let Err(refusal) = portico_sigv4::verify(signable, keys, "lambda", SystemTime::now()) {
+        tracing::debug!(path = %parts.uri.path(), %refusal, "invoke API: request refused");
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            refusal.json_error_type(),
+            &refusal.to_string(),
+        ));
+    }
+    let body = Full::new(body).map_err(|never| match never {}).boxed();
+    Ok(Request::from_parts(parts, body))
+}
+
+fn io_error(error: hyper::Error) -> std::io::Error {
+    std::io::Error::other(error)
+}
+
+async fn read_payload(req: Request<ReqBody>, limit: usize) -> Result<Bytes, ApiResponse> {
+    let payload = read_body(req.into_body(), limit).await?;
     let payload = if payload.is_empty() {
         Bytes::from_static(b"{}")
     } else {
@@ -578,7 +620,7 @@ fn account_settings(rt: &Runtime) -> ApiResponse {
     }))
 }
 
-fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
+fn query_param(req: &Request<ReqBody>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == key).then(|| {
@@ -589,7 +631,7 @@ fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
     })
 }
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+fn header_str<'a>(req: &'a Request<ReqBody>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 

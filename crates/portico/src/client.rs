@@ -27,38 +27,63 @@ pub(crate) enum Api {
     Admin,
 }
 
-/// Where an API of a running portico listens.
+/// A running portico's API, and the key its requests are signed with.
+pub(crate) struct Endpoint {
+    /// Where it listens.
+    pub(crate) address: SocketAddr,
+    /// The signing scope's service: `lambda` or `elasticloadbalancing`.
+    service: &'static str,
+    /// The key requests are signed with: the first of the API's `access_keys` in the
+    /// topology file, else `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`; none, unsigned.
+    key: Option<portico_sigv4::AccessKey>,
+}
+
+/// The API `which` of a running portico: where it listens and how to sign for it.
 pub(crate) fn endpoint(
     which: Api,
     endpoint: Option<&str>,
     config: Option<&Path>,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<Endpoint> {
+    let service = match which {
+        Api::Invoke => "lambda",
+        Api::Admin => "elasticloadbalancing",
+    };
+    let from_environment = || {
+        let id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
+        let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok()?;
+        Some(portico_sigv4::AccessKey { id, secret })
+    };
     if let Some(url) = endpoint {
         let authority = url
             .strip_prefix("http://")
             .unwrap_or(url)
             .trim_end_matches('/');
-        return authority
+        let address = authority
             .parse()
-            .with_context(|| format!("--endpoint {url:?}: expected http://ADDRESS:PORT"));
+            .with_context(|| format!("--endpoint {url:?}: expected http://ADDRESS:PORT"))?;
+        let key = match config {
+            Some(path) => section_key(&portico_config::load_file(path)?, which),
+            None => None,
+        };
+        return Ok(Endpoint {
+            address,
+            service,
+            key: key.or_else(from_environment),
+        });
     }
     let config = match config {
         Some(path) => portico_config::load_file(path)?,
         None => portico_config::parse(crate::topology::DEFAULT_CONFIG, "embedded default")?,
     };
     let (section, enabled, address, port) = match which {
-        Api::Invoke => (
-            "invoke_api",
-            config.invoke_api.enabled,
-            config.invoke_api.address,
-            config.invoke_api.port.0,
-        ),
-        Api::Admin => (
-            "admin_api",
-            config.admin_api.enabled,
-            config.admin_api.address,
-            config.admin_api.port.0,
-        ),
+        Api::Invoke => {
+            let api = &config.invoke_api;
+            ("invoke_api", api.enabled, api.address, api.port.0)
+        }
+        Api::Admin => {
+            let api = &config.admin_api;
+            ("admin_api", api.enabled, api.address, api.port.0)
+        }
     };
     if !enabled {
         bail!("the topology has this API disabled ([{section}] enabled = false)");
@@ -72,15 +97,31 @@ pub(crate) fn endpoint(
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    Ok(SocketAddr::new(ip, port))
+    Ok(Endpoint {
+        address: SocketAddr::new(ip, port),
+        service,
+        key: section_key(&config, which).or_else(from_environment),
+    })
+}
+
+/// The first access key of the API's section of `config`.
+fn section_key(config: &portico_config::Config, which: Api) -> Option<portico_sigv4::AccessKey> {
+    let keys = match which {
+        Api::Invoke => &config.invoke_api.access_keys,
+        Api::Admin => &config.admin_api.access_keys,
+    };
+    keys.first().map(|k| portico_sigv4::AccessKey {
+        id: k.access_key_id.clone(),
+        secret: k.secret_access_key.clone(),
+    })
 }
 
 /// GETs `path` from the admin API at `api`; the body of a 200.
-async fn admin_get(api: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
+async fn admin_get(api: &Endpoint, path: &str) -> anyhow::Result<Bytes> {
     let request = Request::builder()
         .method(Method::GET)
         .uri(path)
-        .header(http::header::HOST, api.to_string())
+        .header(http::header::HOST, api.address.to_string())
         .body(Full::new(Bytes::new()))?;
     let response = send(api, request).await?;
     if response.status() != StatusCode::OK {
@@ -90,7 +131,7 @@ async fn admin_get(api: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
 }
 
 /// Prints the accelerator's static IPs as `ip-ranges.json`.
-pub(crate) async fn ips(api: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn ips(api: &Endpoint) -> anyhow::Result<()> {
     let body = admin_get(api, "/ip-ranges.json")
         .await
         .context("GET /ip-ranges.json (does this node run the accelerator?)")?;
@@ -226,7 +267,7 @@ fn print_ha(out: &mut impl Write, ha: &serde_json::Value) -> std::io::Result<()>
     Ok(())
 }
 
-pub(crate) async fn status(api: SocketAddr, json: bool) -> anyhow::Result<()> {
+pub(crate) async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     let body = admin_get(api, "/status").await?;
     let doc: serde_json::Value = serde_json::from_slice(&body).context("status is not JSON")?;
     let mut out = std::io::stdout().lock();
@@ -345,7 +386,7 @@ pub(crate) struct Invoked {
 /// Invokes `function` synchronously with `payload` and writes its reply to stdout, and with
 /// `tail` the end of its log to stderr.
 pub(crate) async fn invoke(
-    api: SocketAddr,
+    api: &Endpoint,
     function: &str,
     payload: Option<&str>,
     tail: bool,
@@ -355,7 +396,7 @@ pub(crate) async fn invoke(
     let request = Request::builder()
         .method(Method::POST)
         .uri(format!("/2015-03-31/functions/{function}/invocations"))
-        .header(http::header::HOST, api.to_string())
+        .header(http::header::HOST, api.address.to_string())
         .header("X-Amz-Invocation-Type", "RequestResponse")
         .header("X-Amz-Log-Type", if tail { "Tail" } else { "None" })
         .body(Full::new(Bytes::from(payload.to_owned())))?;
@@ -391,13 +432,13 @@ pub(crate) async fn invoke(
 
 /// Writes `function`'s recent log to stdout; with `follow`, keeps writing new lines until
 /// the server goes away.
-pub(crate) async fn logs(api: SocketAddr, function: &str, follow: bool) -> anyhow::Result<()> {
+pub(crate) async fn logs(api: &Endpoint, function: &str, follow: bool) -> anyhow::Result<()> {
     let request = Request::builder()
         .uri(format!(
             "/portico/v1/functions/{function}/logs{}",
             if follow { "?follow=true" } else { "" }
         ))
-        .header(http::header::HOST, api.to_string())
+        .header(http::header::HOST, api.address.to_string())
         .body(Full::new(Bytes::new()))?;
     let response = send(api, request).await?;
     let status = response.status();
@@ -435,13 +476,22 @@ fn message(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim_end().to_owned())
 }
 
+/// Sends `request` to `api`, signed when there is a key.
 async fn send(
-    api: SocketAddr,
+    api: &Endpoint,
     request: Request<Full<Bytes>>,
 ) -> anyhow::Result<http::Response<Incoming>> {
-    let stream = TcpStream::connect(api)
+    let (mut parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    if let Some(key) = &api.key {
+        let scope = ("us-east-1", api.service);
+        portico_sigv4::sign(&mut parts, &body, key, scope, std::time::SystemTime::now());
+    }
+    let request = Request::from_parts(parts, Full::new(body));
+    let address = api.address;
+    let stream = TcpStream::connect(address)
         .await
-        .with_context(|| format!("cannot reach portico's API at {api}: is portico up?"))?;
+        .with_context(|| format!("cannot reach portico's API at {address}: is portico up?"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(error) = conn.await {

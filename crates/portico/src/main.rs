@@ -153,7 +153,7 @@ struct Target {
 }
 
 impl Target {
-    fn api(&self) -> anyhow::Result<std::net::SocketAddr> {
+    fn api(&self) -> anyhow::Result<client::Endpoint> {
         client::endpoint(
             client::Api::Invoke,
             self.endpoint.as_deref(),
@@ -230,7 +230,7 @@ fn main() -> ExitCode {
             target,
         } => run_async(async move {
             let invoked =
-                client::invoke(target.api()?, &function, payload.as_deref(), tail).await?;
+                client::invoke(&target.api()?, &function, payload.as_deref(), tail).await?;
             if invoked.function_failed {
                 anyhow::bail!("the invocation failed");
             }
@@ -240,14 +240,14 @@ fn main() -> ExitCode {
             function,
             follow,
             target,
-        } => run_async(async move { client::logs(target.api()?, &function, follow).await }),
+        } => run_async(async move { client::logs(&target.api()?, &function, follow).await }),
         Command::Status {
             json,
             endpoint,
             config,
         } => run_async(async move {
             let api = client::endpoint(client::Api::Admin, endpoint.as_deref(), config.as_deref())?;
-            client::status(api, json).await
+            client::status(&api, json).await
         }),
         Command::Token {
             key,
@@ -297,7 +297,7 @@ fn main() -> ExitCode {
         }
         Command::Ips { endpoint, config } => run_async(async move {
             let api = client::endpoint(client::Api::Admin, endpoint.as_deref(), config.as_deref())?;
-            client::ips(api).await
+            client::ips(&api).await
         }),
     }
 }

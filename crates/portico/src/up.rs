@@ -262,7 +262,7 @@ async fn start(
         tasks.spawn(portico_lambda::invoke_api::serve(
             listener,
             runtime,
-            LISTENER_LIMITS,
+            (LISTENER_LIMITS, access_keys(&api.access_keys)),
             shutdown.clone(),
         ));
     }
@@ -381,6 +381,14 @@ async fn start(
             .await
             .with_context(|| format!("admin_api: cannot bind {}:{}", api.address, api.port))?;
         banner.admin_api = Some(listener.local_addr()?);
+        let own_listeners = banner
+            .load_balancers
+            .iter()
+            .map(|(_, _, address)| *address)
+            .chain(banner.static_addresses.iter().map(|(address, _)| *address))
+            .chain(banner.invoke_api)
+            .chain(banner.admin_api)
+            .collect();
         let admin = Arc::new(portico_admin::Admin {
             target_groups: groups,
             accelerator,
@@ -388,6 +396,8 @@ async fn start(
             gateway,
             descriptors: protection.descriptors.clone(),
             per_client: protection.per_client.clone(),
+            keys: access_keys(&api.access_keys),
+            own_listeners,
         });
         tasks.spawn(portico_admin::serve(
             listener,
@@ -397,6 +407,16 @@ async fn start(
         ));
     }
     Ok(())
+}
+
+/// The keys an API accepts signatures of.
+pub(crate) fn access_keys(
+    keys: &[portico_config::model::ApiAccessKey],
+) -> portico_sigv4::AccessKeys {
+    portico_sigv4::AccessKeys::new(keys.iter().map(|k| portico_sigv4::AccessKey {
+        id: k.access_key_id.clone(),
+        secret: k.secret_access_key.clone(),
+    }))
 }
 
 /// The accelerator of `config` as the edge runs it. Endpoints that name a load balancer

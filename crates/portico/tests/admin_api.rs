@@ -492,6 +492,23 @@ fn malformed_and_oversized_admin_requests_get_clear_errors() {
             refused.body
         );
     }
+    // Nor at portico itself: its load balancer (a loop) or its admin API.
+    let own = [portico.load_balancers[0].1, portico.admin_api.unwrap()];
+    for address in own {
+        let refused = post(&format!(
+            "Action=RegisterTargets&TargetGroupArn={arn}&Targets.member.1.Id={}&Targets.member.1.Port={}",
+            address.ip(),
+            address.port()
+        ));
+        assert_eq!(refused.status, 400, "{address}");
+        assert!(
+            refused
+                .body
+                .contains("own listeners and cannot be a target"),
+            "{}",
+            refused.body
+        );
+    }
     // ALB's quota: 1 000 targets in a group (at most 200 a request, as ALB takes).
     let mut last = None;
     for batch in 0..6 {

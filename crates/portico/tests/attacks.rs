@@ -267,3 +267,168 @@ enabled = false
     // The trusted source is still served.
     assert!(proxied_request("127.0.0.7", lb, claimed).starts_with("HTTP/1.1 200 "));
 }
+
+/// `aws SERVICE ARGS…` against `endpoint`, signed with `id` and `secret`.
+fn aws_as(id: &str, secret: &str, endpoint: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-m", "awscli", "--endpoint-url", endpoint])
+        .args(args);
+    support::aws_env(&mut cmd)
+        .env("AWS_ACCESS_KEY_ID", id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .output()
+        .unwrap()
+}
+
+/// APIs with access keys answer only requests signed with one of them (AWS Signature
+/// Version 4, as the AWS CLI, boto3, curl and portico's own commands sign): unsigned,
+/// unknown-key and wrong-secret requests get AWS's 403s, and a function's environment (its
+/// secrets) is not readable without a key.
+#[test]
+fn apis_with_access_keys_answer_only_signed_requests() {
+    use support::{TEST_ACCESS_KEY_ID as ID, TEST_SECRET_ACCESS_KEY as SECRET};
+    let keys = support::test_access_keys();
+    let config = format!(
+        r#"
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = {{ type = "forward", target_group = "hello" }}
+
+{}
+environment = {{ DATABASE_PASSWORD = "hunter2" }}
+
+[invoke_api]
+port = 0
+{keys}
+
+[admin_api]
+port = 0
+{keys}
+"#,
+        hello_target_group()
+    );
+    let portico = Portico::start(&config);
+    let invoke = format!("http://{}", portico.invoke_api.unwrap());
+    let admin = format!("http://{}", portico.admin_api.unwrap());
+
+    // Signed by the AWS CLI with the key: served.
+    let out = aws_as(
+        ID,
+        SECRET,
+        &invoke,
+        &["lambda", "get-function", "--function-name", "hello"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+    let out = aws_as(ID, SECRET, &admin, &["elbv2", "describe-target-groups"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A wrong secret, an unknown key: AWS's errors, and no secret leaks.
+    for (id, secret, lambda_error, elbv2_error) in [
+        (
+            ID,
+            "not-the-secret-at-all",
+            "InvalidSignatureException",
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "AKIAUNKNOWNKEY000001",
+            SECRET,
+            "UnrecognizedClientException",
+            "InvalidClientTokenId",
+        ),
+    ] {
+        let out = aws_as(
+            id,
+            secret,
+            &invoke,
+            &["lambda", "get-function", "--function-name", "hello"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(lambda_error),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+        let out = aws_as(id, secret, &admin, &["elbv2", "describe-target-groups"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(elbv2_error),
+            "{stderr}"
+        );
+    }
+
+    // Unsigned: 403, Missing Authentication Token.
+    let unsigned = curl(None, &[&format!("{invoke}/2015-03-31/functions/hello")]);
+    assert_eq!(unsigned.status, 403, "{unsigned:?}");
+    assert_eq!(
+        unsigned.header("x-amzn-errortype"),
+        Some("MissingAuthenticationTokenException")
+    );
+    assert!(!unsigned.body.contains("hunter2"));
+    let unsigned = curl(None, &[&format!("{admin}/status")]);
+    assert_eq!(unsigned.status, 403);
+    assert!(
+        unsigned.body.contains("MissingAuthenticationToken"),
+        "{}",
+        unsigned.body
+    );
+    let logs = curl(
+        None,
+        &[&format!("{invoke}/portico/v1/functions/hello/logs")],
+    );
+    assert_eq!(logs.status, 403);
+
+    // curl's own SigV4, boto3, and portico's commands (with the key from the file).
+    let user = format!("{ID}:{SECRET}");
+    let signed = curl(
+        None,
+        &[
+            "--aws-sigv4",
+            "aws:amz:us-east-1:lambda",
+            "--user",
+            &user,
+            "-X",
+            "POST",
+            "--data",
+            r#"{"path":"/x"}"#,
+            &format!("{invoke}/2015-03-31/functions/hello/invocations"),
+        ],
+    );
+    assert_eq!(signed.status, 200, "{signed:?}");
+    let boto3 = format!(
+        "import boto3, json\n\
+         c = boto3.client('lambda', endpoint_url='{invoke}')\n\
+         r = c.invoke(FunctionName='hello', Payload=json.dumps({{'path': '/boto3'}}))\n\
+         print(r['StatusCode'])"
+    );
+    let mut python = std::process::Command::new("python3");
+    python.args(["-c", &boto3]);
+    let out = support::aws_env(&mut python).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = portico.config_file.to_str().unwrap();
+    let status = std::process::Command::new(support::portico_bin())
+        .args(["status", "--endpoint", &admin, "--config", file])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}

@@ -63,10 +63,12 @@ command = ["{}"]
 [admin_api]
 address = "0.0.0.0"
 port = 9002
+{}
 "#,
         VIPS[0],
         VIPS[1],
-        hello_bin().display()
+        hello_bin().display(),
+        support::test_access_keys()
     )
 }
 
@@ -188,12 +190,7 @@ fn only_b(router: &str) -> bool {
 
 /// The edge at `address`'s `ha` status.
 fn ha_status(address: &str) -> serde_json::Value {
-    let mut s = TcpStream::connect(format!("{address}:9002")).unwrap();
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    support::parse_reply(&text).json()["ha"].clone()
+    support::admin_get_signed(&format!("{address}:9002"), "/status")["ha"].clone()
 }
 
 /// Sends one request on `conn` (kept alive) and reads its answer's head and body.

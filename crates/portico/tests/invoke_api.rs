@@ -23,13 +23,15 @@ command = ["{}"]
 
 [invoke_api]
 port = 0
+{}
 "#,
         echo_bin().display(),
-        hello_bin().display()
+        hello_bin().display(),
+        test_access_keys()
     )
 }
 
-/// An AWS client command with throwaway credentials: the Invoke API accepts any signature.
+/// An AWS client command, signed with the test key (which the API of `config()` requires).
 fn aws(endpoint: &str, args: &[&str]) -> Output {
     aws_cli(endpoint, "lambda", args)
 }
@@ -309,9 +311,14 @@ fn aws_cli_qualifiers_configuration_account_settings_and_zero_concurrency() {
 
     // Reserved concurrency 0: the function is switched off; every invocation is throttled
     // (curl: the CLI would retry the throttle four times first).
+    let user = format!("{TEST_ACCESS_KEY_ID}:{TEST_SECRET_ACCESS_KEY}");
     let reply = curl(
         None,
         &[
+            "--aws-sigv4",
+            "aws:amz:us-east-1:lambda",
+            "--user",
+            &user,
             "-X",
             "POST",
             "--data-binary",
@@ -350,6 +357,8 @@ fn portico_invoke_and_logs_talk_to_a_running_portico() {
         Command::new(portico_bin())
             .args(args)
             .args(["--endpoint", &endpoint])
+            .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
             .output()
             .unwrap()
     };
@@ -391,6 +400,8 @@ fn portico_invoke_and_logs_talk_to_a_running_portico() {
     // --follow: the recent lines at once, then new ones as they come.
     let mut follow = Command::new(portico_bin())
         .args(["logs", "echo", "--follow", "--endpoint", &endpoint])
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

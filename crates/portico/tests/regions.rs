@@ -186,9 +186,11 @@ port = 80
 [admin_api]
 address = "0.0.0.0"
 port = 9002
+{}
 "#,
         region("near", "10.78.1.2"),
         region("far", "10.78.2.2"),
+        support::test_access_keys(),
     )
 }
 
@@ -265,12 +267,7 @@ fn stream(length: Duration, slow: Duration) -> Tally {
 }
 
 fn status() -> serde_json::Value {
-    let mut s = TcpStream::connect("10.77.0.2:9002").unwrap();
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    support::parse_reply(&text).json()
+    support::admin_get_signed("10.77.0.2:9002", "/status")
 }
 
 fn group<'a>(doc: &'a serde_json::Value, region: &str) -> &'a serde_json::Value {

@@ -24,7 +24,12 @@ pub fn hello_target_group() -> String {
 /// Runs the portico CLI with `args`, asserts that it succeeded (showing its stderr if not),
 /// and returns what it printed.
 pub fn portico_ok(args: &[&str]) -> String {
-    let out = Command::new(portico_bin()).args(args).output().unwrap();
+    let out = Command::new(portico_bin())
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "portico {args:?}: {}",
@@ -448,18 +453,51 @@ pub fn fields(line: &str) -> Vec<String> {
     out
 }
 
-/// Credentials and region for the AWS CLI and boto3, with no files or metadata lookups.
+/// The access key tests sign with: `[…_api] access_keys = [TEST_ACCESS_KEY]` makes an API
+/// require it.
+pub const TEST_ACCESS_KEY_ID: &str = "AKIAPORTICOTESTKEY01";
+/// Its secret.
+pub const TEST_SECRET_ACCESS_KEY: &str = "portico-test-secret-0123456789";
+
+/// `access_keys = [ … ]` with the test key, for an `[invoke_api]` or `[admin_api]` section.
+pub fn test_access_keys() -> String {
+    format!(
+        r#"access_keys = [{{ access_key_id = "{TEST_ACCESS_KEY_ID}", secret_access_key = "{TEST_SECRET_ACCESS_KEY}" }}]"#
+    )
+}
+
+/// GETs `path` from the admin API at `address`, signed with the test key by curl
+/// (`--aws-sigv4`): the JSON of a 200.
+pub fn admin_get_signed(address: &str, path: &str) -> serde_json::Value {
+    let user = format!("{TEST_ACCESS_KEY_ID}:{TEST_SECRET_ACCESS_KEY}");
+    let url = format!("http://{address}{path}");
+    let r = curl(
+        None,
+        &[
+            "--aws-sigv4",
+            "aws:amz:us-east-1:elasticloadbalancing",
+            "--user",
+            &user,
+            &url,
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+/// Credentials and region for the AWS CLI and boto3 (the test key), with no files or
+/// metadata lookups.
 pub fn aws_env(cmd: &mut Command) -> &mut Command {
-    cmd.env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
+    cmd.env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
 }
 
-/// `aws SERVICE ARGS…` (awscli from PyPI) against `endpoint`, with throwaway credentials:
-/// portico's APIs accept any signature.
+/// `aws SERVICE ARGS…` (awscli from PyPI) against `endpoint`, signing with the test key
+/// (which an API without access keys does not check).
 pub fn aws_cli(endpoint: &str, service: &str, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new("python3");
     cmd.args(["-m", "awscli", "--endpoint-url", endpoint, service])
