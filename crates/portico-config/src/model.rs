@@ -107,6 +107,12 @@ pub struct RuntimeSettings {
     /// Seconds a warm execution environment may sit unused before it is stopped. Default 600.
     #[serde(default = "default_environment_idle")]
     pub environment_idle_timeout_seconds: u32,
+    /// MB of memory execution environments may hold in all, each its function's memory
+    /// size while it runs or stays warm. A new one that does not fit stops the warm ones
+    /// unused the longest; when they are not enough, it is throttled. Default: three
+    /// quarters of the node's memory.
+    #[serde(default)]
+    pub memory_budget_mb: Option<u32>,
 }
 
 impl Default for RuntimeSettings {
@@ -114,6 +120,7 @@ impl Default for RuntimeSettings {
         Self {
             max_concurrency: default_max_concurrency(),
             environment_idle_timeout_seconds: default_environment_idle(),
+            memory_budget_mb: None,
         }
     }
 }

@@ -66,6 +66,39 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     if config.runtime.max_concurrency == 0 {
         v.err("runtime.max_concurrency", "must be at least 1");
     }
+    let reserved: u32 = config
+        .functions
+        .values()
+        .filter_map(|f| f.reserved_concurrency)
+        .sum();
+    if reserved > config.runtime.max_concurrency {
+        v.err(
+            "runtime.max_concurrency",
+            format!(
+                "{} is less than the functions' reserved concurrency, {reserved} in all",
+                config.runtime.max_concurrency
+            ),
+        );
+    }
+    if let Some(budget) = config.runtime.memory_budget_mb {
+        for (name, f) in &config.functions {
+            if f.memory_size_mb > budget && budget >= 128 {
+                v.err(
+                    format!("functions.{name}.memory_size_mb"),
+                    format!(
+                        "{} MB does not fit in runtime.memory_budget_mb ({budget} MB)",
+                        f.memory_size_mb
+                    ),
+                );
+            }
+        }
+    }
+    if config.runtime.memory_budget_mb.is_some_and(|mb| mb < 128) {
+        v.err(
+            "runtime.memory_budget_mb",
+            "must hold one environment of the smallest size, 128 MB",
+        );
+    }
     if config.runtime.environment_idle_timeout_seconds == 0 {
         v.err(
             "runtime.environment_idle_timeout_seconds",

@@ -105,6 +105,8 @@ pub enum ThrottleReason {
     AccountConcurrency,
     /// The queue of asynchronous invocations is full.
     EventQueue,
+    /// The node's memory for execution environments is held by busy ones.
+    Memory,
 }
 
 impl ThrottleReason {
@@ -114,6 +116,8 @@ impl ThrottleReason {
             Self::ReservedConcurrency => "ReservedFunctionConcurrentInvocationLimitExceeded",
             Self::AccountConcurrency => "ConcurrentInvocationLimitExceeded",
             Self::EventQueue => "FunctionInvocationRateLimitExceeded",
+            // Lambda's nearest: the account's capacity, here the node's.
+            Self::Memory => "ConcurrentInvocationLimitExceeded",
         }
     }
 
@@ -122,6 +126,7 @@ impl ThrottleReason {
             Self::ReservedConcurrency => "reserved concurrency",
             Self::AccountConcurrency => "global concurrency limit",
             Self::EventQueue => "queue of asynchronous invocations",
+            Self::Memory => "memory budget for execution environments (MB)",
         }
     }
 }

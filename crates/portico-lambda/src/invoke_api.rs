@@ -603,7 +603,6 @@ fn revision_id(spec: &FunctionSpec) -> String {
 /// GetAccountSettings: the runtime's concurrency and Lambda's code-size limits.
 fn account_settings(rt: &Runtime) -> ApiResponse {
     let total = rt.max_concurrency();
-    let reserved: usize = rt.functions().filter_map(|f| f.reserved_concurrency).sum();
     let code: u64 = rt.functions().map(|f| f.code.size).sum();
     ok_json(json!({
         "AccountLimit": {
@@ -611,7 +610,7 @@ fn account_settings(rt: &Runtime) -> ApiResponse {
             "CodeSizeUnzipped": CODE_SIZE_UNZIPPED,
             "CodeSizeZipped": CODE_SIZE_ZIPPED,
             "ConcurrentExecutions": total,
-            "UnreservedConcurrentExecutions": total.saturating_sub(reserved),
+            "UnreservedConcurrentExecutions": rt.unreserved_concurrency(),
         },
         "AccountUsage": {
             "TotalCodeSize": code,

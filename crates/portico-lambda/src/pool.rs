@@ -1,5 +1,12 @@
 //! The execution environments of one function: warm ones reused, new ones created on
-//! demand, up to the function's reserved concurrency.
+//! demand.
+//!
+//! How many may run is Lambda's model: a function with reserved concurrency runs up to it,
+//! and only it; the others share what the reservations leave of the runtime's concurrency
+//! (the unreserved pool). And every environment, busy or warm, holds its memory size from
+//! the node's [`Memory`] budget: a new one that does not fit first stops warm environments
+//! of any function, the longest unused first, and is throttled only when that is not
+//! enough. So no caller can start more processes than the node can hold.
 
 use crate::environment::Environment;
 use crate::logs::LogBook;
@@ -37,14 +44,63 @@ impl Limit {
             .try_acquire_owned()
             .map_err(|_| self.size)
     }
+
+    /// A permit, once one is free (in the order they were asked for).
+    pub(crate) async fn acquire(&self) -> OwnedSemaphorePermit {
+        match self.permits.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            // The semaphore is never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
-/// What every invocation shares: the runtime-wide concurrency limit (Lambda's account
-/// limit), the owner of the environments' tasks, and the shutdown signal.
+/// What every invocation shares: the unreserved concurrency (Lambda's account limit less
+/// the reservations), the memory budget, every pool (for room in it), the owner of the
+/// environments' tasks, and the shutdown signal.
 pub(crate) struct Shared {
-    pub(crate) global: Limit,
+    pub(crate) unreserved: Limit,
+    pub(crate) memory: Memory,
+    pub(crate) pools: Vec<Arc<Pool>>,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// The node's memory for execution environments, in MB: each holds its function's memory
+/// size from it while it lives.
+pub(crate) struct Memory {
+    permits: Arc<Semaphore>,
+    budget_mb: usize,
+}
+
+impl Memory {
+    pub(crate) fn new(budget_mb: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(budget_mb.min(Semaphore::MAX_PERMITS))),
+            budget_mb,
+        }
+    }
+
+    /// The budget.
+    pub(crate) fn budget_mb(&self) -> usize {
+        self.budget_mb
+    }
+
+    /// MB held by environments now.
+    pub(crate) fn held_mb(&self) -> usize {
+        self.budget_mb
+            .saturating_sub(self.permits.available_permits())
+    }
+
+    fn try_take(&self, mb: u32) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_many_owned(mb).ok()
+    }
+}
+
+/// An environment and the memory it holds.
+struct Held {
+    env: Environment,
+    _memory: OwnedSemaphorePermit,
 }
 
 /// Environments of one function.
@@ -52,7 +108,7 @@ pub(crate) struct Pool {
     spec: Arc<FunctionSpec>,
     /// Warm environments with the time each went idle, most recently used last (reused
     /// first, so the others can idle out).
-    idle: Mutex<Vec<(Environment, Instant)>>,
+    idle: Mutex<Vec<(Held, Instant)>>,
     /// The function's reserved concurrency, when it has one.
     reserved: Option<Limit>,
     /// The function's log, written by all its environments.
@@ -78,49 +134,104 @@ impl Pool {
         &self.book
     }
 
-    /// Runs one invocation on a warm environment, or on a new one.
+    /// Runs one invocation on a warm environment, or on a new one; throttled when the
+    /// function's concurrency or the node's memory is spent. With `wait_until`, it waits
+    /// for concurrency until then instead (asynchronous invocations: back-pressure in
+    /// arrival order, not a busy retry).
     pub(crate) async fn invoke(
         &self,
         invocation: Invocation,
         shared: &Shared,
+        wait_until: Option<tokio::time::Instant>,
     ) -> Result<InvokeOutput, InvokeError> {
-        let _reserved = match &self.reserved {
-            Some(limit) => Some(
-                limit
-                    .try_acquire()
-                    .map_err(|size| self.throttled(size, ThrottleReason::ReservedConcurrency))?,
-            ),
-            None => None,
+        let (limit, reason) = match &self.reserved {
+            Some(limit) => (limit, ThrottleReason::ReservedConcurrency),
+            None => (&shared.unreserved, ThrottleReason::AccountConcurrency),
         };
-        let _global = shared
-            .global
-            .try_acquire()
-            .map_err(|size| self.throttled(size, ThrottleReason::AccountConcurrency))?;
-        let warm = self.take_idle();
-        let mut env = match warm {
-            Some(env) => env,
+        let _concurrency = match wait_until {
+            Some(deadline) => tokio::select! {
+                permit = limit.acquire() => permit,
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(self.throttled(limit.size(), reason));
+                }
+                () = shared.shutdown.cancelled() => return Err(InvokeError::ShuttingDown),
+            },
+            None => limit
+                .try_acquire()
+                .map_err(|size| self.throttled(size, reason))?,
+        };
+        let held = match self.take_idle() {
+            Some(held) => held,
             None => {
-                Environment::start(
+                let memory = self.memory_for_new(shared)?;
+                let env = Environment::start(
                     self.spec.clone(),
                     self.book.clone(),
                     &shared.tracker,
                     &shared.shutdown,
                 )
-                .await?
+                .await?;
+                Held {
+                    env,
+                    _memory: memory,
+                }
             }
         };
-        let output = env.invoke(invocation).await;
-        if env.is_reusable() && !shared.shutdown.is_cancelled() {
-            self.lock_idle().push((env, Instant::now()));
+        let mut held = held;
+        let output = held.env.invoke(invocation).await;
+        if held.env.is_reusable() && !shared.shutdown.is_cancelled() {
+            self.lock_idle().push((held, Instant::now()));
         }
         Ok(output)
     }
 
-    fn take_idle(&self) -> Option<Environment> {
+    /// Memory for a new environment: from the budget, after stopping the warm environments
+    /// unused the longest (of any function) when it is spent; throttled when even that is
+    /// not enough.
+    fn memory_for_new(&self, shared: &Shared) -> Result<OwnedSemaphorePermit, InvokeError> {
+        let mb = self.spec.memory_size_mb;
+        loop {
+            if let Some(permit) = shared.memory.try_take(mb) {
+                return Ok(permit);
+            }
+            let oldest = shared
+                .pools
+                .iter()
+                .filter_map(|pool| pool.oldest_idle().map(|since| (since, pool)))
+                .min_by_key(|(since, _)| *since);
+            let Some((_, pool)) = oldest else {
+                return Err(self.throttled(shared.memory.budget_mb(), ThrottleReason::Memory));
+            };
+            if pool.retire_oldest() {
+                tracing::info!(
+                    function = pool.spec.name,
+                    for_function = self.spec.name,
+                    "warm execution environment stopped: memory for a new one"
+                );
+            }
+        }
+    }
+
+    /// When the warm environment unused the longest went idle.
+    fn oldest_idle(&self) -> Option<Instant> {
+        self.lock_idle().first().map(|(_, since)| *since)
+    }
+
+    /// Stops the warm environment unused the longest; whether there was one.
+    fn retire_oldest(&self) -> bool {
+        let oldest = {
+            let mut idle = self.lock_idle();
+            (!idle.is_empty()).then(|| idle.remove(0))
+        };
+        // Dropped outside the lock: dropping an environment stops its process.
+        oldest.is_some()
+    }
+
+    fn take_idle(&self) -> Option<Held> {
         let mut idle = self.lock_idle();
-        while let Some((env, _)) = idle.pop() {
-            if env.is_reusable() {
-                return Some(env);
+        while let Some((held, _)) = idle.pop() {
+            if held.env.is_reusable() {
+                return Some(held);
             }
         }
         None
@@ -128,11 +239,11 @@ impl Pool {
 
     /// Stops the environments idle for longer than `idle_timeout`; returns how many.
     pub(crate) fn retire_idle(&self, idle_timeout: Duration) -> usize {
-        let retired: Vec<(Environment, Instant)> = {
+        let retired: Vec<(Held, Instant)> = {
             let mut idle = self.lock_idle();
-            let (keep, retire) = idle
-                .drain(..)
-                .partition(|(env, since)| env.is_reusable() && since.elapsed() < idle_timeout);
+            let (keep, retire) = idle.drain(..).partition(|(held, since)| {
+                held.env.is_reusable() && since.elapsed() < idle_timeout
+            });
             *idle = keep;
             retire
         };
@@ -140,7 +251,12 @@ impl Pool {
         retired.len()
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<(Environment, Instant)>> {
+    /// Environments warm now.
+    pub(crate) fn idle_count(&self) -> usize {
+        self.lock_idle().len()
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<(Held, Instant)>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -2,7 +2,7 @@
 //! shutdown sequence. Implements [`Invoker`].
 
 use crate::logs::LogBook;
-use crate::pool::{Limit, Pool, Shared};
+use crate::pool::{Limit, Memory, Pool, Shared};
 use crate::spec::FunctionSpec;
 use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker, ThrottleReason};
 use std::collections::HashMap;
@@ -20,7 +20,11 @@ pub const MAX_ASYNC_PAYLOAD_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// Most execution environments busy at once, across functions (Lambda's account limit).
+    /// Functions with reserved concurrency run within it; the others share what is left.
     pub max_concurrency: usize,
+    /// MB of memory execution environments may hold in all (each its function's memory
+    /// size, busy or warm).
+    pub memory_budget_mb: usize,
     /// How long a warm environment may sit unused before it is stopped.
     pub idle_timeout: Duration,
     /// Waits before the retries of a failed asynchronous invocation: Lambda retries twice,
@@ -45,6 +49,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         Self {
             max_concurrency: 1000,
+            memory_budget_mb: default_memory_budget_mb(),
             idle_timeout: Duration::from_secs(600),
             async_retry_delays: vec![Duration::from_secs(60), Duration::from_secs(120)],
             max_queued_events: 100_000,
@@ -58,6 +63,7 @@ impl Default for RuntimeOptions {
 /// Runs functions in execution environments.
 pub struct Runtime {
     pools: HashMap<String, Arc<Pool>>,
+    max_concurrency: usize,
     shared: Arc<Shared>,
     queued: Limit,
     /// Bytes of queued payload, a permit each.
@@ -72,12 +78,18 @@ impl Runtime {
     /// A runtime for `functions`; environments start on the first invocation. Called inside
     /// a tokio runtime, it also starts the task that retires idle environments.
     pub fn new(functions: Vec<FunctionSpec>, options: RuntimeOptions) -> Self {
+        let reserved: usize = functions
+            .iter()
+            .filter_map(|f| f.reserved_concurrency)
+            .sum();
         let pools: HashMap<String, Arc<Pool>> = functions
             .into_iter()
             .map(|spec| (spec.name.clone(), Arc::new(Pool::new(spec))))
             .collect();
         let shared = Arc::new(Shared {
-            global: Limit::new(options.max_concurrency),
+            unreserved: Limit::new(options.max_concurrency.saturating_sub(reserved)),
+            memory: Memory::new(options.memory_budget_mb),
+            pools: pools.values().cloned().collect(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
@@ -90,6 +102,7 @@ impl Runtime {
         }
         Self {
             pools,
+            max_concurrency: options.max_concurrency,
             shared,
             queued: Limit::new(options.max_queued_events),
             queued_bytes: Arc::new(tokio::sync::Semaphore::new(options.max_queued_event_bytes)),
@@ -102,7 +115,23 @@ impl Runtime {
 
     /// Most environments busy at once, across functions (the account's concurrency).
     pub fn max_concurrency(&self) -> usize {
-        self.shared.global.size()
+        self.max_concurrency
+    }
+
+    /// What functions without reserved concurrency share: the account's concurrency less
+    /// every reservation.
+    pub fn unreserved_concurrency(&self) -> usize {
+        self.shared.unreserved.size()
+    }
+
+    /// The memory budget of execution environments and what they hold of it now, in MB.
+    pub fn memory_mb(&self) -> (usize, usize) {
+        (self.shared.memory.budget_mb(), self.shared.memory.held_mb())
+    }
+
+    /// Warm (idle) environments now, across functions.
+    pub fn warm_environments(&self) -> usize {
+        self.pools.values().map(|p| p.idle_count()).sum()
     }
 
     /// The functions this runtime runs.
@@ -154,7 +183,7 @@ impl Runtime {
         let task = self
             .shared
             .tracker
-            .spawn(async move { pool.invoke(invocation, &shared).await });
+            .spawn(async move { pool.invoke(invocation, &shared, None).await });
         task.await.unwrap_or_else(|error| {
             tracing::error!(%error, "an invocation's task failed");
             Err(InvokeError::ShuttingDown)
@@ -240,7 +269,13 @@ impl Delivery {
         let mut wait = self.backoff.0;
         let mut attempt = 0;
         loop {
-            let result = self.pool.invoke(invocation.clone(), &self.shared).await;
+            // Waits for concurrency up to its maximum age (back-pressure); throttled still
+            // when the node's memory is short.
+            let deadline = queued + self.max_age;
+            let result = self
+                .pool
+                .invoke(invocation.clone(), &self.shared, Some(deadline))
+                .await;
             let failure = match result {
                 Ok(out) => out.function_error.map(|e| e.error_type),
                 Err(InvokeError::Throttled { .. }) => {
@@ -292,6 +327,25 @@ impl Delivery {
             _ = tokio::time::sleep(wait) => true,
         }
     }
+}
+
+/// The default memory budget of execution environments: three quarters of the node's
+/// memory (`MemTotal`), or 4 GB when that cannot be read.
+pub fn default_memory_budget_mb() -> usize {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                })
+        });
+    total_kb.map_or(4096, |kb| kb / 1024 * 3 / 4)
 }
 
 /// Stops environments idle for longer than `idle_timeout`, checking a few times per timeout.

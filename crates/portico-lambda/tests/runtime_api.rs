@@ -480,6 +480,162 @@ async fn the_global_limit_throttles_across_functions_and_names_the_limit() {
     rt.shutdown().await;
 }
 
+/// Processes of `function` now (the prober runs as `python3 prober.py`; tests run at once,
+/// so the function is told by its environment).
+fn probers(function: &str) -> usize {
+    let me = std::process::id().to_string();
+    let named = format!("AWS_LAMBDA_FUNCTION_NAME={function}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, r)| r.split_whitespace().nth(1));
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            ppid == Some(me.as_str())
+                && String::from_utf8_lossy(&cmdline).contains("prober.py")
+                && environ.split(|b| *b == 0).any(|v| v == named.as_bytes())
+        })
+        .count()
+}
+
+/// Environments hold their memory size from the node's budget, busy or warm: when it is
+/// held by busy ones the next is throttled; when warm ones hold it, the one unused the
+/// longest (of any function) is stopped to make room.
+#[tokio::test]
+async fn the_memory_budget_bounds_environments_and_warm_ones_make_room() {
+    // Room for two environments of 256 MB.
+    let rt = Arc::new(Runtime::new(
+        vec![prober("a", &[], None), prober("b", &[], None)],
+        RuntimeOptions {
+            memory_budget_mb: 600,
+            ..RuntimeOptions::default()
+        },
+    ));
+    let sleep = |function: &'static str| {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            invoke(&rt, function, json!({"action": "sleep", "seconds": 1})).await
+        })
+    };
+    let busy = [sleep("a"), sleep("a")];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = invoke(&rt, "b", json!({"action": "report"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        InvokeError::Throttled {
+            function: "b".into(),
+            limit: 600,
+            reason: ThrottleReason::Memory,
+        }
+    );
+    for each in busy {
+        assert!(each.await.unwrap().is_ok());
+    }
+    assert_eq!(rt.warm_environments(), 2);
+    assert_eq!(rt.memory_mb(), (600, 512));
+    // b needs room: a's warm environment unused the longest goes.
+    let out = invoke(&rt, "b", json!({"action": "report"})).await.unwrap();
+    assert!(out.function_error.is_none());
+    assert_eq!(rt.warm_environments(), 2);
+    assert_eq!(rt.memory_mb(), (600, 512));
+    assert!(probers("a") + probers("b") <= 2);
+    rt.shutdown().await;
+}
+
+/// Lambda's unreserved model: functions without reserved concurrency share the account's
+/// concurrency less the reservations, so a reservation is always there for its function.
+#[tokio::test]
+async fn reservations_are_kept_from_the_functions_without_one() {
+    let rt = Arc::new(Runtime::new(
+        vec![
+            prober("reserved", &[], Some(1)),
+            prober("shared", &[], None),
+        ],
+        RuntimeOptions {
+            max_concurrency: 2,
+            ..RuntimeOptions::default()
+        },
+    ));
+    assert_eq!(rt.unreserved_concurrency(), 1);
+    let slow = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            invoke(&rt, "shared", json!({"action": "sleep", "seconds": 1})).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = invoke(&rt, "shared", json!({"action": "report"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InvokeError::Throttled {
+                limit: 1,
+                reason: ThrottleReason::AccountConcurrency,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The reservation was kept for its function.
+    assert!(
+        invoke(&rt, "reserved", json!({"action": "report"}))
+            .await
+            .is_ok()
+    );
+    assert!(slow.await.unwrap().is_ok());
+    rt.shutdown().await;
+}
+
+/// A burst of `Event` invocations runs through the pool as capacity frees, in order,
+/// without starting more environments than the budget holds, and every one runs once.
+#[tokio::test]
+async fn a_burst_of_events_runs_within_the_budget_and_every_event_runs() {
+    let dir = std::env::temp_dir().join(format!("portico-burst-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = Arc::new(Runtime::new(
+        vec![prober("burst", &[], None)],
+        RuntimeOptions {
+            memory_budget_mb: 600,
+            throttle_backoff: (Duration::from_millis(20), Duration::from_millis(100)),
+            ..RuntimeOptions::default()
+        },
+    ));
+    let logs: Vec<_> = (0..12).map(|i| dir.join(format!("event-{i}"))).collect();
+    for log in &logs {
+        rt.invoke_event(Invocation {
+            function: "burst".into(),
+            payload: Bytes::from(
+                json!({"action": "flaky", "log": log, "fails": 0, "hold": 0.1}).to_string(),
+            ),
+            ..Invocation::default()
+        })
+        .unwrap();
+    }
+    let mut most = 0;
+    let began = std::time::Instant::now();
+    while logs.iter().any(|l| attempts(l) == 0) {
+        most = most.max(probers("burst"));
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "events still waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most <= 2, "{most} function processes at once");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(logs.iter().all(|l| attempts(l) == 1));
+    rt.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn idle_environments_are_retired_and_the_next_call_starts_a_new_one() {
     let options = RuntimeOptions {

@@ -145,6 +145,12 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
             idle_timeout: Duration::from_secs(u64::from(
                 config.runtime.environment_idle_timeout_seconds,
             )),
+            memory_budget_mb: config
+                .runtime
+                .memory_budget_mb
+                .map_or_else(portico_lambda::runtime::default_memory_budget_mb, |mb| {
+                    mb as usize
+                }),
             ..RuntimeOptions::default()
         },
     ));

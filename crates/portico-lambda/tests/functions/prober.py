@@ -76,6 +76,7 @@ while True:
             f.write("attempt\n")
         with open(event["log"]) as f:
             attempts = len(f.readlines())
+        time.sleep(event.get("hold", 0))
         if attempts <= event["fails"]:
             call("POST", "invocation/%s/error" % rid, json.dumps({"errorMessage": "flaky", "errorType": "Flaky"}).encode())
         else:
