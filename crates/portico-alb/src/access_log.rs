@@ -144,6 +144,8 @@ pub struct Outcome {
     pub redirect_url: Option<String>,
     /// ALB's error reason (Lambda targets); none is `-`.
     pub error_reason: Option<&'static str>,
+    /// The desync classification of a request that is not compliant.
+    pub classification: Option<crate::desync::Classification>,
     /// Whether an access log will read this outcome: the fields only it reads (the target
     /// group's ARN, the two times) are filled only then, so a request without one takes
     /// no clock readings and makes no copies for them.
@@ -255,7 +257,12 @@ impl Record {
         quoted(&mut out, &target);
         out.push(' ');
         quoted(&mut out, &target_status);
-        let _ = writeln!(out, " \"-\" \"-\" {}", self.conn_trace_id);
+        let classification = self.outcome.classification;
+        out.push(' ');
+        quoted(&mut out, classification.map_or("-", |c| c.tier));
+        out.push(' ');
+        quoted(&mut out, classification.map_or("-", |c| c.reason));
+        let _ = writeln!(out, " {}", self.conn_trace_id);
         out
     }
 }
@@ -354,6 +361,7 @@ mod tests {
                 trace_id: Some(http::HeaderValue::from_static("Root=1-x")),
                 redirect_url: None,
                 error_reason: None,
+                classification: None,
                 logged: true,
             },
             status: 200,
@@ -371,6 +379,15 @@ mod tests {
              \"GET http://example.com:80/a?b=1 HTTP/1.1\" \"curl/8.0 \\\"x\\\"\" - - arn:tg \
              \"Root=1-x\" \"-\" \"-\" 0 1970-01-01T00:00:00.000000Z \"forward\" \"-\" \"-\" \
              \"10.0.0.1:80\" \"200\" \"-\" \"-\" TID_1\n"
+        );
+        record.outcome.classification = Some(crate::desync::Classification {
+            tier: "Ambiguous",
+            reason: "SuspiciousHeader",
+        });
+        let line = record.line(300, received, SystemTime::UNIX_EPOCH);
+        assert!(
+            line.ends_with(" \"Ambiguous\" \"SuspiciousHeader\" TID_1\n"),
+            "{line}"
         );
         record.kind = "h2";
         record.tls = Some(crate::tls::Negotiated {

@@ -5,6 +5,7 @@
 
 use crate::access_log::{AccessLog, LoggedBody, Outcome, Record};
 use crate::body::Body;
+use crate::desync::Verdict;
 use crate::error::LbError;
 use crate::forwarded::Origin;
 use crate::lambda_target;
@@ -52,6 +53,8 @@ pub struct Context {
     pub access_log: Option<AccessLog>,
     /// How the forwarded headers are made (the load balancer's attributes).
     pub forwarding: crate::forwarded::Forwarding,
+    /// What happens to HTTP/1 requests that are not RFC 7230 compliant.
+    pub desync: portico_config::model::DesyncMitigationMode,
 }
 
 /// The connection a request came on.
@@ -94,7 +97,22 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
     };
     let mut cors = None;
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut response = match respond(ctx, conn.client, req, &mut outcome, &mut cors).await {
+    let (verdict, classification) = crate::desync::classify(&req, ctx.desync);
+    outcome.classification = classification;
+    let mut req = req;
+    let answer = match verdict {
+        Verdict::Refuse => Err(LbError::BadRequest(format!(
+            "desync mitigation: a {} request ({})",
+            classification.map_or("-", |c| c.tier),
+            classification.map_or("-", |c| c.reason)
+        ))),
+        Verdict::ForwardAndClose => {
+            req.extensions_mut().insert(crate::desync::CloseAfter);
+            respond(ctx, conn.client, req, &mut outcome, &mut cors).await
+        }
+        Verdict::Forward => respond(ctx, conn.client, req, &mut outcome, &mut cors).await,
+    };
+    let mut response = match answer {
         Ok(response) => response,
         Err(LbError::Gateway(rejection)) => {
             // Refusals are the gateway working, and can come by the thousand: counted in
@@ -114,6 +132,12 @@ pub async fn handle(ctx: &Context, conn: &Connection, req: Request<Incoming>) ->
     };
     if let Some(cors) = cors.and_then(Policy::cors) {
         cors.decorate(origin.as_ref(), response.headers_mut());
+    }
+    if verdict == Verdict::ForwardAndClose {
+        // hyper closes the client's connection after a response that says so.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     tracing::debug!(
         client = %conn.client, %method, path = uri.path(), status = response.status().as_u16(),

@@ -301,6 +301,16 @@ impl HttpTargetGroup {
         }
         strip_hop_by_hop(&mut parts.headers);
         forwarded::apply(&mut parts.headers, origin);
+        if parts
+            .extensions
+            .get::<crate::desync::CloseAfter>()
+            .is_some()
+        {
+            // An ambiguous request: the target's connection ends with it, as the client's.
+            parts
+                .headers
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
         if outcome.logged {
             outcome.trace_id = parts.headers.get(forwarded::X_AMZN_TRACE_ID).cloned();
         }

@@ -22,6 +22,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod desync;
 pub mod error;
 pub mod event;
 pub mod fixed_response;

@@ -66,6 +66,8 @@ pub struct ListenerSpec {
     pub http2: bool,
     /// How the forwarded headers are made.
     pub forwarding: crate::forwarded::Forwarding,
+    /// What happens to HTTP/1 requests that are not RFC 7230 compliant.
+    pub desync: portico_config::model::DesyncMitigationMode,
 }
 
 /// How long a connection may take to send its PROXY header.
@@ -108,6 +110,7 @@ pub async fn serve(
         elb: spec.elb.as_str().into(),
         access_log: spec.access_log.clone(),
         forwarding: spec.forwarding,
+        desync: spec.desync,
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

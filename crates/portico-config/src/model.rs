@@ -552,6 +552,26 @@ pub struct LoadBalancer {
     /// port other than 80 (HTTP) or 443 (HTTPS) appends its port to a `Host` without one.
     #[serde(default)]
     pub preserve_host_header: bool,
+    /// How HTTP/1 requests that are not RFC 7230 compliant are treated (ALB's
+    /// `routing.http.desync_mitigation_mode`): `monitor` forwards everything, `defensive`
+    /// (the default) refuses the severe ones and closes the connection after ambiguous ones,
+    /// `strictest` refuses every one that is not compliant.
+    #[serde(default)]
+    pub desync_mitigation_mode: DesyncMitigationMode,
+}
+
+/// ALB's `routing.http.desync_mitigation_mode`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DesyncMitigationMode {
+    /// Every request is forwarded; the classification is only logged.
+    Monitor,
+    /// Severe requests are refused (400); ambiguous ones are forwarded, and the client's
+    /// and the target's connections closed after them.
+    #[default]
+    Defensive,
+    /// Only compliant requests are forwarded.
+    Strictest,
 }
 
 /// ALB's `routing.http.xff_header_processing.mode`.

@@ -342,6 +342,7 @@ async fn start(
                     xff_client_port: lb.xff_client_port,
                     preserve_host_header: lb.preserve_host_header,
                 },
+                desync: lb.desync_mitigation_mode,
             };
             tasks.spawn(portico_alb::serve(
                 listener,

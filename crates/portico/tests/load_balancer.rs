@@ -753,6 +753,87 @@ fn requests_alb_refuses_get_albs_status_codes() {
     assert_eq!(curl(None, &[&url]).status, 200);
 }
 
+/// Sends `request` on a new connection and reads until the load balancer closes it (or
+/// nothing more comes for 1.5 s): everything it answered, and whether it closed.
+fn exchange_raw(lb: SocketAddr, request: &str) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(lb).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+/// ALB's desync mitigation modes with AWS's own classifier: `defensive` (the default)
+/// refuses a severe request and closes the connection after an ambiguous one, `strictest`
+/// refuses anything not compliant, `monitor` forwards everything; the access log carries
+/// the classification and its reason.
+#[test]
+fn desync_mitigation_modes_treat_requests_as_alb_does() {
+    let scratch = Scratch::new("desync");
+    let log = scratch.0.join("access.log");
+    let severe = "POST /x HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n";
+    let ambiguous = "GET /x HTTP/1.1\r\nHost: a.example\r\nTransfer_Encoding: chunked\r\n\r\n";
+    let acceptable = "GET /x HTTP/1.1\r\nHost: a.example\r\nContent-Length: 0\r\n\r\n";
+    {
+        let portico = Portico::start(&hello_config(&format!(
+            "access_logs = {{ enabled = true, destination = {:?} }}",
+            log.display()
+        )));
+        let lb = lb(&portico);
+        let (answer, _) = exchange_raw(lb, severe);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        let (answer, closed) = exchange_raw(lb, ambiguous);
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{answer}"
+        );
+        assert!(closed, "the connection closes after an ambiguous request");
+        let (answer, closed) = exchange_raw(lb, acceptable);
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(!closed, "an acceptable request keeps its connection");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Vec<String>> = text.lines().map(fields).collect();
+    let classified: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|f| (f[8].as_str(), f[27].as_str(), f[28].as_str()))
+        .collect();
+    assert_eq!(
+        classified,
+        [
+            ("400", "Severe", "MultipleTransferEncodingChunked"),
+            ("200", "Ambiguous", "SuspiciousHeader"),
+            ("200", "Acceptable", "GetHeadZeroContentLength"),
+        ],
+        "{text}"
+    );
+
+    let strictest = Portico::start(&hello_config("desync_mitigation_mode = \"strictest\""));
+    let (answer, _) = exchange_raw(lb(&strictest), acceptable);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    drop(strictest);
+    let monitor = Portico::start(&hello_config("desync_mitigation_mode = \"monitor\""));
+    let (answer, _) = exchange_raw(
+        lb(&monitor),
+        &severe.replace("HTTP/1.1\r\n", "HTTP/1.1\r\nConnection: close\r\n"),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
 /// A response shaped like hyper's automatic reply to a malformed head (a 4xx with no body),
 /// which the listener holds back until it knows which it is, reaches the client whole and
 /// in order, and the connection serves the next request.
