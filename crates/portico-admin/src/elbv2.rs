@@ -519,3 +519,17 @@ fn describe_target_health(
     xml.close("TargetHealthDescriptions");
     Ok(())
 }
+
+#[cfg(test)]
+mod fuzz {
+    /// Any Query request body, against no target groups: an answer, never a panic.
+    #[test]
+    fn fuzz_elbv2_query() {
+        let groups = std::collections::BTreeMap::new();
+        let own = ["127.0.0.1:9002".parse().expect("an address")];
+        portico_fuzz::check("elbv2_query", |data| {
+            let (_, xml) = super::handle(&groups, &own, data);
+            assert!(xml.starts_with("<"));
+        });
+    }
+}

@@ -44,3 +44,6 @@ mod upstream;
 pub use listener::{ListenerSpec, serve};
 pub use router::Router;
 pub use target_group::{LambdaTargetGroup, TargetGroup};
+
+#[cfg(test)]
+mod fuzz;

@@ -352,6 +352,12 @@ region = "local"
 health_check_interval_seconds = 10
 endpoints = [{{ address = "127.0.0.1:{backend}" }}]
 
+# Every client of the bench is 127.0.0.1, and it holds thousands of idle connections: as
+# HAProxy's maxconn is set for them, so are portico's limits.
+[limits]
+connections_per_client = 0
+reserved_descriptors = 256
+
 [invoke_api]
 enabled = false
 [admin_api]

@@ -390,3 +390,29 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// Any bytes as a target's response: the head parsed, and a chunked body decoded in
+    /// pieces of every size, never a panic.
+    #[test]
+    fn fuzz_h1_response() {
+        portico_fuzz::check("h1_response", |data| {
+            let _ = crate::response::parse_all(data, false);
+            let _ = crate::response::parse_all(data, true);
+            for step in [1, 7, data.len().max(1)] {
+                let mut decoder = Decoder::Chunked(Chunk::Size, 0);
+                let mut buf = BytesMut::new();
+                for piece in data.chunks(step) {
+                    buf.extend_from_slice(piece);
+                    while let Ok(Some(_)) = decoder.decode(&mut buf) {}
+                    if decoder.is_done() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}

@@ -197,3 +197,22 @@ mod tests {
         assert!(matches!(err, Err(ProxyHeaderError::Timeout(_))), "{err:?}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    /// Any bytes where a PROXY v2 header is expected: an address, `None` or an error.
+    #[test]
+    fn fuzz_proxy_v2() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        portico_fuzz::check("proxy_v2", |data| {
+            let mut stream = data;
+            let _ = rt.block_on(super::read_header(
+                &mut stream,
+                std::time::Duration::from_secs(1),
+            ));
+        });
+    }
+}

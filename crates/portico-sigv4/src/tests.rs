@@ -196,3 +196,18 @@ fn malformed_authorizations_are_refused_with_their_reason() {
         assert!(matches!(got, Err(Refusal::Malformed(_))), "{bad}: {got:?}");
     }
 }
+
+/// Any `Authorization` value, on any request: a verdict, never a panic.
+#[test]
+fn fuzz_sigv4() {
+    let keys = AccessKeys::new([example_key()]);
+    let now = at("20150830T123600Z");
+    portico_fuzz::check("sigv4", |data| {
+        let Ok(value) = http::HeaderValue::from_bytes(data) else {
+            return;
+        };
+        let mut parts = suite_request("GET", "/a%2Fb?c=%zz&d", &"0".repeat(64));
+        parts.headers.insert("authorization", value);
+        let _ = verify(Signable::of(&parts, data), &keys, "service", now);
+    });
+}

@@ -44,9 +44,10 @@ const EDGE_LIMITS: portico_accept::Limits = portico_accept::Limits {
     drain: LISTENER_LIMITS.drain,
 };
 
-/// Descriptors one connection to a static IP holds: the client's socket, the edge's
-/// connection to its endpoint, and the load balancer's end of it when that is on this node.
-const EDGE_CONNECTION_DESCRIPTORS: usize = 3;
+/// Descriptors one connection to a static IP holds: the client's socket and the edge's
+/// connection to its endpoint; one more when that endpoint is a load balancer on this node
+/// (its end of the connection).
+const EDGE_CONNECTION_DESCRIPTORS: usize = 2;
 
 /// Descriptors one connection to a load balancer listener holds: the client's socket and a
 /// connection to an HTTP target. Connections from loopback (this node's edge) draw nothing:
@@ -83,9 +84,12 @@ impl Protection {
         }
     }
 
-    fn edge(&self) -> portico_accept::Admission {
+    /// For the static IPs; `local_endpoints` when some endpoint is a load balancer bound
+    /// on this node.
+    fn edge(&self, local_endpoints: bool) -> portico_accept::Admission {
+        let cost = EDGE_CONNECTION_DESCRIPTORS + usize::from(local_endpoints);
         portico_accept::Admission {
-            descriptors: Some((self.descriptors.clone(), EDGE_CONNECTION_DESCRIPTORS)),
+            descriptors: Some((self.descriptors.clone(), cost)),
             per_client: self.per_client.clone(),
             loopback_free: false,
         }
@@ -358,7 +362,17 @@ async fn start(
     }
     let accelerator = match &config.accelerator {
         Some(acc) => {
-            let admission = protection.edge();
+            let local = acc
+                .listeners
+                .iter()
+                .flat_map(|l| acc.groups_of(l))
+                .flat_map(|g| &g.endpoints)
+                .any(|e| {
+                    e.load_balancer
+                        .as_ref()
+                        .is_some_and(|lb| bound.contains_key(lb))
+                });
+            let admission = protection.edge(local);
             Some(start_edge(acc, full, bound, (admission, shutdown, tasks), banner).await?)
         }
         None => None,
