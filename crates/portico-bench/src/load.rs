@@ -210,7 +210,7 @@ impl Connection {
         let response = self.sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
-        if status != http::StatusCode::OK && status != http::StatusCode::NO_CONTENT {
+        if !status.is_success() {
             bail!("{status}: {}", String::from_utf8_lossy(&body));
         }
         if body.windows(9).any(|w| w == b"errorType") {

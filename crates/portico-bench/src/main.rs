@@ -9,7 +9,9 @@
 //! - `invoke`: the function runtime against `cargo lambda watch`;
 //! - `lb`: the load balancer against HAProxy and nginx, with `backend` as their target;
 //! - `edge`: the accelerator's TCP forwarding against HAProxy in TCP mode, with its own
-//!   `tcp-backend`.
+//!   `tcp-backend`;
+//! - `soak`: a whole node under normal traffic and attacks for minutes, its resources
+//!   reported as it goes.
 
 mod backend;
 mod edge;
@@ -18,6 +20,7 @@ mod invoke;
 mod lb;
 mod load;
 mod servers;
+mod soak;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -46,6 +49,10 @@ enum Command {
     Edge(edge::Options),
     /// The TCP backend of the `edge` benchmark (started by it).
     TcpBackend(edge::BackendOptions),
+    /// A node under normal traffic at half its capacity and under attack (slow clients,
+    /// aborts, connection floods, queued events), its memory, descriptors and function
+    /// processes reported as it goes.
+    Soak(soak::Options),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +68,7 @@ fn main() -> ExitCode {
                         Command::Invoke(options) => invoke::run(options).await,
                         Command::Lb(options) => lb::run(options).await,
                         Command::Edge(options) => edge::run(options).await,
+                        Command::Soak(options) => soak::run(options).await,
                         Command::Backend(_) | Command::TcpBackend(_) => Ok(()),
                     }
                 })
