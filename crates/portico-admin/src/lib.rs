@@ -54,20 +54,23 @@ pub struct Admin {
     /// portico's own listening sockets (load balancers, APIs, static addresses), which
     /// `RegisterTargets` refuses as targets.
     pub own_listeners: Vec<std::net::SocketAddr>,
+    /// How long a request's body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
-/// Serves the admin API on `listener` until `shutdown` fires, then drains.
+/// Serves the admin API on `listener` until `shutdown` fires, then drains. A connection
+/// waits at most `idle_timeout` for a request head.
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
-    limits: portico_accept::Limits,
+    (limits, idle_timeout): (portico_accept::Limits, std::time::Duration),
     shutdown: CancellationToken,
 ) {
     let drained = portico_accept::serve_http1(
         ("admin API", None),
         listener,
         &shutdown,
-        (limits, portico_accept::API_HEAD_TIMEOUT),
+        (limits, idle_timeout),
         admin,
         |admin, req| async move { route(&admin, req).await },
     )
@@ -77,13 +80,10 @@ pub async fn serve(
     }
 }
 
-/// How long a request's body may take to arrive.
-const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
-
 async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = match tokio::time::timeout(
-        BODY_DEADLINE,
+        admin.body_timeout,
         Limited::new(body, MAX_REQUEST_BYTES).collect(),
     )
     .await

@@ -79,8 +79,8 @@ pub enum LbError {
         /// The time allowed.
         timeout: std::time::Duration,
     },
-    /// `TRACE`, which ALB does not support.
-    #[error("the TRACE method is not supported")]
+    /// `TRACE`, `CONNECT` or a method over 127 characters, which ALB does not take.
+    #[error("the method is not supported")]
     MethodNotAllowed,
     /// `X-Forwarded-For` with more addresses than ALB takes.
     #[error("X-Forwarded-For with {count} addresses, over the limit of {limit}")]

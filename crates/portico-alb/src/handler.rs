@@ -476,15 +476,25 @@ fn unsupported_coding(value: &HeaderValue) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The longest method Elastic Load Balancing takes.
+pub const MAX_METHOD_BYTES: usize = 127;
+
 /// Most addresses ALB takes in a request's `X-Forwarded-For`.
 pub const MAX_FORWARDED_FOR: usize = 30;
 
 /// What ALB refuses in a request head: 414 for a long request line, 400 for a long header
-/// or too many header bytes, 405 for `TRACE`, 463 for an `X-Forwarded-For` of more than 30
+/// or too many header bytes, 405 for `TRACE`, `CONNECT` and methods over 127 characters, 463 for an `X-Forwarded-For` of more than 30
 /// addresses, 501 for a transfer coding other than `chunked` or `identity`. Returns the
 /// header block's size in bytes, which the forwarded headers need too.
 fn check_head<B>(req: &Request<B>) -> Result<usize, LbError> {
-    if req.method() == http::Method::TRACE {
+    // TRACE, as ALB documents; CONNECT, which would make the load balancer a tunnel; and a
+    // method over 127 characters, as Elastic Load Balancing documents for its Classic
+    // load balancers.
+    let method = req.method();
+    if method == http::Method::TRACE
+        || method == http::Method::CONNECT
+        || method.as_str().len() > MAX_METHOD_BYTES
+    {
         return Err(LbError::MethodNotAllowed);
     }
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());

@@ -180,6 +180,13 @@ pub struct ApiListener<const PORT: u16> {
     /// only an API on loopback may do. Default none.
     #[serde(default)]
     pub access_keys: Vec<ApiAccessKey>,
+    /// How long a connection may take to send a request head, and stay open with none in
+    /// progress. Default 60 s (ALB's idle timeout).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u32,
+    /// How long a request's body may take to arrive. Default 60 s.
+    #[serde(default = "default_idle_timeout")]
+    pub body_timeout_seconds: u32,
 }
 
 impl<const PORT: u16> Default for ApiListener<PORT> {
@@ -189,7 +196,21 @@ impl<const PORT: u16> Default for ApiListener<PORT> {
             address: default_lb_address(),
             port: Port(PORT),
             access_keys: Vec::new(),
+            idle_timeout_seconds: default_idle_timeout(),
+            body_timeout_seconds: default_idle_timeout(),
         }
+    }
+}
+
+impl<const PORT: u16> ApiListener<PORT> {
+    /// The head and idle timeout.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.idle_timeout_seconds))
+    }
+
+    /// The body deadline.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.body_timeout_seconds))
     }
 }
 

@@ -75,30 +75,47 @@ struct Api {
     runtime: Arc<Runtime>,
     /// The keys whose signatures are accepted; none: requests are not checked.
     keys: portico_sigv4::AccessKeys,
+    /// How long a request's body may take.
+    body_timeout: std::time::Duration,
     shutdown: CancellationToken,
 }
 
 /// A request's body: as it arrives, or read whole to check its signature.
 type ReqBody = BoxBody<Bytes, std::io::Error>;
 
+/// How long a connection may wait for a request head (and idle between requests), and a
+/// request's body.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Head and idle.
+    pub idle: std::time::Duration,
+    /// Body.
+    pub body: std::time::Duration,
+}
+
+/// A request's body deadline, carried in its extensions to whatever reads the body.
+#[derive(Debug, Clone, Copy)]
+struct BodyDeadline(std::time::Duration);
+
 /// Serves the Invoke API for `runtime` on `listener` until `shutdown` fires. With `keys`,
 /// every request must be signed with one of them (AWS Signature Version 4).
 pub async fn serve(
     listener: TcpListener,
     runtime: Arc<Runtime>,
-    (limits, keys): (portico_accept::Limits, portico_sigv4::AccessKeys),
+    (limits, timeouts, keys): (portico_accept::Limits, Timeouts, portico_sigv4::AccessKeys),
     shutdown: CancellationToken,
 ) {
     let api = Arc::new(Api {
         runtime,
         keys,
+        body_timeout: timeouts.body,
         shutdown: shutdown.clone(),
     });
     let drained = portico_accept::serve_http1(
         ("invoke API", None),
         listener,
         &shutdown,
-        (limits, portico_accept::API_HEAD_TIMEOUT),
+        (limits, timeouts.idle),
         api,
         |api, req| async move { route(&api, req).await },
     )
@@ -111,6 +128,8 @@ pub async fn serve(
 type ApiResponse = Response<BoxBody<Bytes, Infallible>>;
 
 async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
+    let mut req = req;
+    req.extensions_mut().insert(BodyDeadline(api.body_timeout));
     let req = match authenticate(&api.keys, req).await {
         Ok(req) => req,
         Err(response) => return response,
@@ -291,21 +310,24 @@ async fn invoke_async(rt: &Runtime, name: &str, req: Request<ReqBody>) -> ApiRes
 
 /// The request body as a JSON payload (`{}` when empty), or the error answer: over `limit`,
 /// unreadable or not JSON.
-/// How long a request's body may take to arrive: a client that sends it slowly holds its
-/// connection and its buffer no longer than this.
+/// How long a request's body may take to arrive when nothing says otherwise: a client that
+/// sends it slowly holds its connection and its buffer no longer than this.
 const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The request's whole body, read within `limit` bytes and [`BODY_DEADLINE`], or the error
-/// answer.
-async fn read_body(body: ReqBody, limit: usize) -> Result<Bytes, ApiResponse> {
-    let read = tokio::time::timeout(BODY_DEADLINE, Limited::new(body, limit).collect());
+/// The request's whole body, read within `limit` bytes and `deadline`, or the error answer.
+async fn read_body(
+    body: ReqBody,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, ApiResponse> {
+    let read = tokio::time::timeout(deadline, Limited::new(body, limit).collect());
     let Ok(read) = read.await else {
         return Err(error(
             StatusCode::REQUEST_TIMEOUT,
             "RequestTimeoutException",
             &format!(
                 "The request body did not arrive within {} s",
-                BODY_DEADLINE.as_secs()
+                deadline.as_secs()
             ),
         ));
     };
@@ -330,7 +352,13 @@ async fn authenticate(
         return Ok(req.map(|body| body.map_err(io_error).boxed()));
     }
     let (parts, body) = req.into_parts();
-    let body = read_body(body.map_err(io_error).boxed(), MAX_SYNC_PAYLOAD_BYTES).await?;
+    let deadline = deadline_of(&parts.extensions);
+    let body = read_body(
+        body.map_err(io_error).boxed(),
+        MAX_SYNC_PAYLOAD_BYTES,
+        deadline,
+    )
+    .await?;
     let signable = portico_sigv4::Signable::of(&parts, &body);
     if let Err(refusal) = portico_sigv4::verify(signable, keys, "lambda", SystemTime::now()) {
         tracing::debug!(path = %parts.uri.path(), %refusal, "invoke API: request refused");
@@ -348,8 +376,16 @@ fn io_error(error: hyper::Error) -> std::io::Error {
     std::io::Error::other(error)
 }
 
+/// The body deadline a request carries.
+fn deadline_of(extensions: &http::Extensions) -> std::time::Duration {
+    extensions
+        .get::<BodyDeadline>()
+        .map_or(BODY_DEADLINE, |d| d.0)
+}
+
 async fn read_payload(req: Request<ReqBody>, limit: usize) -> Result<Bytes, ApiResponse> {
-    let payload = read_body(req.into_body(), limit).await?;
+    let deadline = deadline_of(req.extensions());
+    let payload = read_body(req.into_body(), limit, deadline).await?;
     let payload = if payload.is_empty() {
         Bytes::from_static(b"{}")
     } else {

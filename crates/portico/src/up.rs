@@ -272,7 +272,14 @@ async fn start(
         tasks.spawn(portico_lambda::invoke_api::serve(
             listener,
             runtime,
-            (LISTENER_LIMITS, access_keys(&api.access_keys)),
+            (
+                LISTENER_LIMITS,
+                portico_lambda::invoke_api::Timeouts {
+                    idle: api.idle_timeout(),
+                    body: api.body_timeout(),
+                },
+                access_keys(&api.access_keys),
+            ),
             shutdown.clone(),
         ));
     }
@@ -419,11 +426,12 @@ async fn start(
             per_client: protection.per_client.clone(),
             keys: access_keys(&api.access_keys),
             own_listeners,
+            body_timeout: api.body_timeout(),
         });
         tasks.spawn(portico_admin::serve(
             listener,
             admin,
-            LISTENER_LIMITS,
+            (LISTENER_LIMITS, api.idle_timeout()),
             shutdown.clone(),
         ));
     }

@@ -432,3 +432,55 @@ port = 0
         String::from_utf8_lossy(&status.stderr)
     );
 }
+
+/// The APIs' timeouts are the configured ones: a connection that never finishes its head is
+/// closed, and a body that dribbles gets 408, each after its timeout; the API still serves.
+#[test]
+fn the_apis_timeouts_cut_stalled_heads_and_bodies() {
+    let config = format!(
+        r#"
+{}
+[invoke_api]
+port = 0
+idle_timeout_seconds = 1
+body_timeout_seconds = 1
+
+[admin_api]
+port = 0
+idle_timeout_seconds = 1
+body_timeout_seconds = 1
+"#,
+        hello_target_group()
+    );
+    let portico = Portico::start(&config);
+    for api in [portico.invoke_api.unwrap(), portico.admin_api.unwrap()] {
+        let began = Instant::now();
+        let mut head = TcpStream::connect(api).unwrap();
+        head.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        head.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let mut rest = Vec::new();
+        let _ = head.read_to_end(&mut rest);
+        let waited = began.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "{api}: closed after {waited:?}"
+        );
+
+        let mut body = TcpStream::connect(api).unwrap();
+        body.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        body.write_all(
+            b"POST /2015-03-31/functions/hello/invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":",
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = body.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{api}: {answer}");
+    }
+    let ok = curl(
+        None,
+        &[&format!("http://{}/status", portico.admin_api.unwrap())],
+    );
+    assert_eq!(ok.status, 200);
+}

@@ -671,8 +671,15 @@ fn requests_alb_refuses_get_albs_status_codes() {
     let url = format!("http://{}/x", lb(&portico));
     let ok = curl(None, &[&url]);
     assert_eq!(ok.status, 200, "{ok:?}");
-    // TRACE: 405.
+    // TRACE, CONNECT and a method over 127 characters: 405.
     assert_eq!(curl(None, &["-X", "TRACE", &url]).status, 405);
+    let connect = raw_request(
+        lb(&portico),
+        "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+    );
+    assert!(connect.starts_with("HTTP/1.1 405 "), "{connect}");
+    assert_eq!(curl(None, &["-X", &"M".repeat(128), &url]).status, 405);
+    assert_eq!(curl(None, &["-X", &"M".repeat(127), &url]).status, 200);
     // More than 30 addresses in X-Forwarded-For: 463.
     let addresses = |n: usize| {
         (1..=n)
@@ -751,6 +758,11 @@ fn requests_alb_refuses_get_albs_status_codes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
     // The function is fine for the next request.
     assert_eq!(curl(None, &[&url]).status, 200);
+}
+
+/// Sends `request` on a new connection: what the load balancer answered, within 1.5 s.
+fn raw_request(lb: SocketAddr, request: &str) -> String {
+    exchange_raw(lb, request).0
 }
 
 /// Sends `request` on a new connection and reads until the load balancer closes it (or
