@@ -111,18 +111,37 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<(Held, Instant)>>,
     /// The function's reserved concurrency, when it has one.
     reserved: Option<Limit>,
+    /// The lanes of its asynchronous invocations.
+    events: Limit,
     /// The function's log, written by all its environments.
     book: Arc<LogBook>,
 }
 
 impl Pool {
-    pub(crate) fn new(spec: FunctionSpec) -> Self {
+    /// The pool of `spec`, whose asynchronous invocations run `event_lanes` at a time.
+    pub(crate) fn new(spec: FunctionSpec, event_lanes: usize) -> Self {
         let reserved = spec.reserved_concurrency.map(Limit::new);
         Self {
             book: Arc::new(LogBook::new(&spec.name)),
             spec: Arc::new(spec),
             idle: Mutex::new(Vec::new()),
             reserved,
+            events: Limit::new(event_lanes.max(1)),
+        }
+    }
+
+    /// Waits, until `deadline`, for one of the lanes asynchronous invocations run in: at
+    /// most half of what the function may run at once, so that a flood of events leaves
+    /// the other half to synchronous callers. `None` past the deadline or at shutdown.
+    pub(crate) async fn event_lane(
+        &self,
+        deadline: tokio::time::Instant,
+        shutdown: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            permit = self.events.acquire() => Some(permit),
+            () = tokio::time::sleep_until(deadline) => None,
+            () = shutdown.cancelled() => None,
         }
     }
 

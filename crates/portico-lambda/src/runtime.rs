@@ -82,12 +82,20 @@ impl Runtime {
             .iter()
             .filter_map(|f| f.reserved_concurrency)
             .sum();
+        let unreserved = options.max_concurrency.saturating_sub(reserved);
         let pools: HashMap<String, Arc<Pool>> = functions
             .into_iter()
-            .map(|spec| (spec.name.clone(), Arc::new(Pool::new(spec))))
+            .map(|spec| {
+                // Half of what the function may run at once: its concurrency, and the
+                // environments of its size the memory budget holds.
+                let concurrency = spec.reserved_concurrency.unwrap_or(unreserved);
+                let fit = options.memory_budget_mb / (spec.memory_size_mb.max(1) as usize);
+                let lanes = concurrency.min(fit) / 2;
+                (spec.name.clone(), Arc::new(Pool::new(spec, lanes)))
+            })
             .collect();
         let shared = Arc::new(Shared {
-            unreserved: Limit::new(options.max_concurrency.saturating_sub(reserved)),
+            unreserved: Limit::new(unreserved),
             memory: Memory::new(options.memory_budget_mb),
             pools: pools.values().cloned().collect(),
             tracker: TaskTracker::new(),
@@ -192,7 +200,10 @@ impl Runtime {
 
     /// Queues an asynchronous (`Event`) invocation and returns at once. The function runs in
     /// the background; when it fails it is retried after each of the configured delays, as
-    /// Lambda retries twice; then the event is dropped with a warning. While the function is
+    /// Lambda retries twice; then the event is dropped with a warning. Events run in lanes,
+    /// at most half of what the function may run at once (its concurrency, and the
+    /// environments of its size the memory budget holds), waiting in order for one, so that
+    /// a flood of events leaves the other half to synchronous callers; while the function is
     /// throttled the event waits, backing off, up to the maximum event age.
     pub fn invoke_event(&self, invocation: Invocation) -> Result<(), InvokeError> {
         if self.shared.shutdown.is_cancelled() {
@@ -269,13 +280,24 @@ impl Delivery {
         let mut wait = self.backoff.0;
         let mut attempt = 0;
         loop {
-            // Waits for concurrency up to its maximum age (back-pressure); throttled still
-            // when the node's memory is short.
+            // Waits for a lane, then for concurrency, up to its maximum age (back-pressure);
+            // throttled still when the node's memory is short.
+            // The lane is held for the attempt only, not through a retry's wait.
             let deadline = queued + self.max_age;
+            let Some(lane) = self.pool.event_lane(deadline, &self.shared.shutdown).await else {
+                if !self.shared.shutdown.is_cancelled() {
+                    tracing::warn!(
+                        function,
+                        "asynchronous invocation dropped: no lane free before its maximum age"
+                    );
+                }
+                return;
+            };
             let result = self
                 .pool
                 .invoke(invocation.clone(), &self.shared, Some(deadline))
                 .await;
+            drop(lane);
             let failure = match result {
                 Ok(out) => out.function_error.map(|e| e.error_type),
                 Err(InvokeError::Throttled { .. }) => {
