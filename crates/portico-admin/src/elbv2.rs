@@ -527,7 +527,7 @@ mod fuzz {
     fn fuzz_elbv2_query() {
         let groups = std::collections::BTreeMap::new();
         let own = ["127.0.0.1:9002".parse().expect("an address")];
-        portico_fuzz::check("elbv2_query", |data| {
+        portico_fuzz::check!("elbv2_query", |data: &[u8]| {
             let (_, xml) = super::handle(&groups, &own, data);
             assert!(xml.starts_with("<"));
         });

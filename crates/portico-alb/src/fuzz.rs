@@ -7,7 +7,7 @@ use crate::redirect::{Original, Redirect};
 /// A function's reply, in both header modes.
 #[test]
 fn fuzz_lambda_reply() {
-    portico_fuzz::check("lambda_reply", |data| {
+    portico_fuzz::check!("lambda_reply", |data: &[u8]| {
         let _ = crate::reply::into_response(data, false);
         let _ = crate::reply::into_response(data, true);
     });
@@ -16,7 +16,7 @@ fn fuzz_lambda_reply() {
 /// Any request becomes an event that serializes.
 #[test]
 fn fuzz_alb_event() {
-    portico_fuzz::check("alb_event", |data| {
+    portico_fuzz::check!("alb_event", |data: &[u8]| {
         let Some(raw) = portico_fuzz::raw_request(data) else {
             return;
         };
@@ -49,7 +49,7 @@ fn fuzz_alb_event() {
 /// for a request (its path?query and host on the next lines).
 #[test]
 fn fuzz_redirect() {
-    portico_fuzz::check("redirect", |data| {
+    portico_fuzz::check!("redirect", |data: &[u8]| {
         let text = String::from_utf8_lossy(data);
         let mut lines = text.split('\n');
         let mut next = || lines.next().unwrap_or_default().to_owned();
@@ -85,7 +85,7 @@ fn fuzz_redirect() {
 #[test]
 fn fuzz_desync() {
     use portico_config::model::DesyncMitigationMode as Mode;
-    portico_fuzz::check("desync", |data| {
+    portico_fuzz::check!("desync", |data: &[u8]| {
         let Some(raw) = portico_fuzz::raw_request(data) else {
             return;
         };

@@ -1,8 +1,8 @@
 //! The harness of portico's fuzz targets. Every parser of outside input has one: a `#[test]`
-//! in its crate that calls [`check`] with the target's name and a function that must never
+//! in its crate that calls [`check!`] with the target's name and a function that must never
 //! panic, whatever bytes it is given.
 //!
-//! [`check`] runs the target on
+//! [`check!`] runs the target on
 //! 1. each file of its checked-in seed corpus, `fuzz/corpus/TARGET/` (valid inputs, and the
 //!    inputs of bugs found so far);
 //! 2. mutations of those seeds (bits flipped, bytes inserted, removed, repeated, seeds
@@ -12,8 +12,12 @@
 //!
 //! How long 2 and 3 run: `PORTICO_FUZZ_MS` milliseconds for the mutations (default 300, so
 //! that `cargo test` stays quick), bolero's own `BOLERO_RANDOM_TEST_TIME_MS` or
-//! `BOLERO_RANDOM_ITERATIONS` for the rest; `scripts/fuzz` sets both. A failure prints the
-//! input, to be added to the corpus once fixed.
+//! `BOLERO_RANDOM_ITERATIONS` for the rest; `scripts/fuzz` sets both. Under a
+//! coverage-guided engine (`cfg(fuzzing)`), only the engine runs, started from the corpus
+//! (`scripts/fuzz --coverage`). A failure prints the input, to be added to the corpus once
+//! fixed.
+
+pub use bolero;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -43,9 +47,31 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Runs `target` on its seeds, their mutations and bolero's inputs; panics (failing the
-/// test) with the input when `run` panics on one.
-pub fn check(target: &str, run: impl Fn(&[u8])) {
+/// Runs a fuzz target: its seeds and their mutations ([`replay`]), then bolero's engine.
+/// Used in a `#[test]` of the crate whose parser it is: `portico_fuzz::check!("name", |data|
+/// parse(data))`.
+#[macro_export]
+macro_rules! check {
+    ($target:expr, $run:expr) => {{
+        let run = $crate::target($run);
+        if !cfg!(fuzzing) {
+            $crate::replay($target, &run);
+        }
+        // Panics are what the engine looks for; the target holds no state across inputs.
+        let run = ::std::panic::AssertUnwindSafe(run);
+        let run = &run;
+        $crate::bolero::check!().for_each(move |input: &[u8]| run(input));
+    }};
+}
+
+/// `run`, typed as a target: a function of any bytes.
+pub fn target<F: Fn(&[u8])>(run: F) -> F {
+    run
+}
+
+/// Runs `target` on its seeds and their mutations; panics (failing the test) with the input
+/// when `run` panics on one.
+pub fn replay(target: &str, run: &dyn Fn(&[u8])) {
     let seeds = seeds(target);
     assert!(
         !seeds.is_empty(),
@@ -82,10 +108,6 @@ pub fn check(target: &str, run: impl Fn(&[u8])) {
         runs += 1;
     }
     eprintln!("{target}: {} seeds, {runs} mutations", seeds.len());
-    // Panics are what the engine looks for; the target holds no state across inputs.
-    let run = AssertUnwindSafe(run);
-    let run = &run;
-    bolero::check!().for_each(move |input: &[u8]| run(input));
 }
 
 /// One mutation of a random seed.

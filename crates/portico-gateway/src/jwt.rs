@@ -288,7 +288,7 @@ mod fuzz {
             60,
             Arc::new(crate::jwks::Jwks::fixed(keys)),
         );
-        portico_fuzz::check("jwt", |data| {
+        portico_fuzz::check!("jwt", |data: &[u8]| {
             let _ = crate::jwks::KeySet::parse(data);
             let Ok(token) = Authorizer::token_of(data) else {
                 return;

@@ -399,7 +399,7 @@ mod fuzz {
     /// pieces of every size, never a panic.
     #[test]
     fn fuzz_h1_response() {
-        portico_fuzz::check("h1_response", |data| {
+        portico_fuzz::check!("h1_response", |data: &[u8]| {
             let _ = crate::response::parse_all(data, false);
             let _ = crate::response::parse_all(data, true);
             for step in [1, 7, data.len().max(1)] {

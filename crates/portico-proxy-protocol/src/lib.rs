@@ -207,7 +207,7 @@ mod fuzz {
             .enable_time()
             .build()
             .expect("a runtime");
-        portico_fuzz::check("proxy_v2", |data| {
+        portico_fuzz::check!("proxy_v2", |data: &[u8]| {
             let mut stream = data;
             let _ = rt.block_on(super::read_header(
                 &mut stream,

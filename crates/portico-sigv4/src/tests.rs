@@ -202,7 +202,7 @@ fn malformed_authorizations_are_refused_with_their_reason() {
 fn fuzz_sigv4() {
     let keys = AccessKeys::new([example_key()]);
     let now = at("20150830T123600Z");
-    portico_fuzz::check("sigv4", |data| {
+    portico_fuzz::check!("sigv4", |data: &[u8]| {
         let Ok(value) = http::HeaderValue::from_bytes(data) else {
             return;
         };
