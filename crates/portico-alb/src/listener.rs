@@ -247,6 +247,8 @@ async fn serve_http<I>(
 {
     let conn = Arc::new(conn);
     let activity = Arc::new(Activity::new());
+    let close = shutdown.child_token();
+    let resets = Arc::new(Resets::new(close.clone()));
     let service = {
         let ctx = listener.ctx.clone();
         let activity = activity.clone();
@@ -254,14 +256,15 @@ async fn serve_http<I>(
             let ctx = ctx.clone();
             let conn = conn.clone();
             let busy = activity.begin();
+            let unanswered = Unanswered(Some(resets.clone()));
             async move {
                 let response = handler::handle(&ctx, &conn, req).await;
+                unanswered.answered();
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }
         })
     };
-    let close = shutdown.child_token();
     let parking = malformed::Parking::default();
     let served = portico_accept::serve_connection(
         builder.serve_connection(TokioIo::new(Held::new(io, parking.clone())), service),
@@ -288,6 +291,71 @@ async fn serve_http<I>(
             }
         }
         () = watchdog => {}
+    }
+}
+
+/// Most requests a connection's client may abandon (an HTTP/2 stream reset, a closed
+/// connection) in [`RESET_WINDOW`]; past it the connection is closed. h2's own rapid-reset
+/// guard counts only streams reset before they were accepted; an abandoned invocation runs
+/// to its end (as on Lambda), so resetting accepted streams would otherwise start work for
+/// free.
+pub const MAX_RESETS: u32 = 100;
+
+/// The window [`MAX_RESETS`] is counted over.
+const RESET_WINDOW: Duration = Duration::from_secs(10);
+
+/// The requests a connection's client abandoned lately.
+struct Resets {
+    started: Instant,
+    /// Milliseconds from `started` at which the current window began.
+    window_ms: AtomicU64,
+    count: std::sync::atomic::AtomicU32,
+    close: CancellationToken,
+}
+
+impl Resets {
+    fn new(close: CancellationToken) -> Self {
+        Self {
+            started: Instant::now(),
+            window_ms: AtomicU64::new(0),
+            count: std::sync::atomic::AtomicU32::new(0),
+            close,
+        }
+    }
+
+    /// Counts one abandoned request; closes the connection past the limit.
+    fn count(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let window = self.window_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(window) > RESET_WINDOW.as_millis() as u64 {
+            self.window_ms.store(now, Ordering::Relaxed);
+            self.count.store(0, Ordering::Relaxed);
+        }
+        if self.count.fetch_add(1, Ordering::Relaxed) + 1 == MAX_RESETS + 1 {
+            tracing::warn!(
+                limit = MAX_RESETS,
+                "connection closed: its client abandoned too many requests"
+            );
+            self.close.cancel();
+        }
+    }
+}
+
+/// Counts its request as abandoned when dropped before its answer.
+struct Unanswered(Option<Arc<Resets>>);
+
+impl Unanswered {
+    /// The request got its answer: nothing to count.
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(resets) = self.0.take() {
+            resets.count();
+        }
     }
 }
 

@@ -615,3 +615,65 @@ memory_budget_mb = 512
     }
     assert!(rss_mb(portico.pid()) < 200);
 }
+
+/// An HTTP/2 client that opens streams and resets them before their answer (each would
+/// start work that runs to its end) loses its connection past the limit of abandoned
+/// requests; h2's own guard counts only streams reset before they were accepted. Other
+/// clients are served.
+#[test]
+fn a_client_that_abandons_many_requests_loses_its_connection() {
+    // A target that takes 3 s on `/slow`: each request is reset while it waits.
+    let backend = support::Backend::start("slow", 0);
+    let config = format!(
+        r#"
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = {{ type = "forward", target_group = "servers" }}
+
+[target_groups.servers]
+target_type = "ip"
+targets = ["{}"]
+
+[invoke_api]
+enabled = false
+"#,
+        backend.address()
+    );
+    let portico = Portico::start(&config);
+    let lb = portico.load_balancers[0].1;
+    let mut normal = KeepAlive::connect(lb);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (reset, ended) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(lb).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let mut reset = 0;
+        for i in 0..300 {
+            let Ok(mut client) = client.clone().ready().await else {
+                break;
+            };
+            let request = http::Request::get(format!("http://a.example/slow?{i}"))
+                .body(())
+                .unwrap();
+            let Ok((_response, mut stream)) = client.send_request(request, true) else {
+                break;
+            };
+            // Reset while the target works on it.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            stream.send_reset(h2::Reason::CANCEL);
+            reset += 1;
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .is_ok();
+        (reset, ended)
+    });
+    assert!(ended, "the connection was closed ({reset} streams reset)");
+    assert!(reset < 300, "refused before the end: {reset} streams reset");
+    let (status, _) = normal.get("/after");
+    assert_eq!(status, 200, "another client is served");
+}
