@@ -196,15 +196,3 @@ fn ignored_path(p: &serde_ignored::Path<'_>) -> String {
         }
     }
 }
-
-#[cfg(test)]
-mod fuzz {
-    /// Any topology file: a configuration or errors with their key paths, never a panic.
-    #[test]
-    fn fuzz_topology() {
-        portico_fuzz::check!("topology", |data: &[u8]| {
-            let text = String::from_utf8_lossy(data);
-            let _ = super::parse(&text, "fuzz.toml");
-        });
-    }
-}

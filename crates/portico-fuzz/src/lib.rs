@@ -220,3 +220,49 @@ mod tests {
         assert!(mutated.iter().filter(|m| m.starts_with(b"GET")).count() > 30);
     }
 }
+
+/// The targets of parsers whose crates have integration tests (which cargo-bolero would
+/// build with the engine's instrumentation, and fail to link): JWTs and JWKS documents,
+/// topology files.
+#[cfg(test)]
+mod targets {
+    use std::sync::Arc;
+
+    /// Any `Authorization` value: its token, a whole verification against a key set; and
+    /// the same bytes as a JWKS document. Never a panic.
+    #[test]
+    fn fuzz_jwt() {
+        use portico_gateway::jwks::{Jwks, KeySet};
+        use portico_gateway::jwt::Authorizer;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let keys = KeySet::parse(
+            br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+        )
+        .expect("a key set");
+        let authorizer = Authorizer::new(
+            "https://issuer.example".into(),
+            vec!["api".into()],
+            60,
+            Arc::new(Jwks::fixed(keys)),
+        );
+        crate::check!("jwt", |data: &[u8]| {
+            let _ = KeySet::parse(data);
+            let Ok(token) = Authorizer::token_of(data) else {
+                return;
+            };
+            let _ = rt.block_on(authorizer.verify(token, &["read".into()], 1_800_000_000));
+        });
+    }
+
+    /// Any topology file: a configuration or errors with their key paths, never a panic.
+    #[test]
+    fn fuzz_topology() {
+        crate::check!("topology", |data: &[u8]| {
+            let text = String::from_utf8_lossy(data);
+            let _ = portico_config::parse(&text, "fuzz.toml");
+        });
+    }
+}

@@ -265,36 +265,3 @@ fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
         _ => Vec::new(),
     }
 }
-
-#[cfg(test)]
-mod fuzz {
-    use super::*;
-
-    /// Any `Authorization` value: its token, the token's header, a whole verification
-    /// against a key set; and the same bytes as a JWKS document. Never a panic.
-    #[test]
-    fn fuzz_jwt() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let keys = crate::jwks::KeySet::parse(
-            br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
-        )
-        .expect("a key set");
-        let authorizer = Authorizer::new(
-            "https://issuer.example".into(),
-            vec!["api".into()],
-            60,
-            Arc::new(crate::jwks::Jwks::fixed(keys)),
-        );
-        portico_fuzz::check!("jwt", |data: &[u8]| {
-            let _ = crate::jwks::KeySet::parse(data);
-            let Ok(token) = Authorizer::token_of(data) else {
-                return;
-            };
-            let _ = read_header(token);
-            let _ = rt.block_on(authorizer.verify(token, &["read".into()], 1_800_000_000));
-        });
-    }
-}
