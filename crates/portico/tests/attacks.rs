@@ -409,14 +409,9 @@ port = 0
     assert_eq!(logs.status, 403);
 
     // curl's own SigV4, boto3, and portico's commands (with the key from the file).
-    let user = format!("{ID}:{SECRET}");
-    let signed = curl(
-        None,
+    let signed = support::curl_signed(
+        "lambda",
         &[
-            "--aws-sigv4",
-            "aws:amz:us-east-1:lambda",
-            "--user",
-            &user,
             "-X",
             "POST",
             "--data",

@@ -311,14 +311,9 @@ fn aws_cli_qualifiers_configuration_account_settings_and_zero_concurrency() {
 
     // Reserved concurrency 0: the function is switched off; every invocation is throttled
     // (curl: the CLI would retry the throttle four times first).
-    let user = format!("{TEST_ACCESS_KEY_ID}:{TEST_SECRET_ACCESS_KEY}");
-    let reply = curl(
-        None,
+    let reply = curl_signed(
+        "lambda",
         &[
-            "--aws-sigv4",
-            "aws:amz:us-east-1:lambda",
-            "--user",
-            &user,
             "-X",
             "POST",
             "--data-binary",

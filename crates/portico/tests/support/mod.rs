@@ -466,20 +466,22 @@ pub fn test_access_keys() -> String {
     )
 }
 
-/// GETs `path` from the admin API at `address`, signed with the test key by curl
-/// (`--aws-sigv4`): the JSON of a 200.
-pub fn admin_get_signed(address: &str, path: &str) -> serde_json::Value {
+/// curl with `args`, its request signed with the test key for `service` by curl itself
+/// (`--aws-sigv4`).
+pub fn curl_signed(service: &str, args: &[&str]) -> Reply {
     let user = format!("{TEST_ACCESS_KEY_ID}:{TEST_SECRET_ACCESS_KEY}");
-    let url = format!("http://{address}{path}");
-    let r = curl(
-        None,
-        &[
-            "--aws-sigv4",
-            "aws:amz:us-east-1:elasticloadbalancing",
-            "--user",
-            &user,
-            &url,
-        ],
+    let scope = format!("aws:amz:us-east-1:{service}");
+    let mut all = vec!["--aws-sigv4", scope.as_str(), "--user", user.as_str()];
+    all.extend_from_slice(args);
+    curl(None, &all)
+}
+
+/// GETs `path` from the admin API at `address`, signed with the test key: the JSON of a
+/// 200.
+pub fn admin_get_signed(address: &str, path: &str) -> serde_json::Value {
+    let r = curl_signed(
+        "elasticloadbalancing",
+        &[&format!("http://{address}{path}")],
     );
     assert_eq!(r.status, 200, "{r:?}");
     r.json()
