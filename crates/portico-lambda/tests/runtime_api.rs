@@ -64,6 +64,17 @@ async fn invoke(rt: &Runtime, function: &str, event: Value) -> Result<InvokeOutp
     .await
 }
 
+/// An invocation of `function` that keeps its environment busy for a second, in a task.
+fn sleep_one_second(
+    rt: &Arc<Runtime>,
+    function: &'static str,
+) -> tokio::task::JoinHandle<Result<InvokeOutput, InvokeError>> {
+    let rt = rt.clone();
+    tokio::spawn(
+        async move { invoke(&rt, function, json!({"action": "sleep", "seconds": 1})).await },
+    )
+}
+
 fn json_of(out: &InvokeOutput) -> Value {
     serde_json::from_slice(&out.payload).unwrap()
 }
@@ -418,12 +429,7 @@ async fn reserved_concurrency_throttles_the_excess() {
         vec![prober("one", &[], Some(1))],
         RuntimeOptions::default(),
     ));
-    let slow = {
-        let rt = rt.clone();
-        tokio::spawn(
-            async move { invoke(&rt, "one", json!({"action": "sleep", "seconds": 1})).await },
-        )
-    };
+    let slow = sleep_one_second(&rt, "one");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = invoke(&rt, "one", json!({"action": "report"}))
         .await
@@ -458,12 +464,7 @@ async fn the_global_limit_throttles_across_functions_and_names_the_limit() {
             ..RuntimeOptions::default()
         },
     ));
-    let slow = {
-        let rt = rt.clone();
-        tokio::spawn(
-            async move { invoke(&rt, "a", json!({"action": "sleep", "seconds": 1})).await },
-        )
-    };
+    let slow = sleep_one_second(&rt, "a");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = invoke(&rt, "b", json!({"action": "report"}))
         .await
@@ -515,13 +516,7 @@ async fn the_memory_budget_bounds_environments_and_warm_ones_make_room() {
             ..RuntimeOptions::default()
         },
     ));
-    let sleep = |function: &'static str| {
-        let rt = rt.clone();
-        tokio::spawn(async move {
-            invoke(&rt, function, json!({"action": "sleep", "seconds": 1})).await
-        })
-    };
-    let busy = [sleep("a"), sleep("a")];
+    let busy = [sleep_one_second(&rt, "a"), sleep_one_second(&rt, "a")];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let err = invoke(&rt, "b", json!({"action": "report"}))
         .await
@@ -563,12 +558,7 @@ async fn reservations_are_kept_from_the_functions_without_one() {
         },
     ));
     assert_eq!(rt.unreserved_concurrency(), 1);
-    let slow = {
-        let rt = rt.clone();
-        tokio::spawn(async move {
-            invoke(&rt, "shared", json!({"action": "sleep", "seconds": 1})).await
-        })
-    };
+    let slow = sleep_one_second(&rt, "shared");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = invoke(&rt, "shared", json!({"action": "report"}))
         .await
@@ -942,12 +932,7 @@ async fn a_throttled_event_waits_for_capacity_without_using_its_retries() {
         },
     ));
     // The one environment is busy for a second.
-    let busy = {
-        let rt = rt.clone();
-        tokio::spawn(
-            async move { invoke(&rt, "busy", json!({"action": "sleep", "seconds": 1})).await },
-        )
-    };
+    let busy = sleep_one_second(&rt, "busy");
     tokio::time::sleep(Duration::from_millis(300)).await;
     rt.invoke_event(Invocation {
         function: "busy".into(),
@@ -972,12 +957,7 @@ async fn a_throttled_event_waits_for_capacity_without_using_its_retries() {
         },
     );
     let rt = Arc::new(rt);
-    let busy = {
-        let rt = rt.clone();
-        tokio::spawn(
-            async move { invoke(&rt, "busy", json!({"action": "sleep", "seconds": 1})).await },
-        )
-    };
+    let busy = sleep_one_second(&rt, "busy");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let late = dir.join("late");
     rt.invoke_event(Invocation {
