@@ -93,10 +93,6 @@ pub struct Timeouts {
     pub body: std::time::Duration,
 }
 
-/// A request's body deadline, carried in its extensions to whatever reads the body.
-#[derive(Debug, Clone, Copy)]
-struct BodyDeadline(std::time::Duration);
-
 /// Serves the Invoke API for `runtime` on `listener` until `shutdown` fires. With `keys`,
 /// every request must be signed with one of them (AWS Signature Version 4).
 pub async fn serve(
@@ -128,9 +124,7 @@ pub async fn serve(
 type ApiResponse = Response<BoxBody<Bytes, Infallible>>;
 
 async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
-    let mut req = req;
-    req.extensions_mut().insert(BodyDeadline(api.body_timeout));
-    let req = match authenticate(&api.keys, req).await {
+    let req = match authenticate(&api.keys, req, api.body_timeout).await {
         Ok(req) => req,
         Err(response) => return response,
     };
@@ -149,7 +143,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
     if let Some(rest) = path.strip_prefix(LEGACY_ASYNC_PREFIX) {
         return match (req.method(), rest.trim_matches('/').split_once('/')) {
             (&Method::POST, Some((name, "invoke-async"))) => {
-                invoke_async(rt, &function_name(name).0, req).await
+                invoke_async(api, &function_name(name).0, req).await
             }
             _ => unknown_operation(),
         };
@@ -175,7 +169,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
             Err(response) => *response,
         },
         (&Method::POST, [name, "invocations"]) => match find(rt, name, &req) {
-            Ok(spec) => invoke(rt, spec, req).await,
+            Ok(spec) => invoke(api, spec, req).await,
             Err(response) => *response,
         },
         _ => unknown_operation(),
@@ -230,7 +224,8 @@ fn find<'a>(
     }
 }
 
-async fn invoke(rt: &Runtime, spec: &FunctionSpec, req: Request<ReqBody>) -> ApiResponse {
+async fn invoke(api: &Api, spec: &FunctionSpec, req: Request<ReqBody>) -> ApiResponse {
+    let rt = &*api.runtime;
     let invocation_type = header_str(&req, "x-amz-invocation-type")
         .unwrap_or("RequestResponse")
         .to_owned();
@@ -258,7 +253,7 @@ async fn invoke(rt: &Runtime, spec: &FunctionSpec, req: Request<ReqBody>) -> Api
     };
     // The caller's trace, which the function's invocation continues.
     let trace_id = header_str(&req, "x-amzn-trace-id").map(str::to_owned);
-    let payload = match read_payload(req, MAX_SYNC_PAYLOAD_BYTES).await {
+    let payload = match read_payload(req, MAX_SYNC_PAYLOAD_BYTES, api.body_timeout).await {
         Ok(payload) => payload,
         Err(response) => return response,
     };
@@ -285,11 +280,12 @@ async fn invoke(rt: &Runtime, spec: &FunctionSpec, req: Request<ReqBody>) -> Api
 
 /// The deprecated InvokeAsync: an `Event` invocation with a 256 KB payload limit, answered
 /// `202 {"Status": 202}`.
-async fn invoke_async(rt: &Runtime, name: &str, req: Request<ReqBody>) -> ApiResponse {
+async fn invoke_async(api: &Api, name: &str, req: Request<ReqBody>) -> ApiResponse {
+    let rt = &*api.runtime;
     let Some(spec) = rt.spec(name) else {
         return not_found(name, rt);
     };
-    let payload = match read_payload(req, MAX_LEGACY_ASYNC_PAYLOAD_BYTES).await {
+    let payload = match read_payload(req, MAX_LEGACY_ASYNC_PAYLOAD_BYTES, api.body_timeout).await {
         Ok(payload) => payload,
         Err(response) => return response,
     };
@@ -307,12 +303,6 @@ async fn invoke_async(rt: &Runtime, name: &str, req: Request<ReqBody>) -> ApiRes
         Err(error) => refused(rt, error),
     }
 }
-
-/// The request body as a JSON payload (`{}` when empty), or the error answer: over `limit`,
-/// unreadable or not JSON.
-/// How long a request's body may take to arrive when nothing says otherwise: a client that
-/// sends it slowly holds its connection and its buffer no longer than this.
-const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The request's whole body, read within `limit` bytes and `deadline`, or the error answer.
 async fn read_body(
@@ -347,12 +337,12 @@ async fn read_body(
 async fn authenticate(
     keys: &portico_sigv4::AccessKeys,
     req: Request<Incoming>,
+    deadline: std::time::Duration,
 ) -> Result<Request<ReqBody>, ApiResponse> {
     if keys.is_empty() {
         return Ok(req.map(|body| body.map_err(io_error).boxed()));
     }
     let (parts, body) = req.into_parts();
-    let deadline = deadline_of(&parts.extensions);
     let body = read_body(
         body.map_err(io_error).boxed(),
         MAX_SYNC_PAYLOAD_BYTES,
@@ -376,15 +366,13 @@ fn io_error(error: hyper::Error) -> std::io::Error {
     std::io::Error::other(error)
 }
 
-/// The body deadline a request carries.
-fn deadline_of(extensions: &http::Extensions) -> std::time::Duration {
-    extensions
-        .get::<BodyDeadline>()
-        .map_or(BODY_DEADLINE, |d| d.0)
-}
-
-async fn read_payload(req: Request<ReqBody>, limit: usize) -> Result<Bytes, ApiResponse> {
-    let deadline = deadline_of(req.extensions());
+/// The request body as a JSON payload (`{}` when empty), or the error answer: over `limit`,
+/// unreadable or not JSON.
+async fn read_payload(
+    req: Request<ReqBody>,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, ApiResponse> {
     let payload = read_body(req.into_body(), limit, deadline).await?;
     let payload = if payload.is_empty() {
         Bytes::from_static(b"{}")
