@@ -45,12 +45,18 @@ impl Limit {
             .map_err(|_| self.size)
     }
 
-    /// A permit, once one is free (in the order they were asked for).
-    pub(crate) async fn acquire(&self) -> OwnedSemaphorePermit {
-        match self.permits.clone().acquire_owned().await {
-            Ok(permit) => permit,
+    /// A permit, once one is free (in the order they were asked for); `None` when
+    /// `deadline` or `shutdown` comes first.
+    pub(crate) async fn acquire_until(
+        &self,
+        deadline: tokio::time::Instant,
+        shutdown: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
             // The semaphore is never closed.
-            Err(_) => std::future::pending().await,
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            () = tokio::time::sleep_until(deadline) => None,
+            () = shutdown.cancelled() => None,
         }
     }
 }
@@ -138,11 +144,7 @@ impl Pool {
         deadline: tokio::time::Instant,
         shutdown: &CancellationToken,
     ) -> Option<OwnedSemaphorePermit> {
-        tokio::select! {
-            permit = self.events.acquire() => Some(permit),
-            () = tokio::time::sleep_until(deadline) => None,
-            () = shutdown.cancelled() => None,
-        }
+        self.events.acquire_until(deadline, shutdown).await
     }
 
     pub(crate) fn spec(&self) -> &FunctionSpec {
@@ -168,18 +170,16 @@ impl Pool {
             None => (&shared.unreserved, ThrottleReason::AccountConcurrency),
         };
         let _concurrency = match wait_until {
-            Some(deadline) => tokio::select! {
-                permit = limit.acquire() => permit,
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(self.throttled(limit.size(), reason));
-                }
-                () = shared.shutdown.cancelled() => return Err(InvokeError::ShuttingDown),
+            Some(deadline) => match limit.acquire_until(deadline, &shared.shutdown).await {
+                Some(permit) => permit,
+                None if shared.shutdown.is_cancelled() => return Err(InvokeError::ShuttingDown),
+                None => return Err(self.throttled(limit.size(), reason)),
             },
             None => limit
                 .try_acquire()
                 .map_err(|size| self.throttled(size, reason))?,
         };
-        let held = match self.take_idle() {
+        let mut held = match self.take_idle() {
             Some(held) => held,
             None => {
                 let memory = self.memory_for_new(shared)?;
@@ -196,7 +196,6 @@ impl Pool {
                 }
             }
         };
-        let mut held = held;
         let output = held.env.invoke(invocation).await;
         if held.env.is_reusable() && !shared.shutdown.is_cancelled() {
             self.lock_idle().push((held, Instant::now()));

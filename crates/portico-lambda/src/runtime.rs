@@ -102,8 +102,7 @@ impl Runtime {
             shutdown: CancellationToken::new(),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
-            let all: Vec<Arc<Pool>> = pools.values().cloned().collect();
-            let shutdown = shared.shutdown.clone();
+            let (all, shutdown) = (shared.pools.clone(), shared.shutdown.clone());
             shared
                 .tracker
                 .spawn(retire_idle(all, options.idle_timeout, shutdown));
