@@ -110,10 +110,7 @@ fn section_key(config: &portico_config::Config, which: Api) -> Option<portico_si
         Api::Invoke => &config.invoke_api.access_keys,
         Api::Admin => &config.admin_api.access_keys,
     };
-    keys.first().map(|k| portico_sigv4::AccessKey {
-        id: k.access_key_id.clone(),
-        secret: k.secret_access_key.clone(),
-    })
+    keys.first().map(crate::topology::access_key)
 }
 
 /// GETs `path` from the admin API at `api`; the body of a 200.

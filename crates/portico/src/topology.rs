@@ -266,6 +266,21 @@ pub(crate) fn target_groups(
         .collect()
 }
 
+/// An API's access key as the signature code takes it.
+pub(crate) fn access_key(key: &portico_config::model::ApiAccessKey) -> portico_sigv4::AccessKey {
+    portico_sigv4::AccessKey {
+        id: key.access_key_id.clone(),
+        secret: key.secret_access_key.clone(),
+    }
+}
+
+/// The keys an API accepts signatures of.
+pub(crate) fn access_keys(
+    keys: &[portico_config::model::ApiAccessKey],
+) -> portico_sigv4::AccessKeys {
+    portico_sigv4::AccessKeys::new(keys.iter().map(access_key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

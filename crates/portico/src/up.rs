@@ -278,7 +278,7 @@ async fn start(
                     idle: api.idle_timeout(),
                     body: api.body_timeout(),
                 },
-                access_keys(&api.access_keys),
+                topology::access_keys(&api.access_keys),
             ),
             shutdown.clone(),
         ));
@@ -424,7 +424,7 @@ async fn start(
             gateway,
             descriptors: protection.descriptors.clone(),
             per_client: protection.per_client.clone(),
-            keys: access_keys(&api.access_keys),
+            keys: topology::access_keys(&api.access_keys),
             own_listeners,
             body_timeout: api.body_timeout(),
         });
@@ -436,16 +436,6 @@ async fn start(
         ));
     }
     Ok(())
-}
-
-/// The keys an API accepts signatures of.
-pub(crate) fn access_keys(
-    keys: &[portico_config::model::ApiAccessKey],
-) -> portico_sigv4::AccessKeys {
-    portico_sigv4::AccessKeys::new(keys.iter().map(|k| portico_sigv4::AccessKey {
-        id: k.access_key_id.clone(),
-        secret: k.secret_access_key.clone(),
-    }))
 }
 
 /// The accelerator of `config` as the edge runs it. Endpoints that name a load balancer
