@@ -1,0 +1,367 @@
+//! Execution environments' sandboxes, as Lambda has them.
+//!
+//! A [`Sandbox`] is a mount namespace and a PID namespace. Its root shows the host read-only
+//! (so that the host's interpreters and libraries work), or an image's root filesystem; on it,
+//! Lambda's own directories (`/var/task`, `/var/runtime`, `/var/lang`, `/opt`) are the
+//! function's, bound read-only, `/tmp` is a private tmpfs of the function's ephemeral storage
+//! size, `/proc` shows the sandbox's processes only, `/dev` has the usual devices and no
+//! more, and the files the host wants kept from functions (portico's configuration,
+//! certificates and keys) read as empty. Nothing is set-uid there, and what runs inside runs
+//! as an unprivileged user that cannot gain privileges. The network is the host's.
+//!
+//! Each sandbox has an init, PID 1 of its namespace, that reaps what is orphaned there; when
+//! it dies, the kernel kills everything in the namespace. Programs are started inside by
+//! joining its namespaces ([`Sandbox::spawn`]); they stay children of portico, which waits
+//! for them as for any process.
+//!
+//! Namespaces are entered by a thread of its own ([`Sandboxes`]): a new PID namespace is
+//! entered by the next child of the thread that asks for it, and a sandbox's init dies with
+//! that thread (`PR_SET_PDEATHSIG`), so with portico.
+//!
+//! Layout:
+//! - [`plan`](crate::plan): a [`Layout`] turned into the steps that build the root, before the fork;
+//! - `child`: what the forked child does before `exec`, system calls only.
+
+mod child;
+mod plan;
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// The user functions run as: Lambda's `sbx_user1051` (uid 993, gid 990).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct User {
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
+}
+
+impl User {
+    /// Lambda's sandbox user.
+    pub const LAMBDA: User = User { uid: 993, gid: 990 };
+}
+
+/// What the root of a sandbox is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Root {
+    /// The host's directories, read-only.
+    Host,
+    /// A directory holding a whole root filesystem (an unpacked image), read-only.
+    Directory(PathBuf),
+}
+
+/// What a sandbox shows.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Host directories shown read-only at a path inside: the code at `/var/task`, …
+    pub binds: Vec<(PathBuf, PathBuf)>,
+    /// The size of the private `/tmp`, in bytes.
+    pub tmp_size_bytes: u64,
+    /// Host files and directories that must not be seen inside.
+    pub hidden: Vec<PathBuf>,
+    /// Who runs inside.
+    pub user: User,
+    /// An empty host directory the root is built on (in the sandbox's own mount namespace,
+    /// so that the host never sees it used).
+    pub staging: PathBuf,
+    /// What the root is.
+    pub root: Root,
+}
+
+/// Why a sandbox cannot be made, or a program started in it.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A path cannot be passed to the kernel.
+    #[error("{0}: a path with a NUL byte")]
+    Path(PathBuf),
+    /// A directory could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A step of building the sandbox failed.
+    #[error("sandbox: {step}: {source}")]
+    Setup {
+        /// What was being done.
+        step: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The thread that enters namespaces is gone (the runtime is shutting down).
+    #[error("sandbox: the spawning thread is gone")]
+    SpawnerGone,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Makes sandboxes: owns the thread that enters namespaces.
+pub struct Sandboxes {
+    jobs: std::sync::mpsc::Sender<Job>,
+    staging: PathBuf,
+}
+
+impl std::fmt::Debug for Sandboxes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandboxes")
+            .field("staging", &self.staging)
+            .finish()
+    }
+}
+
+impl Sandboxes {
+    /// Starts the spawning thread, on the current Tokio runtime, with `staging` (made if
+    /// missing) as the directory roots are built on.
+    pub fn new(staging: &Path) -> Result<Arc<Self>, SandboxError> {
+        std::fs::create_dir_all(staging).map_err(|source| SandboxError::Setup {
+            step: format!("making {}", staging.display()),
+            source,
+        })?;
+        let own =
+            std::fs::File::open("/proc/self/ns/pid").map_err(|source| SandboxError::Setup {
+                step: "opening portico's own PID namespace".into(),
+                source,
+            })?;
+        let handle = tokio::runtime::Handle::current();
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sandbox-spawner".into())
+            .spawn(move || {
+                let _runtime = handle.enter();
+                // Kept open for the thread's life: where its children go back to.
+                let _own = own;
+                for job in queue {
+                    job();
+                }
+            })
+            .map_err(|source| SandboxError::Setup {
+                step: "starting the spawning thread".into(),
+                source,
+            })?;
+        Ok(Arc::new(Self {
+            jobs,
+            staging: staging.to_owned(),
+        }))
+    }
+
+    /// The directory roots are built on.
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Runs `job` on the spawning thread.
+    async fn on_thread<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let (done, result) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(job());
+            }))
+            .map_err(|_| SandboxError::SpawnerGone)?;
+        result.await.map_err(|_| SandboxError::SpawnerGone)
+    }
+
+    /// Makes a sandbox showing `layout`.
+    pub async fn create(self: &Arc<Self>, layout: &Layout) -> Result<Sandbox, SandboxError> {
+        let steps = plan::plan(layout)?;
+        let descriptions: Vec<String> = steps.iter().map(plan::Step::describe).collect();
+        let (report_read, report_write) =
+            std::io::pipe().map_err(|source| SandboxError::Setup {
+                step: "making a pipe".into(),
+                source,
+            })?;
+        let report_fd = report_write.as_raw_fd();
+        // Never run: the child becomes the init without `exec`.
+        let mut command = Command::new("/proc/self/exe");
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        #[allow(unsafe_code)]
+        // SAFETY: the closure makes system calls only, on data prepared before the fork
+        // (`child` and `plan`).
+        unsafe {
+            command.pre_exec(move || {
+                // The init dies with the spawning thread, so with portico.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                if let Err((step, errno)) = child::build_root(&steps) {
+                    child::report(report_fd, step, errno);
+                    return Err(std::io::Error::from_raw_os_error(errno));
+                }
+                child::init()
+            });
+        }
+        let spawned = self
+            .on_thread(move || {
+                // SAFETY-free: unshare and setns are in `enter_new_pid_namespace`.
+                enter_new_pid_namespace()?;
+                let spawned = command.spawn();
+                leave_pid_namespace();
+                spawned
+            })
+            .await?;
+        drop(report_write);
+        let init = match spawned {
+            Ok(init) => init,
+            Err(source) => {
+                let step = failed_step(report_read)
+                    .map(|i| {
+                        descriptions
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| "making a mount namespace".into())
+                    })
+                    .unwrap_or_else(|| "making a PID namespace".into());
+                return Err(SandboxError::Setup { step, source });
+            }
+        };
+        let pid = init.id().unwrap_or_default();
+        let namespace = |kind: &str| {
+            std::fs::File::open(format!("/proc/{pid}/ns/{kind}"))
+                .map(OwnedFd::from)
+                .map_err(|source| SandboxError::Setup {
+                    step: format!("opening the sandbox's {kind} namespace"),
+                    source,
+                })
+        };
+        Ok(Sandbox {
+            pid_namespace: Arc::new(namespace("pid")?),
+            mount_namespace: Arc::new(namespace("mnt")?),
+            init,
+            user: layout.user,
+            sandboxes: self.clone(),
+        })
+    }
+}
+
+/// The step a child reported failing, if it did.
+fn failed_step(mut report: std::io::PipeReader) -> Option<usize> {
+    use std::io::Read;
+    let mut bytes = [0u8; 12];
+    report.read_exact(&mut bytes).ok()?;
+    let step = u64::from_le_bytes(bytes[..8].try_into().ok()?);
+    usize::try_from(step).ok().filter(|s| *s != usize::MAX)
+}
+
+/// The calling thread's next children go into a new PID namespace.
+#[allow(unsafe_code)]
+fn enter_new_pid_namespace() -> std::io::Result<()> {
+    // SAFETY: unshare of the PID namespace changes only where this thread's next children
+    // go; the thread goes back with `leave_pid_namespace` before doing anything else.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's next children go into the PID namespace `namespace`.
+#[allow(unsafe_code)]
+fn join_pid_namespace(namespace: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: setns on a namespace descriptor held open by the caller.
+    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWPID) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's next children go into portico's own PID namespace again.
+#[allow(unsafe_code)]
+fn leave_pid_namespace() {
+    let own = std::fs::File::open("/proc/self/ns/pid");
+    let restored = own.and_then(|own| {
+        // SAFETY: setns on a namespace descriptor held open here.
+        if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWPID) } < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(error) = restored {
+        // Every later spawn of this thread would go to a namespace that may be gone.
+        tracing::error!(%error, "cannot leave a sandbox's PID namespace; stopping");
+        std::process::abort();
+    }
+}
+
+/// A sandbox: its init, and its namespaces to start programs in.
+pub struct Sandbox {
+    init: Child,
+    pid_namespace: Arc<OwnedFd>,
+    mount_namespace: Arc<OwnedFd>,
+    user: User,
+    sandboxes: Arc<Sandboxes>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("init", &self.init.id())
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Starts `command` inside: its program and `cwd` are paths inside the sandbox; it joins
+    /// the cgroups whose `cgroup.procs` files are `cgroups` before anything runs.
+    pub async fn spawn(
+        &self,
+        mut command: Command,
+        cwd: &Path,
+        cgroups: &[PathBuf],
+    ) -> Result<Child, SandboxError> {
+        let cwd = plan::c_path(cwd)?;
+        let cgroups = cgroups
+            .iter()
+            .map(|p| plan::c_path(p))
+            .collect::<Result<Vec<CString>, _>>()?;
+        let pid_namespace = self.pid_namespace.clone();
+        let mount_namespace = self.mount_namespace.clone();
+        let user = self.user;
+        #[allow(unsafe_code)]
+        // SAFETY: the closure makes system calls only, on data prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                for procs in &cgroups {
+                    child::join_cgroup(procs).map_err(std::io::Error::from_raw_os_error)?;
+                }
+                child::enter(mount_namespace.as_raw_fd(), &cwd, user)
+                    .map_err(std::io::Error::from_raw_os_error)
+            });
+        }
+        self.sandboxes
+            .on_thread(move || {
+                join_pid_namespace(&pid_namespace)?;
+                let spawned = command.spawn();
+                leave_pid_namespace();
+                spawned
+            })
+            .await?
+            .map_err(|source| SandboxError::Setup {
+                step: "starting a program in the sandbox".into(),
+                source,
+            })
+    }
+
+    /// The init's process id (as portico sees it).
+    pub fn init_pid(&self) -> Option<u32> {
+        self.init.id()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // The init's death kills everything in the namespace.
+        let _ = self.init.start_kill();
+    }
+}

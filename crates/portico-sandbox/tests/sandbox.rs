@@ -1,0 +1,193 @@
+//! Sandboxes made for real (root, namespaces): what a program inside sees and cannot do.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use portico_sandbox::{Layout, Root, Sandboxes, User};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::process::Command;
+
+/// Whether this test runs as root (namespaces need it).
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A function's code and a secret beside it, in a directory removed on drop.
+struct Fixture {
+    dir: PathBuf,
+    code: PathBuf,
+    secret: PathBuf,
+    staging: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fixture(name: &str) -> Fixture {
+    // Outside /tmp, which the sandbox replaces anyway.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("portico-sandbox-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let code = dir.join("code");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("handler.txt"), "the code").unwrap();
+    let secret = dir.join("secret.pem");
+    std::fs::write(&secret, "PRIVATE KEY").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [&dir, &code] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    Fixture {
+        staging: dir.join("staging"),
+        dir,
+        code,
+        secret,
+    }
+}
+
+fn layout(f: &Fixture) -> Layout {
+    Layout {
+        binds: vec![(f.code.clone(), PathBuf::from("/var/task"))],
+        tmp_size_bytes: 1 << 20,
+        hidden: vec![f.secret.clone()],
+        user: User::LAMBDA,
+        staging: f.staging.clone(),
+        root: Root::Host,
+    }
+}
+
+/// Runs `script` with `sh` in `sandbox`: its exit code and output.
+async fn sh(sandbox: &portico_sandbox::Sandbox, script: &str) -> (i32, String) {
+    let mut command = Command::new("/bin/sh");
+    command
+        .args(["-c", script])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = sandbox
+        .spawn(command, Path::new("/var/task"), &[])
+        .await
+        .expect("spawn in the sandbox");
+    let out = child.wait_with_output().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_inside_sees_lambda_s_layout_and_nothing_it_should_not() {
+    if !root() {
+        eprintln!("not root: no namespaces to make");
+        return;
+    }
+    let f = fixture("layout");
+    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
+
+    let (code, out) = sh(&sandbox, "id -u; id -g; pwd; cat handler.txt").await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "993\n990\n/var/task\nthe code");
+
+    // The code is read-only; so is the host.
+    let (code, out) = sh(&sandbox, "echo x > /var/task/new").await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    let (code, _) = sh(&sandbox, "touch /usr/evil || touch /etc/evil").await;
+    assert_ne!(code, 0);
+
+    // The hidden file reads as empty; the host's /tmp is not there.
+    let (code, out) = sh(
+        &sandbox,
+        &format!("cat {}; ls /tmp | wc -l", f.secret.display()),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "0\n", "the secret and the host's /tmp stay outside");
+
+    // /tmp is private, writable and no bigger than asked.
+    let (code, out) = sh(
+        &sandbox,
+        "echo hi > /tmp/a && cat /tmp/a && head -c 2000000 /dev/zero > /tmp/big; echo $?",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("hi\n"), "{out}");
+    assert!(out.contains("No space left on device"), "{out}");
+
+    // Only the sandbox's processes: the init, sh, ls and grep.
+    let (code, out) = sh(&sandbox, "ls /proc | grep -c '^[0-9]'").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.trim().parse::<u32>().unwrap() <= 4, "{out}");
+
+    // No way back to root: no set-uid, and /dev has only the usual devices.
+    let (code, out) = sh(&sandbox, "grep NoNewPrivs /proc/self/status; ls /dev").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(
+        out.contains("null") && out.contains("urandom") && !out.contains("sda"),
+        "{out}"
+    );
+    let (code, out) = sh(
+        &sandbox,
+        "echo ok > /dev/null && head -c 4 /dev/urandom | wc -c",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "4\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_s_processes_end_with_it() {
+    if !root() {
+        return;
+    }
+    let f = fixture("end");
+    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
+    let mut command = Command::new("/bin/sh");
+    // A grandchild that would outlive its parent.
+    command
+        .args(["-c", "sleep 300 & wait"])
+        .stdout(Stdio::null())
+        .kill_on_drop(false);
+    let mut child = sandbox.spawn(command, Path::new("/"), &[]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(sandbox);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
+        .await
+        .expect("killed with the sandbox")
+        .unwrap();
+    assert!(!status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_layout_says_which_step_failed() {
+    if !root() {
+        return;
+    }
+    let f = fixture("bad");
+    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let mut layout = layout(&f);
+    layout
+        .binds
+        .push((PathBuf::from("/nonexistent/layer"), PathBuf::from("/opt")));
+    let error = sandboxes.create(&layout).await.unwrap_err().to_string();
+    assert!(
+        error.contains("binding /nonexistent/layer at") && error.contains("/opt"),
+        "{error}"
+    );
+}
