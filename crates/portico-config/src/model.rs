@@ -51,6 +51,28 @@ pub struct Config {
 }
 
 impl Config {
+    /// The files of portico's own this configuration names (certificates, private keys,
+    /// JWKS files, access logs), as written (relative to the config file): what functions
+    /// must not see.
+    pub fn own_files(&self) -> Vec<&str> {
+        let certificates = self
+            .load_balancers
+            .values()
+            .flat_map(|lb| &lb.listeners)
+            .flat_map(|l| &l.certificates)
+            .flat_map(|c| [c.certificate.as_str(), c.private_key.as_str()]);
+        let logs = self
+            .load_balancers
+            .values()
+            .filter_map(|lb| lb.access_logs.destination.as_deref())
+            .filter(|d| *d != "stdout");
+        let jwks = self
+            .authorizers
+            .values()
+            .filter_map(|a| a.jwks_file.as_deref());
+        certificates.chain(logs).chain(jwks).collect()
+    }
+
     /// The networks whose connections may send `listener` a PROXY v2 header: its
     /// `proxy_protocol_sources`, or loopback and the accelerator's nodes.
     pub fn proxy_protocol_sources(&self, listener: &LbListener) -> Vec<ipnet::IpNet> {
@@ -113,6 +135,13 @@ pub struct RuntimeSettings {
     /// quarters of the node's memory.
     #[serde(default)]
     pub memory_budget_mb: Option<u32>,
+    /// Run each execution environment in a sandbox of its own, as Lambda does: mount and
+    /// PID namespaces, the code read-only at `/var/task`, layers at `/opt`, a private `/tmp`,
+    /// an unprivileged user, none of portico's files. Default true; portico refuses to start
+    /// where it cannot make one, unless this is false (functions then run as plain processes
+    /// of portico, which says so when it starts).
+    #[serde(default = "default_true")]
+    pub sandbox: bool,
 }
 
 impl Default for RuntimeSettings {
@@ -121,6 +150,7 @@ impl Default for RuntimeSettings {
             max_concurrency: default_max_concurrency(),
             environment_idle_timeout_seconds: default_environment_idle(),
             memory_budget_mb: None,
+            sandbox: true,
         }
     }
 }
@@ -934,6 +964,14 @@ pub struct Function {
     /// Invocation timeout in seconds, 1–900. Default 3.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u32,
+    /// The size of `/tmp` in MB, 512–10240 (Lambda's ephemeral storage). Default 512.
+    #[serde(default = "default_ephemeral_storage")]
+    pub ephemeral_storage_mb: u32,
+    /// Layers: up to 5 `.zip` files or directories (relative to the config file), extracted
+    /// in order into `/opt`, a later one overwriting an earlier one; with the code, at most
+    /// 250 MB unzipped.
+    #[serde(default)]
+    pub layers: Vec<String>,
     /// Most execution environments at once; none means only the global limit. 0, as on
     /// Lambda, throttles every invocation (a function switched off).
     #[serde(default)]
@@ -958,6 +996,9 @@ fn default_memory() -> u32 {
 }
 fn default_timeout() -> u32 {
     3
+}
+fn default_ephemeral_storage() -> u32 {
+    512
 }
 
 impl Function {

@@ -25,6 +25,10 @@ pub const MAX_EDGE_SOCKETS: usize = 4096;
 pub const TIMEOUT_SECONDS: (u32, u32) = (1, 900);
 /// Lambda's memory range, in MB.
 pub const MEMORY_MB: (u32, u32) = (128, 10_240);
+/// Lambda's ephemeral storage (`/tmp`) range, in MB.
+pub const EPHEMERAL_STORAGE_MB: (u32, u32) = (512, 10_240);
+/// Lambda's most layers per function.
+pub const MAX_LAYERS: usize = 5;
 
 /// Environment variables Lambda reserves; a function may not set them.
 const RESERVED_ENV: &[&str] = &[
@@ -561,6 +565,21 @@ impl Validator {
             MEMORY_MB,
             "MB",
         );
+        self.range(
+            format!("{path}.ephemeral_storage_mb"),
+            f.ephemeral_storage_mb,
+            EPHEMERAL_STORAGE_MB,
+            "MB",
+        );
+        if f.layers.len() > MAX_LAYERS {
+            self.err(
+                format!("{path}.layers"),
+                format!(
+                    "{} layers is over Lambda's limit of {MAX_LAYERS}",
+                    f.layers.len()
+                ),
+            );
+        }
         for key in f.environment.keys() {
             let kp = format!("{path}.environment.{key}");
             let valid_name = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic())

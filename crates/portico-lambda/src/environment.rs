@@ -5,9 +5,10 @@
 //! replaces a sandbox it had to reset.
 
 use crate::exchange::{Exchange, Outcome, Pending, State};
+use crate::isolation::Isolation;
 use crate::logs::{self, LogBook, Output, Report, ReportStatus, Sink, SyncRequest};
 use crate::memory::MemoryLimit;
-use crate::process;
+use crate::process::{self, SpawnError};
 use crate::runtime_api::{self, ApiContext, error_document};
 use crate::spec::FunctionSpec;
 use bytes::Bytes;
@@ -19,6 +20,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// What an environment is started with: the owner of its tasks, the token whose
+/// cancellation stops it, and how it is isolated.
+#[derive(Clone, Copy)]
+pub(crate) struct Host<'a> {
+    pub(crate) tracker: &'a TaskTracker,
+    pub(crate) parent: &'a CancellationToken,
+    pub(crate) isolation: &'a Isolation,
+}
 
 /// A running execution environment.
 pub(crate) struct Environment {
@@ -38,6 +48,8 @@ pub(crate) struct Environment {
     /// Reported on the first invocation only, as Lambda does for cold starts.
     init_duration: Option<Duration>,
     reusable: bool,
+    /// Its sandbox, if it has one: everything in it ends when it is dropped.
+    _sandbox: Option<portico_sandbox::Sandbox>,
 }
 
 impl Drop for Environment {
@@ -53,25 +65,18 @@ impl Environment {
     pub(crate) async fn start(
         spec: Arc<FunctionSpec>,
         book: Arc<LogBook>,
-        tracker: &TaskTracker,
-        parent: &CancellationToken,
+        host: Host<'_>,
     ) -> Result<Self, InvokeError> {
         let first = Self::start_phase(
             spec.clone(),
             book.clone(),
-            (tracker, parent),
+            host,
             (spec.init_timeout, "init"),
         )
         .await;
         match first {
             Err(InvokeError::InitFailed { error_type, .. }) if error_type == INIT_TIMEOUT => {
-                Self::start_phase(
-                    spec.clone(),
-                    book,
-                    (tracker, parent),
-                    (spec.timeout, "invoke"),
-                )
-                .await
+                Self::start_phase(spec.clone(), book, host, (spec.timeout, "invoke")).await
             }
             other => other,
         }
@@ -82,13 +87,13 @@ impl Environment {
     async fn start_phase(
         spec: Arc<FunctionSpec>,
         book: Arc<LogBook>,
-        (tracker, parent): (&TaskTracker, &CancellationToken),
+        host: Host<'_>,
         (limit, phase): (Duration, &str),
     ) -> Result<Self, InvokeError> {
         let sink = Sink::new(book.clone());
         sink.line(&logs::init_start_line(&spec));
         let started = Instant::now();
-        let result = Self::start_once(spec, book, tracker, parent, limit).await;
+        let result = Self::start_once(spec, book, host, limit).await;
         if let Err(InvokeError::InitFailed { error_type, .. }) = &result {
             let status = if error_type == INIT_TIMEOUT {
                 "timeout".to_owned()
@@ -106,8 +111,11 @@ impl Environment {
     async fn start_once(
         spec: Arc<FunctionSpec>,
         book: Arc<LogBook>,
-        tracker: &TaskTracker,
-        parent: &CancellationToken,
+        Host {
+            tracker,
+            parent,
+            isolation,
+        }: Host<'_>,
         init_timeout: Duration,
     ) -> Result<Self, InvokeError> {
         let started = Instant::now();
@@ -127,14 +135,27 @@ impl Environment {
         let stop = parent.child_token();
         let reaped = CancellationToken::new();
 
-        let (child, output) = process::spawn(&spec, api_addr).map_err(|e| {
-            init_failed(
-                "Runtime.InvalidEntrypoint",
-                format!("cannot start {}: {e}", spec.program.display()),
-            )
-        })?;
+        let memory = Arc::new(MemoryLimit::create(spec.memory_size_mb));
+        let spawned = process::spawn(&spec, api_addr, isolation, &memory)
+            .await
+            .map_err(|e| match e {
+                SpawnError::Process { .. } => {
+                    init_failed("Runtime.InvalidEntrypoint", e.to_string())
+                }
+                SpawnError::Sandbox(_) => init_failed("Runtime.Unavailable", e.to_string()),
+            })?;
+        let process::Spawned {
+            child,
+            output,
+            sandbox,
+        } = spawned;
+        // A process started in a sandbox joined its cgroups before it ran.
+        let joined_cgroups = sandbox.is_some();
         let pid = child.id();
-        let memory = pid.map(|pid| Arc::new(MemoryLimit::apply(pid, spec.memory_size_mb)));
+        let memory = pid.map(|pid| {
+            memory.attach(pid, joined_cgroups);
+            memory.clone()
+        });
         let ctx = Arc::new(ApiContext {
             exchange: exchange.clone(),
             function_arn: spec.arn(),
@@ -171,6 +192,7 @@ impl Environment {
             sync_output,
             init_duration: None,
             reusable: true,
+            _sandbox: sandbox,
         };
         let mut watch = env.state.clone();
         let settled = tokio::select! {

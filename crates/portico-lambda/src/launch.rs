@@ -27,6 +27,9 @@ pub struct Launch {
     /// `/var/runtime`): the runtime interface client's directory, or for `provided` the
     /// program's.
     pub runtime_dir: PathBuf,
+    /// The interpreter's installation (Lambda's `/var/lang`), when there is one to show a
+    /// sandbox.
+    pub lang_dir: Option<PathBuf>,
 }
 
 impl Launch {
@@ -38,6 +41,7 @@ impl Launch {
             args,
             environment: Vec::new(),
             runtime_dir,
+            lang_dir: None,
         }
     }
 }
@@ -73,7 +77,7 @@ pub fn python(minor: u8, handler: &str, task_root: &Path) -> Result<Launch, Laun
     let candidates = [runtime.clone(), "python3".to_owned()];
     let mut unusable = None;
     for candidate in &candidates {
-        let (executable, runtime_dir) = match probe_python(candidate) {
+        let (executable, runtime_dir, prefix) = match probe_python(candidate) {
             Probe::Missing => continue,
             Probe::NoClient => {
                 unusable.get_or_insert_with(|| candidate.clone());
@@ -82,7 +86,8 @@ pub fn python(minor: u8, handler: &str, task_root: &Path) -> Result<Launch, Laun
             Probe::Ready {
                 executable,
                 client_dir,
-            } => (executable, client_dir),
+                prefix,
+            } => (executable, client_dir, prefix),
         };
         if candidate != &runtime {
             tracing::warn!(
@@ -92,11 +97,15 @@ pub fn python(minor: u8, handler: &str, task_root: &Path) -> Result<Launch, Laun
             );
         }
         let root = task_root.display().to_string();
+        // The executable is inside its installation when it was built there (pyenv, a
+        // `/usr/local` build); a sandbox shows that at `/var/lang`.
+        let lang_dir = executable.starts_with(&prefix).then_some(prefix);
         return Ok(Launch {
             program: executable,
             args: vec!["-m".into(), "awslambdaric".into(), handler.to_owned()],
             environment: vec![("PYTHONPATH".into(), root)],
             runtime_dir,
+            lang_dir,
         });
     }
     Err(match unusable {
@@ -120,11 +129,12 @@ enum Probe {
     Missing,
     /// Runs, but cannot import `awslambdaric`.
     NoClient,
-    /// Runs with `awslambdaric`: its real executable, and the directory `awslambdaric`
-    /// is in.
+    /// Runs with `awslambdaric`: its real executable, the directory `awslambdaric` is
+    /// in, and its installation (`sys.base_prefix`).
     Ready {
         executable: PathBuf,
         client_dir: PathBuf,
+        prefix: PathBuf,
     },
 }
 
@@ -137,17 +147,24 @@ fn probe_python(interpreter: &str) -> Probe {
         .entry(interpreter.to_owned())
         .or_insert_with(|| {
             let script = "import os, sys, awslambdaric\n\
-                print(sys.executable)\n\
-                print(os.path.dirname(os.path.dirname(os.path.abspath(awslambdaric.__file__))))";
+                print(os.path.realpath(sys.executable))\n\
+                print(os.path.dirname(os.path.dirname(os.path.abspath(awslambdaric.__file__))))\n\
+                print(os.path.realpath(sys.base_prefix))";
             match Command::new(interpreter).args(["-c", script]).output() {
                 Err(_) => Probe::Missing,
                 Ok(out) => {
                     let text = String::from_utf8_lossy(&out.stdout);
                     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-                    match (out.status.success(), lines.next(), lines.next()) {
-                        (true, Some(executable), Some(client_dir)) => Probe::Ready {
+                    match (
+                        out.status.success(),
+                        lines.next(),
+                        lines.next(),
+                        lines.next(),
+                    ) {
+                        (true, Some(executable), Some(client_dir), Some(prefix)) => Probe::Ready {
                             executable: PathBuf::from(executable),
                             client_dir: PathBuf::from(client_dir),
+                            prefix: PathBuf::from(prefix),
                         },
                         _ => Probe::NoClient,
                     }
@@ -190,6 +207,7 @@ pub fn nodejs(major: u8, handler: &str, task_root: &Path) -> Result<Launch, Laun
         program: client,
         args: vec![handler.to_owned()],
         runtime_dir,
+        lang_dir: None,
         environment: vec![(
             "NODE_PATH".into(),
             task_root.join("node_modules").display().to_string(),

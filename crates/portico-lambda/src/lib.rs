@@ -11,11 +11,13 @@
 //! - [`runtime`]: the set of functions, limits and shutdown (the `Invoker`);
 //! - `pool`: warm environments of one function, created on demand up to its concurrency;
 //! - `environment`: one execution environment: its process, its state, one invocation at a time;
+//! - [`isolation`]: its sandbox (Lambda's paths, `portico-sandbox`), or none;
 //! - `exchange`: the hand-off of an invocation between the invoker and the Runtime API;
 //! - `runtime_api`: the HTTP routes of the 2018-06-01 Runtime API;
 //! - [`invoke_api`]: the Lambda Invoke API (2015-03-31) for the AWS CLI and SDKs;
 //! - [`launch`]: how a function of each runtime (`provided`, `python3.N`, `nodejsN.x`) starts;
 //! - [`package`]: `.zip` deployment packages, unpacked once into a content-keyed cache;
+//! - [`layers`]: a function's layers merged in order into what a sandbox shows at `/opt`;
 //! - `memory`: the memory limit of an environment (cgroup v2, else a watchdog and an rlimit);
 //! - `process`: spawning, signalling and reaping the function's process group;
 //! - [`logs`]: capturing function output, Lambda's START/END/REPORT lines, each function's
@@ -25,7 +27,9 @@ pub mod credentials;
 mod environment;
 mod exchange;
 pub mod invoke_api;
+pub mod isolation;
 pub mod launch;
+pub mod layers;
 pub mod logs;
 mod memory;
 pub mod package;
@@ -37,6 +41,7 @@ mod runtime_api;
 pub mod spec;
 mod xray;
 
+pub use isolation::Isolation;
 pub use logs::{LogBook, LogLine};
 pub use runtime::{Runtime, RuntimeOptions};
 pub use spec::FunctionSpec;

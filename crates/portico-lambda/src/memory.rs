@@ -75,6 +75,12 @@ fn cgroup_parent() -> Option<(&'static Path, Hierarchy)> {
 
 /// portico's own cgroup in the v1 `memory` hierarchy, where it may make children.
 fn v1_memory_cgroup() -> Result<PathBuf, String> {
+    v1_cgroup("memory", "memory.limit_in_bytes")
+}
+
+/// portico's own cgroup in the v1 hierarchy of `controller` (whose directories have
+/// `marker`), where it may make children.
+fn v1_cgroup(controller: &str, marker: &str) -> Result<PathBuf, String> {
     let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
     let relative = own
         .lines()
@@ -83,13 +89,15 @@ fn v1_memory_cgroup() -> Result<PathBuf, String> {
             let (controllers, path) = rest.split_once(':')?;
             controllers
                 .split(',')
-                .any(|c| c == "memory")
+                .any(|c| c == controller)
                 .then_some(path)
         })
-        .ok_or("no v1 memory controller")?;
-    let dir = Path::new("/sys/fs/cgroup/memory").join(relative.trim_start_matches('/'));
-    if !dir.join("memory.limit_in_bytes").exists() {
-        return Err(format!("{}: not a memory cgroup", dir.display()));
+        .ok_or_else(|| format!("no v1 {controller} controller"))?;
+    let dir = Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(relative.trim_start_matches('/'));
+    if !dir.join(marker).exists() {
+        return Err(format!("{}: not a {controller} cgroup", dir.display()));
     }
     // Can portico make a child here?
     let probe = dir.join(format!("portico-probe-{}", std::process::id()));
@@ -124,34 +132,117 @@ fn delegate_cgroup() -> Result<PathBuf, String> {
         std::fs::write(dir.join("cgroup.subtree_control"), "+memory")
             .map_err(|e| format!("enabling the memory controller: {e}"))?;
     }
+    // CPU shares and the process limit where the machine delegates them too.
+    for extra in ["+cpu", "+pids"] {
+        if controllers.split_whitespace().any(|c| c == &extra[1..]) {
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), extra);
+        }
+    }
     Ok(dir)
 }
 
-/// The memory limit of one environment's process.
+/// Lambda gives a function one vCPU per 1 769 MB of memory.
+const MB_PER_VCPU: u64 = 1769;
+
+/// Lambda's limit on an environment's processes and threads.
+const MAX_PROCESSES: u32 = 1024;
+
+/// The memory limit of one environment, and its share of the CPUs and its process limit
+/// where the machine has those controllers.
 pub(crate) struct MemoryLimit {
-    pid: u32,
+    /// The environment's main process, once started.
+    pid: OnceLock<u32>,
     limit_mb: u64,
     cgroup: Option<(PathBuf, Hierarchy)>,
+    /// On a v1 machine, the environment's cgroups in the `cpu` and `pids` hierarchies (on
+    /// v2, `cgroup` has those controllers too).
+    others: Vec<PathBuf>,
     /// The last peak read, and when.
     sample: Mutex<Option<(Instant, u64)>>,
 }
 
 impl MemoryLimit {
     /// Puts process `pid` under a limit of `limit_mb`.
+    #[cfg(test)]
     pub(crate) fn apply(pid: u32, limit_mb: u32) -> Self {
+        let limit = Self::create(limit_mb);
+        limit.attach(pid, false);
+        limit
+    }
+
+    /// Makes an environment's cgroups before its process starts: memory capped at
+    /// `limit_mb` with no swap; CPU weighed in proportion to memory and capped at Lambda's
+    /// vCPUs for that memory (at least one), and at most [`MAX_PROCESSES`] processes, where
+    /// the machine has those controllers.
+    pub(crate) fn create(limit_mb: u32) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("portico-env-{}-{id}", std::process::id());
         let limit_mb = u64::from(limit_mb);
         let cgroup = cgroup_parent().and_then(|(parent, hierarchy)| {
-            match own_cgroup(parent, hierarchy, pid, limit_mb) {
+            match own_cgroup(&parent.join(&name), hierarchy, limit_mb) {
                 Ok(dir) => Some((dir, hierarchy)),
                 Err(error) => {
-                    tracing::warn!(%error, pid, "no cgroup for this environment; sampling its memory");
+                    tracing::warn!(%error, "no cgroup for this environment; sampling its memory");
                     None
                 }
             }
         });
-        if cgroup.is_none() {
-            // The backstop for an allocation faster than the watchdog.
-            let bytes = limit_mb * 2 * MIB;
+        let mut others = Vec::new();
+        match &cgroup {
+            Some((dir, Hierarchy::V2)) => cpu_and_processes(dir, dir, limit_mb),
+            _ => {
+                let (cpu, pids) = v1_others();
+                let cpu = cpu.map(|parent| parent.join(&name));
+                let pids = pids.map(|parent| parent.join(&name));
+                for dir in [&cpu, &pids].into_iter().flatten() {
+                    if std::fs::create_dir_all(dir).is_ok() {
+                        others.push(dir.clone());
+                    }
+                }
+                if let (Some(cpu), Some(pids)) = (&cpu, &pids) {
+                    cpu_and_processes(cpu, pids, limit_mb);
+                }
+            }
+        }
+        Self {
+            pid: OnceLock::new(),
+            limit_mb,
+            cgroup,
+            others,
+            sample: Mutex::new(None),
+        }
+    }
+
+    /// The `cgroup.procs` files a process joins to be in this environment.
+    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
+        self.cgroup
+            .iter()
+            .map(|(dir, _)| dir)
+            .chain(&self.others)
+            .map(|dir| dir.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// With no cgroup, the data segment limit that backs the watchdog up against an
+    /// allocation faster than it: twice the memory size.
+    pub(crate) fn data_limit(&self) -> Option<u64> {
+        self.cgroup.is_none().then_some(self.limit_mb * 2 * MIB)
+    }
+
+    /// Process `pid` is the environment's; unless it `joined` the cgroups itself before
+    /// `exec`, it is moved into them now, and limited by [`Self::data_limit`].
+    pub(crate) fn attach(&self, pid: u32, joined: bool) {
+        let _ = self.pid.set(pid);
+        if joined {
+            return;
+        }
+        for procs in self.procs_files() {
+            if let Err(error) = std::fs::write(&procs, pid.to_string()) {
+                tracing::warn!(%error, pid, cgroup = %procs.display(), "cannot move a function into its cgroup");
+            }
+        }
+        if let Some(bytes) = self.data_limit() {
             let limit = rustix::process::Rlimit {
                 current: Some(bytes),
                 maximum: Some(bytes),
@@ -163,12 +254,6 @@ impl MemoryLimit {
                     tracing::warn!(%error, pid, "cannot set RLIMIT_DATA");
                 }
             }
-        }
-        Self {
-            pid,
-            limit_mb,
-            cgroup,
-            sample: Mutex::new(None),
         }
     }
 
@@ -245,7 +330,7 @@ impl MemoryLimit {
             })
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(|bytes| bytes.div_ceil(MIB))
-            .or_else(|| max_memory_used_mb(self.pid));
+            .or_else(|| max_memory_used_mb(*self.pid.get()?));
         if let Some(mb) = read {
             *sample = Some((Instant::now(), mb));
         }
@@ -255,31 +340,11 @@ impl MemoryLimit {
 
 impl Drop for MemoryLimit {
     fn drop(&mut self) {
-        let Some((dir, _)) = &self.cgroup else {
-            return;
-        };
-        // The environment is over: whatever is still in its cgroup goes too, a process
+        // The environment is over: whatever is still in its cgroups goes too, a process
         // that left the process group (`setsid`) included.
-        let killed = kill_members(dir);
-        if std::fs::remove_dir(dir).is_ok() {
-            return;
-        }
-        // A killed process leaves its cgroup once the kernel has reaped it: a moment.
-        let dir = dir.clone();
-        let removed = std::thread::Builder::new()
-            .name("cgroup-reaper".into())
-            .spawn(move || {
-                for _ in 0..100 {
-                    std::thread::sleep(Duration::from_millis(20));
-                    kill_members(&dir);
-                    if std::fs::remove_dir(&dir).is_ok() {
-                        return;
-                    }
-                }
-                tracing::debug!(cgroup = %dir.display(), "cgroup not removed");
-            });
-        if removed.is_err() {
-            tracing::debug!(killed, "cgroup left behind");
+        for dir in self.cgroup.iter().map(|(dir, _)| dir).chain(&self.others) {
+            kill_members(dir);
+            remove_when_empty(dir.clone());
         }
     }
 }
@@ -302,13 +367,8 @@ fn kill_members(dir: &Path) -> usize {
         .count()
 }
 
-fn own_cgroup(
-    parent: &Path,
-    hierarchy: Hierarchy,
-    pid: u32,
-    limit_mb: u64,
-) -> std::io::Result<PathBuf> {
-    let dir = parent.join(format!("portico-env-{pid}"));
+fn own_cgroup(dir: &Path, hierarchy: Hierarchy, limit_mb: u64) -> std::io::Result<PathBuf> {
+    let dir = dir.to_owned();
     std::fs::create_dir_all(&dir)?;
     let bytes = (limit_mb * MIB).to_string();
     let configured = match hierarchy {
@@ -324,8 +384,7 @@ fn own_cgroup(
                 Ok(())
             }
         }),
-    }
-    .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
+    };
     match configured {
         Ok(()) => Ok(dir),
         Err(error) => {
@@ -333,6 +392,84 @@ fn own_cgroup(
             Err(error)
         }
     }
+}
+
+/// The v1 `cpu` and `pids` hierarchies' directories portico may make children in, found
+/// once.
+fn v1_others() -> (Option<PathBuf>, Option<PathBuf>) {
+    static OTHERS: OnceLock<(Option<PathBuf>, Option<PathBuf>)> = OnceLock::new();
+    OTHERS
+        .get_or_init(|| {
+            let found = |controller, marker| match v1_cgroup(controller, marker) {
+                Ok(dir) => Some(dir),
+                Err(error) => {
+                    tracing::info!(%error, "no per-environment {controller} limits");
+                    None
+                }
+            };
+            (found("cpu", "cpu.shares"), found("pids", "cgroup.procs"))
+        })
+        .clone()
+}
+
+/// Weighs the CPU of the cgroup at `cpu` by its memory (Lambda's CPU grows with memory),
+/// caps it at Lambda's vCPUs for that memory, at least one, and limits the processes of
+/// the cgroup at `pids`. (Lambda caps a function under 1 769 MB at a fraction of a vCPU;
+/// portico gives it the fraction only when CPUs are contended, so that a small function
+/// does not start ten times slower on a developer's machine than its code does.)
+fn cpu_and_processes(cpu: &Path, pids: &Path, memory_mb: u64) {
+    const PERIOD_US: u64 = 100_000;
+    let vcpus = memory_mb.div_ceil(MB_PER_VCPU).max(1);
+    let quota = vcpus * PERIOD_US;
+    let v2 = cpu.join("cpu.weight").exists();
+    let writes = if v2 {
+        vec![
+            (
+                cpu.join("cpu.weight"),
+                (memory_mb / 16).clamp(1, 10_000).to_string(),
+            ),
+            (cpu.join("cpu.max"), format!("{quota} {PERIOD_US}")),
+        ]
+    } else {
+        vec![
+            (
+                cpu.join("cpu.shares"),
+                memory_mb.clamp(2, 262_144).to_string(),
+            ),
+            (cpu.join("cpu.cfs_period_us"), PERIOD_US.to_string()),
+            (cpu.join("cpu.cfs_quota_us"), quota.to_string()),
+        ]
+    };
+    for (file, value) in writes
+        .into_iter()
+        .chain([(pids.join("pids.max"), MAX_PROCESSES.to_string())])
+    {
+        if file.exists() {
+            if let Err(error) = std::fs::write(&file, &value) {
+                tracing::debug!(%error, file = %file.display(), "cgroup setting not written");
+            }
+        }
+    }
+}
+
+/// Removes the cgroup at `dir` once its processes are gone: a killed process leaves its
+/// cgroup once the kernel has reaped it, a moment later, so a thread of its own waits.
+fn remove_when_empty(dir: PathBuf) {
+    if std::fs::remove_dir(&dir).is_ok() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("cgroup-reaper".into())
+        .spawn(move || {
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(20));
+                kill_members(&dir);
+                if std::fs::remove_dir(&dir).is_ok() {
+                    return;
+                }
+            }
+            tracing::debug!(cgroup = %dir.display(), "cgroup not removed");
+        });
 }
 
 /// Peak resident memory of process `pid` in MB (`VmHWM`), when the OS tells.

@@ -8,7 +8,8 @@
 //! of any function, the longest unused first, and is throttled only when that is not
 //! enough. So no caller can start more processes than the node can hold.
 
-use crate::environment::Environment;
+use crate::environment::{Environment, Host};
+use crate::isolation::Isolation;
 use crate::logs::LogBook;
 use crate::spec::FunctionSpec;
 use portico_invoke::{Invocation, InvokeError, InvokeOutput, ThrottleReason};
@@ -63,13 +64,14 @@ impl Limit {
 
 /// What every invocation shares: the unreserved concurrency (Lambda's account limit less
 /// the reservations), the memory budget, every pool (for room in it), the owner of the
-/// environments' tasks, and the shutdown signal.
+/// environments' tasks, the shutdown signal, and how environments are isolated.
 pub(crate) struct Shared {
     pub(crate) unreserved: Limit,
     pub(crate) memory: Memory,
     pub(crate) pools: Vec<Arc<Pool>>,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) isolation: Isolation,
 }
 
 /// The node's memory for execution environments, in MB: each holds its function's memory
@@ -183,13 +185,12 @@ impl Pool {
             Some(held) => held,
             None => {
                 let memory = self.memory_for_new(shared)?;
-                let env = Environment::start(
-                    self.spec.clone(),
-                    self.book.clone(),
-                    &shared.tracker,
-                    &shared.shutdown,
-                )
-                .await?;
+                let host = Host {
+                    tracker: &shared.tracker,
+                    parent: &shared.shutdown,
+                    isolation: &shared.isolation,
+                };
+                let env = Environment::start(self.spec.clone(), self.book.clone(), host).await?;
                 Held {
                     env,
                     _memory: memory,

@@ -6,11 +6,15 @@
 //! period) when the environment is stopped.
 
 use crate::exchange::{Exchange, State};
+use crate::isolation::{Isolation, View};
+use crate::memory::MemoryLimit;
 use crate::spec::FunctionSpec;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use portico_sandbox::{Entry, Resource};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,37 +24,90 @@ use tokio_util::sync::CancellationToken;
 /// How long a stopped function gets to exit after SIGTERM before SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_millis(500);
 
-/// Lambda's `PATH` for OS-only runtimes, followed by the host's so that interpreters and
-/// tools installed here are found.
-const LAMBDA_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/opt/bin";
+/// Lambda's `PATH` before the layers' `bin`.
+const LAMBDA_PATH: &str = "/var/lang/bin:/usr/local/bin:/usr/bin:/bin";
 
-/// Starts `spec`'s program with the Runtime API at `api`. Its stdout and stderr both go to
-/// the returned pipe, as both go to one log stream in Lambda.
-pub(crate) fn spawn(
+/// A started function: its process, the pipe its output comes through, and its sandbox
+/// (which must live as long as the environment: its end ends every process in it).
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) output: tokio::net::unix::pipe::Receiver,
+    pub(crate) sandbox: Option<portico_sandbox::Sandbox>,
+}
+
+/// Why a function could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpawnError {
+    /// The process could not be started.
+    #[error("cannot start {program}: {source}")]
+    Process {
+        program: String,
+        source: std::io::Error,
+    },
+    /// Its sandbox could not be made.
+    #[error(transparent)]
+    Sandbox(#[from] portico_sandbox::SandboxError),
+}
+
+/// Starts `spec`'s program with the Runtime API at `api`, isolated as `isolation` says. Its
+/// stdout and stderr both go to the returned pipe, as both go to one log stream in Lambda.
+pub(crate) async fn spawn(
     spec: &FunctionSpec,
     api: SocketAddr,
-) -> std::io::Result<(Child, tokio::net::unix::pipe::Receiver)> {
-    let (reader, writer) = std::io::pipe()?;
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .current_dir(&spec.task_root)
+    isolation: &Isolation,
+    memory: &MemoryLimit,
+) -> Result<Spawned, SpawnError> {
+    let view = match isolation {
+        Isolation::None => View::host(spec),
+        Isolation::Sandbox { .. } => View::sandboxed(spec),
+    };
+    let program = view.path(&spec.program);
+    let failed = |source| SpawnError::Process {
+        program: program.display().to_string(),
+        source,
+    };
+    let (reader, writer) = std::io::pipe().map_err(failed)?;
+    let mut cmd = Command::new(&program);
+    cmd.args(spec.args.iter().map(|a| view.value(a)))
         .env_clear()
-        .envs(lambda_environment(spec, api))
-        .envs(spec.runtime_environment.iter().map(|(k, v)| (k, v)))
+        .envs(lambda_environment(spec, api, &view))
+        .envs(runtime_environment(spec, &view))
         .envs(&spec.environment)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(writer.try_clone()?))
+        .stdout(Stdio::from(writer.try_clone().map_err(failed)?))
         .stderr(Stdio::from(writer))
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd.spawn()?;
-    if let Some(pid) = child.id() {
-        lambda_limits(pid);
-    }
-    // `cmd` holds the parent's copies of the write end; they must go for EOF to come.
-    drop(cmd);
-    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())?;
-    Ok((child, reader))
+    let (child, sandbox) = match isolation {
+        Isolation::None => {
+            cmd.current_dir(&spec.task_root);
+            let child = cmd.spawn().map_err(failed)?;
+            if let Some(pid) = child.id() {
+                lambda_limits(pid);
+            }
+            (child, None)
+        }
+        Isolation::Sandbox { sandboxes, hidden } => {
+            let sandbox = sandboxes
+                .create(&view.layout(spec, sandboxes, hidden))
+                .await?;
+            let mut limits = vec![(Resource::OpenFiles, open_files_limit())];
+            limits.extend(memory.data_limit().map(|bytes| (Resource::Data, bytes)));
+            let entry = Entry {
+                cwd: view.task.clone(),
+                cgroups: memory.procs_files(),
+                limits,
+            };
+            let child = sandbox.spawn(cmd, &entry).await?;
+            (child, Some(sandbox))
+        }
+    };
+    let output = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(failed)?;
+    Ok(Spawned {
+        child,
+        output,
+        sandbox,
+    })
 }
 
 /// Lambda's quotas on an execution environment: 1 024 file descriptors, 1 024 processes and
@@ -58,9 +115,20 @@ pub(crate) fn spawn(
 const LAMBDA_NOFILE: u64 = 1024;
 const LAMBDA_NPROC: u64 = 1024;
 
-/// Gives process `pid` Lambda's limits. Set right after the start: what the process inherits
-/// in between is only what it was started with. Where portico's own hard limit is lower
-/// (and it may not raise limits: no `CAP_SYS_RESOURCE`), the function gets that.
+/// Lambda's open-file limit, or portico's own hard limit where that is lower (portico may
+/// not raise limits without `CAP_SYS_RESOURCE`).
+fn open_files_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit};
+    getrlimit(Resource::Nofile)
+        .maximum
+        .map_or(LAMBDA_NOFILE, |own| own.min(LAMBDA_NOFILE))
+}
+
+/// Gives process `pid` (not sandboxed) Lambda's limits. Set right after the start: what the
+/// process inherits in between is only what it was started with. Where portico's own hard
+/// limit is lower, the function gets that. (In a sandbox, the open-file limit is set before
+/// the function runs, and its processes are counted by its cgroup: `RLIMIT_NPROC` counts
+/// per user, and every sandbox has the same one.)
 fn lambda_limits(pid: u32) {
     use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
     let Some(target) = Pid::from_raw(pid as i32) else {
@@ -83,13 +151,67 @@ fn lambda_limits(pid: u32) {
     }
 }
 
-/// The variables Lambda sets for every function.
-fn lambda_environment(spec: &FunctionSpec, api: SocketAddr) -> Vec<(&'static str, String)> {
-    let task_root = spec.task_root.display().to_string();
-    let runtime_dir = spec.runtime_dir.display().to_string();
+/// The runtime's own variables (`PYTHONPATH`, `NODE_PATH`) where `view` puts the
+/// directories, with the layers' language directories after the code's, as Lambda's
+/// runtimes search them.
+fn runtime_environment(spec: &FunctionSpec, view: &View) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = spec
+        .runtime_environment
+        .iter()
+        .map(|(k, v)| (k.clone(), view.value(v)))
+        .collect();
+    let Some(opt) = &view.opt else {
+        return vars;
+    };
+    let opt = opt.display();
+    let (name, layered) = if let Some(minor) = spec.runtime.strip_prefix("python3.") {
+        (
+            "PYTHONPATH",
+            format!("{opt}/python/lib/python3.{minor}/site-packages:{opt}/python"),
+        )
+    } else if let Some(major) = spec
+        .runtime
+        .strip_prefix("nodejs")
+        .and_then(|r| r.strip_suffix(".x"))
+    {
+        (
+            "NODE_PATH",
+            format!("{opt}/nodejs/node{major}/node_modules:{opt}/nodejs/node_modules"),
+        )
+    } else {
+        return vars;
+    };
+    match vars.iter_mut().find(|(k, _)| k == name) {
+        Some((_, value)) => *value = format!("{value}:{layered}"),
+        None => vars.push((name.to_owned(), layered)),
+    }
+    vars
+}
+
+/// The variables Lambda sets for every function, with its directories where `view` puts
+/// them.
+fn lambda_environment(
+    spec: &FunctionSpec,
+    api: SocketAddr,
+    view: &View,
+) -> Vec<(&'static str, String)> {
+    let task_root = view.task.display().to_string();
+    let runtime_dir = view.runtime.display().to_string();
+    let lang = view
+        .lang
+        .as_ref()
+        .map(|l| format!("{}/lib:", l.display()))
+        .unwrap_or_default();
+    let opt = view
+        .opt
+        .as_deref()
+        .unwrap_or(Path::new("/opt"))
+        .display()
+        .to_string();
+    // Lambda's, then the host's, so that interpreters and tools installed here are found.
     let path = match std::env::var("PATH") {
-        Ok(host) if !host.is_empty() => format!("{LAMBDA_PATH}:{host}"),
-        _ => LAMBDA_PATH.to_owned(),
+        Ok(host) if !host.is_empty() => format!("{LAMBDA_PATH}:{opt}/bin:{host}"),
+        _ => format!("{LAMBDA_PATH}:{opt}/bin"),
     };
     let mut vars = vec![
         ("AWS_LAMBDA_RUNTIME_API", api.to_string()),
@@ -109,10 +231,12 @@ fn lambda_environment(spec: &FunctionSpec, api: SocketAddr) -> Vec<(&'static str
         ("AWS_REGION", spec.region.clone()),
         ("AWS_DEFAULT_REGION", spec.region.clone()),
         ("LAMBDA_TASK_ROOT", task_root.clone()),
-        ("LAMBDA_RUNTIME_DIR", runtime_dir),
+        ("LAMBDA_RUNTIME_DIR", runtime_dir.clone()),
         (
             "LD_LIBRARY_PATH",
-            format!("/lib64:/usr/lib64:{task_root}:{task_root}/lib:/opt/lib"),
+            format!(
+                "{lang}/lib64:/usr/lib64:{runtime_dir}:{runtime_dir}/lib:{task_root}:{task_root}/lib:{opt}/lib"
+            ),
         ),
         ("PATH", path),
         ("TZ", ":UTC".to_owned()),

@@ -1,6 +1,7 @@
 //! The function runtime: every configured function, the global concurrency limit, and the
 //! shutdown sequence. Implements [`Invoker`].
 
+use crate::isolation::Isolation;
 use crate::logs::LogBook;
 use crate::pool::{Limit, Memory, Pool, Shared};
 use crate::spec::FunctionSpec;
@@ -43,6 +44,8 @@ pub struct RuntimeOptions {
     /// is tried again; Lambda backs off exponentially from one second to five minutes, and
     /// throttles do not count against the retries.
     pub throttle_backoff: (Duration, Duration),
+    /// How environments are isolated from the host and from each other.
+    pub isolation: Isolation,
 }
 
 impl Default for RuntimeOptions {
@@ -56,6 +59,7 @@ impl Default for RuntimeOptions {
             max_queued_event_bytes: 64 * 1024 * 1024,
             max_event_age: Duration::from_secs(6 * 3600),
             throttle_backoff: (Duration::from_secs(1), Duration::from_secs(300)),
+            isolation: Isolation::None,
         }
     }
 }
@@ -100,6 +104,7 @@ impl Runtime {
             pools: pools.values().cloned().collect(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            isolation: options.isolation,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             let (all, shutdown) = (shared.pools.clone(), shared.shutdown.clone());

@@ -7,6 +7,9 @@ use std::time::Duration;
 /// Account id used in ARNs: functions run here, not in an AWS account.
 pub const ACCOUNT_ID: &str = "000000000000";
 
+/// Lambda's default ephemeral storage (`/tmp`), in MB.
+pub const DEFAULT_EPHEMERAL_STORAGE_MB: u32 = 512;
+
 /// Lambda's init phase limit.
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -29,6 +32,13 @@ pub struct FunctionSpec {
     pub runtime_environment: Vec<(String, String)>,
     /// `LAMBDA_RUNTIME_DIR`: where the runtime's own libraries are.
     pub runtime_dir: PathBuf,
+    /// The language's installation (Lambda's `/var/lang`), for a runtime whose interpreter
+    /// is not the host's own (a Python built under `/root`, say).
+    pub lang_dir: Option<PathBuf>,
+    /// The function's layers, merged in order (Lambda's `/opt`).
+    pub opt_dir: Option<PathBuf>,
+    /// The size of `/tmp`, in MB (Lambda's ephemeral storage, 512–10240).
+    pub ephemeral_storage_mb: u32,
     /// The AWS credentials the function gets, if any.
     pub credentials: Option<crate::credentials::Credentials>,
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, in MB.

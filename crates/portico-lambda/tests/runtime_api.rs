@@ -31,6 +31,9 @@ fn prober(name: &str, env: &[(&str, &str)], reserved: Option<usize>) -> Function
         runtime: "provided".into(),
         runtime_environment: Vec::new(),
         runtime_dir: PathBuf::from("/opt/portico-test-runtime"),
+        lang_dir: None,
+        opt_dir: None,
+        ephemeral_storage_mb: 512,
         credentials: Some(portico_lambda::credentials::Credentials {
             access_key_id: "AKPROBE".into(),
             secret_access_key: "sprobe".into(),

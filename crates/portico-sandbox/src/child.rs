@@ -175,6 +175,9 @@ fn run(step: &Step) -> Result<(), i32> {
     }
 }
 
+/// The init's process name (`/proc/PID/comm`).
+pub(crate) const INIT_NAME: &CStr = c"portico-sandbox";
+
 /// The sandbox's init (PID 1 of its namespace): it reaps whatever is orphaned there, until
 /// it is killed. It holds nothing of its parent's: its descriptors are closed, and it may
 /// not be traced or read through `/proc`.
@@ -183,6 +186,8 @@ pub(crate) fn init() -> ! {
     // SAFETY: system calls on local values; nothing here allocates.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        // What `ps` shows: not a second portico.
+        libc::prctl(libc::PR_SET_NAME, INIT_NAME.as_ptr(), 0, 0, 0);
         libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
@@ -232,6 +237,17 @@ pub(crate) fn join_cgroup(procs: &CStr) -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+/// Sets the calling process's limit of `resource` to `value` (soft and hard).
+#[allow(unsafe_code)]
+pub(crate) fn limit(resource: libc::__rlimit_resource_t, value: u64) -> Result<(), i32> {
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: setrlimit with a local struct.
+    check(unsafe { libc::setrlimit(resource, &limit) }.into())
 }
 
 /// Writes the failed step and error number to `report` (the parent reads them when the

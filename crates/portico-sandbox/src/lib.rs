@@ -9,8 +9,9 @@
 //! certificates and keys) read as empty. Nothing is set-uid there, and what runs inside runs
 //! as an unprivileged user that cannot gain privileges. The network is the host's.
 //!
-//! Each sandbox has an init, PID 1 of its namespace, that reaps what is orphaned there; when
-//! it dies, the kernel kills everything in the namespace. Programs are started inside by
+//! Each sandbox has an init, PID 1 of its namespace (named `portico-sandbox` in `ps`), that
+//! reaps what is orphaned there; when it dies, the kernel kills everything in the
+//! namespace. Programs are started inside by
 //! joining its namespaces ([`Sandbox::spawn`]); they stay children of portico, which waits
 //! for them as for any process.
 //!
@@ -203,7 +204,6 @@ impl Sandboxes {
         }
         let spawned = self
             .on_thread(move || {
-                // SAFETY-free: unshare and setns are in `enter_new_pid_namespace`.
                 enter_new_pid_namespace()?;
                 let spawned = command.spawn();
                 leave_pid_namespace();
@@ -293,6 +293,36 @@ fn leave_pid_namespace() {
     }
 }
 
+/// How a program starts in a sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// Its working directory, inside.
+    pub cwd: PathBuf,
+    /// The `cgroup.procs` files of the cgroups it joins before anything of it runs.
+    pub cgroups: Vec<PathBuf>,
+    /// Its resource limits (set before it becomes the sandbox's user, who may not raise
+    /// them).
+    pub limits: Vec<(Resource, u64)>,
+}
+
+/// A resource limit of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `RLIMIT_NOFILE`.
+    OpenFiles,
+    /// `RLIMIT_DATA`.
+    Data,
+}
+
+impl Resource {
+    fn raw(self) -> libc::__rlimit_resource_t {
+        match self {
+            Resource::OpenFiles => libc::RLIMIT_NOFILE,
+            Resource::Data => libc::RLIMIT_DATA,
+        }
+    }
+}
+
 /// A sandbox: its init, and its namespaces to start programs in.
 pub struct Sandbox {
     init: Child,
@@ -312,19 +342,20 @@ impl std::fmt::Debug for Sandbox {
 }
 
 impl Sandbox {
-    /// Starts `command` inside: its program and `cwd` are paths inside the sandbox; it joins
-    /// the cgroups whose `cgroup.procs` files are `cgroups` before anything runs.
-    pub async fn spawn(
-        &self,
-        mut command: Command,
-        cwd: &Path,
-        cgroups: &[PathBuf],
-    ) -> Result<Child, SandboxError> {
-        let cwd = plan::c_path(cwd)?;
-        let cgroups = cgroups
+    /// Starts `command` inside, as `entry` says: its program is a path inside the
+    /// sandbox.
+    pub async fn spawn(&self, mut command: Command, entry: &Entry) -> Result<Child, SandboxError> {
+        let cwd = plan::c_path(&entry.cwd)?;
+        let cgroups = entry
+            .cgroups
             .iter()
             .map(|p| plan::c_path(p))
             .collect::<Result<Vec<CString>, _>>()?;
+        let limits: Vec<(libc::__rlimit_resource_t, u64)> = entry
+            .limits
+            .iter()
+            .map(|(resource, value)| (resource.raw(), *value))
+            .collect();
         let pid_namespace = self.pid_namespace.clone();
         let mount_namespace = self.mount_namespace.clone();
         let user = self.user;
@@ -334,6 +365,9 @@ impl Sandbox {
             command.pre_exec(move || {
                 for procs in &cgroups {
                     child::join_cgroup(procs).map_err(std::io::Error::from_raw_os_error)?;
+                }
+                for (resource, value) in &limits {
+                    child::limit(*resource, *value).map_err(std::io::Error::from_raw_os_error)?;
                 }
                 child::enter(mount_namespace.as_raw_fd(), &cwd, user)
                     .map_err(std::io::Error::from_raw_os_error)

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
-use portico_sandbox::{Layout, Root, Sandboxes, User};
+use portico_sandbox::{Entry, Layout, Resource, Root, Sandboxes, User};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::process::Command;
@@ -65,6 +65,13 @@ fn layout(f: &Fixture) -> Layout {
     }
 }
 
+fn entry(cwd: &str) -> Entry {
+    Entry {
+        cwd: PathBuf::from(cwd),
+        ..Entry::default()
+    }
+}
+
 /// Runs `script` with `sh` in `sandbox`: its exit code and output.
 async fn sh(sandbox: &portico_sandbox::Sandbox, script: &str) -> (i32, String) {
     let mut command = Command::new("/bin/sh");
@@ -77,7 +84,7 @@ async fn sh(sandbox: &portico_sandbox::Sandbox, script: &str) -> (i32, String) {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let child = sandbox
-        .spawn(command, Path::new("/var/task"), &[])
+        .spawn(command, &entry("/var/task"))
         .await
         .expect("spawn in the sandbox");
     let out = child.wait_with_output().await.unwrap();
@@ -164,7 +171,7 @@ async fn the_sandbox_s_processes_end_with_it() {
         .args(["-c", "sleep 300 & wait"])
         .stdout(Stdio::null())
         .kill_on_drop(false);
-    let mut child = sandbox.spawn(command, Path::new("/"), &[]).await.unwrap();
+    let mut child = sandbox.spawn(command, &entry("/")).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     drop(sandbox);
     let status = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
@@ -190,4 +197,62 @@ async fn a_bad_layout_says_which_step_failed() {
         error.contains("binding /nonexistent/layer at") && error.contains("/opt"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test --release -p portico-sandbox -- --ignored --nocapture"]
+async fn how_long_a_sandbox_takes() {
+    let f = fixture("timing");
+    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
+        eprintln!("alone {:?}", started.elapsed());
+        kept.push(sandbox);
+    }
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
+        let made = started.elapsed();
+        let mut command = Command::new("/bin/true");
+        command.kill_on_drop(true);
+        let mut child = sandbox.spawn(command, &entry("/")).await.unwrap();
+        let spawned = started.elapsed();
+        child.wait().await.unwrap();
+        eprintln!(
+            "made {made:?}, spawned {spawned:?}, ran {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_set_before_the_program_runs_and_cannot_be_raised() {
+    if !root() {
+        return;
+    }
+    let f = fixture("limits");
+    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
+    let mut command = Command::new("/bin/sh");
+    command
+        .args(["-c", "ulimit -n; ulimit -n 4096 && echo raised"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let entry = Entry {
+        cwd: PathBuf::from("/"),
+        cgroups: Vec::new(),
+        limits: vec![(Resource::OpenFiles, 1024)],
+    };
+    let out = sandbox
+        .spawn(command, &entry)
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("1024\n"), "{text}");
+    assert!(!text.contains("raised"), "{text}");
 }

@@ -11,7 +11,9 @@ use portico_alb::tls::{CertificateSource, Certificates};
 use portico_alb::{LambdaTargetGroup, TargetGroup};
 use portico_config::{Config, Function, FunctionRuntime, TargetType};
 use portico_invoke::Invoker;
+use portico_lambda::Isolation;
 use portico_lambda::{FunctionSpec, launch};
+use portico_sandbox::Sandboxes;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,6 +64,37 @@ pub(crate) fn for_node(mut config: Config, node: Option<&str>) -> Config {
         .collect();
     config.target_groups.retain(|name, _| used.contains(name));
     config
+}
+
+/// How functions are isolated: a sandbox each, made once here to be sure the machine can
+/// (portico does not start otherwise), or, when `[runtime] sandbox = false`, none, which is
+/// said. `file` is the configuration's own file, hidden from functions with the others.
+pub(crate) async fn isolation(
+    config: &Config,
+    base: &Path,
+    file: Option<&Path>,
+) -> anyhow::Result<Isolation> {
+    if !config.runtime.sandbox {
+        tracing::warn!(
+            "functions run without a sandbox ([runtime] sandbox = false): as plain processes of portico's user, seeing the host's files"
+        );
+        return Ok(Isolation::None);
+    }
+    let cache = portico_lambda::package::default_cache_dir();
+    let mut hidden: Vec<PathBuf> = config.own_files().iter().map(|f| base.join(f)).collect();
+    hidden.extend(file.map(Path::to_path_buf));
+    // Other functions' unpacked code.
+    hidden.push(cache.clone());
+    let refuse = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "cannot run functions in sandboxes on this machine ({e}); set `sandbox = false` under [runtime] to run them as plain processes"
+        )
+    };
+    let sandboxes =
+        Sandboxes::new(&cache.with_file_name("sandbox-root")).map_err(|e| refuse(&e))?;
+    let probe = portico_lambda::isolation::probe(&sandboxes, &hidden).await;
+    probe.map_err(|e| refuse(&e))?;
+    Ok(Isolation::Sandbox { sandboxes, hidden })
 }
 
 /// Every function of `config`, ready for the runtime.
@@ -118,6 +151,13 @@ fn function_spec(
         (FunctionRuntime::Python { minor }, _) => launch::python(minor, f.handler(), &task_root)?,
         (FunctionRuntime::Nodejs { major }, _) => launch::nodejs(major, f.handler(), &task_root)?,
     };
+    let opt_dir = if f.layers.is_empty() {
+        None
+    } else {
+        let layers: Vec<PathBuf> = f.layers.iter().map(|l| resolve(l, base)).collect();
+        let code = f.code.as_ref().map(|_| task_root.as_path());
+        Some(portico_lambda::layers::merge(&layers, code, cache).context("layers")?)
+    };
     Ok(FunctionSpec {
         name: name.to_owned(),
         program: launch.program,
@@ -127,6 +167,9 @@ fn function_spec(
         runtime: f.runtime.to_string(),
         runtime_environment: launch.environment,
         runtime_dir: launch.runtime_dir,
+        lang_dir: launch.lang_dir,
+        opt_dir,
+        ephemeral_storage_mb: f.ephemeral_storage_mb,
         credentials: if f.aws_credentials {
             portico_lambda::credentials::resolve(f.profile.as_deref(), &|name| {
                 std::env::var(name).ok()

@@ -142,9 +142,11 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
     raise_file_limit();
     let full = config.clone();
     let config = topology::for_node(config, node.as_deref());
+    let isolation = topology::isolation(&config, &base, file.as_deref()).await?;
     let runtime = Arc::new(Runtime::new(
         topology::function_specs(&config, &base)?,
         RuntimeOptions {
+            isolation,
             max_concurrency: config.runtime.max_concurrency as usize,
             idle_timeout: Duration::from_secs(u64::from(
                 config.runtime.environment_idle_timeout_seconds,

@@ -328,6 +328,11 @@ code = "{}"
 handler = "health.handler"
 environment = {{ EVENTS_FILE = "{}", STATUS_FILE = "{}" }}
 
+# The function tells the test what it was sent through the test's files on the host, which
+# a sandbox would not let it write.
+[runtime]
+sandbox = false
+
 [invoke_api]
 enabled = false
 "#,

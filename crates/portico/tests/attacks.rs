@@ -599,7 +599,7 @@ memory_budget_mb = 512
     normal_requests_during("an Event flood and aborted requests", &mut normal, 100);
     let mut most = 0;
     for _ in 0..20 {
-        most = most.max(support::children_of(portico.pid()).len());
+        most = most.max(support::function_processes_of(portico.pid()).len());
         std::thread::sleep(Duration::from_millis(50));
     }
     // 512 MB of 128 MB environments: 4.

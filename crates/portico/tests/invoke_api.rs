@@ -545,11 +545,11 @@ print(json.dumps(results))
                 && r["reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded")
     );
     // The ones that ran did so at the same time, each in its own environment.
-    let pids: std::collections::HashSet<u64> = ran
+    let processes: std::collections::HashSet<&str> = ran
         .iter()
-        .map(|r| r["reply"]["pid"].as_u64().unwrap())
+        .map(|r| r["reply"]["process"].as_str().unwrap())
         .collect();
-    assert_eq!(pids.len(), LIMIT);
+    assert_eq!(processes.len(), LIMIT);
     let latest_start = ran
         .iter()
         .map(|r| r["reply"]["started"].as_f64().unwrap())

@@ -132,11 +132,9 @@ port = 0
     assert_eq!(reply["client_context"], json!({"user": "ada"}));
     assert_eq!(reply["helper"], "helper");
     assert_eq!(reply["event"], json!({"n": 1}));
-    // The code runs from the unpacked package, in the content-keyed cache.
-    let task_root = reply["task_root"].as_str().unwrap();
-    assert_eq!(reply["cwd"], task_root);
-    assert!(task_root.contains("portico/code/"), "{task_root}");
-    assert!(Path::new(task_root).join("app.py").exists());
+    // The code runs from the unpacked package, at Lambda's path in the sandbox.
+    assert_eq!(reply["task_root"], "/var/task");
+    assert_eq!(reply["cwd"], "/var/task");
     // print() and logging both reach the log, framed by START/END/REPORT.
     assert!(
         tail.starts_with(&format!("START RequestId: {id} Version: $LATEST\n")),
@@ -312,22 +310,25 @@ port = 0
     let api = portico.invoke_api.unwrap().to_string();
 
     let (reply, _) = first_invocation(&api, "py", "128", "app.handler");
+    // The relative directory, at Lambda's path in the sandbox.
     let task_root = reply["task_root"].as_str().unwrap();
-    assert!(Path::new(task_root).is_absolute(), "{reply}");
-    assert!(task_root.ends_with("/pyapp"), "{reply}");
+    assert_eq!(task_root, "/var/task", "{reply}");
     assert_eq!(reply["cwd"], task_root);
+    assert!(
+        reply["files"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("app.py")),
+        "{reply}"
+    );
     // Lambda's quota, not portico's own limit.
     assert_eq!(reply["open_files_limit"], json!([1024, 1024]));
     let env = &reply["env"];
     assert_eq!(env["PYTHONPATH"], task_root, "{env}");
     assert_eq!(env["AWS_EXECUTION_ENV"], "AWS_Lambda_python3.11", "{env}");
     // The runtime's own directory (Lambda's /var/runtime): where awslambdaric is.
-    let runtime_dir = env["LAMBDA_RUNTIME_DIR"].as_str().unwrap();
-    assert_ne!(runtime_dir, task_root);
-    assert!(
-        Path::new(runtime_dir).join("awslambdaric").is_dir(),
-        "{env}"
-    );
+    assert_eq!(env["LAMBDA_RUNTIME_DIR"], "/var/runtime", "{env}");
+    assert_eq!(reply["runtime_has_client"], true, "{reply}");
     // The credentials of the user running portico, as `sam local` hands them over; nothing
     // else of portico's environment.
     assert_eq!(env["AWS_ACCESS_KEY_ID"], "AKPORTICO", "{env}");

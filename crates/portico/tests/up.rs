@@ -326,11 +326,14 @@ fn sigterm_stops_every_function_process() {
         assert_eq!(curl(None, &[&format!("http://{addr}/")]).status, 200);
     }
     let children = children_of(portico.pid());
+    let functions = function_processes_of(portico.pid());
     assert_eq!(
-        children.len(),
+        functions.len(),
         2,
         "one environment per function: {children:?}"
     );
+    // And the init of each one's sandbox.
+    assert_eq!(children.len(), 4, "{children:?}");
     let status = portico.terminate();
     assert!(status.success(), "{status:?}");
     for pid in children {

@@ -7,7 +7,10 @@ import json
 import os
 import time
 import urllib.request
+import uuid
 
+# Which execution environment answered: in a sandbox every runtime is the same PID.
+PROCESS = uuid.uuid4().hex
 API = "http://%s/2018-06-01/runtime/invocation/" % os.environ["AWS_LAMBDA_RUNTIME_API"]
 
 
@@ -41,4 +44,4 @@ while True:
         doc = json.dumps({"errorMessage": "asked to raise", "errorType": "ValueError", "stackTrace": []})
         post(API + request_id + "/error", doc.encode(), {"Lambda-Runtime-Function-Error-Type": "ValueError"})
     else:
-        post(API + request_id + "/response", reply(200, "pid %d" % os.getpid()))
+        post(API + request_id + "/response", reply(200, "process " + PROCESS))

@@ -358,6 +358,20 @@ pub fn children_of(pid: i32) -> Vec<i32> {
     found
 }
 
+/// The function processes among `pid`'s children: not the inits of their sandboxes.
+pub fn function_processes_of(pid: i32) -> Vec<i32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|child| !is_sandbox_init(*child))
+        .collect()
+}
+
+/// Whether `pid` is a sandbox's init (named so by portico).
+pub fn is_sandbox_init(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim() == "portico-sandbox")
+}
+
 pub fn is_alive(pid: i32) -> bool {
     // A zombie has been reaped by nobody; count it as alive (not cleaned up).
     Path::new(&format!("/proc/{pid}")).exists()

@@ -7,12 +7,15 @@ import logging
 import os
 import resource
 import time
+import uuid
 
 import helper  # A second module of the package: the code directory is importable.
 
 logger = logging.getLogger()
 logger.setLevel(logging.INFO)
 COLD = {"start": True}
+# Which execution environment answered: in a sandbox every runtime is the same PID.
+PROCESS = uuid.uuid4().hex
 
 
 def handler(event, context):
@@ -25,7 +28,7 @@ def handler(event, context):
     if "sleep" in event:
         started = time.time()
         time.sleep(event["sleep"])
-        return {"pid": os.getpid(), "started": started, "ended": time.time()}
+        return {"process": PROCESS, "started": started, "ended": time.time()}
     report = {
         "request_id": context.aws_request_id,
         "function_name": context.function_name,
@@ -36,6 +39,10 @@ def handler(event, context):
         "handler": os.environ.get("_HANDLER"),
         "task_root": os.environ.get("LAMBDA_TASK_ROOT"),
         "cwd": os.getcwd(),
+        "files": sorted(os.listdir(os.environ.get("LAMBDA_TASK_ROOT", "."))),
+        "runtime_has_client": os.path.isdir(
+            os.path.join(os.environ.get("LAMBDA_RUNTIME_DIR", ""), "awslambdaric")
+        ),
         "open_files_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
         "env": {
             k: v
