@@ -5,10 +5,11 @@
 //! replaces a sandbox it had to reset.
 
 use crate::exchange::{Exchange, Outcome, Pending, State};
+use crate::extensions::{self, Extensions};
 use crate::isolation::Isolation;
 use crate::logs::{self, LogBook, Output, Report, ReportStatus, Sink, SyncRequest};
 use crate::memory::MemoryLimit;
-use crate::process::{self, SpawnError};
+use crate::process::{self, ExtensionProcesses, Launcher, SpawnError};
 use crate::runtime_api::{self, ApiContext, error_document};
 use crate::spec::FunctionSpec;
 use bytes::Bytes;
@@ -48,8 +49,8 @@ pub(crate) struct Environment {
     /// Reported on the first invocation only, as Lambda does for cold starts.
     init_duration: Option<Duration>,
     reusable: bool,
-    /// Its sandbox, if it has one: everything in it ends when it is dropped.
-    _sandbox: Option<portico_sandbox::Sandbox>,
+    /// Its extensions.
+    extensions: Arc<Extensions>,
 }
 
 impl Drop for Environment {
@@ -136,35 +137,48 @@ impl Environment {
         let reaped = CancellationToken::new();
 
         let memory = Arc::new(MemoryLimit::create(spec.memory_size_mb));
-        let spawned = process::spawn(&spec, api_addr, isolation, &memory)
+        let spawn_failed = |e: SpawnError, error_type: &str| match e {
+            SpawnError::Process { .. } => init_failed(error_type, e.to_string()),
+            SpawnError::Sandbox(_) => init_failed("Runtime.Unavailable", e.to_string()),
+        };
+        let (launcher, output) = Launcher::new(&spec, api_addr, isolation, &memory)
             .await
-            .map_err(|e| match e {
-                SpawnError::Process { .. } => {
-                    init_failed("Runtime.InvalidEntrypoint", e.to_string())
-                }
-                SpawnError::Sandbox(_) => init_failed("Runtime.Unavailable", e.to_string()),
-            })?;
-        let process::Spawned {
-            child,
-            output,
-            sandbox,
-        } = spawned;
-        // A process started in a sandbox joined its cgroups before it ran.
-        let joined_cgroups = sandbox.is_some();
-        let pid = child.id();
-        let memory = pid.map(|pid| {
-            memory.attach(pid, joined_cgroups);
-            memory.clone()
-        });
+            .map_err(|e| spawn_failed(e, "Runtime.InvalidEntrypoint"))?;
+        let external = extensions::external(&spec);
+        if external.len() > extensions::MAX_EXTENSIONS {
+            return Err(init_failed(
+                "Extension.LaunchError",
+                format!(
+                    "{} extensions in /opt/extensions: Lambda's limit is {}",
+                    external.len(),
+                    extensions::MAX_EXTENSIONS
+                ),
+            ));
+        }
+        let registry = Arc::new(Extensions::new(
+            external.iter().map(|(name, _)| name.clone()).collect(),
+        ));
         let ctx = Arc::new(ApiContext {
             exchange: exchange.clone(),
             function_arn: spec.arn(),
+            extensions: registry.clone(),
+            function: extensions::FunctionInfo {
+                name: spec.name.clone(),
+                version: "$LATEST".into(),
+                handler: spec.handler.clone(),
+                account_id: crate::spec::ACCOUNT_ID.into(),
+            },
         });
-        let members = pid.map(|pid| runtime_api::Members {
-            pid,
-            memory: memory.clone(),
-        });
-        tracker.spawn(runtime_api::serve(listener, (ctx, members), stop.clone()));
+        let pids = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let members = runtime_api::Members {
+            pids: pids.clone(),
+            memory: Some(memory.clone()),
+        };
+        tracker.spawn(runtime_api::serve(
+            listener,
+            (ctx, Some(members)),
+            stop.clone(),
+        ));
         let sink = Arc::new(Sink::new(book));
         let (sync_output, syncs) = mpsc::channel(1);
         tracker.spawn(logs::capture(
@@ -173,12 +187,65 @@ impl Environment {
             syncs,
             reaped.clone(),
         ));
+        let processes = ExtensionProcesses {
+            registry: registry.clone(),
+            watchers: TaskTracker::new(),
+            kill: CancellationToken::new(),
+        };
+        let started_process = |pid: Option<u32>| {
+            if let Some(pid) = pid {
+                pids.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+                if !launcher.joins_cgroups() {
+                    memory.enter(pid);
+                }
+            }
+        };
+        // External extensions first, each registered before the runtime starts.
+        let opt = spec.opt_dir.clone().unwrap_or_default();
+        for (name, path) in external {
+            let child = match launcher.start(&path, &[], &opt).await {
+                Ok(child) => child,
+                Err(e) => {
+                    processes.kill.cancel();
+                    return Err(spawn_failed(e, "Extension.LaunchError"));
+                }
+            };
+            started_process(child.id());
+            processes.watchers.spawn(process::watch_extension(
+                child,
+                name,
+                registry.clone(),
+                (stop.clone(), processes.kill.clone()),
+            ));
+        }
+        let registered = tokio::time::timeout(init_timeout, registry.registered()).await;
+        if let Some(failure) = init_failure(registered, init_timeout) {
+            processes.kill.cancel();
+            return Err(init_failed(failure.0, failure.1));
+        }
+        let child = match launcher
+            .start(&spec.program, &spec.args, &spec.task_root)
+            .await
+        {
+            Ok(child) => child,
+            Err(e) => {
+                processes.kill.cancel();
+                return Err(spawn_failed(e, "Runtime.InvalidEntrypoint"));
+            }
+        };
+        let pid = child.id();
+        started_process(pid);
+        if let Some(pid) = pid {
+            memory.watch(pid);
+        }
+        let sandbox = launcher.finish();
+        let memory = pid.map(|_| memory);
         tracker.spawn(process::supervise(
             child,
             exchange.clone(),
-            stop.clone(),
-            reaped,
-            memory.clone(),
+            (stop.clone(), reaped),
+            (memory.clone(), sandbox),
+            processes,
         ));
 
         let mut env = Self {
@@ -192,7 +259,7 @@ impl Environment {
             sync_output,
             init_duration: None,
             reusable: true,
-            _sandbox: sandbox,
+            extensions: registry,
         };
         let mut watch = env.state.clone();
         let settled = tokio::select! {
@@ -225,6 +292,14 @@ impl Environment {
         };
         match state {
             State::Ready => {
+                // The init phase ends when the runtime and every extension are ready.
+                env.extensions.close();
+                let left = init_timeout.saturating_sub(started.elapsed());
+                let ready = tokio::time::timeout(left, env.extensions.ready()).await;
+                if let Some((error_type, message)) = init_failure(ready, init_timeout) {
+                    env.retire("failure");
+                    return Err(init_failed(error_type, message));
+                }
                 env.init_duration = Some(started.elapsed());
                 Ok(env)
             }
@@ -246,7 +321,9 @@ impl Environment {
 
     /// Whether this environment may take another invocation.
     pub(crate) fn is_reusable(&self) -> bool {
-        self.reusable && matches!(*self.state.borrow(), State::Ready)
+        self.reusable
+            && matches!(*self.state.borrow(), State::Ready)
+            && self.extensions.fatal().is_none()
     }
 
     /// Runs one invocation. Function failures come back in [`InvokeOutput::function_error`].
@@ -257,16 +334,29 @@ impl Environment {
         self.sink
             .line(&format!("START RequestId: {request_id} Version: $LATEST"));
         let (reply, outcome) = oneshot::channel();
+        let deadline = deadline_ms(self.spec.timeout);
+        let trace_id = crate::xray::header(invocation.trace_id.as_deref());
+        // Extensions get the event as the runtime does.
+        let arn = self.spec.arn();
+        self.extensions.dispatch(&extensions::Event::Invoke {
+            request_id: &request_id,
+            deadline_ms: deadline,
+            function_arn: &arn,
+            trace_id: Some(&trace_id),
+        });
         let pending = Pending {
             request_id: request_id.clone(),
             payload: invocation.payload,
-            deadline_ms: deadline_ms(self.spec.timeout),
-            trace_id: Some(crate::xray::header(invocation.trace_id.as_deref())),
+            deadline_ms: deadline,
+            trace_id: Some(trace_id),
             client_context: invocation.client_context,
             cognito_identity: invocation.cognito_identity,
             reply,
         };
         let mut ended = self.run(pending, outcome).await;
+        if matches!(ended, Ended::Outcome(_)) {
+            self.extensions_done(started).await;
+        }
         // A spike between two samples still shows in the peak: the function went over even
         // if it replied, and Lambda would have killed it.
         if self.memory.as_ref().is_some_and(|m| m.went_over()) {
@@ -296,6 +386,27 @@ impl Environment {
         self.sink.line(&report.line());
         output.log_tail = self.sink.end();
         output
+    }
+
+    /// Waits, within the invocation's timeout, until every extension is done with the
+    /// invocation (asked for its next event); an extension that fails or runs out of time
+    /// ends the environment, as in Lambda.
+    async fn extensions_done(&mut self, started: Instant) {
+        let left = self.spec.timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.extensions.ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err((error_type, message))) => {
+                self.sink.line(&format!("{error_type}: {message}"));
+                self.retire("failure");
+            }
+            Err(_) => {
+                self.sink.line(&format!(
+                    "Extensions did not finish the invocation within the timeout ({:.2} s)",
+                    self.spec.timeout.as_secs_f64()
+                ));
+                self.retire("timeout");
+            }
+        }
     }
 
     /// Waits until every line the function wrote so far is in the log, so that none lands
@@ -345,7 +456,7 @@ impl Environment {
             },
             Ended::Outcome(Outcome::Error { error_type, body }) => failed(&error_type, body, false),
             Ended::TimedOut => {
-                self.retire();
+                self.retire("timeout");
                 // The log line in Lambda's form (time, request id, how long it ran); the
                 // caller gets the error document Lambda returns.
                 self.sink.line(&format!(
@@ -380,7 +491,7 @@ impl Environment {
                 )
             }
             Ended::Exited(status) => {
-                self.retire();
+                self.retire("failure");
                 let message =
                     format!("RequestId: {request_id} Error: Runtime exited with error: {status}");
                 self.sink.line(&message);
@@ -399,7 +510,7 @@ impl Environment {
         if let Some(pid) = self.pid {
             process::kill_group(pid);
         }
-        self.retire();
+        self.retire("failure");
     }
 
     /// Whether the kernel killed the process for going over its memory.
@@ -407,8 +518,10 @@ impl Environment {
         self.memory.as_ref().is_some_and(|m| m.oom_killed())
     }
 
-    /// Stops this environment; it will not be reused.
-    fn retire(&mut self) {
+    /// Stops this environment; it will not be reused. `reason` is what its extensions are
+    /// told: `spindown`, `timeout` or `failure`.
+    fn retire(&mut self, reason: &'static str) {
+        self.extensions.set_shutdown_reason(reason);
         self.reusable = false;
         self.stop.cancel();
     }
@@ -419,6 +532,25 @@ impl Environment {
             State::InitFailed { error_type, .. } => format!("init failed ({error_type})"),
             _ => "exited".to_owned(),
         }
+    }
+}
+
+/// The failure of an init-phase wait for extensions (`Err` from the timeout: the init
+/// phase ran out of time).
+fn init_failure(
+    waited: Result<Result<(), (&'static str, String)>, tokio::time::error::Elapsed>,
+    limit: Duration,
+) -> Option<(&'static str, String)> {
+    match waited {
+        Ok(Ok(())) => None,
+        Ok(Err(failure)) => Some(failure),
+        Err(_) => Some((
+            INIT_TIMEOUT,
+            format!(
+                "init phase did not finish within {:.2} s: extensions not ready",
+                limit.as_secs_f64()
+            ),
+        )),
     }
 }
 

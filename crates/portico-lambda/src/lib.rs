@@ -14,6 +14,8 @@
 //! - [`isolation`]: its sandbox (Lambda's paths, `portico-sandbox`), or none;
 //! - `exchange`: the hand-off of an invocation between the invoker and the Runtime API;
 //! - `runtime_api`: the HTTP routes of the 2018-06-01 Runtime API;
+//! - `extensions`, `extension_api`: the Extensions API (2020-01-01): extensions registered
+//!   with an environment, their events, and its routes;
 //! - [`invoke_api`]: the Lambda Invoke API (2015-03-31) for the AWS CLI and SDKs;
 //! - [`launch`]: how a function of each runtime (`provided`, `python3.N`, `nodejsN.x`) starts;
 //! - [`package`]: `.zip` deployment packages, unpacked once into a content-keyed cache;
@@ -26,6 +28,8 @@
 pub mod credentials;
 mod environment;
 mod exchange;
+mod extension_api;
+mod extensions;
 pub mod invoke_api;
 pub mod isolation;
 pub mod launch;

@@ -166,7 +166,8 @@ impl MemoryLimit {
     #[cfg(test)]
     pub(crate) fn apply(pid: u32, limit_mb: u32) -> Self {
         let limit = Self::create(limit_mb);
-        limit.attach(pid, false);
+        limit.enter(pid);
+        limit.watch(pid);
         limit
     }
 
@@ -230,13 +231,15 @@ impl MemoryLimit {
         self.cgroup.is_none().then_some(self.limit_mb * 2 * MIB)
     }
 
-    /// Process `pid` is the environment's; unless it `joined` the cgroups itself before
-    /// `exec`, it is moved into them now, and limited by [`Self::data_limit`].
-    pub(crate) fn attach(&self, pid: u32, joined: bool) {
+    /// Process `pid` is the environment's main one: the one whose peak memory is sampled
+    /// where no cgroup counts it.
+    pub(crate) fn watch(&self, pid: u32) {
         let _ = self.pid.set(pid);
-        if joined {
-            return;
-        }
+    }
+
+    /// Moves process `pid` (one that did not join the cgroups itself, before `exec`) into
+    /// them now, and limits it by [`Self::data_limit`].
+    pub(crate) fn enter(&self, pid: u32) {
         for procs in self.procs_files() {
             if let Err(error) = std::fs::write(&procs, pid.to_string()) {
                 tracing::warn!(%error, pid, cgroup = %procs.display(), "cannot move a function into its cgroup");

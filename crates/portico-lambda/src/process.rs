@@ -6,6 +6,7 @@
 //! period) when the environment is stopped.
 
 use crate::exchange::{Exchange, State};
+use crate::extensions::{Event, Extensions};
 use crate::isolation::{Isolation, View};
 use crate::memory::MemoryLimit;
 use crate::spec::FunctionSpec;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long a stopped function gets to exit after SIGTERM before SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_millis(500);
@@ -27,12 +29,17 @@ const TERMINATE_GRACE: Duration = Duration::from_millis(500);
 /// Lambda's `PATH` before the layers' `bin`.
 const LAMBDA_PATH: &str = "/var/lang/bin:/usr/local/bin:/usr/bin:/bin";
 
-/// A started function: its process, the pipe its output comes through, and its sandbox
-/// (which must live as long as the environment: its end ends every process in it).
-pub(crate) struct Spawned {
-    pub(crate) child: Child,
-    pub(crate) output: tokio::net::unix::pipe::Receiver,
-    pub(crate) sandbox: Option<portico_sandbox::Sandbox>,
+/// Starts an environment's processes (its extensions, then its runtime) where `isolation`
+/// says, with Lambda's environment. Their stdout and stderr all go to one pipe, as all go
+/// to one log stream in Lambda.
+pub(crate) struct Launcher {
+    view: View,
+    variables: Vec<(String, String)>,
+    /// The sandbox, and how a process enters it.
+    sandbox: Option<(portico_sandbox::Sandbox, Entry)>,
+    /// The pipe's write end, handed to each process; dropped by [`Launcher::finish`] so
+    /// that the read end sees EOF once the processes are gone.
+    writer: std::io::PipeWriter,
 }
 
 /// Why a function could not be started.
@@ -49,65 +56,108 @@ pub(crate) enum SpawnError {
     Sandbox(#[from] portico_sandbox::SandboxError),
 }
 
-/// Starts `spec`'s program with the Runtime API at `api`, isolated as `isolation` says. Its
-/// stdout and stderr both go to the returned pipe, as both go to one log stream in Lambda.
-pub(crate) async fn spawn(
-    spec: &FunctionSpec,
-    api: SocketAddr,
-    isolation: &Isolation,
-    memory: &MemoryLimit,
-) -> Result<Spawned, SpawnError> {
-    let view = match isolation {
-        Isolation::None => View::host(spec),
-        Isolation::Sandbox { .. } => View::sandboxed(spec),
-    };
-    let program = view.path(&spec.program);
-    let failed = |source| SpawnError::Process {
-        program: program.display().to_string(),
-        source,
-    };
-    let (reader, writer) = std::io::pipe().map_err(failed)?;
-    let mut cmd = Command::new(&program);
-    cmd.args(spec.args.iter().map(|a| view.value(a)))
-        .env_clear()
-        .envs(lambda_environment(spec, api, &view))
-        .envs(runtime_environment(spec, &view))
-        .envs(&spec.environment)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(writer.try_clone().map_err(failed)?))
-        .stderr(Stdio::from(writer))
-        .process_group(0)
-        .kill_on_drop(true);
-    let (child, sandbox) = match isolation {
-        Isolation::None => {
-            cmd.current_dir(&spec.task_root);
-            let child = cmd.spawn().map_err(failed)?;
-            if let Some(pid) = child.id() {
-                lambda_limits(pid);
+impl Launcher {
+    /// Makes `spec`'s sandbox (when isolated) and the output pipe, whose read end is
+    /// returned; processes get the Runtime API at `api` and join `memory`'s cgroups.
+    pub(crate) async fn new(
+        spec: &FunctionSpec,
+        api: SocketAddr,
+        isolation: &Isolation,
+        memory: &MemoryLimit,
+    ) -> Result<(Self, tokio::net::unix::pipe::Receiver), SpawnError> {
+        let view = match isolation {
+            Isolation::None => View::host(spec),
+            Isolation::Sandbox { .. } => View::sandboxed(spec),
+        };
+        let failed = |source| SpawnError::Process {
+            program: "the output pipe".into(),
+            source,
+        };
+        let (reader, writer) = std::io::pipe().map_err(failed)?;
+        let output =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(failed)?;
+        let mut variables: Vec<(String, String)> = lambda_environment(spec, api, &view)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        variables.extend(runtime_environment(spec, &view));
+        variables.extend(spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let sandbox = match isolation {
+            Isolation::None => None,
+            Isolation::Sandbox { sandboxes, hidden } => {
+                let sandbox = sandboxes
+                    .create(&view.layout(spec, sandboxes, hidden))
+                    .await?;
+                let mut limits = vec![(Resource::OpenFiles, open_files_limit())];
+                limits.extend(memory.data_limit().map(|bytes| (Resource::Data, bytes)));
+                let entry = Entry {
+                    cwd: view.task.clone(),
+                    cgroups: memory.procs_files(),
+                    limits,
+                };
+                Some((sandbox, entry))
             }
-            (child, None)
+        };
+        let launcher = Self {
+            view,
+            variables,
+            sandbox,
+            writer,
+        };
+        Ok((launcher, output))
+    }
+
+    /// Starts `program` (a host path) with `args` in `cwd` (a host directory), in its own
+    /// process group.
+    pub(crate) async fn start(
+        &self,
+        program: &Path,
+        args: &[String],
+        cwd: &Path,
+    ) -> Result<Child, SpawnError> {
+        let program = self.view.path(program);
+        let failed = |source| SpawnError::Process {
+            program: program.display().to_string(),
+            source,
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(args.iter().map(|a| self.view.value(a)))
+            .env_clear()
+            .envs(self.variables.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(self.writer.try_clone().map_err(failed)?))
+            .stderr(Stdio::from(self.writer.try_clone().map_err(failed)?))
+            .process_group(0)
+            .kill_on_drop(true);
+        match &self.sandbox {
+            None => {
+                cmd.current_dir(cwd);
+                let child = cmd.spawn().map_err(failed)?;
+                if let Some(pid) = child.id() {
+                    lambda_limits(pid);
+                }
+                Ok(child)
+            }
+            Some((sandbox, entry)) => {
+                let entry = Entry {
+                    cwd: self.view.path(cwd),
+                    ..entry.clone()
+                };
+                Ok(sandbox.spawn(cmd, &entry).await?)
+            }
         }
-        Isolation::Sandbox { sandboxes, hidden } => {
-            let sandbox = sandboxes
-                .create(&view.layout(spec, sandboxes, hidden))
-                .await?;
-            let mut limits = vec![(Resource::OpenFiles, open_files_limit())];
-            limits.extend(memory.data_limit().map(|bytes| (Resource::Data, bytes)));
-            let entry = Entry {
-                cwd: view.task.clone(),
-                cgroups: memory.procs_files(),
-                limits,
-            };
-            let child = sandbox.spawn(cmd, &entry).await?;
-            (child, Some(sandbox))
-        }
-    };
-    let output = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(failed)?;
-    Ok(Spawned {
-        child,
-        output,
-        sandbox,
-    })
+    }
+
+    /// Whether its processes joined their cgroups themselves, before `exec`.
+    pub(crate) fn joins_cgroups(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
+    /// Done starting: the sandbox, which must live as long as the environment (its end
+    /// ends every process in it).
+    pub(crate) fn finish(self) -> Option<portico_sandbox::Sandbox> {
+        self.sandbox.map(|(sandbox, _)| sandbox)
+    }
 }
 
 /// Lambda's quotas on an execution environment: 1 024 file descriptors, 1 024 processes and
@@ -294,24 +344,64 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// An environment's external extensions, as its supervisor shuts them down.
+pub(crate) struct ExtensionProcesses {
+    /// Their registrations.
+    pub(crate) registry: Arc<Extensions>,
+    /// The tasks watching their processes (closed when the environment stops).
+    pub(crate) watchers: TaskTracker,
+    /// Fired to kill what is left of them.
+    pub(crate) kill: CancellationToken,
+}
+
+/// Watches external extension `name`'s process: its death while the environment runs fails
+/// the environment (`Extension.Crash`); it is killed when `kill` fires.
+pub(crate) async fn watch_extension(
+    mut child: Child,
+    name: String,
+    registry: Arc<Extensions>,
+    (stop, kill): (CancellationToken, CancellationToken),
+) {
+    tokio::select! {
+        status = child.wait() => {
+            if !stop.is_cancelled() {
+                let status = match status {
+                    Ok(s) => describe_exit(s),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                registry.exited(&name, &status);
+            }
+        }
+        () = kill.cancelled() => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
 /// Owns `child` until it exits or `stop` fires; drops `until_reaped` once it is reaped,
-/// publishes the exit on `exchange`, then fires `reaped`.
+/// publishes the exit on `exchange`, then fires `reaped`. Stopped with extensions
+/// registered, the environment shuts down as Lambda's does (see [`shut_down`]).
 pub(crate) async fn supervise<Guard: Send>(
     mut child: Child,
     exchange: Arc<Exchange>,
-    stop: CancellationToken,
-    reaped: CancellationToken,
+    (stop, reaped): (CancellationToken, CancellationToken),
     until_reaped: Guard,
+    extensions: ExtensionProcesses,
 ) {
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let status = tokio::select! {
         status = child.wait() => status,
-        _ = stop.cancelled() => terminate(&mut child, pgid).await,
+        _ = stop.cancelled() => shut_down(&mut child, pgid, &extensions).await,
     };
-    // Whatever the function left running in its group goes with it.
+    // Whatever the function left running in its group goes with it, and what is left of
+    // the extensions.
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
     }
+    extensions.kill.cancel();
+    extensions.watchers.close();
+    extensions.watchers.wait().await;
     let status = match status {
         Ok(s) => describe_exit(s),
         Err(e) => format!("wait failed: {e}"),
@@ -325,6 +415,58 @@ pub(crate) async fn supervise<Guard: Send>(
 pub(crate) fn kill_group(pgid: u32) {
     let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
 }
+
+/// Lambda's shutdown phase: with no extension, the runtime is ended ([`terminate`]); with
+/// extensions, the runtime gets SIGTERM and each external extension registered for it a
+/// `SHUTDOWN` event, and all have 2 s (500 ms when only internal extensions registered) to
+/// exit before they are killed.
+async fn shut_down(
+    child: &mut Child,
+    pgid: Option<Pid>,
+    extensions: &ExtensionProcesses,
+) -> std::io::Result<ExitStatus> {
+    let (registered, for_shutdown) = extensions.registry.counts();
+    if registered == 0 {
+        return terminate(child, pgid).await;
+    }
+    let budget = if for_shutdown > 0 {
+        SHUTDOWN_WITH_EXTENSIONS
+    } else {
+        SHUTDOWN_WITH_INTERNAL_EXTENSIONS
+    };
+    let deadline = SystemTime::now() + budget;
+    let deadline_ms = deadline
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    extensions.registry.dispatch(&Event::Shutdown {
+        reason: extensions.registry.shutdown_reason(),
+        deadline_ms,
+    });
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGTERM);
+    }
+    extensions.watchers.close();
+    let all_exited = async {
+        let status = child.wait().await;
+        extensions.watchers.wait().await;
+        status
+    };
+    if let Ok(status) = tokio::time::timeout(budget, all_exited).await {
+        return status;
+    }
+    extensions.kill.cancel();
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let _ = child.start_kill();
+    child.wait().await
+}
+
+/// Lambda's shutdown phase with external extensions registered for `SHUTDOWN`, and with
+/// internal extensions only.
+const SHUTDOWN_WITH_EXTENSIONS: Duration = Duration::from_millis(2000);
+const SHUTDOWN_WITH_INTERNAL_EXTENSIONS: Duration = Duration::from_millis(500);
 
 async fn terminate(child: &mut Child, pgid: Option<Pid>) -> std::io::Result<ExitStatus> {
     if let Some(pgid) = pgid {

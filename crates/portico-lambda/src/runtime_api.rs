@@ -38,12 +38,16 @@ const MAX_API_CONNECTIONS: usize = 16;
 pub(crate) struct ApiContext {
     pub(crate) exchange: Arc<Exchange>,
     pub(crate) function_arn: String,
+    /// The environment's extensions (the Extensions API).
+    pub(crate) extensions: Arc<crate::extensions::Extensions>,
+    /// What an extension's registration is told of the function.
+    pub(crate) function: crate::extensions::FunctionInfo,
 }
 
 /// The processes of one environment, the only ones its Runtime API serves.
 pub(crate) struct Members {
-    /// The function's process.
-    pub(crate) pid: u32,
+    /// The environment's processes as started: its extensions and its runtime.
+    pub(crate) pids: Arc<std::sync::Mutex<Vec<u32>>>,
     /// Its memory limit, whose cgroup (when it has one) holds the whole tree.
     pub(crate) memory: Option<Arc<crate::memory::MemoryLimit>>,
 }
@@ -56,8 +60,13 @@ impl Members {
             .as_ref()
             .map(|m| m.members())
             .unwrap_or_default();
-        crate::peer::held_by(peer, local, &in_cgroup)
-            || crate::peer::held_by(peer, local, &crate::peer::process_tree(self.pid))
+        if crate::peer::held_by(peer, local, &in_cgroup) {
+            return true;
+        }
+        let started = self.pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        started
+            .into_iter()
+            .any(|pid| crate::peer::held_by(peer, local, &crate::peer::process_tree(pid)))
     }
 }
 
@@ -90,10 +99,13 @@ pub(crate) async fn serve(
     .await;
 }
 
-type ApiResponse = Response<Full<Bytes>>;
+pub(crate) type ApiResponse = Response<Full<Bytes>>;
 
 async fn route(ctx: &ApiContext, req: Request<Incoming>) -> ApiResponse {
     let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix(crate::extension_api::PREFIX) {
+        return crate::extension_api::route(ctx, rest, req).await;
+    }
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return error(StatusCode::NOT_FOUND, "UnknownRoute", "no such route");
     };
@@ -258,7 +270,7 @@ pub(crate) fn error_document(error_type: &str, message: &str) -> Bytes {
     Bytes::from(doc.to_string())
 }
 
-enum BodyError {
+pub(crate) enum BodyError {
     /// Over [`MAX_RESPONSE_BYTES`]: `size` bytes (its `Content-Length`, else as many as were
     /// counted, up to [`COUNT_OVERSIZED_UP_TO`]).
     TooLarge {
@@ -267,7 +279,7 @@ enum BodyError {
     Broken,
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, BodyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -309,7 +321,7 @@ fn too_large() -> ApiResponse {
     )
 }
 
-fn accepted() -> ApiResponse {
+pub(crate) fn accepted() -> ApiResponse {
     json(
         StatusCode::ACCEPTED,
         Bytes::from_static(br#"{"status":"OK"}"#),
@@ -332,11 +344,11 @@ fn bad_body() -> ApiResponse {
     )
 }
 
-fn error(status: StatusCode, error_type: &str, message: &str) -> ApiResponse {
+pub(crate) fn error(status: StatusCode, error_type: &str, message: &str) -> ApiResponse {
     json(status, error_document(error_type, message))
 }
 
-fn json(status: StatusCode, body: Bytes) -> ApiResponse {
+pub(crate) fn json(status: StatusCode, body: Bytes) -> ApiResponse {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")

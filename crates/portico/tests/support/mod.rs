@@ -43,9 +43,9 @@ pub fn portico_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portico"))
 }
 
-/// The demo function, built beside portico by the test command.
-pub fn hello_bin() -> PathBuf {
-    let path = portico_bin().with_file_name("hello");
+/// A binary of the workspace's, built beside portico by the test command.
+fn built_bin(name: &str) -> PathBuf {
+    let path = portico_bin().with_file_name(name);
     assert!(
         path.exists(),
         "{} missing: run scripts/test (it builds every binary first)",
@@ -54,15 +54,19 @@ pub fn hello_bin() -> PathBuf {
     path
 }
 
-/// The `lambda_runtime` echo function, built beside portico by the test command.
+/// The demo function.
+pub fn hello_bin() -> PathBuf {
+    built_bin("hello")
+}
+
+/// The `lambda_runtime` echo function.
 pub fn echo_bin() -> PathBuf {
-    let path = portico_bin().with_file_name("echo");
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/test (it builds every binary first)",
-        path.display()
-    );
-    path
+    built_bin("echo")
+}
+
+/// The demo extension, written with the official `lambda-extension` crate.
+pub fn extension_bin() -> PathBuf {
+    built_bin("portico-demo-extension")
 }
 
 /// The real python3 executable (not a shim that needs the caller's environment).

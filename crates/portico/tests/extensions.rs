@@ -1,0 +1,164 @@
+//! Lambda extensions in sandboxed environments: an external extension built with the official
+//! `lambda-extension` crate and one written in Python, shipped in a layer's `extensions`
+//! directory, through the Extensions API's whole life cycle: registration before the
+//! runtime starts, `INVOKE` events and the work after the reply, `SHUTDOWN` when the
+//! environment is retired, and an init error that fails the environment.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+fn function_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/functions/sandboxed"
+    ))
+}
+
+/// A layer with both extensions in `extensions/`.
+fn extension_layer(scratch: &Scratch) -> PathBuf {
+    let layer = scratch.0.join("extensions-layer");
+    let dir = layer.join("extensions");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(extension_bin(), dir.join("portico-demo-extension")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/extensions/py-extension"),
+        dir.join("py-extension"),
+    )
+    .unwrap();
+    layer
+}
+
+/// Invokes `function` asking for the log's tail: the reply, the function error header and
+/// the decoded tail.
+fn invoke(api: &str, function: &str, payload: &Value) -> (Value, Option<String>, String) {
+    let reply = curl(
+        None,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "X-Amz-Log-Type: Tail",
+            "--data-binary",
+            &payload.to_string(),
+            &format!("http://{api}/2015-03-31/functions/{function}/invocations"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let tail = reply
+        .header("X-Amz-Log-Result")
+        .map(|b64| {
+            let out = Command::new(python())
+                .args([
+                    "-c",
+                    "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
+                    b64,
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .unwrap_or_default();
+    (
+        reply.json(),
+        reply.header("X-Amz-Function-Error").map(str::to_owned),
+        tail,
+    )
+}
+
+/// The REPORT line's duration, in ms.
+fn reported_duration(tail: &str) -> f64 {
+    let report = tail.lines().find(|l| l.starts_with("REPORT")).unwrap();
+    let after = report.split("Duration: ").nth(1).unwrap();
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn extensions_see_every_invocation_and_the_shutdown() {
+    let scratch = Scratch::new("extensions");
+    let layer = extension_layer(&scratch);
+    let config = format!(
+        r#"
+[functions.observed]
+runtime = "python3.11"
+code = "{code}"
+handler = "app.handler"
+layers = ["{layer}"]
+
+[functions.refused]
+runtime = "python3.11"
+code = "{code}"
+handler = "app.handler"
+layers = ["{layer}"]
+environment = {{ FAIL_INIT = "1" }}
+
+[runtime]
+environment_idle_timeout_seconds = 2
+
+[invoke_api]
+port = 0
+"#,
+        code = function_dir().display(),
+        layer = layer.display(),
+    );
+    let portico = Portico::start(&config);
+    let api = portico.invoke_api.unwrap().to_string();
+
+    let (reply, error, tail) = invoke(&api, "observed", &json!({"probe": "layout"}));
+    assert_eq!(error, None, "{reply}\n{tail}");
+    // Both saw the invocation and finished their work on it before it ended.
+    let id = tail
+        .lines()
+        .find_map(|l| l.strip_prefix("START RequestId: "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let end = tail.find("END RequestId").unwrap();
+    for line in [
+        format!("demo-extension: INVOKE {id}"),
+        format!("demo-extension: done with {id}"),
+        format!("py-extension: INVOKE {id}"),
+    ] {
+        let at = tail
+            .find(&line)
+            .unwrap_or_else(|| panic!("{line} missing:\n{tail}"));
+        assert!(at < end, "{line} after END:\n{tail}");
+    }
+    // The environment was busy until the slower extension was done.
+    assert!(reported_duration(&tail) >= 300.0, "{tail}");
+
+    // Warm: the same extensions, the next event.
+    let (_, error, tail) = invoke(&api, "observed", &json!({"probe": "layout"}));
+    assert_eq!(error, None);
+    assert!(!tail.contains("Init Duration"), "{tail}");
+    assert!(tail.contains("py-extension: INVOKE"), "{tail}");
+
+    // Retired after its idle time: both are told, and exit.
+    let logs_url = format!("http://{api}/portico/v1/functions/observed/logs");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = curl(None, &[&logs_url]).body;
+        if log.contains("py-extension: SHUTDOWN") && log.contains("demo-extension: SHUTDOWN") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(log.contains("py-extension: SHUTDOWN spindown"), "{log}");
+    // It had registered (in the init phase, before the runtime started).
+    let registered = log
+        .find("py-extension: registered for observed (app.handler)")
+        .unwrap();
+    assert!(registered < log.find("START RequestId").unwrap(), "{log}");
+    assert!(log.contains("demo-extension: SHUTDOWN spindown"), "{log}");
+
+    // An extension's init error fails the environment's init, with Lambda's error type.
+    let (reply, error, _) = invoke(&api, "refused", &json!({"probe": "layout"}));
+    assert_eq!(error.as_deref(), Some("Unhandled"), "{reply}");
+    assert_eq!(reply["errorType"], "Extension.InitError", "{reply}");
+}
