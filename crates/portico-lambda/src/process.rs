@@ -379,14 +379,14 @@ pub(crate) async fn watch_extension(
     }
 }
 
-/// Owns `child` until it exits or `stop` fires; drops `until_reaped` once it is reaped,
+/// Owns `child` (and its sandbox) until it exits or `stop` fires; drops `until_reaped` once it is reaped,
 /// publishes the exit on `exchange`, then fires `reaped`. Stopped with extensions
 /// registered, the environment shuts down as Lambda's does (see [`shut_down`]).
 pub(crate) async fn supervise<Guard: Send>(
     mut child: Child,
     exchange: Arc<Exchange>,
     (stop, reaped): (CancellationToken, CancellationToken),
-    until_reaped: Guard,
+    (until_reaped, sandbox): (Guard, Option<portico_sandbox::Sandbox>),
     extensions: ExtensionProcesses,
 ) {
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
@@ -402,6 +402,10 @@ pub(crate) async fn supervise<Guard: Send>(
     extensions.kill.cancel();
     extensions.watchers.close();
     extensions.watchers.wait().await;
+    // Nothing of the environment outlives it: the sandbox's end kills what is left in it.
+    if let Some(sandbox) = sandbox {
+        sandbox.end().await;
+    }
     let status = match status {
         Ok(s) => describe_exit(s),
         Err(e) => format!("wait failed: {e}"),

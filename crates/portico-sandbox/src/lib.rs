@@ -391,6 +391,13 @@ impl Sandbox {
     pub fn init_pid(&self) -> Option<u32> {
         self.init.id()
     }
+
+    /// Ends the sandbox: kills its init, and so everything in it, and waits until the init
+    /// is gone.
+    pub async fn end(mut self) {
+        let _ = self.init.start_kill();
+        let _ = self.init.wait().await;
+    }
 }
 
 impl Drop for Sandbox {
