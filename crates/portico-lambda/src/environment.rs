@@ -12,8 +12,10 @@ use crate::memory::MemoryLimit;
 use crate::process::{self, ExtensionProcesses, Launcher, SpawnError};
 use crate::runtime_api::{self, ApiContext, error_document};
 use crate::spec::FunctionSpec;
+use crate::telemetry::{Kind, Telemetry};
 use bytes::Bytes;
 use portico_invoke::{FunctionError, Invocation, InvokeError, InvokeOutput};
+use serde_json::{Value, json};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,13 +46,16 @@ pub(crate) struct Environment {
     memory: Option<Arc<MemoryLimit>>,
     /// Where this environment's log lines go.
     sink: Arc<Sink>,
-    /// Asks the output capture to catch up with the pipe.
-    sync_output: mpsc::Sender<SyncRequest>,
+    /// Ask the output captures (the runtime's, the extensions') to catch up with their
+    /// pipes.
+    sync_output: Vec<mpsc::Sender<SyncRequest>>,
     /// Reported on the first invocation only, as Lambda does for cold starts.
     init_duration: Option<Duration>,
     reusable: bool,
     /// Its extensions.
     extensions: Arc<Extensions>,
+    /// Its telemetry subscribers.
+    telemetry: Arc<Telemetry>,
 }
 
 impl Drop for Environment {
@@ -94,7 +99,7 @@ impl Environment {
         let sink = Sink::new(book.clone());
         sink.line(&logs::init_start_line(&spec));
         let started = Instant::now();
-        let result = Self::start_once(spec, book, host, limit).await;
+        let result = Self::start_once(spec, book, host, (limit, phase)).await;
         if let Err(InvokeError::InitFailed { error_type, .. }) = &result {
             let status = if error_type == INIT_TIMEOUT {
                 "timeout".to_owned()
@@ -117,7 +122,7 @@ impl Environment {
             parent,
             isolation,
         }: Host<'_>,
-        init_timeout: Duration,
+        (init_timeout, phase): (Duration, &str),
     ) -> Result<Self, InvokeError> {
         let started = Instant::now();
         let init_failed = |error_type: &str, message: String| InvokeError::InitFailed {
@@ -135,13 +140,26 @@ impl Environment {
         let exchange = Arc::new(exchange);
         let stop = parent.child_token();
         let reaped = CancellationToken::new();
+        let telemetry = Arc::new(Telemetry::new());
+        let (runtime_version, runtime_version_arn) = logs::runtime_version(&spec);
+        telemetry.platform_telemetry(
+            "platform.initStart",
+            json!({
+                "initializationType": "on-demand",
+                "phase": phase,
+                "runtimeVersion": runtime_version,
+                "runtimeVersionArn": runtime_version_arn,
+                "functionName": spec.name,
+                "functionVersion": "$LATEST",
+            }),
+        );
 
         let memory = Arc::new(MemoryLimit::create(spec.memory_size_mb));
         let spawn_failed = |e: SpawnError, error_type: &str| match e {
             SpawnError::Process { .. } => init_failed(error_type, e.to_string()),
             SpawnError::Sandbox(_) => init_failed("Runtime.Unavailable", e.to_string()),
         };
-        let (launcher, output) = Launcher::new(&spec, api_addr, isolation, &memory)
+        let (launcher, outputs) = Launcher::new(&spec, api_addr, isolation, &memory)
             .await
             .map_err(|e| spawn_failed(e, "Runtime.InvalidEntrypoint"))?;
         let external = extensions::external(&spec);
@@ -168,6 +186,7 @@ impl Environment {
                 handler: spec.handler.clone(),
                 account_id: crate::spec::ACCOUNT_ID.into(),
             },
+            telemetry: telemetry.clone(),
         });
         let pids = Arc::new(std::sync::Mutex::new(Vec::new()));
         let members = runtime_api::Members {
@@ -179,16 +198,24 @@ impl Environment {
             (ctx, Some(members)),
             stop.clone(),
         ));
-        let sink = Arc::new(Sink::new(book));
-        let (sync_output, syncs) = mpsc::channel(1);
-        tracker.spawn(logs::capture(
-            sink.clone(),
-            Output::new(output),
-            syncs,
-            reaped.clone(),
-        ));
+        let sink = Arc::new(Sink::with_telemetry(book, telemetry.clone()));
+        let mut sync_output = Vec::new();
+        for (pipe, kind) in [
+            (outputs.function, Kind::Function),
+            (outputs.extensions, Kind::Extension),
+        ] {
+            let (sync, syncs) = mpsc::channel(1);
+            sync_output.push(sync);
+            tracker.spawn(logs::capture(
+                sink.clone(),
+                Output::new(pipe, kind),
+                syncs,
+                reaped.clone(),
+            ));
+        }
         let processes = ExtensionProcesses {
             registry: registry.clone(),
+            telemetry: telemetry.clone(),
             watchers: TaskTracker::new(),
             kill: CancellationToken::new(),
         };
@@ -203,7 +230,7 @@ impl Environment {
         // External extensions first, each registered before the runtime starts.
         let opt = spec.opt_dir.clone().unwrap_or_default();
         for (name, path) in external {
-            let child = match launcher.start(&path, &[], &opt).await {
+            let child = match launcher.start(&path, &[], (&opt, Kind::Extension)).await {
                 Ok(child) => child,
                 Err(e) => {
                     processes.kill.cancel();
@@ -224,7 +251,7 @@ impl Environment {
             return Err(init_failed(failure.0, failure.1));
         }
         let child = match launcher
-            .start(&spec.program, &spec.args, &spec.task_root)
+            .start(&spec.program, &spec.args, (&spec.task_root, Kind::Function))
             .await
         {
             Ok(child) => child,
@@ -260,6 +287,7 @@ impl Environment {
             init_duration: None,
             reusable: true,
             extensions: registry,
+            telemetry,
         };
         let mut watch = env.state.clone();
         let settled = tokio::select! {
@@ -297,9 +325,11 @@ impl Environment {
                 let left = init_timeout.saturating_sub(started.elapsed());
                 let ready = tokio::time::timeout(left, env.extensions.ready()).await;
                 if let Some((error_type, message)) = init_failure(ready, init_timeout) {
+                    env.init_done(phase, started.elapsed(), Some(error_type));
                     env.retire("failure");
                     return Err(init_failed(error_type, message));
                 }
+                env.init_done(phase, started.elapsed(), None);
                 env.init_duration = Some(started.elapsed());
                 Ok(env)
             }
@@ -319,6 +349,38 @@ impl Environment {
         }
     }
 
+    /// The end of the init phase in telemetry: the extensions, the runtime's status and
+    /// the phase's report; no more subscriptions after it.
+    fn init_done(&self, phase: &str, took: Duration, error_type: Option<&str>) {
+        for (name, events) in self.extensions.registered_events() {
+            self.telemetry.platform(
+                "platform.extension",
+                json!({"name": name, "state": "Ready", "events": events}),
+            );
+        }
+        let status = if error_type.is_some() {
+            "error"
+        } else {
+            "success"
+        };
+        let mut done = json!({"initializationType": "on-demand", "phase": phase, "status": status});
+        if let Some(error_type) = error_type {
+            done["errorType"] = json!(error_type);
+        }
+        self.telemetry
+            .platform_telemetry("platform.initRuntimeDone", done);
+        self.telemetry.platform_telemetry(
+            "platform.initReport",
+            json!({
+                "initializationType": "on-demand",
+                "phase": phase,
+                "status": status,
+                "metrics": {"durationMs": millis(took)},
+            }),
+        );
+        self.telemetry.close();
+    }
+
     /// Whether this environment may take another invocation.
     pub(crate) fn is_reusable(&self) -> bool {
         self.reusable
@@ -336,6 +398,11 @@ impl Environment {
         let (reply, outcome) = oneshot::channel();
         let deadline = deadline_ms(self.spec.timeout);
         let trace_id = crate::xray::header(invocation.trace_id.as_deref());
+        let tracing = json!({"type": "X-Amzn-Trace-Id", "value": trace_id});
+        self.telemetry.platform(
+            "platform.start",
+            json!({"requestId": request_id, "version": "$LATEST", "tracing": tracing}),
+        );
         // Extensions get the event as the runtime does.
         let arn = self.spec.arn();
         self.extensions.dispatch(&extensions::Event::Invoke {
@@ -354,6 +421,7 @@ impl Environment {
             reply,
         };
         let mut ended = self.run(pending, outcome).await;
+        self.runtime_done(&request_id, &ended, started.elapsed(), &tracing);
         if matches!(ended, Ended::Outcome(_)) {
             self.extensions_done(started).await;
         }
@@ -374,6 +442,8 @@ impl Environment {
         };
         let mut output = self.conclude(&request_id, ended, started.elapsed());
         self.sink.line(&format!("END RequestId: {request_id}"));
+        self.telemetry
+            .platform_logs("platform.end", json!({"requestId": request_id}));
         let report = Report {
             request_id: &request_id,
             duration: started.elapsed(),
@@ -384,8 +454,34 @@ impl Environment {
             status,
         };
         self.sink.line(&report.line());
+        self.telemetry
+            .platform("platform.report", report.record(&tracing));
         output.log_tail = self.sink.end();
         output
+    }
+
+    /// Lambda's `platform.runtimeDone`: how the runtime ended the invocation, and when.
+    fn runtime_done(&self, request_id: &str, ended: &Ended, took: Duration, tracing: &Value) {
+        let (status, error_type, produced) = match ended {
+            Ended::Outcome(Outcome::Response(body)) => ("success", None, body.len()),
+            Ended::Outcome(Outcome::Error { error_type, .. }) => {
+                ("error", Some(error_type.as_str()), 0)
+            }
+            Ended::TimedOut => ("timeout", None, 0),
+            Ended::OutOfMemory => ("failure", Some("Runtime.OutOfMemory"), 0),
+            Ended::Exited(_) => ("failure", Some("Runtime.ExitError"), 0),
+        };
+        let mut record = json!({
+            "requestId": request_id,
+            "status": status,
+            "metrics": {"durationMs": millis(took), "producedBytes": produced},
+            "tracing": tracing,
+        });
+        if let Some(error_type) = error_type {
+            record["errorType"] = json!(error_type);
+        }
+        self.telemetry
+            .platform_telemetry("platform.runtimeDone", record);
     }
 
     /// Waits, within the invocation's timeout, until every extension is done with the
@@ -412,9 +508,11 @@ impl Environment {
     /// Waits until every line the function wrote so far is in the log, so that none lands
     /// after `END`. A process that is gone has nothing more to wait for.
     async fn catch_up_output(&self) {
-        let (done, caught_up) = oneshot::channel();
-        if self.sync_output.send(done).await.is_ok() {
-            let _ = caught_up.await;
+        for sync in &self.sync_output {
+            let (done, caught_up) = oneshot::channel();
+            if sync.send(done).await.is_ok() {
+                let _ = caught_up.await;
+            }
         }
     }
 
@@ -572,6 +670,11 @@ async fn over_limit(memory: &Option<Arc<MemoryLimit>>) {
         Some(memory) => memory.exceeded().await,
         None => std::future::pending().await,
     }
+}
+
+/// `d` in milliseconds with two decimals, as Lambda's metrics give them.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
 fn deadline_ms(timeout: Duration) -> u64 {

@@ -7,17 +7,60 @@
 //! - `POST /2020-01-01/extension/init/error` and `…/exit/error`
 //!   (`Lambda-Extension-Function-Error-Type`) → 202.
 //!
+//! - `PUT  /2022-07-01/telemetry` and `/2020-08-15/logs`: a Telemetry or Logs API
+//!   subscription (see `telemetry`).
+//!
 //! Every route but `register` needs the `Lambda-Extension-Identifier` that `register`
 //! returned: missing, malformed or unknown, it is refused with 403 and Lambda's error type.
 
 use crate::extensions::{Failure, Refusal};
 use crate::runtime_api::{ApiContext, ApiResponse, accepted, error, json, read_body};
+use crate::telemetry::Api;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
 /// The routes' common prefix.
 pub(crate) const PREFIX: &str = "/2020-01-01/extension/";
+
+/// The Telemetry API's route.
+pub(crate) const TELEMETRY: &str = "/2022-07-01/telemetry";
+
+/// The Logs API's route.
+pub(crate) const LOGS: &str = "/2020-08-15/logs";
+
+/// `PUT` of a Telemetry or Logs API subscription, by a registered extension.
+pub(crate) async fn subscribe(ctx: &ApiContext, api: Api, req: Request<Incoming>) -> ApiResponse {
+    if req.method() != Method::PUT {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "method not allowed on this route",
+        );
+    }
+    let id = match identifier(&req) {
+        Ok(id) => id,
+        Err(refusal) => return refused(&refusal),
+    };
+    let Some(name) = ctx.extensions.name_of(&id) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Extension.UnknownExtensionIdentifier",
+            &format!("Unknown extension {id}"),
+        );
+    };
+    let Ok(body) = read_body(req).await else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ValidationError",
+            "the request body could not be read",
+        );
+    };
+    match ctx.telemetry.subscribe(&name, api, &body) {
+        Ok(ok) => json(StatusCode::OK, ok),
+        Err(refusal) => error(refusal.status, refusal.error_type, &refusal.message),
+    }
+}
 
 /// Serves one Extensions API request (`rest` is the path after [`PREFIX`]).
 pub(crate) async fn route(ctx: &ApiContext, rest: &str, req: Request<Incoming>) -> ApiResponse {

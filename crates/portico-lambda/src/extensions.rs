@@ -329,6 +329,31 @@ impl Extensions {
         self.notify();
     }
 
+    /// The name extension `id` registered under.
+    pub(crate) fn name_of(&self, id: &str) -> Option<String> {
+        self.lock()
+            .agents
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| a.name.clone())
+    }
+
+    /// The registered extensions, with the events each asked for (Lambda's
+    /// `platform.extension` events).
+    pub(crate) fn registered_events(&self) -> Vec<(String, Vec<&'static str>)> {
+        self.lock()
+            .agents
+            .iter()
+            .map(|a| {
+                let events = [("INVOKE", a.invoke), ("SHUTDOWN", a.shutdown)]
+                    .into_iter()
+                    .filter_map(|(name, on)| on.then_some(name))
+                    .collect();
+                (a.name.clone(), events)
+            })
+            .collect()
+    }
+
     /// The failure that ended the environment, if one did.
     pub(crate) fn fatal(&self) -> Option<(&'static str, String)> {
         self.lock().fatal.clone()

@@ -16,6 +16,8 @@
 //! - `runtime_api`: the HTTP routes of the 2018-06-01 Runtime API;
 //! - `extensions`, `extension_api`: the Extensions API (2020-01-01): extensions registered
 //!   with an environment, their events, and its routes;
+//! - `telemetry`: the Telemetry API (2022-07-01) and the Logs API (2020-08-15): subscriptions
+//!   and the delivery of platform events and log lines to them;
 //! - [`invoke_api`]: the Lambda Invoke API (2015-03-31) for the AWS CLI and SDKs;
 //! - [`launch`]: how a function of each runtime (`provided`, `python3.N`, `nodejsN.x`) starts;
 //! - [`package`]: `.zip` deployment packages, unpacked once into a content-keyed cache;
@@ -43,6 +45,7 @@ mod process;
 pub mod runtime;
 mod runtime_api;
 pub mod spec;
+mod telemetry;
 mod xray;
 
 pub use isolation::Isolation;

@@ -20,6 +20,8 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::telemetry::{Kind, Telemetry};
+
 /// Longest line kept as one event; longer lines are split. CloudWatch's event limit.
 const MAX_LINE_BYTES: usize = 256 * 1024;
 
@@ -200,6 +202,8 @@ impl LogBook {
 pub(crate) struct Sink {
     book: Arc<LogBook>,
     current: Mutex<Current>,
+    /// Where the processes' lines also go: the environment's telemetry subscribers.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 #[derive(Default)]
@@ -213,6 +217,23 @@ impl Sink {
         Self {
             book,
             current: Mutex::new(Current::default()),
+            telemetry: None,
+        }
+    }
+
+    /// A sink whose processes' lines also go to `telemetry`.
+    pub(crate) fn with_telemetry(book: Arc<LogBook>, telemetry: Arc<Telemetry>) -> Self {
+        Self {
+            telemetry: Some(telemetry),
+            ..Self::new(book)
+        }
+    }
+
+    /// Writes one line a process wrote: its function's or an extension's (`kind`).
+    pub(crate) fn output(&self, kind: Kind, text: &str) {
+        self.line(text);
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.line(kind, text);
         }
     }
 
@@ -267,6 +288,8 @@ pub(crate) type SyncRequest = oneshot::Sender<()>;
 /// The output pipe of one environment, read by [`capture`].
 pub(crate) struct Output {
     pipe: pipe::Receiver,
+    /// Whose lines these are.
+    kind: Kind,
     /// Bytes read so far.
     consumed: u64,
     /// The start of a line not finished yet.
@@ -274,9 +297,10 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    pub(crate) fn new(pipe: pipe::Receiver) -> Self {
+    pub(crate) fn new(pipe: pipe::Receiver, kind: Kind) -> Self {
         Self {
             pipe,
+            kind,
             consumed: 0,
             partial: Vec::new(),
         }
@@ -316,7 +340,7 @@ impl Output {
             return;
         }
         let text = String::from_utf8_lossy(&self.partial);
-        sink.line(text.trim_end_matches('\r'));
+        sink.output(self.kind, text.trim_end_matches('\r'));
         self.partial.clear();
     }
 
@@ -362,6 +386,12 @@ pub(crate) async fn capture(
 /// Lambda's `INIT_START` line for `spec`'s runtime: `INIT_START Runtime Version:
 /// python:3.12.v1<TAB>Runtime Version ARN: arn:aws:lambda:REGION::runtime:<64 hex>`.
 pub(crate) fn init_start_line(spec: &crate::spec::FunctionSpec) -> String {
+    let (version, arn) = runtime_version(spec);
+    format!("INIT_START Runtime Version: {version}\tRuntime Version ARN: {arn}")
+}
+
+/// `spec`'s runtime version and its ARN, as Lambda names them.
+pub(crate) fn runtime_version(spec: &crate::spec::FunctionSpec) -> (String, String) {
     use sha2::{Digest, Sha256};
     let runtime = &spec.runtime;
     // `python3.12` → `python:3.12`, `nodejs20.x` → `nodejs:20`, `provided.al2023` →
@@ -379,9 +409,9 @@ pub(crate) fn init_start_line(spec: &crate::spec::FunctionSpec) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!(
-        "INIT_START Runtime Version: {version}.v1\tRuntime Version ARN: arn:aws:lambda:{}::runtime:{digest}",
-        spec.region
+    (
+        format!("{version}.v1"),
+        format!("arn:aws:lambda:{}::runtime:{digest}", spec.region),
     )
 }
 
@@ -394,7 +424,7 @@ pub(crate) enum ReportStatus {
     Error(&'static str),
 }
 
-/// Figures for a `REPORT` line.
+/// Figures for a `REPORT` line and the `platform.report` event.
 pub(crate) struct Report<'a> {
     pub(crate) request_id: &'a str,
     pub(crate) duration: Duration,
@@ -405,16 +435,50 @@ pub(crate) struct Report<'a> {
 }
 
 impl Report<'_> {
-    /// Lambda's `REPORT` line. The billed duration is the invocation's and, on a cold
-    /// start, the init's (Lambda bills the init phase since August 2025), rounded up to the
-    /// millisecond.
-    pub(crate) fn line(&self) -> String {
+    /// The billed duration: the invocation's and, on a cold start, the init's (Lambda bills
+    /// the init phase since August 2025), rounded up to the millisecond.
+    fn billed_ms(&self) -> u64 {
         let ms = self.duration.as_secs_f64() * 1000.0;
         let init_ms = self.init_duration.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        (ms + init_ms).ceil().max(1.0) as u64
+    }
+
+    /// Lambda's `platform.report` record.
+    pub(crate) fn record(&self, tracing: &serde_json::Value) -> serde_json::Value {
+        let two = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
+        let (status, error_type) = match self.status {
+            None => ("success", None),
+            Some(ReportStatus::Timeout) => ("timeout", None),
+            Some(ReportStatus::Error(kind)) => ("error", Some(kind)),
+        };
+        let mut metrics = serde_json::json!({
+            "durationMs": two(self.duration),
+            "billedDurationMs": self.billed_ms(),
+            "memorySizeMB": self.memory_size_mb,
+            "maxMemoryUsedMB": self.max_memory_used_mb.unwrap_or(0),
+        });
+        if let Some(init) = self.init_duration {
+            metrics["initDurationMs"] = serde_json::json!(two(init));
+        }
+        let mut record = serde_json::json!({
+            "requestId": self.request_id,
+            "status": status,
+            "metrics": metrics,
+            "tracing": tracing,
+        });
+        if let Some(kind) = error_type {
+            record["errorType"] = serde_json::json!(kind);
+        }
+        record
+    }
+
+    /// Lambda's `REPORT` line.
+    pub(crate) fn line(&self) -> String {
+        let ms = self.duration.as_secs_f64() * 1000.0;
         let mut line = format!(
             "REPORT RequestId: {}\tDuration: {ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
             self.request_id,
-            (ms + init_ms).ceil().max(1.0) as u64,
+            self.billed_ms(),
             self.memory_size_mb,
             self.max_memory_used_mb.unwrap_or(0),
         );
@@ -533,7 +597,10 @@ mod tests {
         rt.block_on(async {
             let (r, w) = std::io::pipe().unwrap();
             drop(w);
-            let mut out = Output::new(pipe::Receiver::from_owned_fd(r.into()).unwrap());
+            let mut out = Output::new(
+                pipe::Receiver::from_owned_fd(r.into()).unwrap(),
+                Kind::Function,
+            );
             out.take(b"one\ntwo\r\nthr", &sink);
             out.take(b"ee\n", &sink);
             out.take(&vec![b'y'; MAX_LINE_BYTES + 10], &sink);

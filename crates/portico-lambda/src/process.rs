@@ -10,6 +10,7 @@ use crate::extensions::{Event, Extensions};
 use crate::isolation::{Isolation, View};
 use crate::memory::MemoryLimit;
 use crate::spec::FunctionSpec;
+use crate::telemetry::Kind;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use portico_sandbox::{Entry, Resource};
@@ -30,16 +31,25 @@ const TERMINATE_GRACE: Duration = Duration::from_millis(500);
 const LAMBDA_PATH: &str = "/var/lang/bin:/usr/local/bin:/usr/bin:/bin";
 
 /// Starts an environment's processes (its extensions, then its runtime) where `isolation`
-/// says, with Lambda's environment. Their stdout and stderr all go to one pipe, as all go
-/// to one log stream in Lambda.
+/// says, with Lambda's environment. The runtime's stdout and stderr go to one pipe, the
+/// extensions' to another: one log stream in Lambda, two kinds of lines for telemetry.
 pub(crate) struct Launcher {
     view: View,
     variables: Vec<(String, String)>,
     /// The sandbox, and how a process enters it.
     sandbox: Option<(portico_sandbox::Sandbox, Entry)>,
-    /// The pipe's write end, handed to each process; dropped by [`Launcher::finish`] so
-    /// that the read end sees EOF once the processes are gone.
-    writer: std::io::PipeWriter,
+    /// The pipes' write ends (the runtime's, the extensions'), handed to each process;
+    /// dropped by [`Launcher::finish`] so that the read ends see EOF once the processes
+    /// are gone.
+    writers: [std::io::PipeWriter; 2],
+}
+
+/// The read ends of an environment's output pipes.
+pub(crate) struct Outputs {
+    /// The runtime's.
+    pub(crate) function: tokio::net::unix::pipe::Receiver,
+    /// The extensions'.
+    pub(crate) extensions: tokio::net::unix::pipe::Receiver,
 }
 
 /// Why a function could not be started.
@@ -64,7 +74,7 @@ impl Launcher {
         api: SocketAddr,
         isolation: &Isolation,
         memory: &MemoryLimit,
-    ) -> Result<(Self, tokio::net::unix::pipe::Receiver), SpawnError> {
+    ) -> Result<(Self, Outputs), SpawnError> {
         let view = match isolation {
             Isolation::None => View::host(spec),
             Isolation::Sandbox { .. } => View::sandboxed(spec),
@@ -73,9 +83,14 @@ impl Launcher {
             program: "the output pipe".into(),
             source,
         };
-        let (reader, writer) = std::io::pipe().map_err(failed)?;
-        let output =
-            tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(failed)?;
+        let (function, function_writer) = std::io::pipe().map_err(failed)?;
+        let (extensions, extensions_writer) = std::io::pipe().map_err(failed)?;
+        let outputs = Outputs {
+            function: tokio::net::unix::pipe::Receiver::from_owned_fd(function.into())
+                .map_err(failed)?,
+            extensions: tokio::net::unix::pipe::Receiver::from_owned_fd(extensions.into())
+                .map_err(failed)?,
+        };
         let mut variables: Vec<(String, String)> = lambda_environment(spec, api, &view)
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -102,19 +117,23 @@ impl Launcher {
             view,
             variables,
             sandbox,
-            writer,
+            writers: [function_writer, extensions_writer],
         };
-        Ok((launcher, output))
+        Ok((launcher, outputs))
     }
 
     /// Starts `program` (a host path) with `args` in `cwd` (a host directory), in its own
-    /// process group.
+    /// process group: the runtime, or an extension (`kind`), whose output goes to its pipe.
     pub(crate) async fn start(
         &self,
         program: &Path,
         args: &[String],
-        cwd: &Path,
+        (cwd, kind): (&Path, Kind),
     ) -> Result<Child, SpawnError> {
+        let writer = match kind {
+            Kind::Extension => &self.writers[1],
+            _ => &self.writers[0],
+        };
         let program = self.view.path(program);
         let failed = |source| SpawnError::Process {
             program: program.display().to_string(),
@@ -125,8 +144,8 @@ impl Launcher {
             .env_clear()
             .envs(self.variables.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::from(self.writer.try_clone().map_err(failed)?))
-            .stderr(Stdio::from(self.writer.try_clone().map_err(failed)?))
+            .stdout(Stdio::from(writer.try_clone().map_err(failed)?))
+            .stderr(Stdio::from(writer.try_clone().map_err(failed)?))
             .process_group(0)
             .kill_on_drop(true);
         match &self.sandbox {
@@ -348,6 +367,8 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 pub(crate) struct ExtensionProcesses {
     /// Their registrations.
     pub(crate) registry: Arc<Extensions>,
+    /// The environment's telemetry, flushed to them before they are shut down.
+    pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
     /// The tasks watching their processes (closed when the environment stops).
     pub(crate) watchers: TaskTracker,
     /// Fired to kill what is left of them.
@@ -433,6 +454,8 @@ async fn shut_down(
     if registered == 0 {
         return terminate(child, pgid).await;
     }
+    // What the subscribers were not sent yet, before they are told to stop.
+    extensions.telemetry.flush(TELEMETRY_FLUSH).await;
     let budget = if for_shutdown > 0 {
         SHUTDOWN_WITH_EXTENSIONS
     } else {
@@ -466,6 +489,9 @@ async fn shut_down(
     let _ = child.start_kill();
     child.wait().await
 }
+
+/// How long the last telemetry may take to be delivered at an environment's end.
+const TELEMETRY_FLUSH: Duration = Duration::from_millis(500);
 
 /// Lambda's shutdown phase with external extensions registered for `SHUTDOWN`, and with
 /// internal extensions only.

@@ -42,6 +42,8 @@ pub(crate) struct ApiContext {
     pub(crate) extensions: Arc<crate::extensions::Extensions>,
     /// What an extension's registration is told of the function.
     pub(crate) function: crate::extensions::FunctionInfo,
+    /// The environment's telemetry (the Telemetry and Logs APIs).
+    pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// The processes of one environment, the only ones its Runtime API serves.
@@ -105,6 +107,12 @@ async fn route(ctx: &ApiContext, req: Request<Incoming>) -> ApiResponse {
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix(crate::extension_api::PREFIX) {
         return crate::extension_api::route(ctx, rest, req).await;
+    }
+    if path == crate::extension_api::TELEMETRY {
+        return crate::extension_api::subscribe(ctx, crate::telemetry::Api::Telemetry, req).await;
+    }
+    if path == crate::extension_api::LOGS {
+        return crate::extension_api::subscribe(ctx, crate::telemetry::Api::Logs, req).await;
     }
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return error(StatusCode::NOT_FOUND, "UnknownRoute", "no such route");

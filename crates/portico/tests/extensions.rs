@@ -72,6 +72,15 @@ fn invoke(api: &str, function: &str, payload: &Value) -> (Value, Option<String>,
     )
 }
 
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The REPORT line's duration, in ms.
 fn reported_duration(tail: &str) -> f64 {
     let report = tail.lines().find(|l| l.starts_with("REPORT")).unwrap();
@@ -90,13 +99,14 @@ runtime = "python3.11"
 code = "{code}"
 handler = "app.handler"
 layers = ["{layer}"]
+environment = {{ DEMO_TELEMETRY_PORT = "{observed_port}" }}
 
 [functions.refused]
 runtime = "python3.11"
 code = "{code}"
 handler = "app.handler"
 layers = ["{layer}"]
-environment = {{ FAIL_INIT = "1" }}
+environment = {{ FAIL_INIT = "1", DEMO_TELEMETRY_PORT = "{refused_port}" }}
 
 [runtime]
 environment_idle_timeout_seconds = 2
@@ -106,6 +116,10 @@ port = 0
 "#,
         code = function_dir().display(),
         layer = layer.display(),
+        // Functions share the host's network: each extension's telemetry listener has a
+        // port of its own.
+        observed_port = free_port(),
+        refused_port = free_port(),
     );
     let portico = Portico::start(&config);
     let api = portico.invoke_api.unwrap().to_string();
@@ -139,9 +153,33 @@ port = 0
     assert!(!tail.contains("Init Duration"), "{tail}");
     assert!(tail.contains("py-extension: INVOKE"), "{tail}");
 
-    // Retired after its idle time: both are told, and exit.
+    // The Telemetry API delivered the demo extension the platform events of the init and
+    // of the invocation, and the function's own lines, in Lambda's schema (the crate
+    // parses them).
     let logs_url = format!("http://{api}/portico/v1/functions/observed/logs");
+    let delivered = [
+        "demo-extension: telemetry platform.initStart Init".to_owned(),
+        "demo-extension: telemetry platform.extension py-extension [\"INVOKE\", \"SHUTDOWN\"]"
+            .to_owned(),
+        "demo-extension: telemetry platform.initReport".to_owned(),
+        format!("demo-extension: telemetry platform.start {id}"),
+        format!("demo-extension: telemetry function probing layout for {id}"),
+        format!("demo-extension: telemetry platform.runtimeDone {id} Success"),
+        format!("demo-extension: telemetry platform.report {id} 128 MB billed"),
+    ];
     let mut log = String::new();
+    for _ in 0..100 {
+        log = curl(None, &[&logs_url]).body;
+        if delivered.iter().all(|line| log.contains(line.as_str())) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for line in &delivered {
+        assert!(log.contains(line.as_str()), "{line} missing:\n{log}");
+    }
+
+    // Retired after its idle time: both are told, and exit.
     for _ in 0..100 {
         log = curl(None, &[&logs_url]).body;
         if log.contains("py-extension: SHUTDOWN") && log.contains("demo-extension: SHUTDOWN") {

@@ -9,6 +9,7 @@ import sys
 
 def handler(event, context):
     probe = event["probe"]
+    print("probing", probe, "for", context.aws_request_id)
     if probe == "layout":
         return layout()
     if probe == "read":
