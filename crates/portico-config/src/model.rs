@@ -967,6 +967,9 @@ pub struct Function {
     /// The size of `/tmp` in MB, 512–10240 (Lambda's ephemeral storage). Default 512.
     #[serde(default = "default_ephemeral_storage")]
     pub ephemeral_storage_mb: u32,
+    /// How the function's log is written: Lambda's `LoggingConfig`.
+    #[serde(default)]
+    pub logging_config: LoggingConfig,
     /// Layers: up to 5 `.zip` files or directories (relative to the config file), extracted
     /// in order into `/opt`, a later one overwriting an earlier one; with the code, at most
     /// 250 MB unzipped.
@@ -1006,6 +1009,52 @@ impl Function {
     pub fn handler(&self) -> &str {
         self.handler.as_deref().unwrap_or("bootstrap")
     }
+}
+
+/// Lambda's `LoggingConfig` of a function.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `Text` (default) or `JSON`: the function's log lines and the platform's as JSON
+    /// records (`AWS_LAMBDA_LOG_FORMAT`).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// With JSON: the least level of the function's own records kept (`TRACE`, `DEBUG`,
+    /// `INFO`, `WARN`, `ERROR`, `FATAL`; `AWS_LAMBDA_LOG_LEVEL`).
+    #[serde(default)]
+    pub application_log_level: Option<LogLevel>,
+    /// With JSON: the least level of the platform's records kept (`DEBUG`, `INFO`, `WARN`).
+    #[serde(default)]
+    pub system_log_level: Option<LogLevel>,
+}
+
+/// A log format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Plain lines.
+    #[default]
+    Text,
+    /// JSON records.
+    #[serde(rename = "JSON")]
+    Json,
+}
+
+/// A log level, lowest first.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LogLevel {
+    /// `TRACE`.
+    Trace,
+    /// `DEBUG`.
+    Debug,
+    /// `INFO`.
+    Info,
+    /// `WARN`.
+    Warn,
+    /// `ERROR`.
+    Error,
+    /// `FATAL`.
+    Fatal,
 }
 
 /// A function runtime, by Lambda's identifier.

@@ -571,6 +571,26 @@ impl Validator {
             EPHEMERAL_STORAGE_MB,
             "MB",
         );
+        let logging = &f.logging_config;
+        if logging.log_format != crate::LogFormat::Json
+            && (logging.application_log_level.is_some() || logging.system_log_level.is_some())
+        {
+            self.err(
+                format!("{path}.logging_config"),
+                "log levels need log_format = \"JSON\" (as in Lambda)",
+            );
+        }
+        if logging.system_log_level.is_some_and(|l| {
+            !matches!(
+                l,
+                crate::LogLevel::Debug | crate::LogLevel::Info | crate::LogLevel::Warn
+            )
+        }) {
+            self.err(
+                format!("{path}.logging_config.system_log_level"),
+                "is DEBUG, INFO or WARN",
+            );
+        }
         if f.layers.len() > MAX_LAYERS {
             self.err(
                 format!("{path}.layers"),

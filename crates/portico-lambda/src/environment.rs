@@ -11,7 +11,7 @@ use crate::logs::{self, LogBook, Output, Report, ReportStatus, Sink, SyncRequest
 use crate::memory::MemoryLimit;
 use crate::process::{self, ExtensionProcesses, Launcher, SpawnError};
 use crate::runtime_api::{self, ApiContext, error_document};
-use crate::spec::FunctionSpec;
+use crate::spec::{FunctionSpec, Level};
 use crate::telemetry::{Kind, Telemetry};
 use bytes::Bytes;
 use portico_invoke::{FunctionError, Invocation, InvokeError, InvokeOutput};
@@ -96,20 +96,32 @@ impl Environment {
         host: Host<'_>,
         (limit, phase): (Duration, &str),
     ) -> Result<Self, InvokeError> {
-        let sink = Sink::new(book.clone());
-        sink.line(&logs::init_start_line(&spec));
+        let sink = Sink::new(book.clone(), spec.logging);
+        sink.system(
+            &logs::init_start_line(&spec),
+            Some(("platform.initStart", logs::init_start_record(&spec, phase))),
+            Level::Info,
+        );
         let started = Instant::now();
         let result = Self::start_once(spec, book, host, (limit, phase)).await;
         if let Err(InvokeError::InitFailed { error_type, .. }) = &result {
-            let status = if error_type == INIT_TIMEOUT {
-                "timeout".to_owned()
+            let (status, text_status) = if error_type == INIT_TIMEOUT {
+                ("timeout", "timeout".to_owned())
             } else {
-                format!("error\tError Type: {error_type}")
+                ("error", format!("error\tError Type: {error_type}"))
             };
-            sink.line(&format!(
-                "INIT_REPORT Init Duration: {:.2} ms\tPhase: {phase}\tStatus: {status}",
-                started.elapsed().as_secs_f64() * 1000.0
-            ));
+            let took = started.elapsed();
+            sink.system(
+                &format!(
+                    "INIT_REPORT Init Duration: {:.2} ms\tPhase: {phase}\tStatus: {text_status}",
+                    took.as_secs_f64() * 1000.0
+                ),
+                Some((
+                    "platform.initReport",
+                    logs::init_report_record(phase, status, Some(error_type), took),
+                )),
+                Level::Warn,
+            );
         }
         result
     }
@@ -141,18 +153,7 @@ impl Environment {
         let stop = parent.child_token();
         let reaped = CancellationToken::new();
         let telemetry = Arc::new(Telemetry::new());
-        let (runtime_version, runtime_version_arn) = logs::runtime_version(&spec);
-        telemetry.platform_telemetry(
-            "platform.initStart",
-            json!({
-                "initializationType": "on-demand",
-                "phase": phase,
-                "runtimeVersion": runtime_version,
-                "runtimeVersionArn": runtime_version_arn,
-                "functionName": spec.name,
-                "functionVersion": "$LATEST",
-            }),
-        );
+        telemetry.platform_telemetry("platform.initStart", logs::init_start_record(&spec, phase));
 
         let memory = Arc::new(MemoryLimit::create(spec.memory_size_mb));
         let spawn_failed = |e: SpawnError, error_type: &str| match e {
@@ -198,7 +199,7 @@ impl Environment {
             (ctx, Some(members)),
             stop.clone(),
         ));
-        let sink = Arc::new(Sink::with_telemetry(book, telemetry.clone()));
+        let sink = Arc::new(Sink::with_telemetry(book, spec.logging, telemetry.clone()));
         let mut sync_output = Vec::new();
         for (pipe, kind) in [
             (outputs.function, Kind::Function),
@@ -371,12 +372,7 @@ impl Environment {
             .platform_telemetry("platform.initRuntimeDone", done);
         self.telemetry.platform_telemetry(
             "platform.initReport",
-            json!({
-                "initializationType": "on-demand",
-                "phase": phase,
-                "status": status,
-                "metrics": {"durationMs": millis(took)},
-            }),
+            logs::init_report_record(phase, status, error_type, took),
         );
         self.telemetry.close();
     }
@@ -393,8 +389,14 @@ impl Environment {
         let request_id = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
         self.sink.begin(&request_id, invocation.tail_logs);
-        self.sink
-            .line(&format!("START RequestId: {request_id} Version: $LATEST"));
+        self.sink.system(
+            &format!("START RequestId: {request_id} Version: $LATEST"),
+            Some((
+                "platform.start",
+                json!({"requestId": request_id, "version": "$LATEST"}),
+            )),
+            Level::Info,
+        );
         let (reply, outcome) = oneshot::channel();
         let deadline = deadline_ms(self.spec.timeout);
         let trace_id = crate::xray::header(invocation.trace_id.as_deref());
@@ -421,7 +423,7 @@ impl Environment {
             reply,
         };
         let mut ended = self.run(pending, outcome).await;
-        self.runtime_done(&request_id, &ended, started.elapsed(), &tracing);
+        let runtime_done = self.runtime_done(&request_id, &ended, started.elapsed(), &tracing);
         if matches!(ended, Ended::Outcome(_)) {
             self.extensions_done(started).await;
         }
@@ -441,7 +443,11 @@ impl Environment {
             Ended::Exited(_) => Some(ReportStatus::Error("Runtime.ExitError")),
         };
         let mut output = self.conclude(&request_id, ended, started.elapsed());
-        self.sink.line(&format!("END RequestId: {request_id}"));
+        self.sink.system(
+            &format!("END RequestId: {request_id}"),
+            Some(("platform.runtimeDone", runtime_done)),
+            Level::Info,
+        );
         self.telemetry
             .platform_logs("platform.end", json!({"requestId": request_id}));
         let report = Report {
@@ -453,15 +459,31 @@ impl Environment {
             init_duration: self.init_duration.take(),
             status,
         };
-        self.sink.line(&report.line());
-        self.telemetry
-            .platform("platform.report", report.record(&tracing));
+        let record = report.record(&tracing);
+        let level = if status.is_some() {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        self.sink.system(
+            &report.line(),
+            Some(("platform.report", record.clone())),
+            level,
+        );
+        self.telemetry.platform("platform.report", record);
         output.log_tail = self.sink.end();
         output
     }
 
-    /// Lambda's `platform.runtimeDone`: how the runtime ended the invocation, and when.
-    fn runtime_done(&self, request_id: &str, ended: &Ended, took: Duration, tracing: &Value) {
+    /// Lambda's `platform.runtimeDone`: how the runtime ended the invocation, and when;
+    /// sent to telemetry, and returned for the log's `END`.
+    fn runtime_done(
+        &self,
+        request_id: &str,
+        ended: &Ended,
+        took: Duration,
+        tracing: &Value,
+    ) -> Value {
         let (status, error_type, produced) = match ended {
             Ended::Outcome(Outcome::Response(body)) => ("success", None, body.len()),
             Ended::Outcome(Outcome::Error { error_type, .. }) => {
@@ -474,14 +496,15 @@ impl Environment {
         let mut record = json!({
             "requestId": request_id,
             "status": status,
-            "metrics": {"durationMs": millis(took), "producedBytes": produced},
+            "metrics": {"durationMs": logs::millis(took), "producedBytes": produced},
             "tracing": tracing,
         });
         if let Some(error_type) = error_type {
             record["errorType"] = json!(error_type);
         }
         self.telemetry
-            .platform_telemetry("platform.runtimeDone", record);
+            .platform_telemetry("platform.runtimeDone", record.clone());
+        record
     }
 
     /// Waits, within the invocation's timeout, until every extension is done with the
@@ -492,14 +515,19 @@ impl Environment {
         match tokio::time::timeout(left, self.extensions.ready()).await {
             Ok(Ok(())) => {}
             Ok(Err((error_type, message))) => {
-                self.sink.line(&format!("{error_type}: {message}"));
+                self.sink
+                    .system(&format!("{error_type}: {message}"), None, Level::Error);
                 self.retire("failure");
             }
             Err(_) => {
-                self.sink.line(&format!(
-                    "Extensions did not finish the invocation within the timeout ({:.2} s)",
-                    self.spec.timeout.as_secs_f64()
-                ));
+                self.sink.system(
+                    &format!(
+                        "Extensions did not finish the invocation within the timeout ({:.2} s)",
+                        self.spec.timeout.as_secs_f64()
+                    ),
+                    None,
+                    Level::Error,
+                );
                 self.retire("timeout");
             }
         }
@@ -557,11 +585,15 @@ impl Environment {
                 self.retire("timeout");
                 // The log line in Lambda's form (time, request id, how long it ran); the
                 // caller gets the error document Lambda returns.
-                self.sink.line(&format!(
-                    "{} {request_id} Task timed out after {:.2} seconds",
-                    process::rfc3339(std::time::SystemTime::now()),
-                    elapsed.as_secs_f64()
-                ));
+                self.sink.system(
+                    &format!(
+                        "{} {request_id} Task timed out after {:.2} seconds",
+                        process::rfc3339(std::time::SystemTime::now()),
+                        elapsed.as_secs_f64()
+                    ),
+                    None,
+                    Level::Error,
+                );
                 let message = format!(
                     "RequestId: {request_id} Error: Task timed out after {:.2} seconds",
                     self.spec.timeout.as_secs_f64()
@@ -580,8 +612,8 @@ impl Environment {
                 let message = format!(
                     "RequestId: {request_id} Error: Runtime exited with error: signal: killed"
                 );
-                self.sink.line(&message);
-                self.sink.line("Runtime.OutOfMemory");
+                self.sink.system(&message, None, Level::Error);
+                self.sink.system("Runtime.OutOfMemory", None, Level::Error);
                 failed(
                     "Runtime.OutOfMemory",
                     error_document("Runtime.OutOfMemory", &message),
@@ -592,7 +624,7 @@ impl Environment {
                 self.retire("failure");
                 let message =
                     format!("RequestId: {request_id} Error: Runtime exited with error: {status}");
-                self.sink.line(&message);
+                self.sink.system(&message, None, Level::Error);
                 failed(
                     "Runtime.ExitError",
                     error_document("Runtime.ExitError", &message),
@@ -670,11 +702,6 @@ async fn over_limit(memory: &Option<Arc<MemoryLimit>>) {
         Some(memory) => memory.exceeded().await,
         None => std::future::pending().await,
     }
-}
-
-/// `d` in milliseconds with two decimals, as Lambda's metrics give them.
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
 fn deadline_ms(timeout: Duration) -> u64 {

@@ -20,6 +20,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::spec::{Level, Logging};
 use crate::telemetry::{Kind, Telemetry};
 
 /// Longest line kept as one event; longer lines are split. CloudWatch's event limit.
@@ -204,6 +205,8 @@ pub(crate) struct Sink {
     current: Mutex<Current>,
     /// Where the processes' lines also go: the environment's telemetry subscribers.
     telemetry: Option<Arc<Telemetry>>,
+    /// Text or JSON, and the levels kept.
+    logging: Logging,
 }
 
 #[derive(Default)]
@@ -213,28 +216,91 @@ struct Current {
 }
 
 impl Sink {
-    pub(crate) fn new(book: Arc<LogBook>) -> Self {
+    pub(crate) fn new(book: Arc<LogBook>, logging: Logging) -> Self {
         Self {
             book,
             current: Mutex::new(Current::default()),
             telemetry: None,
+            logging,
         }
     }
 
     /// A sink whose processes' lines also go to `telemetry`.
-    pub(crate) fn with_telemetry(book: Arc<LogBook>, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn with_telemetry(
+        book: Arc<LogBook>,
+        logging: Logging,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Self {
             telemetry: Some(telemetry),
-            ..Self::new(book)
+            ..Self::new(book, logging)
         }
     }
 
-    /// Writes one line a process wrote: its function's or an extension's (`kind`).
+    /// Writes one line a process wrote: its function's or an extension's (`kind`). With
+    /// JSON logs and an application log level, a function's JSON record below that level
+    /// is dropped, as Lambda drops it (a record without a valid `level` counts as `INFO`).
     pub(crate) fn output(&self, kind: Kind, text: &str) {
+        if kind == Kind::Function && !self.keeps(text) {
+            return;
+        }
         self.line(text);
         if let Some(telemetry) = &self.telemetry {
             telemetry.line(kind, text);
         }
+    }
+
+    fn keeps(&self, text: &str) -> bool {
+        let Some(least) = self.logging.application_level.filter(|_| self.logging.json) else {
+            return true;
+        };
+        if !text.starts_with('{') {
+            return true;
+        }
+        let Ok(serde_json::Value::Object(record)) = serde_json::from_str(text) else {
+            return true;
+        };
+        let level = record
+            .get("level")
+            .and_then(|l| l.as_str())
+            .and_then(Level::parse)
+            .unwrap_or(Level::Info);
+        level >= least
+    }
+
+    /// Writes one of the platform's lines: `text` in a text log; in a JSON log, the
+    /// `event` record (Lambda's `{"time", "type", "record"}`), or for a line with none, a
+    /// `{"timestamp", "level", "message", "requestId"}` record, if `level` is kept by the
+    /// system log level (default `INFO`).
+    pub(crate) fn system(
+        &self,
+        text: &str,
+        event: Option<(&str, serde_json::Value)>,
+        level: Level,
+    ) {
+        if !self.logging.json {
+            self.line(text);
+            return;
+        }
+        if level < self.logging.system_level.unwrap_or(Level::Info) {
+            return;
+        }
+        let time = crate::process::rfc3339(SystemTime::now());
+        let record = match event {
+            Some((event, record)) => {
+                serde_json::json!({"time": time, "type": event, "record": record})
+            }
+            None => {
+                let request_id = self.lock().request_id.clone();
+                serde_json::json!({
+                    "timestamp": time,
+                    "level": level.name(),
+                    "message": text,
+                    "requestId": request_id.as_deref(),
+                })
+            }
+        };
+        self.line(&record.to_string());
     }
 
     /// Starts attributing lines to `request_id`, collecting its tail if `tail` is set.
@@ -415,6 +481,47 @@ pub(crate) fn runtime_version(spec: &crate::spec::FunctionSpec) -> (String, Stri
     )
 }
 
+/// `d` in milliseconds with two decimals, as Lambda's metrics give them.
+pub(crate) fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
+}
+
+/// Lambda's `platform.initStart` record of `spec`'s init in `phase`.
+pub(crate) fn init_start_record(
+    spec: &crate::spec::FunctionSpec,
+    phase: &str,
+) -> serde_json::Value {
+    let (version, arn) = runtime_version(spec);
+    serde_json::json!({
+        "initializationType": "on-demand",
+        "phase": phase,
+        "runtimeVersion": version,
+        "runtimeVersionArn": arn,
+        "functionName": spec.name,
+        "functionVersion": "$LATEST",
+    })
+}
+
+/// Lambda's `platform.initReport` record of an init in `phase` that ended with `status`
+/// after `took`.
+pub(crate) fn init_report_record(
+    phase: &str,
+    status: &str,
+    error_type: Option<&str>,
+    took: Duration,
+) -> serde_json::Value {
+    let mut record = serde_json::json!({
+        "initializationType": "on-demand",
+        "phase": phase,
+        "status": status,
+        "metrics": {"durationMs": millis(took)},
+    });
+    if let Some(error_type) = error_type {
+        record["errorType"] = serde_json::json!(error_type);
+    }
+    record
+}
+
 /// How an invocation that did not complete ends its `REPORT` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReportStatus {
@@ -445,20 +552,19 @@ impl Report<'_> {
 
     /// Lambda's `platform.report` record.
     pub(crate) fn record(&self, tracing: &serde_json::Value) -> serde_json::Value {
-        let two = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
         let (status, error_type) = match self.status {
             None => ("success", None),
             Some(ReportStatus::Timeout) => ("timeout", None),
             Some(ReportStatus::Error(kind)) => ("error", Some(kind)),
         };
         let mut metrics = serde_json::json!({
-            "durationMs": two(self.duration),
+            "durationMs": millis(self.duration),
             "billedDurationMs": self.billed_ms(),
             "memorySizeMB": self.memory_size_mb,
             "maxMemoryUsedMB": self.max_memory_used_mb.unwrap_or(0),
         });
         if let Some(init) = self.init_duration {
-            metrics["initDurationMs"] = serde_json::json!(two(init));
+            metrics["initDurationMs"] = serde_json::json!(millis(init));
         }
         let mut record = serde_json::json!({
             "requestId": self.request_id,
@@ -588,7 +694,7 @@ mod tests {
     #[test]
     fn lines_are_split_kept_and_attributed() {
         let book = Arc::new(LogBook::new("f"));
-        let sink = Sink::new(book.clone());
+        let sink = Sink::new(book.clone(), Logging::default());
         sink.begin("req-1", true);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

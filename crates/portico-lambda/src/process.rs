@@ -311,6 +311,15 @@ fn lambda_environment(
         ("TZ", ":UTC".to_owned()),
         ("LANG", "en_US.UTF-8".to_owned()),
     ];
+    // Lambda's LoggingConfig, which the runtimes' clients read.
+    let logging = spec.logging;
+    vars.push((
+        "AWS_LAMBDA_LOG_FORMAT",
+        if logging.json { "JSON" } else { "Text" }.to_owned(),
+    ));
+    if let Some(level) = logging.application_level.filter(|_| logging.json) {
+        vars.push(("AWS_LAMBDA_LOG_LEVEL", level.name().to_owned()));
+    }
     // The runtime's identifier; OS-only runtimes have none.
     if !spec.runtime.starts_with("provided") {
         vars.push(("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", spec.runtime)));

@@ -58,6 +58,64 @@ pub struct FunctionSpec {
     pub last_modified: std::time::SystemTime,
     /// `AWS_REGION`.
     pub region: String,
+    /// How its log is written (Lambda's `LoggingConfig`).
+    pub logging: Logging,
+}
+
+/// How a function's log is written: Lambda's `LoggingConfig`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Logging {
+    /// JSON records (`AWS_LAMBDA_LOG_FORMAT=JSON`) rather than plain lines.
+    pub json: bool,
+    /// With JSON, the least level of the function's own records kept.
+    pub application_level: Option<Level>,
+    /// With JSON, the least level of the platform's records kept (default `INFO`).
+    pub system_level: Option<Level>,
+}
+
+/// A log level, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// `TRACE`.
+    Trace,
+    /// `DEBUG`.
+    Debug,
+    /// `INFO`.
+    Info,
+    /// `WARN`.
+    Warn,
+    /// `ERROR`.
+    Error,
+    /// `FATAL`.
+    Fatal,
+}
+
+impl Level {
+    /// Its name, as Lambda writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Trace => "TRACE",
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+            Level::Fatal => "FATAL",
+        }
+    }
+
+    /// The level named `name` (any case; `WARNING` is `WARN`, `CRITICAL` is `FATAL`, as
+    /// the runtimes' loggers name them).
+    pub fn parse(name: &str) -> Option<Level> {
+        Some(match name.to_ascii_uppercase().as_str() {
+            "TRACE" => Level::Trace,
+            "DEBUG" => Level::Debug,
+            "INFO" => Level::Info,
+            "WARN" | "WARNING" => Level::Warn,
+            "ERROR" => Level::Error,
+            "FATAL" | "CRITICAL" => Level::Fatal,
+            _ => return None,
+        })
+    }
 }
 
 /// The ARN of function `name` in `region`, as Lambda forms it.

@@ -50,6 +50,7 @@ fn prober(name: &str, env: &[(&str, &str)], reserved: Option<usize>) -> Function
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         region: "eu-west-1".into(),
+        logging: Default::default(),
     }
 }
 

@@ -185,7 +185,27 @@ fn function_spec(
         code,
         last_modified: std::time::SystemTime::now(),
         region: REGION.to_owned(),
+        logging: logging(&f.logging_config),
     })
+}
+
+/// A function's `logging_config`, as the runtime takes it.
+fn logging(config: &portico_config::LoggingConfig) -> portico_lambda::spec::Logging {
+    use portico_config::LogLevel;
+    use portico_lambda::spec::Level;
+    let level = |l: LogLevel| match l {
+        LogLevel::Trace => Level::Trace,
+        LogLevel::Debug => Level::Debug,
+        LogLevel::Info => Level::Info,
+        LogLevel::Warn => Level::Warn,
+        LogLevel::Error => Level::Error,
+        LogLevel::Fatal => Level::Fatal,
+    };
+    portico_lambda::spec::Logging {
+        json: config.log_format == portico_config::LogFormat::Json,
+        application_level: config.application_log_level.map(level),
+        system_level: config.system_log_level.map(level),
+    }
 }
 
 /// The directory a function's code is in: `code` itself, or the unpacked `.zip` it names.

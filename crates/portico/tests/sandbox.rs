@@ -253,3 +253,84 @@ port = 0
     let (reply, error) = invoke(&api, "small", &json!({"probe": "allocate", "mb": 10}));
     assert_eq!(error, None, "{reply}");
 }
+
+/// Invokes `function` asking for the log's tail: the reply and the decoded tail.
+fn invoke_with_tail(api: &str, function: &str, payload: &Value) -> (Value, String) {
+    let reply = curl(
+        None,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "X-Amz-Log-Type: Tail",
+            "--data-binary",
+            &payload.to_string(),
+            &format!("http://{api}/2015-03-31/functions/{function}/invocations"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let b64 = reply.header("X-Amz-Log-Result").unwrap().to_owned();
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
+            &b64,
+        ])
+        .output()
+        .unwrap();
+    (reply.json(), String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn json_logs_are_lambda_s_records_filtered_by_level() {
+    let config = format!(
+        r#"
+[functions.json]
+runtime = "python3.11"
+code = "{code}"
+handler = "app.handler"
+logging_config = {{ log_format = "JSON", application_log_level = "WARN", system_log_level = "INFO" }}
+
+[invoke_api]
+port = 0
+"#,
+        code = function_dir().display(),
+    );
+    let portico = Portico::start(&config);
+    let api = portico.invoke_api.unwrap().to_string();
+
+    let (layout, _) = invoke_with_tail(&api, "json", &json!({"probe": "layout"}));
+    assert_eq!(layout["env"]["AWS_LAMBDA_LOG_FORMAT"], "JSON", "{layout}");
+    assert_eq!(layout["env"]["AWS_LAMBDA_LOG_LEVEL"], "WARN", "{layout}");
+
+    let (reply, tail) = invoke_with_tail(&api, "json", &json!({"probe": "log"}));
+    assert_eq!(reply, json!({"logged": true}));
+    let records: Vec<Value> = tail
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let types: Vec<&str> = records.iter().filter_map(|r| r["type"].as_str()).collect();
+    assert_eq!(
+        types,
+        ["platform.start", "platform.runtimeDone", "platform.report"],
+        "{tail}"
+    );
+    let report = records
+        .iter()
+        .find(|r| r["type"] == "platform.report")
+        .unwrap();
+    assert_eq!(report["record"]["status"], "success", "{report}");
+    assert_eq!(report["record"]["metrics"]["memorySizeMB"], 128, "{report}");
+    assert!(report["time"].as_str().unwrap().ends_with('Z'), "{report}");
+    // The function's records below WARN are dropped; the rest, and plain lines, kept.
+    assert!(
+        !tail.contains("a DEBUG record") && !tail.contains("an INFO record"),
+        "{tail}"
+    );
+    assert!(!tail.contains("a INFO record"), "{tail}");
+    assert!(
+        tail.contains("a WARN record") && tail.contains("a ERROR record"),
+        "{tail}"
+    );
+    assert!(tail.contains("a plain line"), "{tail}");
+}

@@ -3,6 +3,7 @@ its layers gave it. Each event names one probe."""
 
 import ctypes
 import errno
+import json
 import os
 import sys
 
@@ -25,6 +26,12 @@ def handler(event, context):
         return {"allocated": len(hold)}
     if probe == "layers":
         return layers()
+    if probe == "log":
+        # Records at each level, as a runtime without its own JSON logger writes them.
+        for level in ("DEBUG", "INFO", "WARN", "ERROR"):
+            print(json.dumps({"level": level, "message": f"a {level} record"}), flush=True)
+        print("a plain line", flush=True)
+        return {"logged": True}
     raise ValueError(f"no probe {probe}")
 
 
@@ -44,6 +51,8 @@ def layout():
                 "PATH",
                 "LD_LIBRARY_PATH",
                 "PYTHONPATH",
+                "AWS_LAMBDA_LOG_FORMAT",
+                "AWS_LAMBDA_LOG_LEVEL",
             )
         },
         "runtime_has_client": os.path.isdir("/var/runtime/awslambdaric"),
