@@ -6,7 +6,10 @@
 //! - throughput: `concurrency` connections for `duration`, and portico's scaling from one
 //!   connection to `concurrency`;
 //! - cold start: from spawning the server to the first successful response, median of
-//!   `cold_runs` starts.
+//!   `cold_runs` starts;
+//! - for portico, a new execution environment's cold start, with the server already up:
+//!   the first invocation's latency and Lambda's own figure for it, the REPORT line's `Init
+//!   Duration` (the sandbox, the process and the runtime's init), median of `cold_runs`.
 
 use crate::load::{self, Figures, Target};
 use crate::servers::{Server, free_port};
@@ -137,6 +140,9 @@ struct Measured {
     cold: Duration,
     /// Sequential `DryRun` calls: the Invoke API's round trip without the function.
     hop: Option<Figures>,
+    /// A new environment's first invocation: its latency and the reported Init Duration
+    /// (medians), where the system reports it.
+    environment: Option<(Duration, f64)>,
 }
 
 fn target(port: u16) -> Target {
@@ -166,6 +172,26 @@ async fn measure(
     }
     colds.sort_unstable();
     let cold = colds[colds.len() / 2];
+    let environment = if system.dry_run {
+        let mut firsts = Vec::new();
+        for _ in 0..options.cold_runs.max(1) {
+            let port = free_port()?;
+            let mut server = Server::start(&mut (system.command)(port))?;
+            // Up, without an environment yet: a DryRun does not run the function.
+            let mut dry = target(port);
+            dry.headers
+                .push(("x-amz-invocation-type", "DryRun".to_owned()));
+            server.ready(&dry, Duration::from_secs(300)).await?;
+            firsts.push(first_invocation(&target(port)).await?);
+        }
+        let mut latencies: Vec<Duration> = firsts.iter().map(|f| f.0).collect();
+        let mut inits: Vec<f64> = firsts.iter().map(|f| f.1).collect();
+        latencies.sort_unstable();
+        inits.sort_by(f64::total_cmp);
+        Some((latencies[latencies.len() / 2], inits[inits.len() / 2]))
+    } else {
+        None
+    };
 
     let port = free_port()?;
     let mut server = Server::start(&mut (system.command)(port))?;
@@ -193,7 +219,47 @@ async fn measure(
         loaded,
         cold,
         hop,
+        environment,
     })
+}
+
+/// One invocation on a fresh connection, its log's tail asked for: how long it took, and
+/// the `Init Duration` of its REPORT line (ms).
+async fn first_invocation(target: &Target) -> anyhow::Result<(Duration, f64)> {
+    use base64::Engine as _;
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(target.addr).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::post(target.path.as_str())
+        .header(http::header::HOST, target.addr.to_string())
+        .header("x-amz-log-type", "Tail")
+        .body(http_body_util::Full::new(target.body.clone()))?;
+    let started = std::time::Instant::now();
+    let response = sender.send_request(request).await?;
+    let (parts, body) = response.into_parts();
+    body.collect().await?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        parts.status.is_success(),
+        "first invocation: {}",
+        parts.status
+    );
+    let tail = parts
+        .headers
+        .get("x-amz-log-result")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let init = tail
+        .split("Init Duration: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Init Duration in the first invocation's log: {tail}"))?;
+    Ok((took, init))
 }
 
 fn report(results: &[Measured], options: &Options, concurrency: usize) {
@@ -219,6 +285,16 @@ fn report(results: &[Measured], options: &Options, concurrency: usize) {
             m.warm.errors + m.single.errors + m.loaded.errors,
             m.cold.as_secs_f64() * 1000.0,
         );
+    }
+    for m in results {
+        if let Some((latency, init)) = m.environment {
+            println!(
+                "{}: a new execution environment's first invocation {:.2} ms, Init Duration {:.2} ms (medians)",
+                m.name,
+                latency.as_secs_f64() * 1000.0,
+                init,
+            );
+        }
     }
     for m in results {
         if let Some(hop) = &m.hop {

@@ -22,6 +22,7 @@
 //! - [`launch`]: how a function of each runtime (`provided`, `python3.N`, `nodejsN.x`) starts;
 //! - [`package`]: `.zip` deployment packages, unpacked once into a content-keyed cache;
 //! - [`layers`]: a function's layers merged in order into what a sandbox shows at `/opt`;
+//! - [`image`]: container image functions, unpacked once into a root filesystem;
 //! - `memory`: the memory limit of an environment (cgroup v2, else a watchdog and an rlimit);
 //! - `process`: spawning, signalling and reaping the function's process group;
 //! - [`logs`]: capturing function output, Lambda's START/END/REPORT lines, each function's
@@ -32,6 +33,7 @@ mod environment;
 mod exchange;
 mod extension_api;
 mod extensions;
+pub mod image;
 pub mod invoke_api;
 pub mod isolation;
 pub mod launch;

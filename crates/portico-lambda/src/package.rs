@@ -309,7 +309,7 @@ pub fn default_cache_dir() -> PathBuf {
 
 /// Makes `dir` (and its parent, portico's) if need be, readable by portico's user only,
 /// and refuses one that another user owns or may write to.
-fn private_dir(dir: &Path) -> Result<(), PackageError> {
+pub(crate) fn private_dir(dir: &Path) -> Result<(), PackageError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let unsafe_cache = |dir: &Path, why: String| PackageError::UnsafeCache {
         dir: dir.to_owned(),
