@@ -954,6 +954,16 @@ pub struct Function {
     /// `code`/`bootstrap`.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// Or a container image: an OCI image layout, a directory or a `.tar` of one (as `skopeo
+    /// copy`, `buildah push` or `docker save` write them), run with its `Entrypoint`,
+    /// `Cmd`, `WorkingDir` and `Env` in a sandbox whose root it is. Relative to the config
+    /// file.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Lambda's `ImageConfig`: overrides of the image's `Entrypoint`, `Cmd` and
+    /// `WorkingDir`.
+    #[serde(default)]
+    pub image_config: Option<ImageConfig>,
     /// `_HANDLER`: `module.function` for Python and Node.js (required there); default
     /// `bootstrap` for `provided`.
     #[serde(default)]
@@ -1009,6 +1019,21 @@ impl Function {
     pub fn handler(&self) -> &str {
         self.handler.as_deref().unwrap_or("bootstrap")
     }
+}
+
+/// Lambda's `ImageConfig`: what overrides an image's own configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Instead of the image's `Entrypoint`.
+    #[serde(default)]
+    pub entry_point: Option<Vec<String>>,
+    /// Instead of its `Cmd`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Instead of its `WorkingDir`.
+    #[serde(default)]
+    pub working_directory: Option<String>,
 }
 
 /// Lambda's `LoggingConfig` of a function.

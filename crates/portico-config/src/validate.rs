@@ -508,28 +508,36 @@ impl Validator {
         {
             self.err(&path, "a function name is 1-64 letters, digits, `-` or `_`");
         }
-        match (f.runtime, &f.code, &f.command) {
-            (_, Some(code), None) if code.is_empty() => self.err(
-                format!("{path}.code"),
-                "must name a directory or a .zip file",
-            ),
-            (_, Some(_), None) => {}
-            (FunctionRuntime::Provided(_), None, Some(cmd)) if cmd.is_empty() => {
-                self.err(format!("{path}.command"), "must name a program")
+        if f.image_config.is_some() && f.image.is_none() {
+            self.err(
+                format!("{path}.image_config"),
+                "is for a function with an `image`",
+            );
+        }
+        if let Some(image) = &f.image {
+            if f.code.is_some() || f.command.is_some() {
+                self.err(&path, "set only one of `code`, `command` or `image`");
             }
-            (FunctionRuntime::Provided(_), None, Some(_)) => {}
-            (FunctionRuntime::Provided(_), _, _) => self.err(
-                &path,
-                "set exactly one of `code` (a directory or .zip with `bootstrap`) or `command`",
-            ),
-            (runtime, _, Some(_)) => self.err(
-                format!("{path}.command"),
-                format!("is for the provided runtime; {runtime} runs `code` with its handler"),
-            ),
-            (runtime, None, None) => self.err(
-                format!("{path}.code"),
-                format!("{runtime} needs `code`: a directory or a .zip file"),
-            ),
+            if image.is_empty() {
+                self.err(
+                    format!("{path}.image"),
+                    "must name an OCI image layout: a directory or a .tar of one",
+                );
+            }
+            if !matches!(f.runtime, FunctionRuntime::Provided(_)) {
+                self.err(
+                    format!("{path}.runtime"),
+                    "a container image brings its own runtime",
+                );
+            }
+            if !f.layers.is_empty() {
+                self.err(
+                    format!("{path}.layers"),
+                    "a container image function takes no layers (as in Lambda)",
+                );
+            }
+        } else {
+            self.code_or_command(&path, f);
         }
         match &f.profile {
             Some(_) if !f.aws_credentials => self.err(
@@ -619,6 +627,33 @@ impl Validator {
                 format!("{path}.environment"),
                 format!("{env_bytes} bytes is over Lambda's limit of 4 KB"),
             );
+        }
+    }
+
+    /// A function of code: `code`, or for `provided` a `command`.
+    fn code_or_command(&mut self, path: &str, f: &Function) {
+        match (f.runtime, &f.code, &f.command) {
+            (_, Some(code), None) if code.is_empty() => self.err(
+                format!("{path}.code"),
+                "must name a directory or a .zip file",
+            ),
+            (_, Some(_), None) => {}
+            (FunctionRuntime::Provided(_), None, Some(cmd)) if cmd.is_empty() => {
+                self.err(format!("{path}.command"), "must name a program")
+            }
+            (FunctionRuntime::Provided(_), None, Some(_)) => {}
+            (FunctionRuntime::Provided(_), _, _) => self.err(
+                path,
+                "set exactly one of `code` (a directory or .zip with `bootstrap`) or `command`",
+            ),
+            (runtime, _, Some(_)) => self.err(
+                format!("{path}.command"),
+                format!("is for the provided runtime; {runtime} runs `code` with its handler"),
+            ),
+            (runtime, None, None) => self.err(
+                format!("{path}.code"),
+                format!("{runtime} needs `code`: a directory or a .zip file"),
+            ),
         }
     }
 

@@ -26,6 +26,8 @@ pub const MAX_IMAGE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 pub struct Image {
     /// The root filesystem.
     pub rootfs: PathBuf,
+    /// The image's identity: its configuration's SHA-256, hex.
+    pub digest: String,
     /// `Entrypoint`.
     pub entrypoint: Vec<String>,
     /// `Cmd`.
@@ -178,6 +180,7 @@ fn unpack_limited(path: &Path, cache: &Path, limit: u64) -> Result<Image, ImageE
         return Err(invalid(format!("configuration digest {config_digest:?}")));
     }
     let rootfs = cache.join(format!("image-{key}"));
+    let key = key.to_ascii_lowercase();
     if !rootfs.is_dir() {
         let staging = partial(cache, &rootfs);
         let mut written = 0;
@@ -239,6 +242,7 @@ fn unpack_limited(path: &Path, cache: &Path, limit: u64) -> Result<Image, ImageE
         .collect();
     Ok(Image {
         rootfs,
+        digest: key,
         entrypoint: container.entrypoint.unwrap_or_default(),
         cmd: container.cmd.unwrap_or_default(),
         working_dir: container.working_dir.unwrap_or_default(),

@@ -62,6 +62,16 @@ impl View {
 
     /// Lambda's paths, for a sandbox.
     pub(crate) fn sandboxed(spec: &FunctionSpec) -> Self {
+        if spec.image.is_some() {
+            // An image's paths are its own already.
+            return Self {
+                map: Vec::new(),
+                task: spec.task_root.clone(),
+                runtime: PathBuf::from(RUNTIME),
+                lang: None,
+                opt: None,
+            };
+        }
         let mut map = vec![(spec.task_root.clone(), PathBuf::from(TASK))];
         map.push((spec.runtime_dir.clone(), PathBuf::from(RUNTIME)));
         if let Some(lang) = &spec.lang_dir {
@@ -122,12 +132,30 @@ impl View {
         sandboxes: &Sandboxes,
         hidden: &[PathBuf],
     ) -> Layout {
+        let tmp_size_bytes = u64::from(spec.ephemeral_storage_mb) * 1024 * 1024;
+        if let Some(image) = &spec.image {
+            // The image is the root; the host's name resolution is shown over its own.
+            let binds = ["/etc/resolv.conf", "/etc/hosts"]
+                .into_iter()
+                .map(PathBuf::from)
+                .filter(|f| f.is_file())
+                .map(|f| (f.clone(), f))
+                .collect();
+            return Layout {
+                binds,
+                tmp_size_bytes,
+                hidden: Vec::new(),
+                user: User::LAMBDA,
+                staging: sandboxes.staging().to_owned(),
+                root: Root::Directory(image.rootfs.clone()),
+            };
+        }
         let mut binds: Vec<(PathBuf, PathBuf)> = self.map.clone();
         // Parents before what is mounted inside them.
         binds.sort_by_key(|(_, inside)| inside.as_os_str().len());
         Layout {
             binds,
-            tmp_size_bytes: u64::from(spec.ephemeral_storage_mb) * 1024 * 1024,
+            tmp_size_bytes,
             hidden: hidden.to_vec(),
             user: User::LAMBDA,
             staging: sandboxes.staging().to_owned(),

@@ -66,6 +66,10 @@ pub(crate) enum SpawnError {
     Sandbox(#[from] portico_sandbox::SandboxError),
 }
 
+fn program_of(spec: &FunctionSpec) -> String {
+    spec.program.display().to_string()
+}
+
 impl Launcher {
     /// Makes `spec`'s sandbox (when isolated) and the output pipe, whose read end is
     /// returned; processes get the Runtime API at `api` and join `memory`'s cgroups.
@@ -95,9 +99,26 @@ impl Launcher {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
+        if let Some(image) = &spec.image {
+            // The image's own variables (its PATH, its LANG…), but not over Lambda's.
+            for (name, value) in &image.env {
+                let reserved = name.starts_with("AWS_") || name == "_HANDLER";
+                match variables.iter_mut().find(|(k, _)| k == name) {
+                    Some(_) if reserved => {}
+                    Some((_, v)) => v.clone_from(value),
+                    None => variables.push((name.clone(), value.clone())),
+                }
+            }
+        }
         variables.extend(runtime_environment(spec, &view));
         variables.extend(spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
         let sandbox = match isolation {
+            Isolation::None if spec.image.is_some() => {
+                return Err(SpawnError::Process {
+                    program: program_of(spec),
+                    source: std::io::Error::other("a container image runs only in a sandbox"),
+                });
+            }
             Isolation::None => None,
             Isolation::Sandbox { sandboxes, hidden } => {
                 let sandbox = sandboxes

@@ -60,6 +60,18 @@ pub struct FunctionSpec {
     pub region: String,
     /// How its log is written (Lambda's `LoggingConfig`).
     pub logging: Logging,
+    /// For a container image function, its root filesystem and the variables its image
+    /// sets; `program`, `args` and `task_root` are then paths inside it.
+    pub image: Option<ImageRoot>,
+}
+
+/// A container image function's root filesystem, and the variables its image sets.
+#[derive(Debug, Clone)]
+pub struct ImageRoot {
+    /// The unpacked root filesystem.
+    pub rootfs: PathBuf,
+    /// The image's `Env`.
+    pub env: Vec<(String, String)>,
 }
 
 /// How a function's log is written: Lambda's `LoggingConfig`.

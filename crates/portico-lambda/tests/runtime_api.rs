@@ -51,6 +51,7 @@ fn prober(name: &str, env: &[(&str, &str)], reserved: Option<usize>) -> Function
             .collect::<BTreeMap<_, _>>(),
         region: "eu-west-1".into(),
         logging: Default::default(),
+        image: None,
     }
 }
 

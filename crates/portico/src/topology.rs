@@ -75,6 +75,15 @@ pub(crate) async fn isolation(
     file: Option<&Path>,
 ) -> anyhow::Result<Isolation> {
     if !config.runtime.sandbox {
+        if let Some(name) = config
+            .functions
+            .iter()
+            .find_map(|(name, f)| f.image.as_ref().map(|_| name))
+        {
+            anyhow::bail!(
+                "functions.{name}: a container image runs only in a sandbox, and [runtime] sandbox = false"
+            );
+        }
         tracing::warn!(
             "functions run without a sandbox ([runtime] sandbox = false): as plain processes of portico's user, seeing the host's files"
         );
@@ -115,6 +124,9 @@ fn function_spec(
     base: &Path,
     cache: &Path,
 ) -> anyhow::Result<FunctionSpec> {
+    if let Some(image) = &f.image {
+        return image_spec(name, f, &resolve(image, base), cache);
+    }
     let task_root = match (&f.code, &f.command) {
         (Some(code), _) => code_dir(&resolve(code, base), cache)?,
         (None, Some(cmd)) => cmd
@@ -170,13 +182,7 @@ fn function_spec(
         lang_dir: launch.lang_dir,
         opt_dir,
         ephemeral_storage_mb: f.ephemeral_storage_mb,
-        credentials: if f.aws_credentials {
-            portico_lambda::credentials::resolve(f.profile.as_deref(), &|name| {
-                std::env::var(name).ok()
-            })?
-        } else {
-            None
-        },
+        credentials: credentials(f)?,
         memory_size_mb: f.memory_size_mb,
         timeout: Duration::from_secs(u64::from(f.timeout_seconds)),
         init_timeout: portico_lambda::spec::DEFAULT_INIT_TIMEOUT,
@@ -186,7 +192,87 @@ fn function_spec(
         last_modified: std::time::SystemTime::now(),
         region: REGION.to_owned(),
         logging: logging(&f.logging_config),
+        image: None,
     })
+}
+
+/// A container image function: its image unpacked, run as its configuration (and
+/// `image_config`) says.
+fn image_spec(
+    name: &str,
+    f: &Function,
+    image: &Path,
+    cache: &Path,
+) -> anyhow::Result<FunctionSpec> {
+    let unpacked = portico_lambda::image::unpack(image, cache)?;
+    let overrides = f.image_config.clone().unwrap_or_default();
+    let entrypoint = overrides.entry_point.unwrap_or(unpacked.entrypoint);
+    let cmd = overrides.command.unwrap_or(unpacked.cmd);
+    let mut argv = entrypoint.into_iter().chain(cmd.iter().cloned());
+    let program = argv.next().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the image has neither Entrypoint nor Cmd",
+            image.display()
+        )
+    })?;
+    let working_dir = overrides.working_directory.unwrap_or(unpacked.working_dir);
+    let task_root = if working_dir.is_empty() {
+        PathBuf::from("/var/task")
+    } else {
+        PathBuf::from(working_dir)
+    };
+    Ok(FunctionSpec {
+        name: name.to_owned(),
+        program: PathBuf::from(program),
+        args: argv.collect(),
+        task_root,
+        // The image's command is its handler, as Lambda hands it to the base images' client.
+        handler: cmd.first().cloned().unwrap_or_default(),
+        runtime: "provided.al2023".to_owned(),
+        runtime_environment: Vec::new(),
+        runtime_dir: PathBuf::from("/var/runtime"),
+        lang_dir: None,
+        opt_dir: None,
+        ephemeral_storage_mb: f.ephemeral_storage_mb,
+        credentials: credentials(f)?,
+        memory_size_mb: f.memory_size_mb,
+        timeout: Duration::from_secs(u64::from(f.timeout_seconds)),
+        init_timeout: portico_lambda::spec::DEFAULT_INIT_TIMEOUT,
+        reserved_concurrency: f.reserved_concurrency.map(|n| n as usize),
+        environment: f.environment.clone(),
+        // Lambda reports an image function's code as its image's digest, with no size.
+        code: portico_lambda::package::Fingerprint {
+            sha256: image_sha256(&unpacked.digest),
+            size: 0,
+        },
+        last_modified: std::time::SystemTime::now(),
+        region: REGION.to_owned(),
+        logging: logging(&f.logging_config),
+        image: Some(portico_lambda::spec::ImageRoot {
+            rootfs: unpacked.rootfs,
+            env: unpacked.env,
+        }),
+    })
+}
+
+/// The base64 SHA-256 of a hex digest, as `CodeSha256` gives it.
+fn image_sha256(hex: &str) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The credentials a function gets: its profile's or portico's own, unless it takes none.
+fn credentials(f: &Function) -> anyhow::Result<Option<portico_lambda::credentials::Credentials>> {
+    if !f.aws_credentials {
+        return Ok(None);
+    }
+    Ok(portico_lambda::credentials::resolve(
+        f.profile.as_deref(),
+        &|name| std::env::var(name).ok(),
+    )?)
 }
 
 /// A function's `logging_config`, as the runtime takes it.

@@ -334,3 +334,54 @@ port = 0
     );
     assert!(tail.contains("a plain line"), "{tail}");
 }
+
+#[test]
+fn a_container_image_runs_as_lambda_runs_it() {
+    let scratch = Scratch::new("image");
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/image/build.py");
+    let out = Command::new(python())
+        .arg(&build)
+        .arg(echo_bin())
+        .arg(&scratch.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = format!(
+        r#"
+[functions.layout]
+image = "{layout}"
+
+[functions.archive]
+image = "{archive}"
+image_config = {{ working_directory = "/var/runtime" }}
+
+[invoke_api]
+port = 0
+"#,
+        layout = scratch.0.join("layout").display(),
+        archive = scratch.0.join("image.tar").display(),
+    );
+    let portico = Portico::start(&config);
+    let api = portico.invoke_api.unwrap().to_string();
+    for (function, cwd) in [("layout", "/var/task"), ("archive", "/var/runtime")] {
+        let (reply, tail) = invoke_with_tail(&api, function, &json!({"from": "test"}));
+        assert_eq!(reply["echo"], json!({"from": "test"}), "{reply}\n{tail}");
+        assert_eq!(reply["function_name"], function);
+        let logs = curl(
+            None,
+            &[&format!(
+                "http://{api}/portico/v1/functions/{function}/logs"
+            )],
+        )
+        .body;
+        // The base images' entrypoint ran with the image's Cmd as the handler, its Env, its
+        // WorkingDir (or image_config's), as Lambda's sandbox user.
+        let expected =
+            format!("entrypoint: handler=echo.handler image_var=from-image cwd={cwd} uid=993");
+        assert!(logs.contains(&expected), "{logs}");
+    }
+}
