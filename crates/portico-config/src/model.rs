@@ -989,6 +989,12 @@ pub struct Function {
     /// Lambda, throttles every invocation (a function switched off).
     #[serde(default)]
     pub reserved_concurrency: Option<u32>,
+    /// Invocations one execution environment takes at once, 1–1024 (Lambda Managed
+    /// Instances' `PerExecutionEnvironmentMaxConcurrency`; the runtime reads it in
+    /// `AWS_LAMBDA_MAX_CONCURRENCY`, as the official Rust, Python and Node.js clients do).
+    /// Default 1: one at a time, Lambda's classic model.
+    #[serde(default)]
+    pub max_concurrency_per_environment: Option<u32>,
     /// Environment variables for the function.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,

@@ -579,6 +579,14 @@ impl Validator {
             EPHEMERAL_STORAGE_MB,
             "MB",
         );
+        if let Some(n) = f.max_concurrency_per_environment {
+            self.range(
+                format!("{path}.max_concurrency_per_environment"),
+                n,
+                (1, 1024),
+                "",
+            );
+        }
         let logging = &f.logging_config;
         if logging.log_format != crate::LogFormat::Json
             && (logging.application_log_level.is_some() || logging.system_log_level.is_some())

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use portico_invoke::{FunctionError, Invocation, InvokeError, InvokeOutput};
 use serde_json::{Value, json};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -50,8 +51,8 @@ pub(crate) struct Environment {
     /// pipes.
     sync_output: Vec<mpsc::Sender<SyncRequest>>,
     /// Reported on the first invocation only, as Lambda does for cold starts.
-    init_duration: Option<Duration>,
-    reusable: bool,
+    init_duration: Mutex<Option<Duration>>,
+    reusable: AtomicBool,
     /// Its extensions.
     extensions: Arc<Extensions>,
     /// Its telemetry subscribers.
@@ -148,7 +149,7 @@ impl Environment {
         let api_addr = listener
             .local_addr()
             .map_err(|e| init_failed("Runtime.Unavailable", format!("runtime API address: {e}")))?;
-        let (exchange, inbox) = Exchange::new();
+        let (exchange, inbox) = Exchange::new(spec.max_concurrency);
         let exchange = Arc::new(exchange);
         let stop = parent.child_token();
         let reaped = CancellationToken::new();
@@ -276,7 +277,7 @@ impl Environment {
             processes,
         ));
 
-        let mut env = Self {
+        let env = Self {
             spec: spec.clone(),
             inbox,
             state: exchange.subscribe(),
@@ -285,8 +286,8 @@ impl Environment {
             memory,
             sink,
             sync_output,
-            init_duration: None,
-            reusable: true,
+            init_duration: Mutex::new(None),
+            reusable: AtomicBool::new(true),
             extensions: registry,
             telemetry,
         };
@@ -331,7 +332,8 @@ impl Environment {
                     return Err(init_failed(error_type, message));
                 }
                 env.init_done(phase, started.elapsed(), None);
-                env.init_duration = Some(started.elapsed());
+                *env.init_duration.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(started.elapsed());
                 Ok(env)
             }
             State::InitFailed {
@@ -379,16 +381,22 @@ impl Environment {
 
     /// Whether this environment may take another invocation.
     pub(crate) fn is_reusable(&self) -> bool {
-        self.reusable
+        self.reusable.load(Ordering::Relaxed)
             && matches!(*self.state.borrow(), State::Ready)
             && self.extensions.fatal().is_none()
     }
 
     /// Runs one invocation. Function failures come back in [`InvokeOutput::function_error`].
-    pub(crate) async fn invoke(&mut self, invocation: Invocation) -> InvokeOutput {
+    pub(crate) async fn invoke(&self, invocation: Invocation) -> InvokeOutput {
         let request_id = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
-        self.sink.begin(&request_id, invocation.tail_logs);
+        // With several invocations at once (Lambda Managed Instances), lines are not
+        // attributed to one of them, and there is no tail: the runtime's own JSON records
+        // carry their request ids.
+        let concurrent = self.spec.max_concurrency > 1;
+        if !concurrent {
+            self.sink.begin(&request_id, invocation.tail_logs);
+        }
         self.sink.system(
             &format!("START RequestId: {request_id} Version: $LATEST"),
             Some((
@@ -424,7 +432,7 @@ impl Environment {
         };
         let mut ended = self.run(pending, outcome).await;
         let runtime_done = self.runtime_done(&request_id, &ended, started.elapsed(), &tracing);
-        if matches!(ended, Ended::Outcome(_)) {
+        if matches!(ended, Ended::Outcome(_)) && !concurrent {
             self.extensions_done(started).await;
         }
         // A spike between two samples still shows in the peak: the function went over even
@@ -456,7 +464,11 @@ impl Environment {
             memory_size_mb: self.spec.memory_size_mb,
             // Of a process that is gone, the last sample.
             max_memory_used_mb: self.memory.as_ref().and_then(|m| m.peak_mb()),
-            init_duration: self.init_duration.take(),
+            init_duration: self
+                .init_duration
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
             status,
         };
         let record = report.record(&tracing);
@@ -471,7 +483,9 @@ impl Environment {
             level,
         );
         self.telemetry.platform("platform.report", record);
-        output.log_tail = self.sink.end();
+        if !concurrent {
+            output.log_tail = self.sink.end();
+        }
         output
     }
 
@@ -510,7 +524,7 @@ impl Environment {
     /// Waits, within the invocation's timeout, until every extension is done with the
     /// invocation (asked for its next event); an extension that fails or runs out of time
     /// ends the environment, as in Lambda.
-    async fn extensions_done(&mut self, started: Instant) {
+    async fn extensions_done(&self, started: Instant) {
         let left = self.spec.timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, self.extensions.ready()).await {
             Ok(Ok(())) => {}
@@ -544,7 +558,7 @@ impl Environment {
         }
     }
 
-    async fn run(&mut self, pending: Pending, outcome: oneshot::Receiver<Outcome>) -> Ended {
+    async fn run(&self, pending: Pending, outcome: oneshot::Receiver<Outcome>) -> Ended {
         if self.inbox.send(pending).await.is_err() {
             return Ended::Exited(self.exit_status());
         }
@@ -563,7 +577,7 @@ impl Environment {
         }
     }
 
-    fn conclude(&mut self, request_id: &str, ended: Ended, elapsed: Duration) -> InvokeOutput {
+    fn conclude(&self, request_id: &str, ended: Ended, elapsed: Duration) -> InvokeOutput {
         let failed = |error_type: &str, body: Bytes, timed_out: bool| InvokeOutput {
             request_id: request_id.to_owned(),
             payload: body,
@@ -582,7 +596,11 @@ impl Environment {
             },
             Ended::Outcome(Outcome::Error { error_type, body }) => failed(&error_type, body, false),
             Ended::TimedOut => {
-                self.retire("timeout");
+                // Lambda resets an environment whose invocation timed out; one taking
+                // several at once (Managed Instances) reports the timeout and goes on.
+                if self.spec.max_concurrency <= 1 {
+                    self.retire("timeout");
+                }
                 // The log line in Lambda's form (time, request id, how long it ran); the
                 // caller gets the error document Lambda returns.
                 self.sink.system(
@@ -636,7 +654,7 @@ impl Environment {
 
     /// Kills the process group at once (no SIGTERM first), as the OOM killer would, and
     /// retires the environment.
-    fn kill_now(&mut self) {
+    fn kill_now(&self) {
         if let Some(pid) = self.pid {
             process::kill_group(pid);
         }
@@ -650,9 +668,9 @@ impl Environment {
 
     /// Stops this environment; it will not be reused. `reason` is what its extensions are
     /// told: `spindown`, `timeout` or `failure`.
-    fn retire(&mut self, reason: &'static str) {
+    fn retire(&self, reason: &'static str) {
         self.extensions.set_shutdown_reason(reason);
-        self.reusable = false;
+        self.reusable.store(false, Ordering::Relaxed);
         self.stop.cancel();
     }
 

@@ -2,11 +2,14 @@
 //! execution environment.
 //!
 //! The invoker puts a [`Pending`] in the inbox and waits on its reply channel; the function's
-//! `GET /next` takes it out and makes it the in-flight invocation; `POST …/response` or
-//! `…/error` completes it. The environment's [`State`] is published on a watch channel so
+//! `GET /next` takes it out and makes it an in-flight invocation; `POST …/response` or
+//! `…/error` completes it, by its request id. An environment of a function with
+//! `max_concurrency_per_environment` (Lambda Managed Instances) has that many in flight at
+//! once, one per worker of its runtime, each worker with its own `/next` waiting. The environment's [`State`] is published on a watch channel so
 //! that a waiting invoker also learns when the process dies or fails to initialise.
 
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -36,12 +39,6 @@ pub(crate) struct Pending {
     pub(crate) reply: oneshot::Sender<Outcome>,
 }
 
-/// The invocation the function is working on.
-struct InFlight {
-    request_id: String,
-    reply: oneshot::Sender<Outcome>,
-}
-
 /// Life cycle of an execution environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum State {
@@ -66,18 +63,21 @@ pub(crate) enum Completion {
 /// Shared between one environment's invoker side and its Runtime API server.
 pub(crate) struct Exchange {
     inbox: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
-    in_flight: Mutex<Option<InFlight>>,
+    /// The invocations the function is working on, by request id, and where their
+    /// outcomes go.
+    in_flight: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     state: watch::Sender<State>,
 }
 
 impl Exchange {
-    /// A new exchange and the sender that feeds its inbox.
-    pub(crate) fn new() -> (Self, mpsc::Sender<Pending>) {
-        // One invocation at a time: the inbox never needs to hold more than one.
-        let (tx, rx) = mpsc::channel(1);
+    /// A new exchange for an environment taking `concurrency` invocations at once, and the
+    /// sender that feeds its inbox.
+    pub(crate) fn new(concurrency: usize) -> (Self, mpsc::Sender<Pending>) {
+        // The inbox never needs to hold more than the environment takes at once.
+        let (tx, rx) = mpsc::channel(concurrency.max(1));
         let exchange = Self {
             inbox: tokio::sync::Mutex::new(rx),
-            in_flight: Mutex::new(None),
+            in_flight: Mutex::new(HashMap::new()),
             state: watch::Sender::new(State::Starting),
         };
         (exchange, tx)
@@ -110,7 +110,8 @@ impl Exchange {
         });
     }
 
-    /// `GET /next`: waits for the next invocation and makes it the one in flight.
+    /// `GET /next`: waits for the next invocation (one caller at a time takes the inbox's
+    /// next; concurrent workers queue for it).
     /// `None` when the environment is being torn down.
     pub(crate) async fn next(&self) -> Option<Pending> {
         self.set_state(State::Ready);
@@ -118,31 +119,29 @@ impl Exchange {
         inbox.recv().await
     }
 
-    /// Marks `pending` as in flight, keeping its reply channel for the completion.
-    pub(crate) fn start(&self, request_id: String, reply: oneshot::Sender<Outcome>) {
-        let mut slot = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Some(InFlight { request_id, reply });
+    fn lock_in_flight(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Outcome>>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `request_id` is the invocation in flight.
+    /// Marks `request_id` as in flight, keeping its reply channel for the completion.
+    pub(crate) fn start(&self, request_id: String, reply: oneshot::Sender<Outcome>) {
+        self.lock_in_flight().insert(request_id, reply);
+    }
+
+    /// Whether `request_id` is in flight.
     pub(crate) fn is_in_flight(&self, request_id: &str) -> bool {
-        let slot = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        slot.as_ref().is_some_and(|f| f.request_id == request_id)
+        self.lock_in_flight().contains_key(request_id)
     }
 
     /// Completes the in-flight invocation `request_id` with `outcome`.
     pub(crate) fn complete(&self, request_id: &str, outcome: Outcome) -> Completion {
-        let taken = {
-            let mut slot = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            match slot.as_ref() {
-                Some(f) if f.request_id == request_id => slot.take(),
-                _ => None,
-            }
-        };
+        let taken = self.lock_in_flight().remove(request_id);
         match taken {
-            Some(f) => {
+            Some(reply) => {
                 // The invoker may have given up (timeout); the outcome is then dropped.
-                let _ = f.reply.send(outcome);
+                let _ = reply.send(outcome);
                 Completion::Accepted
             }
             None => Completion::UnknownRequest,

@@ -15,7 +15,7 @@ use crate::spec::FunctionSpec;
 use portico_invoke::{Invocation, InvokeError, InvokeOutput, ThrottleReason};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -111,12 +111,56 @@ struct Held {
     _memory: OwnedSemaphorePermit,
 }
 
+/// How an environment's start ended: the environment, or the error every invocation that
+/// waited for it gets.
+type Started = Option<Result<Arc<Held>, InvokeError>>;
+
+/// An environment of the pool, or one starting, and how many invocations it is running
+/// (or that wait for it).
+struct Slot {
+    env: SlotEnv,
+    busy: usize,
+    /// When it last became free (or started).
+    since: Instant,
+}
+
+enum SlotEnv {
+    /// Being started by an invocation; others may join it (an environment that takes
+    /// several at once), and wait for its start.
+    Starting(u64, watch::Receiver<Started>),
+    Ready(Arc<Held>),
+}
+
+impl Slot {
+    fn idle(&self) -> bool {
+        self.busy == 0 && self.ready().is_some()
+    }
+
+    fn ready(&self) -> Option<&Arc<Held>> {
+        match &self.env {
+            SlotEnv::Ready(held) => Some(held),
+            SlotEnv::Starting(..) => None,
+        }
+    }
+
+    fn reusable(&self) -> bool {
+        self.ready().is_none_or(|held| held.env.is_reusable())
+    }
+}
+
+/// What an invocation found for itself.
+enum Found {
+    Warm(Arc<Held>),
+    Starting(watch::Receiver<Started>),
+}
+
 /// Environments of one function.
 pub(crate) struct Pool {
     spec: Arc<FunctionSpec>,
-    /// Warm environments with the time each went idle, most recently used last (reused
-    /// first, so the others can idle out).
-    idle: Mutex<Vec<(Held, Instant)>>,
+    /// Its environments, busy or warm. A warm one is reused before a new one starts: the
+    /// one freed last (so the others can idle out); with several invocations per
+    /// environment, the least busy with room.
+    envs: Mutex<Vec<Slot>>,
     /// The function's reserved concurrency, when it has one.
     reserved: Option<Limit>,
     /// The lanes of its asynchronous invocations.
@@ -132,7 +176,7 @@ impl Pool {
         Self {
             book: Arc::new(LogBook::new(&spec.name)),
             spec: Arc::new(spec),
-            idle: Mutex::new(Vec::new()),
+            envs: Mutex::new(Vec::new()),
             reserved,
             events: Limit::new(event_lanes.max(1)),
         }
@@ -181,27 +225,102 @@ impl Pool {
                 .try_acquire()
                 .map_err(|size| self.throttled(size, reason))?,
         };
-        let mut held = match self.take_idle() {
-            Some(held) => held,
-            None => {
-                let memory = self.memory_for_new(shared)?;
-                let host = Host {
-                    tracker: &shared.tracker,
-                    parent: &shared.shutdown,
-                    isolation: &shared.isolation,
-                };
-                let env = Environment::start(self.spec.clone(), self.book.clone(), host).await?;
-                Held {
-                    env,
-                    _memory: memory,
+        let held = match self.take_warm() {
+            Some(Found::Warm(held)) => held,
+            Some(Found::Starting(mut started)) => {
+                let outcome = started.wait_for(Option::is_some).await.map(|s| s.clone());
+                match outcome {
+                    Ok(Some(Ok(held))) => held,
+                    Ok(Some(Err(error))) => return Err(error),
+                    _ => return Err(InvokeError::ShuttingDown),
                 }
             }
+            None => self.start_new(shared).await?,
         };
         let output = held.env.invoke(invocation).await;
-        if held.env.is_reusable() && !shared.shutdown.is_cancelled() {
-            self.lock_idle().push((held, Instant::now()));
-        }
+        self.release(&held, !shared.shutdown.is_cancelled());
         Ok(output)
+    }
+
+    /// Starts a new environment for an invocation; while it starts, invocations that find
+    /// room in it wait for it rather than start their own.
+    async fn start_new(&self, shared: &Shared) -> Result<Arc<Held>, InvokeError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let memory = self.memory_for_new(shared)?;
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (announce, started) = watch::channel(None);
+        self.lock_envs().push(Slot {
+            env: SlotEnv::Starting(id, started),
+            busy: 1,
+            since: Instant::now(),
+        });
+        let host = Host {
+            tracker: &shared.tracker,
+            parent: &shared.shutdown,
+            isolation: &shared.isolation,
+        };
+        let result = Environment::start(self.spec.clone(), self.book.clone(), host)
+            .await
+            .map(|env| {
+                Arc::new(Held {
+                    env,
+                    _memory: memory,
+                })
+            });
+        {
+            let mut envs = self.lock_envs();
+            let at = envs
+                .iter()
+                .position(|s| matches!(s.env, SlotEnv::Starting(sid, _) if sid == id));
+            match (&result, at) {
+                (Ok(held), Some(at)) => envs[at].env = SlotEnv::Ready(held.clone()),
+                (Err(_), Some(at)) => {
+                    envs.remove(at);
+                }
+                (_, None) => {}
+            }
+        }
+        let _ = announce.send(Some(result.clone()));
+        result
+    }
+
+    /// A warm environment with room for one more invocation (or one starting, that will
+    /// have), now counted busy with it.
+    fn take_warm(&self) -> Option<Found> {
+        let most = self.spec.max_concurrency.max(1);
+        let mut envs = self.lock_envs();
+        let slot = envs
+            .iter_mut()
+            .filter(|s| s.busy < most && s.reusable())
+            .min_by_key(|s| (s.busy, std::cmp::Reverse(s.since)))?;
+        slot.busy += 1;
+        Some(match &slot.env {
+            SlotEnv::Ready(held) => Found::Warm(held.clone()),
+            SlotEnv::Starting(_, started) => Found::Starting(started.clone()),
+        })
+    }
+
+    /// One invocation of `held` is over: it is free again, or (not reusable, or `keep`
+    /// false at shutdown) stopped once it has none left.
+    fn release(&self, held: &Arc<Held>, keep: bool) {
+        let stopped = {
+            let mut envs = self.lock_envs();
+            let Some(at) = envs
+                .iter()
+                .position(|s| s.ready().is_some_and(|h| Arc::ptr_eq(h, held)))
+            else {
+                return;
+            };
+            let slot = &mut envs[at];
+            slot.busy = slot.busy.saturating_sub(1);
+            if slot.idle() {
+                slot.since = Instant::now();
+            }
+            let done = !keep || !slot.reusable();
+            (done && slot.idle()).then(|| envs.remove(at))
+        };
+        // Dropped outside the lock: dropping an environment stops its process.
+        drop(stopped);
     }
 
     /// Memory for a new environment: from the budget, after stopping the warm environments
@@ -233,38 +352,42 @@ impl Pool {
 
     /// When the warm environment unused the longest went idle.
     fn oldest_idle(&self) -> Option<Instant> {
-        self.lock_idle().first().map(|(_, since)| *since)
+        self.lock_envs()
+            .iter()
+            .filter(|s| s.idle())
+            .map(|s| s.since)
+            .min()
     }
 
     /// Stops the warm environment unused the longest; whether there was one.
     fn retire_oldest(&self) -> bool {
         let oldest = {
-            let mut idle = self.lock_idle();
-            (!idle.is_empty()).then(|| idle.remove(0))
+            let mut envs = self.lock_envs();
+            let at = envs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.idle())
+                .min_by_key(|(_, s)| s.since)
+                .map(|(at, _)| at);
+            at.map(|at| envs.remove(at))
         };
         // Dropped outside the lock: dropping an environment stops its process.
         oldest.is_some()
     }
 
-    fn take_idle(&self) -> Option<Held> {
-        let mut idle = self.lock_idle();
-        while let Some((held, _)) = idle.pop() {
-            if held.env.is_reusable() {
-                return Some(held);
-            }
-        }
-        None
+    /// Stops the environments idle for longer than `idle_timeout` (and the idle ones that
+    /// cannot be reused); returns how many.
+    pub(crate) fn retire_idle(&self, idle_timeout: Duration) -> usize {
+        self.retire_where(|s| s.idle() && (!s.reusable() || s.since.elapsed() >= idle_timeout))
     }
 
-    /// Stops the environments idle for longer than `idle_timeout`; returns how many.
-    pub(crate) fn retire_idle(&self, idle_timeout: Duration) -> usize {
-        let retired: Vec<(Held, Instant)> = {
-            let mut idle = self.lock_idle();
-            let (keep, retire) = idle.drain(..).partition(|(held, since)| {
-                held.env.is_reusable() && since.elapsed() < idle_timeout
-            });
-            *idle = keep;
-            retire
+    /// Stops the idle environments that `retire` picks; how many.
+    fn retire_where(&self, retire: impl Fn(&Slot) -> bool) -> usize {
+        let retired: Vec<Slot> = {
+            let mut envs = self.lock_envs();
+            let (out, keep) = envs.drain(..).partition(|s| retire(s));
+            *envs = keep;
+            out
         };
         // Dropped outside the lock: dropping an environment stops its process.
         retired.len()
@@ -272,11 +395,11 @@ impl Pool {
 
     /// Environments warm now.
     pub(crate) fn idle_count(&self) -> usize {
-        self.lock_idle().len()
+        self.lock_envs().iter().filter(|s| s.idle()).count()
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<(Held, Instant)>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_envs(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.envs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn throttled(&self, limit: usize, reason: ThrottleReason) -> InvokeError {
@@ -287,8 +410,9 @@ impl Pool {
         }
     }
 
-    /// Drops every idle environment (their processes are stopped).
+    /// Drops every idle environment (their processes are stopped); busy ones are stopped
+    /// when their invocations end.
     pub(crate) fn clear(&self) {
-        self.lock_idle().clear();
+        self.retire_where(Slot::idle);
     }
 }

@@ -332,6 +332,13 @@ fn lambda_environment(
         ("TZ", ":UTC".to_owned()),
         ("LANG", "en_US.UTF-8".to_owned()),
     ];
+    // Managed Instances: how many invocations the runtime's workers take at once.
+    if spec.max_concurrency > 1 {
+        vars.push((
+            "AWS_LAMBDA_MAX_CONCURRENCY",
+            spec.max_concurrency.to_string(),
+        ));
+    }
     // Lambda's LoggingConfig, which the runtimes' clients read.
     let logging = spec.logging;
     vars.push((

@@ -49,6 +49,10 @@ pub struct FunctionSpec {
     pub init_timeout: Duration,
     /// Most environments at once; `None` leaves only the runtime's global limit.
     pub reserved_concurrency: Option<usize>,
+    /// Invocations one environment takes at once (Lambda Managed Instances'
+    /// `PerExecutionEnvironmentMaxConcurrency`; the runtime reads it in
+    /// `AWS_LAMBDA_MAX_CONCURRENCY`). 1, Lambda's classic model, by default.
+    pub max_concurrency: usize,
     /// The user's environment variables.
     pub environment: BTreeMap<String, String>,
     /// The code's SHA-256 and size, as Lambda reports them (`CodeSha256`, `CodeSize`).

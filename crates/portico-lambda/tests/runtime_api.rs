@@ -45,6 +45,7 @@ fn prober(name: &str, env: &[(&str, &str)], reserved: Option<usize>) -> Function
         timeout: Duration::from_secs(5),
         init_timeout: Duration::from_secs(10),
         reserved_concurrency: reserved,
+        max_concurrency: 1,
         environment: env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

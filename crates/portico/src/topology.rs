@@ -187,6 +187,7 @@ fn function_spec(
         timeout: Duration::from_secs(u64::from(f.timeout_seconds)),
         init_timeout: portico_lambda::spec::DEFAULT_INIT_TIMEOUT,
         reserved_concurrency: f.reserved_concurrency.map(|n| n as usize),
+        max_concurrency: f.max_concurrency_per_environment.unwrap_or(1) as usize,
         environment: f.environment.clone(),
         code,
         last_modified: std::time::SystemTime::now(),
@@ -239,6 +240,7 @@ fn image_spec(
         timeout: Duration::from_secs(u64::from(f.timeout_seconds)),
         init_timeout: portico_lambda::spec::DEFAULT_INIT_TIMEOUT,
         reserved_concurrency: f.reserved_concurrency.map(|n| n as usize),
+        max_concurrency: f.max_concurrency_per_environment.unwrap_or(1) as usize,
         environment: f.environment.clone(),
         // Lambda reports an image function's code as its image's digest, with no size.
         code: portico_lambda::package::Fingerprint {

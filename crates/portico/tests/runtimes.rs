@@ -376,3 +376,95 @@ port = 0
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.header("X-Amz-Function-Error"), None, "{}", reply.body);
 }
+
+/// Invokes `function` with `payload` from `n` threads at once: each reply's status and body.
+fn invoke_at_once(api: &str, function: &str, payload: &Value, n: usize) -> Vec<(u16, Value)> {
+    let url = format!("http://{api}/2015-03-31/functions/{function}/invocations");
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, body) = (url.clone(), payload.to_string());
+            std::thread::spawn(move || {
+                let reply = curl(None, &["-X", "POST", "--data-binary", &body, &url]);
+                (
+                    reply.status,
+                    serde_json::from_str(&reply.body).unwrap_or(Value::Null),
+                )
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn one_environment_takes_several_invocations_with_max_concurrency_per_environment() {
+    let config = format!(
+        r#"
+[functions.four]
+command = ["{bin}"]
+max_concurrency_per_environment = 4
+reserved_concurrency = 4
+
+[functions.two]
+command = ["{bin}"]
+max_concurrency_per_environment = 2
+
+[invoke_api]
+port = 0
+"#,
+        bin = concurrent_bin().display()
+    );
+    let portico = Portico::start(&config);
+    let api = portico.invoke_api.unwrap().to_string();
+
+    // Four at once: one environment, its four workers (lambda_runtime's run_concurrent
+    // read AWS_LAMBDA_MAX_CONCURRENCY) each on one, all at the same time.
+    let replies = invoke_at_once(&api, "four", &json!({"sleep_ms": 1500}), 4);
+    assert!(
+        replies.iter().all(|(status, _)| *status == 200),
+        "{replies:?}"
+    );
+    let environments: std::collections::HashSet<&str> = replies
+        .iter()
+        .map(|(_, r)| r["environment"].as_str().unwrap())
+        .collect();
+    assert_eq!(environments.len(), 1, "{replies:?}");
+    assert!(
+        replies.iter().all(|(_, r)| r["workers"] == "4"),
+        "{replies:?}"
+    );
+    let ns = |r: &Value, key: &str| r[key].as_str().unwrap().parse::<u128>().unwrap();
+    let latest_start = replies
+        .iter()
+        .map(|(_, r)| ns(r, "started_ns"))
+        .max()
+        .unwrap();
+    let earliest_end = replies
+        .iter()
+        .map(|(_, r)| ns(r, "ended_ns"))
+        .min()
+        .unwrap();
+    assert!(
+        latest_start < earliest_end,
+        "they ran at the same time: {replies:?}"
+    );
+
+    // The function's concurrency still counts invocations: a fifth at once is throttled.
+    let replies = invoke_at_once(&api, "four", &json!({"sleep_ms": 1500}), 5);
+    let throttled = replies.iter().filter(|(status, _)| *status == 429).count();
+    assert_eq!(throttled, 1, "{replies:?}");
+
+    // Two per environment: four at once take two environments.
+    let replies = invoke_at_once(&api, "two", &json!({"sleep_ms": 1500}), 4);
+    assert!(
+        replies.iter().all(|(status, _)| *status == 200),
+        "{replies:?}"
+    );
+    let mut per_environment = std::collections::HashMap::new();
+    for (_, r) in &replies {
+        *per_environment
+            .entry(r["environment"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_environment.len(), 2, "{replies:?}");
+    assert!(per_environment.values().all(|n| *n == 2), "{replies:?}");
+}

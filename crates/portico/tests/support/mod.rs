@@ -64,6 +64,11 @@ pub fn echo_bin() -> PathBuf {
     built_bin("echo")
 }
 
+/// The Managed Instances demo function: `lambda_runtime`'s concurrent workers.
+pub fn concurrent_bin() -> PathBuf {
+    built_bin("concurrent")
+}
+
 /// The demo extension, written with the official `lambda-extension` crate.
 pub fn extension_bin() -> PathBuf {
     built_bin("portico-demo-extension")
