@@ -161,9 +161,11 @@ impl Environment {
             SpawnError::Process { .. } => init_failed(error_type, e.to_string()),
             SpawnError::Sandbox(_) => init_failed("Runtime.Unavailable", e.to_string()),
         };
+        let prepared = started.elapsed();
         let (launcher, outputs) = Launcher::new(&spec, api_addr, isolation, &memory)
             .await
             .map_err(|e| spawn_failed(e, "Runtime.InvalidEntrypoint"))?;
+        let sandboxed = started.elapsed();
         let external = extensions::external(&spec);
         if external.len() > extensions::MAX_EXTENSIONS {
             return Err(init_failed(
@@ -264,6 +266,7 @@ impl Environment {
         };
         let pid = child.id();
         started_process(pid);
+        let spawned = started.elapsed();
         if let Some(pid) = pid {
             memory.watch(pid);
         }
@@ -322,6 +325,14 @@ impl Environment {
         };
         match state {
             State::Ready => {
+                tracing::debug!(
+                    function = spec.name,
+                    cgroups_ms = prepared.as_secs_f64() * 1000.0,
+                    sandboxed_ms = sandboxed.as_secs_f64() * 1000.0,
+                    spawned_ms = spawned.as_secs_f64() * 1000.0,
+                    ready_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "execution environment started"
+                );
                 // The init phase ends when the runtime and every extension are ready.
                 env.extensions.close();
                 let left = init_timeout.saturating_sub(started.elapsed());
@@ -388,6 +399,23 @@ impl Environment {
 
     /// Runs one invocation. Function failures come back in [`InvokeOutput::function_error`].
     pub(crate) async fn invoke(&self, invocation: Invocation) -> InvokeOutput {
+        let (mut output, rest) = self.respond(invocation).await;
+        output.log_tail = self.complete(rest).await;
+        output
+    }
+
+    /// Whether an invocation's response may go to its caller before the invocation is
+    /// over: when extensions registered for `INVOKE` may still be working on it (as on
+    /// Lambda, the caller does not wait for them), and the caller did not ask for the
+    /// log's tail (which ends with the `REPORT` line).
+    pub(crate) fn responds_early(&self, invocation: &Invocation) -> bool {
+        !invocation.tail_logs && self.spec.max_concurrency <= 1 && self.extensions.any_for_invoke()
+    }
+
+    /// Runs one invocation until its response: the output for the caller, and what is
+    /// left to do ([`Environment::complete`]). Function failures come back in
+    /// [`InvokeOutput::function_error`].
+    pub(crate) async fn respond(&self, invocation: Invocation) -> (InvokeOutput, Invoked) {
         let request_id = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
         // With several invocations at once (Lambda Managed Instances), lines are not
@@ -432,15 +460,11 @@ impl Environment {
         };
         let mut ended = self.run(pending, outcome).await;
         let runtime_done = self.runtime_done(&request_id, &ended, started.elapsed(), &tracing);
-        if matches!(ended, Ended::Outcome(_)) && !concurrent {
-            self.extensions_done(started).await;
-        }
         // A spike between two samples still shows in the peak: the function went over even
         // if it replied, and Lambda would have killed it.
         if self.memory.as_ref().is_some_and(|m| m.went_over()) {
             ended = Ended::OutOfMemory;
         }
-        self.catch_up_output().await;
         let status = match &ended {
             Ended::Outcome(_) => None,
             Ended::TimedOut => Some(ReportStatus::Timeout),
@@ -450,7 +474,36 @@ impl Environment {
             Ended::OutOfMemory => Some(ReportStatus::Error("Runtime.OutOfMemory")),
             Ended::Exited(_) => Some(ReportStatus::Error("Runtime.ExitError")),
         };
-        let mut output = self.conclude(&request_id, ended, started.elapsed());
+        let extensions = matches!(ended, Ended::Outcome(_)) && !concurrent;
+        let output = self.conclude(&request_id, ended, started.elapsed());
+        let rest = Invoked {
+            request_id,
+            started,
+            tracing,
+            runtime_done,
+            status,
+            extensions,
+            concurrent,
+        };
+        (output, rest)
+    }
+
+    /// The end of an invocation once its response is out: its extensions' work on it,
+    /// Lambda's `END` and `REPORT` lines; the log's tail, if it was asked for.
+    pub(crate) async fn complete(&self, rest: Invoked) -> Option<String> {
+        let Invoked {
+            request_id,
+            started,
+            tracing,
+            runtime_done,
+            status,
+            extensions,
+            concurrent,
+        } = rest;
+        if extensions {
+            self.extensions_done(started).await;
+        }
+        self.catch_up_output().await;
         self.sink.system(
             &format!("END RequestId: {request_id}"),
             Some(("platform.runtimeDone", runtime_done)),
@@ -483,10 +536,7 @@ impl Environment {
             level,
         );
         self.telemetry.platform("platform.report", record);
-        if !concurrent {
-            output.log_tail = self.sink.end();
-        }
-        output
+        if concurrent { None } else { self.sink.end() }
     }
 
     /// Lambda's `platform.runtimeDone`: how the runtime ended the invocation, and when;
@@ -700,6 +750,18 @@ fn init_failure(
             ),
         )),
     }
+}
+
+/// What is left of an invocation once its response is out.
+pub(crate) struct Invoked {
+    request_id: String,
+    started: Instant,
+    tracing: Value,
+    runtime_done: Value,
+    status: Option<ReportStatus>,
+    /// The runtime answered: its extensions may still be working on it.
+    extensions: bool,
+    concurrent: bool,
 }
 
 /// Lambda's init timeout error type.

@@ -441,6 +441,11 @@ impl Extensions {
         self.lock().shutdown_reason.get_or_insert(reason);
     }
 
+    /// Whether any extension is registered for `INVOKE`.
+    pub(crate) fn any_for_invoke(&self) -> bool {
+        self.lock().agents.iter().any(|a| a.invoke)
+    }
+
     /// How many extensions registered, and how many of them are external ones that asked
     /// for `SHUTDOWN`.
     pub(crate) fn counts(&self) -> (usize, usize) {

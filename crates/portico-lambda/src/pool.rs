@@ -206,7 +206,7 @@ impl Pool {
     /// for concurrency until then instead (asynchronous invocations: back-pressure in
     /// arrival order, not a busy retry).
     pub(crate) async fn invoke(
-        &self,
+        self: &Arc<Self>,
         invocation: Invocation,
         shared: &Shared,
         wait_until: Option<tokio::time::Instant>,
@@ -215,7 +215,7 @@ impl Pool {
             Some(limit) => (limit, ThrottleReason::ReservedConcurrency),
             None => (&shared.unreserved, ThrottleReason::AccountConcurrency),
         };
-        let _concurrency = match wait_until {
+        let concurrency = match wait_until {
             Some(deadline) => match limit.acquire_until(deadline, &shared.shutdown).await {
                 Some(permit) => permit,
                 None if shared.shutdown.is_cancelled() => return Err(InvokeError::ShuttingDown),
@@ -237,8 +237,21 @@ impl Pool {
             }
             None => self.start_new(shared).await?,
         };
+        if held.env.responds_early(&invocation) {
+            // The caller gets the response now; the environment (and the function's
+            // concurrency) stays busy until its extensions are done with the invocation.
+            let (output, rest) = held.env.respond(invocation).await;
+            let (pool, shutdown) = (self.clone(), shared.shutdown.clone());
+            shared.tracker.spawn(async move {
+                held.env.complete(rest).await;
+                pool.release(&held, !shutdown.is_cancelled());
+                drop(concurrency);
+            });
+            return Ok(output);
+        }
         let output = held.env.invoke(invocation).await;
         self.release(&held, !shared.shutdown.is_cancelled());
+        drop(concurrency);
         Ok(output)
     }
 

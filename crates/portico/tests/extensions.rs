@@ -21,12 +21,16 @@ fn function_dir() -> PathBuf {
     ))
 }
 
-/// A layer with both extensions in `extensions/`.
-fn extension_layer(scratch: &Scratch) -> PathBuf {
-    let layer = scratch.0.join("extensions-layer");
+/// A layer with both extensions in `extensions/` (only the Python one without `rust`).
+fn extension_layer(scratch: &Scratch, rust: bool) -> PathBuf {
+    let layer = scratch
+        .0
+        .join(if rust { "extensions" } else { "py-extension" });
     let dir = layer.join("extensions");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(extension_bin(), dir.join("portico-demo-extension")).unwrap();
+    if rust {
+        std::fs::copy(extension_bin(), dir.join("portico-demo-extension")).unwrap();
+    }
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/extensions/py-extension"),
         dir.join("py-extension"),
@@ -81,9 +85,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The REPORT line's duration, in ms.
+/// The (first) REPORT line's duration, in ms.
 fn reported_duration(tail: &str) -> f64 {
-    let report = tail.lines().find(|l| l.starts_with("REPORT")).unwrap();
+    let report = tail
+        .lines()
+        .find(|l| l.contains("REPORT RequestId"))
+        .unwrap();
     let after = report.split("Duration: ").nth(1).unwrap();
     after.split(' ').next().unwrap().parse().unwrap()
 }
@@ -91,7 +98,10 @@ fn reported_duration(tail: &str) -> f64 {
 #[test]
 fn extensions_see_every_invocation_and_the_shutdown() {
     let scratch = Scratch::new("extensions");
-    let layer = extension_layer(&scratch);
+    let layer = extension_layer(&scratch, true);
+    // Environments share the host's network: an extension listening on a fixed port runs
+    // in one environment of a function at a time. `lingering` has two at once.
+    let py_layer = extension_layer(&scratch, false);
     let config = format!(
         r#"
 [functions.observed]
@@ -108,6 +118,13 @@ handler = "app.handler"
 layers = ["{layer}"]
 environment = {{ FAIL_INIT = "1", DEMO_TELEMETRY_PORT = "{refused_port}" }}
 
+[functions.lingering]
+runtime = "python3.11"
+code = "{code}"
+handler = "app.handler"
+layers = ["{py_layer}"]
+environment = {{ EXTENSION_DELAY_MS = "2000" }}
+
 [runtime]
 environment_idle_timeout_seconds = 2
 
@@ -120,6 +137,7 @@ port = 0
         // port of its own.
         observed_port = free_port(),
         refused_port = free_port(),
+        py_layer = py_layer.display(),
     );
     let portico = Portico::start(&config);
     let api = portico.invoke_api.unwrap().to_string();
@@ -194,6 +212,37 @@ port = 0
         .unwrap();
     assert!(registered < log.find("START RequestId").unwrap(), "{log}");
     assert!(log.contains("demo-extension: SHUTDOWN spindown"), "{log}");
+
+    // The caller does not wait for the extensions: the response comes as soon as the
+    // runtime answers, while the environment stays busy (its REPORT counts the extension's
+    // two seconds).
+    let url = format!("http://{api}/2015-03-31/functions/lingering/invocations");
+    let body = json!({"probe": "layout"}).to_string();
+    curl(None, &["-X", "POST", "--data-binary", &body, &url]); // the cold start
+    let asked = std::time::Instant::now();
+    let reply = curl(None, &["-X", "POST", "--data-binary", &body, &url]);
+    let answered = asked.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        answered < Duration::from_millis(1500),
+        "waited for the extension: {answered:?}"
+    );
+    let logs_url = format!("http://{api}/portico/v1/functions/lingering/logs");
+    let mut durations = Vec::new();
+    for _ in 0..100 {
+        let log = curl(None, &[&logs_url]).body;
+        durations = log
+            .lines()
+            .filter(|l| l.contains("REPORT RequestId"))
+            .map(reported_duration)
+            .collect();
+        if durations.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(durations.len(), 2, "{durations:?}");
+    assert!(durations[1] >= 2000.0, "{durations:?}");
 
     // An extension's init error fails the environment's init, with Lambda's error type.
     let (reply, error, _) = invoke(&api, "refused", &json!({"probe": "layout"}));
