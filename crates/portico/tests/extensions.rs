@@ -125,6 +125,12 @@ handler = "app.handler"
 layers = ["{py_layer}"]
 environment = {{ EXTENSION_DELAY_MS = "2000" }}
 
+[functions.internal]
+runtime = "python3.11"
+code = "{code}"
+handler = "app.handler"
+environment = {{ INTERNAL_EXTENSION = "1" }}
+
 [runtime]
 environment_idle_timeout_seconds = 2
 
@@ -243,6 +249,22 @@ port = 0
     }
     assert_eq!(durations.len(), 2, "{durations:?}");
     assert!(durations[1] >= 2000.0, "{durations:?}");
+
+    // An internal extension, registered from the runtime's own process, follows the
+    // invocations too.
+    let (_, error, tail) = invoke(&api, "internal", &json!({"probe": "layout"}));
+    assert_eq!(error, None, "{tail}");
+    let id = tail
+        .lines()
+        .find_map(|l| l.strip_prefix("START RequestId: "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let seen = tail.find(&format!("internal-ext: INVOKE {id}"));
+    assert!(
+        seen.is_some_and(|at| at < tail.find("END RequestId").unwrap()),
+        "{tail}"
+    );
 
     // An extension's init error fails the environment's init, with Lambda's error type.
     let (reply, error, _) = invoke(&api, "refused", &json!({"probe": "layout"}));

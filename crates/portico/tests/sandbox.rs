@@ -359,15 +359,23 @@ image = "{layout}"
 image = "{archive}"
 image_config = {{ working_directory = "/var/runtime" }}
 
+[functions.docker]
+image = "{docker}"
+
 [invoke_api]
 port = 0
 "#,
         layout = scratch.0.join("layout").display(),
         archive = scratch.0.join("image.tar").display(),
+        docker = scratch.0.join("docker.tar").display(),
     );
     let portico = Portico::start(&config);
     let api = portico.invoke_api.unwrap().to_string();
-    for (function, cwd) in [("layout", "/var/task"), ("archive", "/var/runtime")] {
+    for (function, cwd) in [
+        ("layout", "/var/task"),
+        ("archive", "/var/runtime"),
+        ("docker", "/var/task"),
+    ] {
         let (reply, tail) = invoke_with_tail(&api, function, &json!({"from": "test"}));
         assert_eq!(reply["echo"], json!({"from": "test"}), "{reply}\n{tail}");
         assert_eq!(reply["function_name"], function);

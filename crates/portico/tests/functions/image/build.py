@@ -2,7 +2,7 @@
 a gzip base layer with a shell and the shared libraries the function needs (copied from
 this host), and a plain layer with the function as the base images' /var/runtime/bootstrap,
 their /lambda-entrypoint.sh, and a whiteout of a base-layer file. Also writes a tar of the
-layout (the `oci-archive` form).
+layout (the `oci-archive` form) and the image as `docker save` writes it.
 
 usage: build.py FUNCTION_BINARY OUT_DIR"""
 
@@ -147,3 +147,18 @@ with open(os.path.join(out, "layout", "oci-layout"), "w") as f:
     json.dump({"imageLayoutVersion": "1.0.0"}, f)
 with tarfile.open(os.path.join(out, "image.tar"), "w") as tar:
     tar.add(os.path.join(out, "layout"), arcname=".")
+
+# The same image as `docker save` writes it: manifest.json, the config, uncompressed layers.
+with tarfile.open(os.path.join(out, "docker.tar"), "w") as tar:
+    # Another configuration (a label), so that this image is unpacked on its own.
+    config_bytes = json.dumps(dict(config, config=dict(config["config"], Labels={"saved": "docker"}))).encode()
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    add_file(tar, config_name, config_bytes, 0o644)
+    names = []
+    for data in (layer(base), function_layer):
+        name = hashlib.sha256(data).hexdigest() + "/layer.tar"
+        add_dir(tar, name.split("/")[0])
+        add_file(tar, name, data, 0o644)
+        names.append(name)
+    manifest_json = [{"Config": config_name, "RepoTags": ["fn:latest"], "Layers": names}]
+    add_file(tar, "manifest.json", json.dumps(manifest_json).encode(), 0o644)

@@ -8,6 +8,38 @@ import os
 import sys
 
 
+def internal_extension():
+    """An internal extension: registered from the runtime's own process while it
+    initialises, it follows the invocations on a thread of its own."""
+    import threading
+    import urllib.request
+
+    api = "http://%s/2020-01-01/extension" % os.environ["AWS_LAMBDA_RUNTIME_API"]
+    request = urllib.request.Request(
+        api + "/register",
+        data=json.dumps({"events": ["INVOKE"]}).encode(),
+        method="POST",
+        headers={"Lambda-Extension-Name": "internal-ext"},
+    )
+    with urllib.request.urlopen(request) as response:
+        identifier = response.headers["Lambda-Extension-Identifier"]
+
+    def follow():
+        while True:
+            request = urllib.request.Request(
+                api + "/event/next", headers={"Lambda-Extension-Identifier": identifier}
+            )
+            with urllib.request.urlopen(request) as response:
+                event = json.loads(response.read())
+            print(f"internal-ext: {event['eventType']} {event.get('requestId')}", flush=True)
+
+    threading.Thread(target=follow, daemon=True).start()
+
+
+if os.environ.get("INTERNAL_EXTENSION"):
+    internal_extension()
+
+
 def handler(event, context):
     probe = event["probe"]
     print("probing", probe, "for", context.aws_request_id)
