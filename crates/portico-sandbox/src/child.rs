@@ -220,6 +220,28 @@ pub(crate) fn enter(mount_namespace: RawFd, cwd: &CStr, user: User) -> Result<()
     Ok(())
 }
 
+/// Waits for a byte on the pipe `gate` (after closing the child's copy of its write end,
+/// `writer`): the go of a prepared program. End of file (the program was dropped
+/// unstarted) is `ECANCELED`.
+#[allow(unsafe_code)]
+pub(crate) fn wait_gate(gate: RawFd, writer: RawFd) -> Result<(), i32> {
+    // SAFETY: closing a descriptor this child inherited and will not use.
+    unsafe {
+        libc::close(writer);
+    }
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: a read into a local byte from a descriptor the child holds.
+        let n = unsafe { libc::read(gate, (&mut byte as *mut u8).cast(), 1) };
+        match n {
+            1 => return Ok(()),
+            0 => return Err(libc::ECANCELED),
+            _ if errno() == libc::EINTR => continue,
+            _ => return Err(errno()),
+        }
+    }
+}
+
 /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`.
 #[allow(unsafe_code)]
 pub(crate) fn join_cgroup(procs: &CStr) -> Result<(), i32> {

@@ -107,6 +107,8 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Sandboxes {
     jobs: std::sync::mpsc::Sender<Job>,
     staging: PathBuf,
+    /// The runtime prepared programs' threads spawn on.
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Sandboxes {
@@ -131,6 +133,7 @@ impl Sandboxes {
                 source,
             })?;
         let handle = tokio::runtime::Handle::current();
+        let runtime = handle.clone();
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sandbox-spawner".into())
@@ -149,6 +152,7 @@ impl Sandboxes {
         Ok(Arc::new(Self {
             jobs,
             staging: staging.to_owned(),
+            runtime,
         }))
     }
 
@@ -293,6 +297,37 @@ fn leave_pid_namespace() {
     }
 }
 
+/// A program prepared in a sandbox, waiting before `exec`. Dropped unstarted, its process
+/// ends without running.
+pub struct Prepared {
+    gate: Option<std::io::PipeWriter>,
+    spawned: oneshot::Receiver<std::io::Result<Child>>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Lets the program run: its `exec` goes on.
+    pub async fn start(mut self) -> Result<Child, SandboxError> {
+        use std::io::Write;
+        let started = |source| SandboxError::Setup {
+            step: "starting a prepared program".into(),
+            source,
+        };
+        if let Some(mut gate) = self.gate.take() {
+            gate.write_all(b"1").map_err(started)?;
+        }
+        match (&mut self.spawned).await {
+            Ok(result) => result.map_err(started),
+            Err(_) => Err(SandboxError::SpawnerGone),
+        }
+    }
+}
+
 /// How a program starts in a sandbox.
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
@@ -345,6 +380,70 @@ impl Sandbox {
     /// Starts `command` inside, as `entry` says: its program is a path inside the
     /// sandbox.
     pub async fn spawn(&self, mut command: Command, entry: &Entry) -> Result<Child, SandboxError> {
+        self.enter_before_exec(&mut command, entry, None)?;
+        let pid_namespace = self.pid_namespace.clone();
+        self.sandboxes
+            .on_thread(move || {
+                join_pid_namespace(&pid_namespace)?;
+                let spawned = command.spawn();
+                leave_pid_namespace();
+                spawned
+            })
+            .await?
+            .map_err(|source| SandboxError::Setup {
+                step: "starting a program in the sandbox".into(),
+                source,
+            })
+    }
+
+    /// Prepares `command` inside, as `entry` says, without running it: its process is
+    /// made now, in the sandbox's namespaces and cgroups and as its user, and waits before
+    /// `exec` until [`Prepared::start`]. What a process costs before it runs (joining
+    /// cgroups above all) is paid here, ahead of the start.
+    pub fn prepare(&self, mut command: Command, entry: &Entry) -> Result<Prepared, SandboxError> {
+        let (gate, gate_writer) = std::io::pipe().map_err(|source| SandboxError::Setup {
+            step: "making a pipe".into(),
+            source,
+        })?;
+        self.enter_before_exec(
+            &mut command,
+            entry,
+            Some((gate.as_raw_fd(), gate_writer.as_raw_fd())),
+        )?;
+        let pid_namespace = self.pid_namespace.clone();
+        let runtime = self.sandboxes.runtime.clone();
+        let (spawned_tx, spawned) = oneshot::channel();
+        // A thread of its own: the spawn returns only once the program runs.
+        std::thread::Builder::new()
+            .name("sandbox-prepared".into())
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                let result = join_pid_namespace(&pid_namespace).and_then(|()| {
+                    let spawned = command.spawn();
+                    leave_pid_namespace();
+                    spawned
+                });
+                drop(gate);
+                let _ = spawned_tx.send(result);
+            })
+            .map_err(|source| SandboxError::Setup {
+                step: "starting a thread".into(),
+                source,
+            })?;
+        Ok(Prepared {
+            gate: Some(gate_writer),
+            spawned,
+        })
+    }
+
+    /// Adds to `command` what it does between fork and exec to enter the sandbox (and,
+    /// with `gate`, a pipe's read and write ends, to wait for a byte on it before `exec`).
+    fn enter_before_exec(
+        &self,
+        command: &mut Command,
+        entry: &Entry,
+        gate: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+    ) -> Result<(), SandboxError> {
         let cwd = plan::c_path(&entry.cwd)?;
         let cgroups = entry
             .cgroups
@@ -356,7 +455,6 @@ impl Sandbox {
             .iter()
             .map(|(resource, value)| (resource.raw(), *value))
             .collect();
-        let pid_namespace = self.pid_namespace.clone();
         let mount_namespace = self.mount_namespace.clone();
         let user = self.user;
         #[allow(unsafe_code)]
@@ -370,21 +468,16 @@ impl Sandbox {
                     child::limit(*resource, *value).map_err(std::io::Error::from_raw_os_error)?;
                 }
                 child::enter(mount_namespace.as_raw_fd(), &cwd, user)
-                    .map_err(std::io::Error::from_raw_os_error)
+                    .map_err(std::io::Error::from_raw_os_error)?;
+                match gate {
+                    Some((read, write)) => {
+                        child::wait_gate(read, write).map_err(std::io::Error::from_raw_os_error)
+                    }
+                    None => Ok(()),
+                }
             });
         }
-        self.sandboxes
-            .on_thread(move || {
-                join_pid_namespace(&pid_namespace)?;
-                let spawned = command.spawn();
-                leave_pid_namespace();
-                spawned
-            })
-            .await?
-            .map_err(|source| SandboxError::Setup {
-                step: "starting a program in the sandbox".into(),
-                source,
-            })
+        Ok(())
     }
 
     /// The init's process id (as portico sees it).

@@ -256,3 +256,45 @@ async fn limits_are_set_before_the_program_runs_and_cannot_be_raised() {
     assert!(text.starts_with("1024\n"), "{text}");
     assert!(!text.contains("raised"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_program_runs_only_when_started_and_not_at_all_when_dropped() {
+    if !root() {
+        return;
+    }
+    let f = fixture("prepared");
+    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
+    let marker = "/tmp/ran";
+    let command = |script: &str| {
+        let mut command = Command::new("/bin/sh");
+        command
+            .args(["-c", script])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+    // Dropped unstarted: it never runs.
+    let dropped = sandbox
+        .prepare(command(&format!("echo x > {marker}")), &entry("/"))
+        .unwrap();
+    drop(dropped);
+    // Started: it runs, and sees what the other did not write.
+    let prepared = sandbox
+        .prepare(
+            command(&format!(
+                "test -e {marker} && echo ran || echo clean; id -u"
+            )),
+            &entry("/"),
+        )
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let out = prepared
+        .start()
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "clean\n993\n");
+}
