@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,24 +66,34 @@ impl Drop for Environment {
 }
 
 impl Environment {
-    /// Starts an environment and waits for its init phase to finish (the first `/next`). An
-    /// init that runs past the 10 s init limit is tried once more, as Lambda tries it again
-    /// at the first invocation ("suppressed init"), with the function's own timeout.
+    /// Starts an environment (from what was `prepared` for it, if anything) and waits for
+    /// its init phase to finish (the first `/next`). An init that runs past the 10 s init
+    /// limit is tried once more, as Lambda tries it again at the first invocation
+    /// ("suppressed init"), with the function's own timeout.
     pub(crate) async fn start(
         spec: Arc<FunctionSpec>,
         book: Arc<LogBook>,
         host: Host<'_>,
+        (prepared, budget): (Option<Prepared>, &Arc<OwnedSemaphorePermit>),
     ) -> Result<Self, InvokeError> {
         let first = Self::start_phase(
             spec.clone(),
             book.clone(),
             host,
             (spec.init_timeout, "init"),
+            (prepared, budget),
         )
         .await;
         match first {
             Err(InvokeError::InitFailed { error_type, .. }) if error_type == INIT_TIMEOUT => {
-                Self::start_phase(spec.clone(), book, host, (spec.timeout, "invoke")).await
+                Self::start_phase(
+                    spec.clone(),
+                    book,
+                    host,
+                    (spec.timeout, "invoke"),
+                    (None, budget),
+                )
+                .await
             }
             other => other,
         }
@@ -96,6 +106,7 @@ impl Environment {
         book: Arc<LogBook>,
         host: Host<'_>,
         (limit, phase): (Duration, &str),
+        (prepared, budget): (Option<Prepared>, &Arc<OwnedSemaphorePermit>),
     ) -> Result<Self, InvokeError> {
         let sink = Sink::new(book.clone(), spec.logging);
         sink.system(
@@ -104,7 +115,7 @@ impl Environment {
             Level::Info,
         );
         let started = Instant::now();
-        let result = Self::start_once(spec, book, host, (limit, phase)).await;
+        let result = Self::start_once(spec, book, host, (limit, phase), (prepared, budget)).await;
         if let Err(InvokeError::InitFailed { error_type, .. }) = &result {
             let (status, text_status) = if error_type == INIT_TIMEOUT {
                 ("timeout", "timeout".to_owned())
@@ -127,17 +138,14 @@ impl Environment {
         result
     }
 
-    async fn start_once(
-        spec: Arc<FunctionSpec>,
-        book: Arc<LogBook>,
-        Host {
-            tracker,
-            parent,
-            isolation,
-        }: Host<'_>,
-        (init_timeout, phase): (Duration, &str),
-    ) -> Result<Self, InvokeError> {
-        let started = Instant::now();
+    /// Makes what an environment needs before any of its processes runs: its Runtime API
+    /// listener, its cgroups, its sandbox, and (sandboxed, without external extensions,
+    /// which start first) its runtime's process waiting to exec. Made ahead of a start, it
+    /// takes all that off the cold start.
+    pub(crate) async fn prepare(
+        spec: &FunctionSpec,
+        isolation: &Isolation,
+    ) -> Result<Prepared, InvokeError> {
         let init_failed = |error_type: &str, message: String| InvokeError::InitFailed {
             function: spec.name.clone(),
             error_type: error_type.to_owned(),
@@ -150,21 +158,70 @@ impl Environment {
             .local_addr()
             .map_err(|e| init_failed("Runtime.Unavailable", format!("runtime API address: {e}")))?;
         let (exchange, inbox) = Exchange::new(spec.max_concurrency);
-        let exchange = Arc::new(exchange);
-        let stop = parent.child_token();
-        let reaped = CancellationToken::new();
-        let telemetry = Arc::new(Telemetry::new());
-        telemetry.platform_telemetry("platform.initStart", logs::init_start_record(&spec, phase));
-
         let memory = Arc::new(MemoryLimit::create(spec.memory_size_mb));
         let spawn_failed = |e: SpawnError, error_type: &str| match e {
             SpawnError::Process { .. } => init_failed(error_type, e.to_string()),
             SpawnError::Sandbox(_) => init_failed("Runtime.Unavailable", e.to_string()),
         };
-        let prepared = started.elapsed();
-        let (launcher, outputs) = Launcher::new(&spec, api_addr, isolation, &memory)
+        let (launcher, outputs) = Launcher::new(spec, api_addr, isolation, &memory)
             .await
             .map_err(|e| spawn_failed(e, "Runtime.InvalidEntrypoint"))?;
+        let runtime = if extensions::external(spec).is_empty() {
+            launcher
+                .prepare(&spec.program, &spec.args, (&spec.task_root, Kind::Function))
+                .await
+                .map_err(|e| spawn_failed(e, "Runtime.InvalidEntrypoint"))?
+        } else {
+            None
+        };
+        Ok(Prepared {
+            listener,
+            exchange: Arc::new(exchange),
+            inbox,
+            memory,
+            launcher,
+            outputs,
+            runtime,
+        })
+    }
+
+    async fn start_once(
+        spec: Arc<FunctionSpec>,
+        book: Arc<LogBook>,
+        Host {
+            tracker,
+            parent,
+            isolation,
+        }: Host<'_>,
+        (init_timeout, phase): (Duration, &str),
+        (prepared, budget): (Option<Prepared>, &Arc<OwnedSemaphorePermit>),
+    ) -> Result<Self, InvokeError> {
+        let started = Instant::now();
+        let init_failed = |error_type: &str, message: String| InvokeError::InitFailed {
+            function: spec.name.clone(),
+            error_type: error_type.to_owned(),
+            message,
+        };
+        let Prepared {
+            listener,
+            exchange,
+            inbox,
+            memory,
+            launcher,
+            outputs,
+            runtime,
+        } = match prepared {
+            Some(prepared) => prepared,
+            None => Self::prepare(&spec, isolation).await?,
+        };
+        let stop = parent.child_token();
+        let reaped = CancellationToken::new();
+        let telemetry = Arc::new(Telemetry::new());
+        telemetry.platform_telemetry("platform.initStart", logs::init_start_record(&spec, phase));
+        let spawn_failed = |e: SpawnError, error_type: &str| match e {
+            SpawnError::Process { .. } => init_failed(error_type, e.to_string()),
+            SpawnError::Sandbox(_) => init_failed("Runtime.Unavailable", e.to_string()),
+        };
         let sandboxed = started.elapsed();
         let external = extensions::external(&spec);
         if external.len() > extensions::MAX_EXTENSIONS {
@@ -254,10 +311,16 @@ impl Environment {
             processes.kill.cancel();
             return Err(init_failed(failure.0, failure.1));
         }
-        let child = match launcher
-            .start(&spec.program, &spec.args, (&spec.task_root, Kind::Function))
-            .await
-        {
+        let child = match runtime {
+            // Made ahead, waiting to exec.
+            Some(runtime) => runtime.start().map_err(SpawnError::from),
+            None => {
+                launcher
+                    .start(&spec.program, &spec.args, (&spec.task_root, Kind::Function))
+                    .await
+            }
+        };
+        let child = match child {
             Ok(child) => child,
             Err(e) => {
                 processes.kill.cancel();
@@ -276,7 +339,7 @@ impl Environment {
             child,
             exchange.clone(),
             (stop.clone(), reaped),
-            (memory.clone(), sandbox),
+            ((memory.clone(), budget.clone()), sandbox),
             processes,
         ));
 
@@ -327,8 +390,7 @@ impl Environment {
             State::Ready => {
                 tracing::debug!(
                     function = spec.name,
-                    cgroups_ms = prepared.as_secs_f64() * 1000.0,
-                    sandboxed_ms = sandboxed.as_secs_f64() * 1000.0,
+                    prepared_ms = sandboxed.as_secs_f64() * 1000.0,
                     spawned_ms = spawned.as_secs_f64() * 1000.0,
                     ready_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "execution environment started"
@@ -750,6 +812,18 @@ fn init_failure(
             ),
         )),
     }
+}
+
+/// An environment made ahead of its start ([`Environment::prepare`]).
+pub(crate) struct Prepared {
+    listener: TcpListener,
+    exchange: Arc<Exchange>,
+    inbox: mpsc::Sender<Pending>,
+    memory: Arc<MemoryLimit>,
+    launcher: Launcher,
+    outputs: process::Outputs,
+    /// The runtime's process, waiting to exec.
+    runtime: Option<portico_sandbox::Prepared>,
 }
 
 /// What is left of an invocation once its response is out.

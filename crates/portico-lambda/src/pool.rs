@@ -8,7 +8,7 @@
 //! of any function, the longest unused first, and is throttled only when that is not
 //! enough. So no caller can start more processes than the node can hold.
 
-use crate::environment::{Environment, Host};
+use crate::environment::{Environment, Host, Prepared};
 use crate::isolation::Isolation;
 use crate::logs::LogBook;
 use crate::spec::FunctionSpec;
@@ -62,6 +62,9 @@ impl Limit {
     }
 }
 
+/// How long after a cold start the next spare environment is made.
+const SPARE_AFTER: Duration = Duration::from_millis(500);
+
 /// What every invocation shares: the unreserved concurrency (Lambda's account limit less
 /// the reservations), the memory budget, every pool (for room in it), the owner of the
 /// environments' tasks, the shutdown signal, and how environments are isolated.
@@ -108,7 +111,9 @@ impl Memory {
 /// An environment and the memory it holds.
 struct Held {
     env: Environment,
-    _memory: OwnedSemaphorePermit,
+    /// Its share of the memory budget; its processes' supervisor holds it too, until they
+    /// are reaped, so that a stopped environment's memory is counted until it is free.
+    _memory: Arc<OwnedSemaphorePermit>,
 }
 
 /// How an environment's start ended: the environment, or the error every invocation that
@@ -161,6 +166,11 @@ pub(crate) struct Pool {
     /// one freed last (so the others can idle out); with several invocations per
     /// environment, the least busy with room.
     envs: Mutex<Vec<Slot>>,
+    /// An environment made ahead for the next cold start (sandboxed functions): its
+    /// sandbox, cgroups and runtime process waiting to exec.
+    spare: Mutex<Option<Prepared>>,
+    /// A spare is being made.
+    preparing: std::sync::atomic::AtomicBool,
     /// The function's reserved concurrency, when it has one.
     reserved: Option<Limit>,
     /// The lanes of its asynchronous invocations.
@@ -177,6 +187,8 @@ impl Pool {
             book: Arc::new(LogBook::new(&spec.name)),
             spec: Arc::new(spec),
             envs: Mutex::new(Vec::new()),
+            spare: Mutex::new(None),
+            preparing: std::sync::atomic::AtomicBool::new(false),
             reserved,
             events: Limit::new(event_lanes.max(1)),
         }
@@ -235,7 +247,7 @@ impl Pool {
                     _ => return Err(InvokeError::ShuttingDown),
                 }
             }
-            None => self.start_new(shared).await?,
+            None => self.clone().start_new(shared).await?,
         };
         if held.env.responds_early(&invocation) {
             // The caller gets the response now; the environment (and the function's
@@ -257,9 +269,9 @@ impl Pool {
 
     /// Starts a new environment for an invocation; while it starts, invocations that find
     /// room in it wait for it rather than start their own.
-    async fn start_new(&self, shared: &Shared) -> Result<Arc<Held>, InvokeError> {
+    async fn start_new(self: Arc<Self>, shared: &Shared) -> Result<Arc<Held>, InvokeError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let memory = self.memory_for_new(shared)?;
+        let memory = Arc::new(self.memory_for_new(shared)?);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (announce, started) = watch::channel(None);
         self.lock_envs().push(Slot {
@@ -272,14 +284,16 @@ impl Pool {
             parent: &shared.shutdown,
             isolation: &shared.isolation,
         };
-        let result = Environment::start(self.spec.clone(), self.book.clone(), host)
-            .await
-            .map(|env| {
-                Arc::new(Held {
-                    env,
-                    _memory: memory,
-                })
-            });
+        let spare = self.take_spare();
+        let result =
+            Environment::start(self.spec.clone(), self.book.clone(), host, (spare, &memory))
+                .await
+                .map(|env| {
+                    Arc::new(Held {
+                        env,
+                        _memory: memory,
+                    })
+                });
         {
             let mut envs = self.lock_envs();
             let at = envs
@@ -294,7 +308,56 @@ impl Pool {
             }
         }
         let _ = announce.send(Some(result.clone()));
+        // The next cold start gets one too; made once this one is up, as moving a process
+        // into its cgroups would hold up this start's threads.
+        self.prepare_spare(shared);
         result
+    }
+
+    fn take_spare(&self) -> Option<Prepared> {
+        self.spare.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Makes a spare environment in the background, unless one is there or being made;
+    /// only for sandboxed functions (where it saves the sandbox and the cgroups' costs).
+    pub(crate) fn prepare_spare(self: &Arc<Self>, shared: &Shared) {
+        use std::sync::atomic::Ordering;
+        if matches!(shared.isolation, Isolation::None)
+            || shared.shutdown.is_cancelled()
+            || self
+                .spare
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+            || self.preparing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (pool, isolation, shutdown) = (
+            self.clone(),
+            shared.isolation.clone(),
+            shared.shutdown.clone(),
+        );
+        shared.tracker.spawn(async move {
+            // Not in the middle of a burst of starts: made once the starts settle.
+            tokio::select! {
+                () = tokio::time::sleep(SPARE_AFTER) => {}
+                () = shutdown.cancelled() => {
+                    pool.preparing.store(false, Ordering::Release);
+                    return;
+                }
+            }
+            match Environment::prepare(&pool.spec, &isolation).await {
+                Ok(prepared) if !shutdown.is_cancelled() => {
+                    *pool.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(prepared);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(function = pool.spec.name, %error, "no spare environment");
+                }
+            }
+            pool.preparing.store(false, Ordering::Release);
+        });
     }
 
     /// A warm environment with room for one more invocation (or one starting, that will
@@ -427,5 +490,6 @@ impl Pool {
     /// when their invocations end.
     pub(crate) fn clear(&self) {
         self.retire_where(Slot::idle);
+        drop(self.take_spare());
     }
 }

@@ -151,24 +151,7 @@ impl Launcher {
         args: &[String],
         (cwd, kind): (&Path, Kind),
     ) -> Result<Child, SpawnError> {
-        let writer = match kind {
-            Kind::Extension => &self.writers[1],
-            _ => &self.writers[0],
-        };
-        let program = self.view.path(program);
-        let failed = |source| SpawnError::Process {
-            program: program.display().to_string(),
-            source,
-        };
-        let mut cmd = Command::new(&program);
-        cmd.args(args.iter().map(|a| self.view.value(a)))
-            .env_clear()
-            .envs(self.variables.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer.try_clone().map_err(failed)?))
-            .stderr(Stdio::from(writer.try_clone().map_err(failed)?))
-            .process_group(0)
-            .kill_on_drop(true);
+        let (mut cmd, failed) = self.command(program, args, kind)?;
         match &self.sandbox {
             None => {
                 cmd.current_dir(cwd);
@@ -186,6 +169,55 @@ impl Launcher {
                 Ok(sandbox.spawn(cmd, &entry).await?)
             }
         }
+    }
+
+    /// Prepares `program` as [`Launcher::start`] would start it, in the sandbox, waiting
+    /// before `exec` (see `portico_sandbox::Prepared`); `None` without a sandbox.
+    pub(crate) async fn prepare(
+        &self,
+        program: &Path,
+        args: &[String],
+        (cwd, kind): (&Path, Kind),
+    ) -> Result<Option<portico_sandbox::Prepared>, SpawnError> {
+        let Some((sandbox, entry)) = &self.sandbox else {
+            return Ok(None);
+        };
+        let (cmd, _) = self.command(program, args, kind)?;
+        let entry = Entry {
+            cwd: self.view.path(cwd),
+            ..entry.clone()
+        };
+        Ok(Some(sandbox.prepare(cmd, &entry).await?))
+    }
+
+    /// The command that starts `program` with Lambda's environment, its output to `kind`'s
+    /// pipe; and how its failure to start is told.
+    fn command(
+        &self,
+        program: &Path,
+        args: &[String],
+        kind: Kind,
+    ) -> Result<(Command, impl Fn(std::io::Error) -> SpawnError + use<>), SpawnError> {
+        let writer = match kind {
+            Kind::Extension => &self.writers[1],
+            _ => &self.writers[0],
+        };
+        let program = self.view.path(program);
+        let shown = program.display().to_string();
+        let failed = move |source| SpawnError::Process {
+            program: shown.clone(),
+            source,
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(args.iter().map(|a| self.view.value(a)))
+            .env_clear()
+            .envs(self.variables.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer.try_clone().map_err(&failed)?))
+            .stderr(Stdio::from(writer.try_clone().map_err(&failed)?))
+            .process_group(0)
+            .kill_on_drop(true);
+        Ok((cmd, failed))
     }
 
     /// Whether its processes joined their cgroups themselves, before `exec`.

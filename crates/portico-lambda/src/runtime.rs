@@ -107,6 +107,10 @@ impl Runtime {
             isolation: options.isolation,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
+            // Each sandboxed function's first cold start finds an environment made ahead.
+            for pool in &shared.pools {
+                pool.prepare_spare(&shared);
+            }
             let (all, shutdown) = (shared.pools.clone(), shared.shutdown.clone());
             shared
                 .tracker

@@ -175,6 +175,18 @@ fn run(step: &Step) -> Result<(), i32> {
     }
 }
 
+/// Names the calling process (`/proc/PID/comm`, what `ps` shows).
+#[allow(unsafe_code)]
+pub(crate) fn name(name: &CStr) {
+    // SAFETY: prctl with a valid C string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
+    }
+}
+
+/// A prepared program's process name while it waits to exec.
+pub(crate) const PREPARED_NAME: &CStr = c"portico-spare";
+
 /// The init's process name (`/proc/PID/comm`).
 pub(crate) const INIT_NAME: &CStr = c"portico-sandbox";
 
@@ -187,7 +199,7 @@ pub(crate) fn init() -> ! {
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         // What `ps` shows: not a second portico.
-        libc::prctl(libc::PR_SET_NAME, INIT_NAME.as_ptr(), 0, 0, 0);
+        name(INIT_NAME);
         libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
@@ -220,14 +232,22 @@ pub(crate) fn enter(mount_namespace: RawFd, cwd: &CStr, user: User) -> Result<()
     Ok(())
 }
 
-/// Waits for a byte on the pipe `gate` (after closing the child's copy of its write end,
-/// `writer`): the go of a prepared program. End of file (the program was dropped
-/// unstarted) is `ECANCELED`.
+/// A prepared program's wait before `exec`: `program` must be executable; then every
+/// descriptor but the standard streams and the pipe `gate` is closed (so that the waiting
+/// process holds nothing of portico's, and its spawn returns now), and a byte on `gate`
+/// is the go. End of file (the program was dropped unstarted) is `ECANCELED`.
 #[allow(unsafe_code)]
-pub(crate) fn wait_gate(gate: RawFd, writer: RawFd) -> Result<(), i32> {
-    // SAFETY: closing a descriptor this child inherited and will not use.
+pub(crate) fn wait_gate(gate: RawFd, writer: RawFd, program: &CStr) -> Result<(), i32> {
+    // SAFETY: access on a valid C string; closing descriptors this child will not use (the
+    // gate's write end among them).
     unsafe {
+        check(libc::access(program.as_ptr(), libc::X_OK).into())?;
         libc::close(writer);
+        let gate_u = gate as u32;
+        if gate_u > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, gate_u - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, gate_u + 1, u32::MAX, 0u32);
     }
     let mut byte = 0u8;
     loop {

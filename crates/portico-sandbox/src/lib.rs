@@ -107,8 +107,6 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Sandboxes {
     jobs: std::sync::mpsc::Sender<Job>,
     staging: PathBuf,
-    /// The runtime prepared programs' threads spawn on.
-    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Sandboxes {
@@ -133,7 +131,6 @@ impl Sandboxes {
                 source,
             })?;
         let handle = tokio::runtime::Handle::current();
-        let runtime = handle.clone();
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sandbox-spawner".into())
@@ -152,7 +149,6 @@ impl Sandboxes {
         Ok(Arc::new(Self {
             jobs,
             staging: staging.to_owned(),
-            runtime,
         }))
     }
 
@@ -297,11 +293,19 @@ fn leave_pid_namespace() {
     }
 }
 
+/// What a prepared program's process waits on before `exec`.
+struct Gate {
+    read: std::os::fd::RawFd,
+    write: std::os::fd::RawFd,
+    /// Its program, checked before it waits.
+    program: CString,
+}
+
 /// A program prepared in a sandbox, waiting before `exec`. Dropped unstarted, its process
 /// ends without running.
 pub struct Prepared {
-    gate: Option<std::io::PipeWriter>,
-    spawned: oneshot::Receiver<std::io::Result<Child>>,
+    gate: std::io::PipeWriter,
+    child: Child,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -311,20 +315,17 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
-    /// Lets the program run: its `exec` goes on.
-    pub async fn start(mut self) -> Result<Child, SandboxError> {
+    /// Lets the program run: its `exec` goes on. Its process, already running: an `exec`
+    /// that fails now (it was checked when prepared) shows as its exit.
+    pub fn start(mut self) -> Result<Child, SandboxError> {
         use std::io::Write;
-        let started = |source| SandboxError::Setup {
-            step: "starting a prepared program".into(),
-            source,
-        };
-        if let Some(mut gate) = self.gate.take() {
-            gate.write_all(b"1").map_err(started)?;
-        }
-        match (&mut self.spawned).await {
-            Ok(result) => result.map_err(started),
-            Err(_) => Err(SandboxError::SpawnerGone),
-        }
+        self.gate
+            .write_all(b"1")
+            .map_err(|source| SandboxError::Setup {
+                step: "starting a prepared program".into(),
+                source,
+            })?;
+        Ok(self.child)
     }
 }
 
@@ -399,40 +400,46 @@ impl Sandbox {
     /// Prepares `command` inside, as `entry` says, without running it: its process is
     /// made now, in the sandbox's namespaces and cgroups and as its user, and waits before
     /// `exec` until [`Prepared::start`]. What a process costs before it runs (joining
-    /// cgroups above all) is paid here, ahead of the start.
-    pub fn prepare(&self, mut command: Command, entry: &Entry) -> Result<Prepared, SandboxError> {
+    /// cgroups above all) is paid here, ahead of the start. While it waits it holds
+    /// nothing of portico's but its standard streams (every other descriptor is closed), so
+    /// a program that could not be executed is refused here.
+    pub async fn prepare(
+        &self,
+        mut command: Command,
+        entry: &Entry,
+    ) -> Result<Prepared, SandboxError> {
         let (gate, gate_writer) = std::io::pipe().map_err(|source| SandboxError::Setup {
             step: "making a pipe".into(),
             source,
         })?;
+        let program = plan::c_path(Path::new(command.as_std().get_program()))?;
         self.enter_before_exec(
             &mut command,
             entry,
-            Some((gate.as_raw_fd(), gate_writer.as_raw_fd())),
+            Some(Gate {
+                read: gate.as_raw_fd(),
+                write: gate_writer.as_raw_fd(),
+                program,
+            }),
         )?;
         let pid_namespace = self.pid_namespace.clone();
-        let runtime = self.sandboxes.runtime.clone();
-        let (spawned_tx, spawned) = oneshot::channel();
-        // A thread of its own: the spawn returns only once the program runs.
-        std::thread::Builder::new()
-            .name("sandbox-prepared".into())
-            .spawn(move || {
-                let _runtime = runtime.enter();
-                let result = join_pid_namespace(&pid_namespace).and_then(|()| {
-                    let spawned = command.spawn();
-                    leave_pid_namespace();
-                    spawned
-                });
-                drop(gate);
-                let _ = spawned_tx.send(result);
+        let child = self
+            .sandboxes
+            .on_thread(move || {
+                join_pid_namespace(&pid_namespace)?;
+                let spawned = command.spawn();
+                leave_pid_namespace();
+                spawned
             })
+            .await?
             .map_err(|source| SandboxError::Setup {
-                step: "starting a thread".into(),
+                step: "preparing a program in the sandbox".into(),
                 source,
             })?;
+        drop(gate);
         Ok(Prepared {
-            gate: Some(gate_writer),
-            spawned,
+            gate: gate_writer,
+            child,
         })
     }
 
@@ -442,7 +449,7 @@ impl Sandbox {
         &self,
         command: &mut Command,
         entry: &Entry,
-        gate: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+        gate: Option<Gate>,
     ) -> Result<(), SandboxError> {
         let cwd = plan::c_path(&entry.cwd)?;
         let cgroups = entry
@@ -461,6 +468,10 @@ impl Sandbox {
         // SAFETY: the closure makes system calls only, on data prepared before the fork.
         unsafe {
             command.pre_exec(move || {
+                if gate.is_some() {
+                    // Named from the start: what `ps` shows is not a function yet.
+                    child::name(child::PREPARED_NAME);
+                }
                 for procs in &cgroups {
                     child::join_cgroup(procs).map_err(std::io::Error::from_raw_os_error)?;
                 }
@@ -469,10 +480,9 @@ impl Sandbox {
                 }
                 child::enter(mount_namespace.as_raw_fd(), &cwd, user)
                     .map_err(std::io::Error::from_raw_os_error)?;
-                match gate {
-                    Some((read, write)) => {
-                        child::wait_gate(read, write).map_err(std::io::Error::from_raw_os_error)
-                    }
+                match &gate {
+                    Some(gate) => child::wait_gate(gate.read, gate.write, &gate.program)
+                        .map_err(std::io::Error::from_raw_os_error),
                     None => Ok(()),
                 }
             });

@@ -277,6 +277,7 @@ async fn a_prepared_program_runs_only_when_started_and_not_at_all_when_dropped()
     // Dropped unstarted: it never runs.
     let dropped = sandbox
         .prepare(command(&format!("echo x > {marker}")), &entry("/"))
+        .await
         .unwrap();
     drop(dropped);
     // Started: it runs, and sees what the other did not write.
@@ -287,14 +288,14 @@ async fn a_prepared_program_runs_only_when_started_and_not_at_all_when_dropped()
             )),
             &entry("/"),
         )
+        .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let out = prepared
-        .start()
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
+    let out = prepared.start().unwrap().wait_with_output().await.unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "clean\n993\n");
+    // A program that cannot be executed is refused when prepared.
+    let missing = sandbox
+        .prepare(Command::new("/nowhere/bootstrap"), &entry("/"))
+        .await;
+    assert!(missing.is_err());
 }

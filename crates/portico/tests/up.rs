@@ -332,8 +332,9 @@ fn sigterm_stops_every_function_process() {
         2,
         "one environment per function: {children:?}"
     );
-    // And the init of each one's sandbox.
-    assert_eq!(children.len(), 4, "{children:?}");
+    // And the init of each one's sandbox (and, once made, the environments made ahead
+    // for the next cold starts).
+    assert!(children.len() >= 4, "{children:?}");
     let status = portico.terminate();
     assert!(status.success(), "{status:?}");
     for pid in children {

@@ -367,18 +367,25 @@ pub fn children_of(pid: i32) -> Vec<i32> {
     found
 }
 
-/// The function processes among `pid`'s children: not the inits of their sandboxes.
+/// The function processes among `pid`'s children: not the inits of their sandboxes, nor
+/// the processes of environments made ahead, waiting to run.
 pub fn function_processes_of(pid: i32) -> Vec<i32> {
     children_of(pid)
         .into_iter()
-        .filter(|child| !is_sandbox_init(*child))
+        .filter(|child| !is_portico_helper(*child))
         .collect()
 }
 
-/// Whether `pid` is a sandbox's init (named so by portico).
-pub fn is_sandbox_init(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|c| c.trim() == "portico-sandbox")
+/// Whether `pid` is a sandbox's init or a prepared process (named so by portico), or a
+/// process just forked by the thread that enters sandboxes (named after it until it runs
+/// its program).
+pub fn is_portico_helper(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| {
+        matches!(
+            c.trim(),
+            "portico-sandbox" | "portico-spare" | "sandbox-spawner"
+        )
+    })
 }
 
 pub fn is_alive(pid: i32) -> bool {
