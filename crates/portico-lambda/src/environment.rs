@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -74,26 +74,19 @@ impl Environment {
         spec: Arc<FunctionSpec>,
         book: Arc<LogBook>,
         host: Host<'_>,
-        (prepared, budget): (Option<Prepared>, &Arc<OwnedSemaphorePermit>),
+        prepared: Option<Prepared>,
     ) -> Result<Self, InvokeError> {
         let first = Self::start_phase(
             spec.clone(),
             book.clone(),
             host,
             (spec.init_timeout, "init"),
-            (prepared, budget),
+            prepared,
         )
         .await;
         match first {
             Err(InvokeError::InitFailed { error_type, .. }) if error_type == INIT_TIMEOUT => {
-                Self::start_phase(
-                    spec.clone(),
-                    book,
-                    host,
-                    (spec.timeout, "invoke"),
-                    (None, budget),
-                )
-                .await
+                Self::start_phase(spec.clone(), book, host, (spec.timeout, "invoke"), None).await
             }
             other => other,
         }
@@ -106,7 +99,7 @@ impl Environment {
         book: Arc<LogBook>,
         host: Host<'_>,
         (limit, phase): (Duration, &str),
-        (prepared, budget): (Option<Prepared>, &Arc<OwnedSemaphorePermit>),
+        prepared: Option<Prepared>,
     ) -> Result<Self, InvokeError> {
         let sink = Sink::new(book.clone(), spec.logging);
         sink.system(
@@ -115,7 +108,7 @@ impl Environment {
             Level::Info,
         );
         let started = Instant::now();
-        let result = Self::start_once(spec, book, host, (limit, phase), (prepared, budget)).await;
+        let result = Self::start_once(spec, book, host, (limit, phase), prepared).await;
         if let Err(InvokeError::InitFailed { error_type, .. }) = &result {
             let (status, text_status) = if error_type == INIT_TIMEOUT {
                 ("timeout", "timeout".to_owned())
@@ -194,7 +187,7 @@ impl Environment {
             isolation,
         }: Host<'_>,
         (init_timeout, phase): (Duration, &str),
-        (prepared, budget): (Option<Prepared>, &Arc<OwnedSemaphorePermit>),
+        prepared: Option<Prepared>,
     ) -> Result<Self, InvokeError> {
         let started = Instant::now();
         let init_failed = |error_type: &str, message: String| InvokeError::InitFailed {
@@ -339,7 +332,7 @@ impl Environment {
             child,
             exchange.clone(),
             (stop.clone(), reaped),
-            ((memory.clone(), budget.clone()), sandbox),
+            (memory.clone(), sandbox),
             processes,
         ));
 

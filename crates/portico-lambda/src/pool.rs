@@ -111,9 +111,8 @@ impl Memory {
 /// An environment and the memory it holds.
 struct Held {
     env: Environment,
-    /// Its share of the memory budget; its processes' supervisor holds it too, until they
-    /// are reaped, so that a stopped environment's memory is counted until it is free.
-    _memory: Arc<OwnedSemaphorePermit>,
+    /// Its share of the memory budget.
+    _memory: OwnedSemaphorePermit,
 }
 
 /// How an environment's start ended: the environment, or the error every invocation that
@@ -271,7 +270,7 @@ impl Pool {
     /// room in it wait for it rather than start their own.
     async fn start_new(self: Arc<Self>, shared: &Shared) -> Result<Arc<Held>, InvokeError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let memory = Arc::new(self.memory_for_new(shared)?);
+        let memory = self.memory_for_new(shared)?;
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (announce, started) = watch::channel(None);
         self.lock_envs().push(Slot {
@@ -285,15 +284,14 @@ impl Pool {
             isolation: &shared.isolation,
         };
         let spare = self.take_spare();
-        let result =
-            Environment::start(self.spec.clone(), self.book.clone(), host, (spare, &memory))
-                .await
-                .map(|env| {
-                    Arc::new(Held {
-                        env,
-                        _memory: memory,
-                    })
-                });
+        let result = Environment::start(self.spec.clone(), self.book.clone(), host, spare)
+            .await
+            .map(|env| {
+                Arc::new(Held {
+                    env,
+                    _memory: memory,
+                })
+            });
         {
             let mut envs = self.lock_envs();
             let at = envs
