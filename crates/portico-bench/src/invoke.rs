@@ -7,9 +7,10 @@
 //!   connection to `concurrency`;
 //! - cold start: from spawning the server to the first successful response, median of
 //!   `cold_runs` starts;
-//! - for portico, a new execution environment's cold start, with the server already up:
+//! - for portico, a new execution environment's cold start, with the server up for a second:
 //!   the first invocation's latency and Lambda's own figure for it, the REPORT line's `Init
-//!   Duration` (the sandbox, the process and the runtime's init), median of `cold_runs`.
+//!   Duration` (from the start of the environment to its runtime's first `/next`), median
+//!   of `cold_runs`.
 
 use crate::load::{self, Figures, Target};
 use crate::servers::{Server, free_port};
@@ -182,6 +183,9 @@ async fn measure(
             dry.headers
                 .push(("x-amz-invocation-type", "DryRun".to_owned()));
             server.ready(&dry, Duration::from_secs(300)).await?;
+            // A server up for a moment, as one is when its first request comes: what it
+            // makes ahead of a cold start (its spare environments) is made.
+            tokio::time::sleep(Duration::from_secs(1)).await;
             firsts.push(first_invocation(&target(port)).await?);
         }
         let mut latencies: Vec<Duration> = firsts.iter().map(|f| f.0).collect();

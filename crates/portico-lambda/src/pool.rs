@@ -308,7 +308,7 @@ impl Pool {
         let _ = announce.send(Some(result.clone()));
         // The next cold start gets one too; made once this one is up, as moving a process
         // into its cgroups would hold up this start's threads.
-        self.prepare_spare(shared);
+        self.prepare_spare(shared, SPARE_AFTER);
         result
     }
 
@@ -316,9 +316,10 @@ impl Pool {
         self.spare.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Makes a spare environment in the background, unless one is there or being made;
-    /// only for sandboxed functions (where it saves the sandbox and the cgroups' costs).
-    pub(crate) fn prepare_spare(self: &Arc<Self>, shared: &Shared) {
+    /// Makes a spare environment in the background, `after` a while, unless one is there
+    /// or being made; only for sandboxed functions (where it saves the sandbox and the
+    /// cgroups' costs).
+    pub(crate) fn prepare_spare(self: &Arc<Self>, shared: &Shared, after: Duration) {
         use std::sync::atomic::Ordering;
         if matches!(shared.isolation, Isolation::None)
             || shared.shutdown.is_cancelled()
@@ -339,7 +340,7 @@ impl Pool {
         shared.tracker.spawn(async move {
             // Not in the middle of a burst of starts: made once the starts settle.
             tokio::select! {
-                () = tokio::time::sleep(SPARE_AFTER) => {}
+                () = tokio::time::sleep(after) => {}
                 () = shutdown.cancelled() => {
                     pool.preparing.store(false, Ordering::Release);
                     return;

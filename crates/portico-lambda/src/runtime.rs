@@ -109,7 +109,7 @@ impl Runtime {
         if tokio::runtime::Handle::try_current().is_ok() {
             // Each sandboxed function's first cold start finds an environment made ahead.
             for pool in &shared.pools {
-                pool.prepare_spare(&shared);
+                pool.prepare_spare(&shared, Duration::ZERO);
             }
             let (all, shutdown) = (shared.pools.clone(), shared.shutdown.clone());
             shared
