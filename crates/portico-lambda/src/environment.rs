@@ -246,6 +246,7 @@ impl Environment {
         let members = runtime_api::Members {
             pids: pids.clone(),
             memory: Some(memory.clone()),
+            pid_namespace: launcher.pid_namespace_id(),
         };
         tracker.spawn(runtime_api::serve(
             listener,

@@ -27,6 +27,21 @@ pub(crate) fn held_by(peer: SocketAddr, local: SocketAddr, pids: &[u32]) -> bool
     })
 }
 
+/// The processes in the PID namespace whose inode is `namespace`.
+pub(crate) fn in_pid_namespace(namespace: u64) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/pid")).is_ok_and(|m| m.ino() == namespace)
+        })
+        .collect()
+}
+
 /// `pid` and every process descended from it.
 pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();

@@ -220,6 +220,13 @@ impl Launcher {
         Ok((cmd, failed))
     }
 
+    /// The identity of its sandbox's PID namespace, if it has a sandbox.
+    pub(crate) fn pid_namespace_id(&self) -> Option<u64> {
+        self.sandbox
+            .as_ref()
+            .and_then(|(sandbox, _)| sandbox.pid_namespace_id())
+    }
+
     /// Whether its processes joined their cgroups themselves, before `exec`.
     pub(crate) fn joins_cgroups(&self) -> bool {
         self.sandbox.is_some()

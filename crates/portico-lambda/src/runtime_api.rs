@@ -52,6 +52,10 @@ pub(crate) struct Members {
     pub(crate) pids: Arc<std::sync::Mutex<Vec<u32>>>,
     /// Its memory limit, whose cgroup (when it has one) holds the whole tree.
     pub(crate) memory: Option<Arc<crate::memory::MemoryLimit>>,
+    /// Its sandbox's PID namespace, when it has one: every process in it is the
+    /// environment's (what tells a process started a moment ago, before its pid is
+    /// recorded, on a machine without cgroups).
+    pub(crate) pid_namespace: Option<u64>,
 }
 
 impl Members {
@@ -66,9 +70,15 @@ impl Members {
             return true;
         }
         let started = self.pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        started
+        if started
             .into_iter()
             .any(|pid| crate::peer::held_by(peer, local, &crate::peer::process_tree(pid)))
+        {
+            return true;
+        }
+        self.pid_namespace.is_some_and(|namespace| {
+            crate::peer::held_by(peer, local, &crate::peer::in_pid_namespace(namespace))
+        })
     }
 }
 

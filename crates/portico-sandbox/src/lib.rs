@@ -495,6 +495,14 @@ impl Sandbox {
         self.init.id()
     }
 
+    /// The identity of the sandbox's PID namespace (its inode): a process whose
+    /// `/proc/PID/ns/pid` has it is in the sandbox.
+    pub fn pid_namespace_id(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::File::from(self.pid_namespace.try_clone().ok()?);
+        file.metadata().ok().map(|m| m.ino())
+    }
+
     /// Ends the sandbox: kills its init, and so everything in it, and waits until the init
     /// is gone.
     pub async fn end(mut self) {
