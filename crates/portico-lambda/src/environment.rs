@@ -820,6 +820,19 @@ pub(crate) struct Prepared {
     runtime: Option<portico_sandbox::Prepared>,
 }
 
+impl Prepared {
+    /// Ends an environment made ahead that was not used: its waiting process and its
+    /// sandbox, waiting until they are gone.
+    pub(crate) async fn end(self) {
+        if let Some(runtime) = self.runtime {
+            runtime.end().await;
+        }
+        if let Some(sandbox) = self.launcher.finish() {
+            sandbox.end().await;
+        }
+    }
+}
+
 /// What is left of an invocation once its response is out.
 pub(crate) struct Invoked {
     request_id: String,

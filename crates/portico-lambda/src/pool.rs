@@ -312,7 +312,8 @@ impl Pool {
         result
     }
 
-    fn take_spare(&self) -> Option<Prepared> {
+    /// Takes the spare environment, if there is one.
+    pub(crate) fn take_spare(&self) -> Option<Prepared> {
         self.spare.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
@@ -486,9 +487,8 @@ impl Pool {
     }
 
     /// Drops every idle environment (their processes are stopped); busy ones are stopped
-    /// when their invocations end.
+    /// when their invocations end. (The spare is ended by the runtime's shutdown.)
     pub(crate) fn clear(&self) {
         self.retire_where(Slot::idle);
-        drop(self.take_spare());
     }
 }

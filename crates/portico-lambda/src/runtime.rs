@@ -266,6 +266,10 @@ impl Runtime {
         self.shared.shutdown.cancel();
         for pool in self.pools.values() {
             pool.clear();
+            // Nothing made ahead outlives the runtime either.
+            if let Some(spare) = pool.take_spare() {
+                spare.end().await;
+            }
         }
         self.shared.tracker.close();
         self.shared.tracker.wait().await;

@@ -327,6 +327,12 @@ impl Prepared {
             })?;
         Ok(self.child)
     }
+
+    /// Ends the waiting process without running the program, and waits until it is gone.
+    pub async fn end(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
 }
 
 /// How a program starts in a sandbox.
