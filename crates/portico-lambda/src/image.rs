@@ -411,20 +411,7 @@ fn finish(result: Result<(), ImageError>, staging: &Path, target: &Path) -> Resu
         let _ = fs::remove_dir_all(staging);
         return Err(error);
     }
-    match fs::rename(staging, target) {
-        Ok(()) => Ok(()),
-        Err(_) if target.is_dir() => {
-            let _ = fs::remove_dir_all(staging);
-            Ok(())
-        }
-        Err(source) => {
-            let _ = fs::remove_dir_all(staging);
-            Err(ImageError::Cache(PackageError::Cache {
-                dir: target.to_owned(),
-                source,
-            }))
-        }
-    }
+    Ok(crate::package::rename_into_place(staging, target)?)
 }
 
 /// Applies one layer (a tar stream) onto `root`, counting what it writes in `written`.

@@ -69,21 +69,7 @@ fn merge_limited(
             return Err(error);
         }
     }
-    match fs::rename(&staging, &target) {
-        Ok(()) => Ok(target),
-        // Another portico merged the same layers first.
-        Err(_) if target.is_dir() => {
-            let _ = fs::remove_dir_all(&staging);
-            Ok(target)
-        }
-        Err(source) => {
-            let _ = fs::remove_dir_all(&staging);
-            Err(PackageError::Cache {
-                dir: target,
-                source,
-            })
-        }
-    }
+    package::rename_into_place(&staging, &target).map(|()| target)
 }
 
 /// Copies the tree `from` over `into`: a file replaces what was at its path, a directory is

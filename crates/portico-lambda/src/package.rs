@@ -212,17 +212,22 @@ fn unpack_limited(package: &Path, cache: &Path, limit: u64) -> Result<PathBuf, P
     }
     let recorded = fingerprint(&staging)?;
     fs::write(&tree, &recorded.sha256).map_err(cache_err(&tree))?;
-    match fs::rename(&staging, &target) {
-        Ok(()) => Ok(target),
-        // Another portico unpacked the same package first: theirs is as good as ours.
+    rename_into_place(&staging, &target).map(|()| target)
+}
+
+/// Moves a complete `staging` tree of the cache to `target`. Another portico that put the
+/// same content there first wins: theirs is as good as ours, and `staging` goes.
+pub(crate) fn rename_into_place(staging: &Path, target: &Path) -> Result<(), PackageError> {
+    match fs::rename(staging, target) {
+        Ok(()) => Ok(()),
         Err(_) if target.is_dir() => {
-            let _ = fs::remove_dir_all(&staging);
-            Ok(target)
+            let _ = fs::remove_dir_all(staging);
+            Ok(())
         }
         Err(source) => {
-            let _ = fs::remove_dir_all(&staging);
+            let _ = fs::remove_dir_all(staging);
             Err(PackageError::Cache {
-                dir: target,
+                dir: target.to_owned(),
                 source,
             })
         }

@@ -388,6 +388,13 @@ impl Sandbox {
     /// sandbox.
     pub async fn spawn(&self, mut command: Command, entry: &Entry) -> Result<Child, SandboxError> {
         self.enter_before_exec(&mut command, entry, None)?;
+        self.spawn_inside(command, "starting a program in the sandbox")
+            .await
+    }
+
+    /// Forks `command` (its steps before exec already added) into the sandbox's PID
+    /// namespace, from the spawning thread; `step` names it in an error.
+    async fn spawn_inside(&self, mut command: Command, step: &str) -> Result<Child, SandboxError> {
         let pid_namespace = self.pid_namespace.clone();
         self.sandboxes
             .on_thread(move || {
@@ -398,7 +405,7 @@ impl Sandbox {
             })
             .await?
             .map_err(|source| SandboxError::Setup {
-                step: "starting a program in the sandbox".into(),
+                step: step.into(),
                 source,
             })
     }
@@ -428,20 +435,9 @@ impl Sandbox {
                 program,
             }),
         )?;
-        let pid_namespace = self.pid_namespace.clone();
         let child = self
-            .sandboxes
-            .on_thread(move || {
-                join_pid_namespace(&pid_namespace)?;
-                let spawned = command.spawn();
-                leave_pid_namespace();
-                spawned
-            })
-            .await?
-            .map_err(|source| SandboxError::Setup {
-                step: "preparing a program in the sandbox".into(),
-                source,
-            })?;
+            .spawn_inside(command, "preparing a program in the sandbox")
+            .await?;
         drop(gate);
         Ok(Prepared {
             gate: gate_writer,

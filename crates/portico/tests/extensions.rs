@@ -10,7 +10,6 @@ mod support;
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use support::*;
 
@@ -42,38 +41,17 @@ fn extension_layer(scratch: &Scratch, rust: bool) -> PathBuf {
 /// Invokes `function` asking for the log's tail: the reply, the function error header and
 /// the decoded tail.
 fn invoke(api: &str, function: &str, payload: &Value) -> (Value, Option<String>, String) {
-    let reply = curl(
-        None,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "X-Amz-Log-Type: Tail",
-            "--data-binary",
-            &payload.to_string(),
-            &format!("http://{api}/2015-03-31/functions/{function}/invocations"),
-        ],
-    );
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let tail = reply
-        .header("X-Amz-Log-Result")
-        .map(|b64| {
-            let out = Command::new(python())
-                .args([
-                    "-c",
-                    "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
-                    b64,
-                ])
-                .output()
-                .unwrap();
-            String::from_utf8(out.stdout).unwrap()
-        })
-        .unwrap_or_default();
-    (
-        reply.json(),
-        reply.header("X-Amz-Function-Error").map(str::to_owned),
-        tail,
-    )
+    let Tailed { reply, error, tail } = invoke_tailed(api, function, payload, &[]);
+    (reply, error, tail)
+}
+
+/// The request id of the tail's `START` line.
+fn started_request(tail: &str) -> String {
+    tail.lines()
+        .find_map(|l| l.strip_prefix("START RequestId: "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("no START line: {tail}"))
+        .to_owned()
 }
 
 /// A port free on loopback now.
@@ -151,12 +129,7 @@ port = 0
     let (reply, error, tail) = invoke(&api, "observed", &json!({"probe": "layout"}));
     assert_eq!(error, None, "{reply}\n{tail}");
     // Both saw the invocation and finished their work on it before it ended.
-    let id = tail
-        .lines()
-        .find_map(|l| l.strip_prefix("START RequestId: "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap()
-        .to_owned();
+    let id = started_request(&tail);
     let end = tail.find("END RequestId").unwrap();
     for line in [
         format!("demo-extension: INVOKE {id}"),
@@ -254,12 +227,7 @@ port = 0
     // invocations too.
     let (_, error, tail) = invoke(&api, "internal", &json!({"probe": "layout"}));
     assert_eq!(error, None, "{tail}");
-    let id = tail
-        .lines()
-        .find_map(|l| l.strip_prefix("START RequestId: "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap()
-        .to_owned();
+    let id = started_request(&tail);
     let seen = tail.find(&format!("internal-ext: INVOKE {id}"));
     assert!(
         seen.is_some_and(|at| at < tail.find("END RequestId").unwrap()),

@@ -32,43 +32,16 @@ fn zip_dir(dir: &Path, zip: &Path) {
     assert!(status.success());
 }
 
-/// Invokes `function` through the Invoke API with curl; returns the reply, the function
-/// error header and the decoded log tail.
+/// Invokes `function` through the Invoke API with a client context, asking for the log's
+/// tail: the reply, the function error header and the decoded tail.
 fn invoke(api: &str, function: &str, payload: &Value) -> (Value, Option<String>, String) {
-    let reply = curl(
-        None,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "X-Amz-Log-Type: Tail",
-            "-H",
-            "X-Amz-Client-Context: eyJjdXN0b20iOnsidXNlciI6ImFkYSJ9fQ==",
-            "--data-binary",
-            &payload.to_string(),
-            &format!("http://{api}/2015-03-31/functions/{function}/invocations"),
-        ],
+    let Tailed { reply, error, tail } = invoke_tailed(
+        api,
+        function,
+        payload,
+        &["X-Amz-Client-Context: eyJjdXN0b20iOnsidXNlciI6ImFkYSJ9fQ=="],
     );
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let tail = reply
-        .header("X-Amz-Log-Result")
-        .map(|b64| {
-            let out = Command::new(python())
-                .args([
-                    "-c",
-                    "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
-                    b64,
-                ])
-                .output()
-                .unwrap();
-            String::from_utf8(out.stdout).unwrap()
-        })
-        .unwrap_or_default();
-    (
-        reply.json(),
-        reply.header("X-Amz-Function-Error").map(str::to_owned),
-        tail,
-    )
+    (reply, error, tail)
 }
 
 /// The first (cold) invocation of `function` with `{"n": 1}`: checks what Lambda's context

@@ -254,31 +254,12 @@ port = 0
     assert_eq!(error, None, "{reply}");
 }
 
-/// Invokes `function` asking for the log's tail: the reply and the decoded tail.
+/// Invokes `function` asking for the log's tail: the reply and the decoded tail, which must
+/// be there.
 fn invoke_with_tail(api: &str, function: &str, payload: &Value) -> (Value, String) {
-    let reply = curl(
-        None,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "X-Amz-Log-Type: Tail",
-            "--data-binary",
-            &payload.to_string(),
-            &format!("http://{api}/2015-03-31/functions/{function}/invocations"),
-        ],
-    );
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let b64 = reply.header("X-Amz-Log-Result").unwrap().to_owned();
-    let out = Command::new(python())
-        .args([
-            "-c",
-            "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
-            &b64,
-        ])
-        .output()
-        .unwrap();
-    (reply.json(), String::from_utf8(out.stdout).unwrap())
+    let Tailed { reply, tail, .. } = invoke_tailed(api, function, payload, &[]);
+    assert!(!tail.is_empty(), "no log tail: {reply}");
+    (reply, tail)
 }
 
 #[test]

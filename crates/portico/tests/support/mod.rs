@@ -341,6 +341,52 @@ pub fn parse_reply(text: &str) -> Reply {
     }
 }
 
+/// What a direct invocation asking for the log's tail got: the reply, the function error
+/// header, and the decoded tail (empty when the reply had none).
+pub struct Tailed {
+    pub reply: serde_json::Value,
+    pub error: Option<String>,
+    pub tail: String,
+}
+
+/// Invokes `function` through the Invoke API at `api` with `payload` and `X-Amz-Log-Type:
+/// Tail` (and `headers`, curl's `-H` values); the call must answer 200.
+pub fn invoke_tailed(
+    api: &str,
+    function: &str,
+    payload: &serde_json::Value,
+    headers: &[&str],
+) -> Tailed {
+    let body = payload.to_string();
+    let url = format!("http://{api}/2015-03-31/functions/{function}/invocations");
+    let mut args = vec!["-X", "POST", "-H", "X-Amz-Log-Type: Tail"];
+    for header in headers {
+        args.extend(["-H", header]);
+    }
+    args.extend(["--data-binary", &body, &url]);
+    let reply = curl(None, &args);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let tail = reply
+        .header("X-Amz-Log-Result")
+        .map(|b64| {
+            let out = Command::new(python())
+                .args([
+                    "-c",
+                    "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
+                    b64,
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .unwrap_or_default();
+    Tailed {
+        reply: reply.json(),
+        error: reply.header("X-Amz-Function-Error").map(str::to_owned),
+        tail,
+    }
+}
+
 /// Pids of the processes whose parent is `pid`.
 pub fn children_of(pid: i32) -> Vec<i32> {
     let mut found = Vec::new();
