@@ -171,7 +171,8 @@ pub async fn probe(
 ) -> Result<(), portico_sandbox::SandboxError> {
     let layout = Layout {
         binds: Vec::new(),
-        tmp_size_bytes: 1024 * 1024,
+        // Lambda's default, whose `/tmp` is made ready by then.
+        tmp_size_bytes: 512 << 20,
         hidden: hidden.to_vec(),
         user: User::LAMBDA,
         staging: sandboxes.staging().to_owned(),

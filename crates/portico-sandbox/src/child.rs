@@ -65,7 +65,7 @@ fn mount(
     data: Option<&CStr>,
 ) -> Result<(), i32> {
     let data = data.map_or(std::ptr::null(), |d| d.as_ptr().cast());
-    // SAFETY: valid C strings; `data` is null or a C string, as tmpfs and proc take.
+    // SAFETY: valid C strings; `data` is null or a C string, as tmpfs, proc and ext4 take.
     check(unsafe {
         libc::mount(
             source.as_ptr(),
@@ -158,6 +158,24 @@ fn run(step: &Step) -> Result<(), i32> {
                 (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY) as libc::c_ulong,
                 Some(c"size=4k,mode=0755"),
             ),
+            Step::Disk {
+                device,
+                target,
+                lost_found,
+            } => {
+                mount(
+                    device,
+                    target,
+                    c"ext4",
+                    (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong,
+                    Some(c"noinit_itable"),
+                )?;
+                match check(libc::rmdir(lost_found.as_ptr()).into()) {
+                    Ok(()) | Err(libc::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+                check(libc::chmod(target.as_ptr(), 0o1777).into())
+            }
             Step::ReadOnly { target } => set_attr(target, MOUNT_ATTR_RDONLY, false),
             Step::PivotRoot { root } => {
                 // pivot_root(".", "."), then the old root, stacked under the new one, is

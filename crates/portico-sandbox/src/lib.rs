@@ -3,8 +3,8 @@
 //! A [`Sandbox`] is a mount namespace and a PID namespace. Its root shows the host read-only
 //! (so that the host's interpreters and libraries work), or an image's root filesystem; on it,
 //! Lambda's own directories (`/var/task`, `/var/runtime`, `/var/lang`, `/opt`) are the
-//! function's, bound read-only, `/tmp` is a private tmpfs of the function's ephemeral storage
-//! size, `/proc` shows the sandbox's processes only, `/dev` has the usual devices and no
+//! function's, bound read-only, `/tmp` is a private file system of the function's ephemeral
+//! storage size (on disk, as Lambda's, with a [`Scratch`]; otherwise a tmpfs), `/proc` shows the sandbox's processes only, `/dev` has the usual devices and no
 //! more, and the files the host wants kept from functions (portico's configuration,
 //! certificates and keys) read as empty. Nothing is set-uid there, and what runs inside runs
 //! as an unprivileged user that cannot gain privileges. The network is the host's.
@@ -21,10 +21,14 @@
 //!
 //! Layout:
 //! - [`plan`](crate::plan): a [`Layout`] turned into the steps that build the root, before the fork;
-//! - `child`: what the forked child does before `exec`, system calls only.
+//! - `child`: what the forked child does before `exec`, system calls only;
+//! - [`scratch`](crate::scratch): `/tmp` on disk, a loop device each.
 
 mod child;
 mod plan;
+pub mod scratch;
+
+pub use scratch::Scratch;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -107,20 +111,24 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Sandboxes {
     jobs: std::sync::mpsc::Sender<Job>,
     staging: PathBuf,
+    /// Where `/tmp`s are made on disk; without, they are tmpfs (in memory).
+    scratch: Option<Scratch>,
 }
 
 impl std::fmt::Debug for Sandboxes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sandboxes")
             .field("staging", &self.staging)
+            .field("scratch", &self.scratch)
             .finish()
     }
 }
 
 impl Sandboxes {
     /// Starts the spawning thread, on the current Tokio runtime, with `staging` (made if
-    /// missing) as the directory roots are built on.
-    pub fn new(staging: &Path) -> Result<Arc<Self>, SandboxError> {
+    /// missing) as the directory roots are built on, and `/tmp`s made on disk by `scratch`
+    /// (or, without, in memory: a tmpfs, counted in the function's memory).
+    pub fn new(staging: &Path, scratch: Option<Scratch>) -> Result<Arc<Self>, SandboxError> {
         std::fs::create_dir_all(staging).map_err(|source| SandboxError::Setup {
             step: format!("making {}", staging.display()),
             source,
@@ -149,6 +157,7 @@ impl Sandboxes {
         Ok(Arc::new(Self {
             jobs,
             staging: staging.to_owned(),
+            scratch,
         }))
     }
 
@@ -173,7 +182,16 @@ impl Sandboxes {
 
     /// Makes a sandbox showing `layout`.
     pub async fn create(self: &Arc<Self>, layout: &Layout) -> Result<Sandbox, SandboxError> {
-        let steps = plan::plan(layout)?;
+        // Held open until the init has mounted it.
+        let disk = match &self.scratch {
+            Some(scratch) => Some(scratch.disk(layout.tmp_size_bytes).await?),
+            None => None,
+        };
+        let tmp = match &disk {
+            Some(disk) => plan::Tmp::Disk(&disk.device),
+            None => plan::Tmp::Memory,
+        };
+        let steps = plan::plan(layout, tmp)?;
         let descriptions: Vec<String> = steps.iter().map(plan::Step::describe).collect();
         let (report_read, report_write) =
             std::io::pipe().map_err(|source| SandboxError::Setup {
@@ -211,6 +229,7 @@ impl Sandboxes {
             })
             .await?;
         drop(report_write);
+        drop(disk);
         let init = match spawned {
             Ok(init) => init,
             Err(source) => {

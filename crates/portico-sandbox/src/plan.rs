@@ -44,6 +44,13 @@ pub(crate) enum Step {
     HideFile { null: CString, target: CString },
     /// An empty read-only tmpfs over the directory `target`.
     HideDir { target: CString },
+    /// The ext4 file system on `device` at `target`, no set-uid, no devices, open to all
+    /// as `/tmp` is (its `lost+found` removed).
+    Disk {
+        device: CString,
+        target: CString,
+        lost_found: CString,
+    },
     /// `target`'s mount becomes read-only (what is mounted below it is not touched).
     ReadOnly { target: CString },
     /// `root` becomes `/`, and the host's root is detached.
@@ -65,14 +72,26 @@ impl Step {
             Step::Proc { target } => format!("mounting proc at {}", s(target)),
             Step::HideFile { target, .. } => format!("hiding the file {}", s(target)),
             Step::HideDir { target } => format!("hiding the directory {}", s(target)),
+            Step::Disk { device, target, .. } => {
+                format!("mounting {} at {}", s(device), s(target))
+            }
             Step::ReadOnly { target } => format!("making {} read-only", s(target)),
             Step::PivotRoot { root } => format!("entering the root {}", s(root)),
         }
     }
 }
 
-/// The steps that build a root for `layout`, in order.
-pub(crate) fn plan(layout: &Layout) -> Result<Vec<Step>, SandboxError> {
+/// What `/tmp` is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Tmp<'a> {
+    /// A tmpfs (in memory) of the layout's size.
+    Memory,
+    /// The file system on this (loop) device.
+    Disk(&'a Path),
+}
+
+/// The steps that build a root for `layout`, with `tmp` as `/tmp`, in order.
+pub(crate) fn plan(layout: &Layout, tmp: Tmp<'_>) -> Result<Vec<Step>, SandboxError> {
     let staging = &layout.staging;
     let inside = |p: &str| staging.join(p.trim_start_matches('/'));
     let mut steps = Vec::new();
@@ -121,10 +140,18 @@ pub(crate) fn plan(layout: &Layout) -> Result<Vec<Step>, SandboxError> {
         target: c(&inside("proc"))?,
     });
     devices(&inside("dev"), &mut steps)?;
-    steps.push(Step::Tmpfs {
-        target: c(&inside("tmp"))?,
-        options: cstr(&format!("size={},mode=1777", layout.tmp_size_bytes))?,
-        flags: nosuid,
+    let tmp_dir = inside("tmp");
+    steps.push(match tmp {
+        Tmp::Memory => Step::Tmpfs {
+            target: c(&tmp_dir)?,
+            options: cstr(&format!("size={},mode=1777", layout.tmp_size_bytes))?,
+            flags: nosuid,
+        },
+        Tmp::Disk(device) => Step::Disk {
+            device: c(device)?,
+            target: c(&tmp_dir)?,
+            lost_found: c(&tmp_dir.join("lost+found"))?,
+        },
     });
     let null = c(&inside("dev/null"))?;
     for hidden in &layout.hidden {
@@ -289,7 +316,7 @@ mod tests {
 
     #[test]
     fn the_host_is_shown_read_only_with_lambda_s_directories_its_own() {
-        let steps = plan(&layout()).unwrap();
+        let steps = plan(&layout(), Tmp::Memory).unwrap();
         let described: Vec<String> = steps.iter().map(Step::describe).collect();
         let has = |s: &str| described.iter().any(|d| d == s);
         assert!(
@@ -325,6 +352,26 @@ mod tests {
         layout
             .binds
             .push((PathBuf::from("/a\0b"), PathBuf::from("/opt")));
-        assert!(matches!(plan(&layout), Err(SandboxError::Path(_))));
+        assert!(matches!(
+            plan(&layout, Tmp::Memory),
+            Err(SandboxError::Path(_))
+        ));
+    }
+
+    #[test]
+    fn a_disk_tmp_is_mounted_from_its_device() {
+        let steps = plan(&layout(), Tmp::Disk(Path::new("/dev/loop7"))).unwrap();
+        let described: Vec<String> = steps.iter().map(Step::describe).collect();
+        assert!(
+            described
+                .iter()
+                .any(|d| d == "mounting /dev/loop7 at /run/portico-test-root/tmp"),
+            "{described:#?}"
+        );
+        assert!(
+            !described
+                .iter()
+                .any(|d| d.starts_with("mounting a tmpfs at /run/portico-test-root/tmp"))
+        );
     }
 }

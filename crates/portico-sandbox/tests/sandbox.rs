@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
-use portico_sandbox::{Entry, Layout, Resource, Root, Sandboxes, User};
+use portico_sandbox::{Entry, Layout, Resource, Root, Sandboxes, Scratch, User};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::process::Command;
@@ -103,7 +103,7 @@ async fn a_program_inside_sees_lambda_s_layout_and_nothing_it_should_not() {
         return;
     }
     let f = fixture("layout");
-    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandboxes = Sandboxes::new(&f.staging, None).unwrap();
     let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
 
     let (code, out) = sh(&sandbox, "id -u; id -g; pwd; cat handler.txt").await;
@@ -158,12 +158,81 @@ async fn a_program_inside_sees_lambda_s_layout_and_nothing_it_should_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_tmp_is_private_empty_open_to_all_and_no_bigger_than_asked() {
+    if !root() {
+        return;
+    }
+    let f = fixture("disk");
+    let scratch = Scratch::new(&f.dir.join("scratch")).await.unwrap();
+    let sandboxes = Sandboxes::new(&f.staging, Some(scratch)).unwrap();
+    let mut layout = layout(&f);
+    layout.tmp_size_bytes = 64 << 20;
+    let first = sandboxes.create(&layout).await.unwrap();
+    let second = sandboxes.create(&layout).await.unwrap();
+    let device = |sandbox: &portico_sandbox::Sandbox| {
+        let pid = sandbox.init_pid().unwrap();
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some("/tmp"))
+            .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+            .unwrap()
+    };
+    // Each its own file system, on a loop device, from the disk.
+    let (a, b) = (device(&first), device(&second));
+    assert!(
+        a.starts_with("/dev/loop") && a.ends_with(" /tmp ext4"),
+        "{a}"
+    );
+    assert_ne!(a, b);
+
+    // Empty (no lost+found), open to all with the sticky bit, writable by the sandbox's
+    // user; about the size asked, and no more.
+    let (code, out) = sh(
+        &first,
+        "ls -A /tmp | wc -l; stat -c %a /tmp; df -B1M --output=avail /tmp | tail -1; \
+         echo hi > /tmp/a && cat /tmp/a; head -c 100000000 /dev/zero > /tmp/big; echo $?",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["0", "1777"], "{out}");
+    let available: u64 = lines[2].trim().parse().unwrap();
+    assert!((60..=64).contains(&available), "{out}");
+    assert_eq!(lines[3], "hi", "{out}");
+    assert!(out.contains("No space left on device"), "{out}");
+    // What one wrote, the other does not see.
+    let (_, out) = sh(&second, "ls -A /tmp | wc -l").await;
+    assert_eq!(out, "0\n");
+
+    // Ended, its device is cleared: nothing is left of it.
+    let loop_name = a
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim_start_matches("/dev/")
+        .to_owned();
+    first.end().await;
+    let backing = format!("/sys/block/{loop_name}/loop/backing_file");
+    let mut cleared = false;
+    for _ in 0..100 {
+        if !Path::new(&backing).exists() {
+            cleared = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(cleared, "{backing} still there");
+    second.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_s_processes_end_with_it() {
     if !root() {
         return;
     }
     let f = fixture("end");
-    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandboxes = Sandboxes::new(&f.staging, None).unwrap();
     let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
     let mut command = Command::new("/bin/sh");
     // A grandchild that would outlive its parent.
@@ -187,7 +256,7 @@ async fn a_bad_layout_says_which_step_failed() {
         return;
     }
     let f = fixture("bad");
-    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandboxes = Sandboxes::new(&f.staging, None).unwrap();
     let mut layout = layout(&f);
     layout
         .binds
@@ -203,7 +272,7 @@ async fn a_bad_layout_says_which_step_failed() {
 #[ignore = "a measurement: cargo test --release -p portico-sandbox -- --ignored --nocapture"]
 async fn how_long_a_sandbox_takes() {
     let f = fixture("timing");
-    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandboxes = Sandboxes::new(&f.staging, None).unwrap();
     let mut kept = Vec::new();
     for _ in 0..5 {
         let started = std::time::Instant::now();
@@ -225,6 +294,19 @@ async fn how_long_a_sandbox_takes() {
             started.elapsed()
         );
     }
+    // With /tmp on disk, of Lambda's default size (its template made first).
+    let scratch = Scratch::new(&f.dir.join("scratch")).await.unwrap();
+    let on_disk = Sandboxes::new(&f.staging, Some(scratch)).unwrap();
+    let mut layout = layout(&f);
+    layout.tmp_size_bytes = 512 << 20;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let sandbox = on_disk.create(&layout).await.unwrap();
+        eprintln!("with /tmp on disk {:?}", started.elapsed());
+        let ending = std::time::Instant::now();
+        sandbox.end().await;
+        eprintln!("ended in {:?}", ending.elapsed());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +315,7 @@ async fn limits_are_set_before_the_program_runs_and_cannot_be_raised() {
         return;
     }
     let f = fixture("limits");
-    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandboxes = Sandboxes::new(&f.staging, None).unwrap();
     let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
     let mut command = Command::new("/bin/sh");
     command
@@ -263,7 +345,7 @@ async fn a_prepared_program_runs_only_when_started_and_not_at_all_when_dropped()
         return;
     }
     let f = fixture("prepared");
-    let sandboxes = Sandboxes::new(&f.staging).unwrap();
+    let sandboxes = Sandboxes::new(&f.staging, None).unwrap();
     let sandbox = sandboxes.create(&layout(&f)).await.unwrap();
     let marker = "/tmp/ran";
     let command = |script: &str| {

@@ -13,7 +13,7 @@ use portico_config::{Config, Function, FunctionRuntime, TargetType};
 use portico_invoke::Invoker;
 use portico_lambda::Isolation;
 use portico_lambda::{FunctionSpec, launch};
-use portico_sandbox::Sandboxes;
+use portico_sandbox::{Sandboxes, Scratch};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,8 +99,20 @@ pub(crate) async fn isolation(
             "cannot run functions in sandboxes on this machine ({e}); set `sandbox = false` under [runtime] to run them as plain processes"
         )
     };
+    // `/tmp` on disk, as Lambda's ephemeral storage: in memory it would count toward the
+    // function's memory.
+    let scratch = match Scratch::new(&cache.with_file_name("sandbox-tmp")).await {
+        Ok(scratch) => Some(scratch),
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "functions' /tmp is kept in memory (a tmpfs, counted toward their memory): this machine cannot make it on disk"
+            );
+            None
+        }
+    };
     let sandboxes =
-        Sandboxes::new(&cache.with_file_name("sandbox-root")).map_err(|e| refuse(&e))?;
+        Sandboxes::new(&cache.with_file_name("sandbox-root"), scratch).map_err(|e| refuse(&e))?;
     let probe = portico_lambda::isolation::probe(&sandboxes, &hidden).await;
     probe.map_err(|e| refuse(&e))?;
     Ok(Isolation::Sandbox { sandboxes, hidden })
