@@ -134,7 +134,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
         let follow = query_param(&req, "follow").is_some_and(|v| v == "true" || v == "1");
         return match (req.method(), rest.trim_start_matches('/').split_once('/')) {
             (&Method::GET, Some((name, "logs"))) => match rt.logs(&function_name(name).0) {
-                Some(book) => logs(book, follow, &api.shutdown),
+                Some(book) => logs(&book, follow, &api.shutdown),
                 None => not_found(&function_name(name).0, rt),
             },
             _ => unknown_operation(),
@@ -161,15 +161,15 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
     match (req.method(), segments.as_slice()) {
         (&Method::GET, [""]) => list_functions(rt),
         (&Method::GET, [name]) => match find(rt, name, &req) {
-            Ok(spec) => get_function(spec),
+            Ok(spec) => get_function(&spec),
             Err(response) => *response,
         },
         (&Method::GET, [name, "configuration"]) => match find(rt, name, &req) {
-            Ok(spec) => ok_json(configuration(spec)),
+            Ok(spec) => ok_json(configuration(&spec)),
             Err(response) => *response,
         },
         (&Method::POST, [name, "invocations"]) => match find(rt, name, &req) {
-            Ok(spec) => invoke(api, spec, req).await,
+            Ok(spec) => invoke(api, &spec, req).await,
             Err(response) => *response,
         },
         _ => unknown_operation(),
@@ -195,11 +195,11 @@ fn function_name(segment: &str) -> (String, Option<String>) {
 /// The function a request names in `segment` (and `?Qualifier=`), or Lambda's answer when
 /// there is none: a qualifier other than `$LATEST` names a version or alias that does not
 /// exist here.
-fn find<'a>(
-    rt: &'a Runtime,
+fn find(
+    rt: &Runtime,
     segment: &str,
     req: &Request<ReqBody>,
-) -> Result<&'a FunctionSpec, Box<ApiResponse>> {
+) -> Result<Arc<FunctionSpec>, Box<ApiResponse>> {
     let (name, derived) = function_name(segment);
     let Some(spec) = rt.spec(&name) else {
         return Err(Box::new(not_found(&name, rt)));
@@ -532,9 +532,9 @@ fn full(body: Bytes) -> BoxBody<Bytes, Infallible> {
 }
 
 fn list_functions(rt: &Runtime) -> ApiResponse {
-    let mut functions: Vec<&FunctionSpec> = rt.functions().collect();
+    let mut functions = rt.functions();
     functions.sort_by(|a, b| a.name.cmp(&b.name));
-    let configs: Vec<Value> = functions.into_iter().map(configuration).collect();
+    let configs: Vec<Value> = functions.iter().map(|f| configuration(f)).collect();
     ok_json(json!({ "Functions": configs }))
 }
 
@@ -627,7 +627,7 @@ fn revision_id(spec: &FunctionSpec) -> String {
 /// GetAccountSettings: the runtime's concurrency and Lambda's code-size limits.
 fn account_settings(rt: &Runtime) -> ApiResponse {
     let total = rt.max_concurrency();
-    let code: u64 = rt.functions().map(|f| f.code.size).sum();
+    let code: u64 = rt.functions().iter().map(|f| f.code.size).sum();
     ok_json(json!({
         "AccountLimit": {
             "TotalCodeSize": TOTAL_CODE_SIZE,
@@ -638,7 +638,7 @@ fn account_settings(rt: &Runtime) -> ApiResponse {
         },
         "AccountUsage": {
             "TotalCodeSize": code,
-            "FunctionCount": rt.functions().count(),
+            "FunctionCount": rt.functions().len(),
         },
     }))
 }

@@ -12,7 +12,9 @@ use crate::environment::{Environment, Host, Prepared};
 use crate::isolation::Isolation;
 use crate::logs::LogBook;
 use crate::spec::FunctionSpec;
+use arc_swap::ArcSwap;
 use portico_invoke::{Invocation, InvokeError, InvokeOutput, ThrottleReason};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A semaphore and the size it was made with, so that a refusal can name the limit.
+#[derive(Clone)]
 pub(crate) struct Limit {
     permits: Arc<Semaphore>,
     size: usize,
@@ -69,9 +72,10 @@ const SPARE_AFTER: Duration = Duration::from_millis(500);
 /// the reservations), the memory budget, every pool (for room in it), the owner of the
 /// environments' tasks, the shutdown signal, and how environments are isolated.
 pub(crate) struct Shared {
-    pub(crate) unreserved: Limit,
+    pub(crate) unreserved: ArcSwap<Limit>,
     pub(crate) memory: Memory,
-    pub(crate) pools: Vec<Arc<Pool>>,
+    /// The pools of the functions as configured now, by name.
+    pub(crate) pools: ArcSwap<HashMap<String, Arc<Pool>>>,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     pub(crate) isolation: Isolation,
@@ -176,6 +180,9 @@ pub(crate) struct Pool {
     events: Limit,
     /// The function's log, written by all its environments.
     book: Arc<LogBook>,
+    /// The function's code or configuration changed, or it was removed: its environments
+    /// finish their invocations and are stopped, none is kept or made.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -190,7 +197,35 @@ impl Pool {
             preparing: std::sync::atomic::AtomicBool::new(false),
             reserved,
             events: Limit::new(event_lanes.max(1)),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The pool of a new version of `self`'s function: its log goes on, and so does its
+    /// reserved concurrency when unchanged (the invocations still running on `self` count
+    /// against it).
+    pub(crate) fn succeed(&self, spec: FunctionSpec, event_lanes: usize) -> Self {
+        let mut next = Self::new(spec, event_lanes);
+        next.book = self.book.clone();
+        if next.spec.reserved_concurrency == self.spec.reserved_concurrency {
+            next.reserved = self.reserved.clone();
+        }
+        next
+    }
+
+    /// Retires the pool: its warm environments and its spare are stopped now, the busy
+    /// ones when their invocations are over.
+    pub(crate) async fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.clear();
+        if let Some(spare) = self.take_spare() {
+            spare.end().await;
+        }
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Waits, until `deadline`, for one of the lanes asynchronous invocations run in: at
@@ -208,6 +243,10 @@ impl Pool {
         &self.spec
     }
 
+    pub(crate) fn spec_arc(&self) -> Arc<FunctionSpec> {
+        self.spec.clone()
+    }
+
     pub(crate) fn logs(&self) -> &Arc<LogBook> {
         &self.book
     }
@@ -223,8 +262,11 @@ impl Pool {
         wait_until: Option<tokio::time::Instant>,
     ) -> Result<InvokeOutput, InvokeError> {
         let (limit, reason) = match &self.reserved {
-            Some(limit) => (limit, ThrottleReason::ReservedConcurrency),
-            None => (&shared.unreserved, ThrottleReason::AccountConcurrency),
+            Some(limit) => (limit.clone(), ThrottleReason::ReservedConcurrency),
+            None => (
+                Limit::clone(&shared.unreserved.load()),
+                ThrottleReason::AccountConcurrency,
+            ),
         };
         let concurrency = match wait_until {
             Some(deadline) => match limit.acquire_until(deadline, &shared.shutdown).await {
@@ -324,6 +366,7 @@ impl Pool {
         use std::sync::atomic::Ordering;
         if matches!(shared.isolation, Isolation::None)
             || shared.shutdown.is_cancelled()
+            || self.is_retired()
             || self
                 .spare
                 .lock()
@@ -348,7 +391,7 @@ impl Pool {
                 }
             }
             match Environment::prepare(&pool.spec, &isolation).await {
-                Ok(prepared) if !shutdown.is_cancelled() => {
+                Ok(prepared) if !shutdown.is_cancelled() && !pool.is_retired() => {
                     *pool.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(prepared);
                 }
                 Ok(_) => {}
@@ -392,7 +435,7 @@ impl Pool {
             if slot.idle() {
                 slot.since = Instant::now();
             }
-            let done = !keep || !slot.reusable();
+            let done = !keep || !slot.reusable() || self.is_retired();
             (done && slot.idle()).then(|| envs.remove(at))
         };
         // Dropped outside the lock: dropping an environment stops its process.
@@ -408,9 +451,9 @@ impl Pool {
             if let Some(permit) = shared.memory.try_take(mb) {
                 return Ok(permit);
             }
-            let oldest = shared
-                .pools
-                .iter()
+            let pools = shared.pools.load();
+            let oldest = pools
+                .values()
                 .filter_map(|pool| pool.oldest_idle().map(|since| (since, pool)))
                 .min_by_key(|(since, _)| *since);
             let Some((_, pool)) = oldest else {

@@ -5,6 +5,7 @@ use crate::isolation::Isolation;
 use crate::logs::LogBook;
 use crate::pool::{Limit, Memory, Pool, Shared};
 use crate::spec::FunctionSpec;
+use arc_swap::ArcSwap;
 use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker, ThrottleReason};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,8 +67,8 @@ impl Default for RuntimeOptions {
 
 /// Runs functions in execution environments.
 pub struct Runtime {
-    pools: HashMap<String, Arc<Pool>>,
     max_concurrency: usize,
+    memory_budget_mb: usize,
     shared: Arc<Shared>,
     queued: Limit,
     /// Bytes of queued payload, a permit each.
@@ -76,49 +77,79 @@ pub struct Runtime {
     async_retry_delays: Arc<[Duration]>,
     max_event_age: Duration,
     throttle_backoff: (Duration, Duration),
+    /// One change of the functions at a time.
+    applying: tokio::sync::Mutex<()>,
+}
+
+/// What [`Runtime::apply`] changed, by function name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Functions that were not there.
+    pub added: Vec<String>,
+    /// Functions whose code or configuration changed: new environments for them; the old
+    /// ones finish their invocations and are stopped.
+    pub replaced: Vec<String>,
+    /// Functions no longer there: their environments finish their invocations and are
+    /// stopped.
+    pub removed: Vec<String>,
+}
+
+impl Applied {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The account's concurrency less every reservation of `functions`.
+fn unreserved(max_concurrency: usize, functions: &[FunctionSpec]) -> usize {
+    let reserved: usize = functions
+        .iter()
+        .filter_map(|f| f.reserved_concurrency)
+        .sum();
+    max_concurrency.saturating_sub(reserved)
+}
+
+/// Half of what `spec` may run at once: its concurrency, and the environments of its size
+/// the memory budget holds (its asynchronous invocations' lanes).
+fn event_lanes(spec: &FunctionSpec, unreserved: usize, memory_budget_mb: usize) -> usize {
+    let concurrency = spec.reserved_concurrency.unwrap_or(unreserved);
+    let fit = memory_budget_mb / (spec.memory_size_mb.max(1) as usize);
+    concurrency.min(fit) / 2
 }
 
 impl Runtime {
     /// A runtime for `functions`; environments start on the first invocation. Called inside
     /// a tokio runtime, it also starts the task that retires idle environments.
     pub fn new(functions: Vec<FunctionSpec>, options: RuntimeOptions) -> Self {
-        let reserved: usize = functions
-            .iter()
-            .filter_map(|f| f.reserved_concurrency)
-            .sum();
-        let unreserved = options.max_concurrency.saturating_sub(reserved);
+        let unreserved = unreserved(options.max_concurrency, &functions);
         let pools: HashMap<String, Arc<Pool>> = functions
             .into_iter()
             .map(|spec| {
-                // Half of what the function may run at once: its concurrency, and the
-                // environments of its size the memory budget holds.
-                let concurrency = spec.reserved_concurrency.unwrap_or(unreserved);
-                let fit = options.memory_budget_mb / (spec.memory_size_mb.max(1) as usize);
-                let lanes = concurrency.min(fit) / 2;
+                let lanes = event_lanes(&spec, unreserved, options.memory_budget_mb);
                 (spec.name.clone(), Arc::new(Pool::new(spec, lanes)))
             })
             .collect();
         let shared = Arc::new(Shared {
-            unreserved: Limit::new(unreserved),
+            unreserved: ArcSwap::from_pointee(Limit::new(unreserved)),
             memory: Memory::new(options.memory_budget_mb),
-            pools: pools.values().cloned().collect(),
+            pools: ArcSwap::from_pointee(pools),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             isolation: options.isolation,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             // Each sandboxed function's first cold start finds an environment made ahead.
-            for pool in &shared.pools {
+            for pool in shared.pools.load().values() {
                 pool.prepare_spare(&shared, Duration::ZERO);
             }
-            let (all, shutdown) = (shared.pools.clone(), shared.shutdown.clone());
             shared
                 .tracker
-                .spawn(retire_idle(all, options.idle_timeout, shutdown));
+                .spawn(retire_idle(shared.clone(), options.idle_timeout));
         }
         Self {
-            pools,
             max_concurrency: options.max_concurrency,
+            memory_budget_mb: options.memory_budget_mb,
             shared,
             queued: Limit::new(options.max_queued_events),
             queued_bytes: Arc::new(tokio::sync::Semaphore::new(options.max_queued_event_bytes)),
@@ -126,7 +157,65 @@ impl Runtime {
             async_retry_delays: options.async_retry_delays.into(),
             max_event_age: options.max_event_age,
             throttle_backoff: options.throttle_backoff,
+            applying: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Moves the runtime to `functions`, under traffic: invocations that start from now on
+    /// run the new set. A function whose code or configuration changed gets new
+    /// environments; its old ones finish the invocations they are running (never cut) and
+    /// are stopped, as are those of a function no longer there. An unchanged function keeps
+    /// its warm environments.
+    pub async fn apply(&self, functions: Vec<FunctionSpec>) -> Applied {
+        let _one = self.applying.lock().await;
+        let unreserved = unreserved(self.max_concurrency, &functions);
+        let before = self.shared.pools.load_full();
+        let mut applied = Applied::default();
+        let mut retiring = Vec::new();
+        let mut pools = HashMap::new();
+        for spec in functions {
+            let name = spec.name.clone();
+            let lanes = event_lanes(&spec, unreserved, self.memory_budget_mb);
+            let pool = match before.get(&name) {
+                Some(old) if old.spec().same_as(&spec) => old.clone(),
+                Some(old) => {
+                    applied.replaced.push(name.clone());
+                    retiring.push(old.clone());
+                    Arc::new(old.succeed(spec, lanes))
+                }
+                None => {
+                    applied.added.push(name.clone());
+                    Arc::new(Pool::new(spec, lanes))
+                }
+            };
+            pools.insert(name, pool);
+        }
+        for (name, old) in before.iter() {
+            if !pools.contains_key(name) {
+                applied.removed.push(name.clone());
+                retiring.push(old.clone());
+            }
+        }
+        if unreserved != self.shared.unreserved.load().size() {
+            // Invocations running on the old limit keep their permits until they end.
+            self.shared
+                .unreserved
+                .store(Arc::new(Limit::new(unreserved)));
+        }
+        self.shared.pools.store(Arc::new(pools));
+        for pool in &retiring {
+            pool.retire().await;
+        }
+        let pools = self.shared.pools.load();
+        for name in applied.added.iter().chain(&applied.replaced) {
+            if let Some(pool) = pools.get(name) {
+                pool.prepare_spare(&self.shared, Duration::ZERO);
+            }
+        }
+        applied.added.sort();
+        applied.replaced.sort();
+        applied.removed.sort();
+        applied
     }
 
     /// Most environments busy at once, across functions (the account's concurrency).
@@ -137,7 +226,7 @@ impl Runtime {
     /// What functions without reserved concurrency share: the account's concurrency less
     /// every reservation.
     pub fn unreserved_concurrency(&self) -> usize {
-        self.shared.unreserved.size()
+        self.shared.unreserved.load().size()
     }
 
     /// The memory budget of execution environments and what they hold of it now, in MB.
@@ -147,31 +236,45 @@ impl Runtime {
 
     /// Warm (idle) environments now, across functions.
     pub fn warm_environments(&self) -> usize {
-        self.pools.values().map(|p| p.idle_count()).sum()
+        self.shared
+            .pools
+            .load()
+            .values()
+            .map(|p| p.idle_count())
+            .sum()
     }
 
-    /// The functions this runtime runs.
-    pub fn functions(&self) -> impl Iterator<Item = &FunctionSpec> {
-        self.pools.values().map(|p| p.spec())
+    /// The functions this runtime runs now.
+    pub fn functions(&self) -> Vec<Arc<FunctionSpec>> {
+        self.shared
+            .pools
+            .load()
+            .values()
+            .map(|p| p.spec_arc())
+            .collect()
     }
 
-    /// The function named `name`.
-    pub fn spec(&self, name: &str) -> Option<&FunctionSpec> {
-        self.pools.get(name).map(|p| p.spec())
+    /// The function named `name`, as it is now.
+    pub fn spec(&self, name: &str) -> Option<Arc<FunctionSpec>> {
+        self.pool(name).map(|p| p.spec_arc())
     }
 
     /// The log of function `name`.
-    pub fn logs(&self, name: &str) -> Option<&Arc<LogBook>> {
-        self.pools.get(name).map(|p| p.logs())
+    pub fn logs(&self, name: &str) -> Option<Arc<LogBook>> {
+        self.pool(name).map(|p| p.logs().clone())
+    }
+
+    fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.shared.pools.load().get(name).cloned()
     }
 
     /// The ARN function `name` has, or would have, in this runtime.
     pub fn arn_for(&self, name: &str) -> String {
         let region = self
             .functions()
-            .next()
-            .map_or("us-east-1", |f| f.region.as_str());
-        crate::spec::function_arn(region, name)
+            .first()
+            .map_or_else(|| "us-east-1".to_owned(), |f| f.region.clone());
+        crate::spec::function_arn(&region, name)
     }
 
     /// Runs one invocation.
@@ -183,8 +286,7 @@ impl Runtime {
             return Err(InvokeError::ShuttingDown);
         }
         let pool = self
-            .pools
-            .get(&invocation.function)
+            .pool(&invocation.function)
             .ok_or_else(|| InvokeError::NotFound(invocation.function.clone()))?;
         if invocation.payload.len() > MAX_SYNC_PAYLOAD_BYTES {
             return Err(InvokeError::RequestTooLarge {
@@ -195,7 +297,7 @@ impl Runtime {
         // In a task of its own: a caller that goes away (a client that disconnects, an
         // HTTP/2 stream reset) does not end the invocation. As on Lambda, it runs to its end
         // and its environment stays warm for the next one.
-        let (pool, shared) = (pool.clone(), self.shared.clone());
+        let shared = self.shared.clone();
         let task = self
             .shared
             .tracker
@@ -218,9 +320,7 @@ impl Runtime {
             return Err(InvokeError::ShuttingDown);
         }
         let pool = self
-            .pools
-            .get(&invocation.function)
-            .cloned()
+            .pool(&invocation.function)
             .ok_or_else(|| InvokeError::NotFound(invocation.function.clone()))?;
         if invocation.payload.len() > MAX_ASYNC_PAYLOAD_BYTES {
             return Err(InvokeError::RequestTooLarge {
@@ -264,7 +364,7 @@ impl Runtime {
     /// Invocations still running fail as their process goes away.
     pub async fn shutdown(&self) {
         self.shared.shutdown.cancel();
-        for pool in self.pools.values() {
+        for pool in self.shared.pools.load().values() {
             pool.clear();
             // Nothing made ahead outlives the runtime either.
             if let Some(spare) = pool.take_spare() {
@@ -383,14 +483,14 @@ pub fn default_memory_budget_mb() -> usize {
 }
 
 /// Stops environments idle for longer than `idle_timeout`, checking a few times per timeout.
-async fn retire_idle(pools: Vec<Arc<Pool>>, idle_timeout: Duration, shutdown: CancellationToken) {
+async fn retire_idle(shared: Arc<Shared>, idle_timeout: Duration) {
     let every = (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        for pool in &pools {
+        for pool in shared.pools.load().values() {
             let retired = pool.retire_idle(idle_timeout);
             if retired > 0 {
                 tracing::info!(

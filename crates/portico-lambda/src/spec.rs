@@ -14,7 +14,7 @@ pub const DEFAULT_EPHEMERAL_STORAGE_MB: u32 = 512;
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A function, ready to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
     /// The function's name.
     pub name: String,
@@ -70,7 +70,7 @@ pub struct FunctionSpec {
 }
 
 /// A container image function's root filesystem, and the variables its image sets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRoot {
     /// The unpacked root filesystem.
     pub rootfs: PathBuf,
@@ -143,5 +143,13 @@ impl FunctionSpec {
     /// The function's ARN.
     pub fn arn(&self) -> String {
         function_arn(&self.region, &self.name)
+    }
+
+    /// Whether `other` is the same code and configuration (when each was set up aside):
+    /// an environment of one would be one of the other.
+    pub fn same_as(&self, other: &FunctionSpec) -> bool {
+        let mut aligned = other.clone();
+        aligned.last_modified = self.last_modified;
+        *self == aligned
     }
 }

@@ -978,3 +978,114 @@ async fn a_throttled_event_waits_for_capacity_without_using_its_retries() {
     rt.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether process `pid` is gone (or a zombie no one waits for).
+fn gone(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_function_gets_new_environments_and_its_old_ones_finish_their_work() {
+    let rt = Arc::new(Runtime::new(
+        vec![
+            prober("live", &[("VERSION", "1")], None),
+            prober("same", &[], None),
+            prober("gone", &[], None),
+        ],
+        RuntimeOptions::default(),
+    ));
+    let report = |function: &'static str| {
+        let rt = rt.clone();
+        async move {
+            let out = invoke(&rt, function, json!({"action": "report"}))
+                .await
+                .unwrap();
+            json_of(&out)["pid"].as_u64().unwrap()
+        }
+    };
+    let old_pid = report("live").await;
+    let same_pid = report("same").await;
+    let gone_pid = report("gone").await;
+    // An invocation in flight on the old environment when the change comes.
+    let busy = {
+        let rt = rt.clone();
+        tokio::spawn(
+            async move { invoke(&rt, "live", json!({"action": "sleep", "seconds": 3})).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut changed = prober("live", &[("VERSION", "2")], None);
+    changed.memory_size_mb = 512;
+    let applied = rt
+        .apply(vec![
+            changed,
+            prober("same", &[], None),
+            prober("new", &[], None),
+        ])
+        .await;
+    assert_eq!(
+        applied,
+        portico_lambda::runtime::Applied {
+            added: vec!["new".into()],
+            replaced: vec!["live".into()],
+            removed: vec!["gone".into()],
+        }
+    );
+    // New invocations see the new state at once: a new environment, the new settings.
+    let out = invoke(&rt, "live", json!({"action": "probe"}))
+        .await
+        .unwrap();
+    let env = &json_of(&out)["env"];
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"], "512", "{env}");
+    assert_ne!(report("live").await, old_pid);
+    assert_eq!(rt.spec("live").unwrap().memory_size_mb, 512);
+    // An unchanged function keeps its warm environment.
+    assert_eq!(report("same").await, same_pid);
+    // A removed function is not found; its idle environment is stopped now.
+    assert!(matches!(
+        invoke(&rt, "gone", json!({"action": "report"})).await,
+        Err(InvokeError::NotFound(_))
+    ));
+    report("new").await;
+    assert!(
+        !busy.is_finished() && !gone(old_pid),
+        "the busy environment is not cut"
+    );
+
+    // The invocation in flight finished on the old environment, which is then stopped.
+    let slept = busy.await.unwrap().unwrap();
+    assert!(slept.function_error.is_none(), "{slept:?}");
+    assert_eq!(&slept.payload[..], b"\"slept\"");
+    let mut stopped = false;
+    for _ in 0..100 {
+        if gone(old_pid) && gone(gone_pid) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stopped, "the old environments are stopped");
+    assert_eq!(rt.warm_environments(), 3, "live, same and new");
+
+    // Applying the same functions again changes nothing.
+    let again = rt
+        .apply(vec![
+            {
+                let mut c = prober("live", &[("VERSION", "2")], None);
+                c.memory_size_mb = 512;
+                c
+            },
+            prober("same", &[], None),
+            prober("new", &[], None),
+        ])
+        .await;
+    assert!(again.is_empty(), "{again:?}");
+    rt.shutdown().await;
+}
