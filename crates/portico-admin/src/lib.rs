@@ -21,6 +21,7 @@ pub mod elbv2;
 pub mod status;
 mod xml;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -37,14 +38,12 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// What the admin API reaches into.
 #[derive(Debug)]
 pub struct Admin {
-    /// The target groups, by name.
-    pub target_groups: BTreeMap<String, TargetGroup>,
+    /// The target groups and the gateway as they are now (a reload swaps them).
+    pub balancers: Arc<ArcSwap<Balancers>>,
     /// The accelerator, when this node runs one.
     pub accelerator: Option<Arc<portico_edge::Accelerator>>,
     /// The daemon that holds or announces the static IPs, on a node of several.
     pub ha: Option<Arc<portico_ha::Ha>>,
-    /// The gateway, whose metrics `GET /metrics` serves.
-    pub gateway: Arc<portico_gateway::Gateway>,
     /// The descriptor budget client connections draw from.
     pub descriptors: Arc<portico_accept::Descriptors>,
     /// The per-client limit on the static IPs, when there is one.
@@ -56,6 +55,15 @@ pub struct Admin {
     pub own_listeners: Vec<std::net::SocketAddr>,
     /// How long a request's body may take to arrive.
     pub body_timeout: std::time::Duration,
+}
+
+/// What the load balancers run now.
+#[derive(Debug)]
+pub struct Balancers {
+    /// The target groups, by name.
+    pub target_groups: BTreeMap<String, TargetGroup>,
+    /// The gateway, whose metrics `GET /metrics` serves.
+    pub gateway: Arc<portico_gateway::Gateway>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` fires, then drains. A connection
@@ -124,7 +132,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return respond(
             StatusCode::OK,
             portico_gateway::metrics::CONTENT_TYPE,
-            admin.gateway.encode_metrics(),
+            admin.balancers.load().gateway.encode_metrics(),
         );
     }
     if parts.method == Method::GET && path == "/ip-ranges.json" {
@@ -143,7 +151,11 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "not found\n".to_owned(),
         );
     }
-    let (status, xml) = elbv2::handle(&admin.target_groups, &admin.own_listeners, &body);
+    let (status, xml) = elbv2::handle(
+        &admin.balancers.load().target_groups,
+        &admin.own_listeners,
+        &body,
+    );
     respond(status, "text/xml", xml)
 }
 

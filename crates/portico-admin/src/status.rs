@@ -81,7 +81,8 @@ pub fn document(admin: &Admin) -> Value {
             "listeners": listeners,
         })
     });
-    let target_groups: Vec<Value> = admin
+    let balancers = admin.balancers.load();
+    let target_groups: Vec<Value> = balancers
         .target_groups
         .values()
         .map(|tg| match tg {

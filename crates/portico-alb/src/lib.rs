@@ -41,7 +41,7 @@ pub mod target_group;
 pub mod tls;
 mod upstream;
 
-pub use listener::{ListenerSpec, serve};
+pub use listener::{ListenerSpec, Listening, listen, serve};
 pub use router::Router;
 pub use target_group::{LambdaTargetGroup, TargetGroup};
 

@@ -16,6 +16,7 @@ use crate::handler::{self, Connection, Context};
 use crate::malformed::{self, Held};
 use crate::router::Router;
 use crate::tls::Certificates;
+use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portico_invoke::Invoker;
@@ -79,8 +80,9 @@ const UNTRUSTED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What every connection of a listener shares.
-struct Listener {
+/// A listener's settings as configured now, with what is made of them: replaced whole
+/// when they change ([`Listening::update`]).
+struct Generation {
     ctx: Arc<Context>,
     spec: ListenerSpec,
     /// Detects HTTP/2 by its preface (only HTTP/1 when HTTP/2 is off).
@@ -88,8 +90,95 @@ struct Listener {
     /// For connections whose version ALPN settled.
     http1: auto::Builder<TokioExecutor>,
     http2: auto::Builder<TokioExecutor>,
+}
+
+impl Generation {
+    fn new(spec: ListenerSpec, invoker: Arc<dyn Invoker>, port: u16) -> Self {
+        let ctx = Arc::new(Context {
+            router: spec.router.clone(),
+            invoker,
+            proto: if spec.tls.is_some() { "https" } else { "http" },
+            port,
+            port_header: http::HeaderValue::from(port),
+            target_timeout: spec.idle_timeout,
+            elb: spec.elb.as_str().into(),
+            access_log: spec.access_log.clone(),
+            forwarding: spec.forwarding,
+            desync: spec.desync,
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // The connection's idle watchdog (`serve_http`) already closes a connection whose
+            // next request head has not come whole within the idle timeout; hyper's own
+            // timer would be reset on every request for nothing.
+            .header_read_timeout(None)
+            // A response's head and body copied into one buffer and written with one
+            // send(2), as HAProxy and nginx write: fewer instructions than hyper's queue of
+            // buffers for writev(2), and a shorter path in the kernel. Paired rounds against
+            // the writev build: 1.06x throughput per core, user time lower in 8 of 10 pairs.
+            .writev(false)
+            // A client (or the edge, when its node stops) that shuts its write half after a
+            // request still gets the response; an idle connection that reads its end closes.
+            .half_close(true)
+            .max_buf_size(MAX_HEAD_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(MAX_HEAD_BYTES as u32);
+        Self {
+            ctx,
+            auto: if spec.http2 {
+                builder.clone()
+            } else {
+                builder.clone().http1_only()
+            },
+            http1: builder.clone().http1_only(),
+            http2: builder.http2_only(),
+            spec,
+        }
+    }
+}
+
+/// What every connection of a listener shares.
+struct Listener {
+    /// The settings now: a connection takes those of its accept (PROXY, TLS, versions,
+    /// idle timeout), a request those of its arrival (rules, actions, logs).
+    current: ArcSwap<Generation>,
+    invoker: Arc<dyn Invoker>,
+    port: u16,
     /// Connections refused for sending PROXY headers from elsewhere, said once per interval.
     untrusted: std::sync::Mutex<portico_accept::Occasional>,
+}
+
+/// A listener being served: changes its settings while it serves.
+#[derive(Clone)]
+pub struct Listening(Arc<Listener>);
+
+impl std::fmt::Debug for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listening")
+            .field("port", &self.0.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listening {
+    /// Serves with `spec` from now on: connections accepted from now on take its
+    /// connection settings (PROXY protocol, certificates, HTTP/2, idle timeout), and every
+    /// request that arrives from now on, on any connection, its rules and actions; requests
+    /// in progress finish as they began. The socket, its connection limits and admission
+    /// stay those it was served with.
+    pub fn update(&self, spec: ListenerSpec) {
+        let listener = &self.0;
+        listener.current.store(Arc::new(Generation::new(
+            spec,
+            listener.invoker.clone(),
+            listener.port,
+        )));
+    }
 }
 
 /// Serves `listener` until `shutdown` fires, then drains.
@@ -99,65 +188,44 @@ pub async fn serve(
     invoker: Arc<dyn Invoker>,
     shutdown: CancellationToken,
 ) {
+    listen(listener, spec, invoker, shutdown).1.await;
+}
+
+/// Serves `listener`, as [`serve`], with a handle that changes its settings while it serves.
+pub fn listen(
+    listener: TcpListener,
+    spec: ListenerSpec,
+    invoker: Arc<dyn Invoker>,
+    shutdown: CancellationToken,
+) -> (Listening, impl Future<Output = ()> + Send + 'static) {
     let port = listener.local_addr().map_or(0, |a| a.port());
-    let ctx = Arc::new(Context {
-        router: spec.router.clone(),
-        invoker,
-        proto: if spec.tls.is_some() { "https" } else { "http" },
-        port,
-        port_header: http::HeaderValue::from(port),
-        target_timeout: spec.idle_timeout,
-        elb: spec.elb.as_str().into(),
-        access_log: spec.access_log.clone(),
-        forwarding: spec.forwarding,
-        desync: spec.desync,
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The connection's idle watchdog (`serve_http`) already closes a connection whose
-        // next request head has not come whole within the idle timeout; hyper's own timer
-        // would be reset on every request for nothing.
-        .header_read_timeout(None)
-        // A response's head and body copied into one buffer and written with one send(2),
-        // as HAProxy and nginx write: fewer instructions than hyper's queue of buffers
-        // for writev(2), and a shorter path in the kernel. Paired rounds against the
-        // writev build: 1.06x throughput per core, user time lower in 8 of 10 pairs.
-        .writev(false)
-        // A client (or the edge, when its node stops) that shuts its write half after a
-        // request still gets the response; an idle connection that reads its end closes.
-        .half_close(true)
-        .max_buf_size(MAX_HEAD_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let (limits, admission, load_balancer) = (
+        spec.limits,
+        spec.admission.clone(),
+        spec.load_balancer.clone(),
+    );
     let shared = Arc::new(Listener {
-        ctx,
-        auto: if spec.http2 {
-            builder.clone()
-        } else {
-            builder.clone().http1_only()
-        },
-        http1: builder.clone().http1_only(),
-        http2: builder.http2_only(),
+        current: ArcSwap::from_pointee(Generation::new(spec, invoker.clone(), port)),
+        invoker,
+        port,
         untrusted: std::sync::Mutex::new(portico_accept::Occasional::new(UNTRUSTED_LOG_EVERY)),
-        spec,
     });
-    let limits = (shared.spec.limits, &shared.spec.admission);
-    let drained = portico_accept::serve(listener, &shutdown, limits, |stream, peer| {
-        connection(stream, peer, shared.clone(), shutdown.clone())
-    })
-    .await;
-    if drained.cut_short > 0 {
-        tracing::warn!(
-            load_balancer = shared.spec.load_balancer,
-            cut_short = drained.cut_short,
-            "drain timeout: open connections were cut"
-        );
-    }
+    let handle = Listening(shared.clone());
+    let served = async move {
+        let drained =
+            portico_accept::serve(listener, &shutdown, (limits, &admission), |stream, peer| {
+                connection(stream, peer, shared.clone(), shutdown.clone())
+            })
+            .await;
+        if drained.cut_short > 0 {
+            tracing::warn!(
+                load_balancer,
+                cut_short = drained.cut_short,
+                "drain timeout: open connections were cut"
+            );
+        }
+    };
+    (handle, served)
 }
 
 async fn connection(
@@ -167,9 +235,10 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let client = if listener.spec.proxy_protocol {
+    let generation = listener.current.load_full();
+    let client = if generation.spec.proxy_protocol {
         let source = peer.ip().to_canonical();
-        if !listener
+        if !generation
             .spec
             .proxy_sources
             .iter()
@@ -206,9 +275,9 @@ async fn connection(
         peer
     };
     let span = tracing::debug_span!("connection", %client, %peer);
-    let Some(certificates) = &listener.spec.tls else {
+    let Some(certificates) = &generation.spec.tls else {
         let conn = Connection::new(client, None);
-        serve_http(stream, &listener.auto, conn, &listener, shutdown)
+        serve_http(stream, &generation, conn, &listener, shutdown)
             .instrument(span)
             .await;
         return;
@@ -225,35 +294,37 @@ async fn connection(
                 return;
             }
         };
-    let builder = if negotiated.h2 {
-        &listener.http2
-    } else {
-        &listener.http1
-    };
     let conn = Connection::new(client, Some(negotiated));
-    serve_http(stream, builder, conn, &listener, shutdown)
+    serve_http(stream, &generation, conn, &listener, shutdown)
         .instrument(span)
         .await;
 }
 
+/// Serves HTTP on `io`, with the versions and idle timeout of `generation` (the settings at
+/// its accept) and, for each request, the rules of `listener`'s settings at its arrival.
 async fn serve_http<I>(
     io: I,
-    builder: &auto::Builder<TokioExecutor>,
+    generation: &Generation,
     conn: Connection,
-    listener: &Listener,
+    listener: &Arc<Listener>,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let builder = match conn.tls.as_ref().map(|t| t.h2) {
+        None => &generation.auto,
+        Some(true) => &generation.http2,
+        Some(false) => &generation.http1,
+    };
     let conn = Arc::new(conn);
     let activity = Arc::new(Activity::new());
     let close = shutdown.child_token();
     let resets = Arc::new(Resets::new(close.clone()));
     let service = {
-        let ctx = listener.ctx.clone();
+        let listener = listener.clone();
         let activity = activity.clone();
         hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
+            let ctx = listener.current.load().ctx.clone();
             let conn = conn.clone();
             let busy = activity.begin();
             let unanswered = Unanswered(Some(resets.clone()));
@@ -270,7 +341,7 @@ async fn serve_http<I>(
         builder.serve_connection(TokioIo::new(Held::new(io, parking.clone())), service),
         &close,
     );
-    let idle_timeout = listener.spec.idle_timeout;
+    let idle_timeout = generation.spec.idle_timeout;
     // After the idle timeout, a graceful close; a peer that does not take part in it (an
     // HTTP/2 client that never acknowledges the GOAWAY's PING) is cut one more timeout later.
     // Polled when its timers fire, not on every wake-up of the connection.

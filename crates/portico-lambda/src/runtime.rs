@@ -203,8 +203,10 @@ impl Runtime {
                 .store(Arc::new(Limit::new(unreserved)));
         }
         self.shared.pools.store(Arc::new(pools));
-        for pool in &retiring {
-            pool.retire().await;
+        for pool in retiring {
+            self.shared
+                .tracker
+                .spawn(async move { pool.retire().await });
         }
         let pools = self.shared.pools.load();
         for name in applied.added.iter().chain(&applied.replaced) {

@@ -14,6 +14,7 @@
 //! - `client`: `portico invoke`, `portico logs` and `portico status`, talking to a running
 //!   portico.
 
+mod balancers;
 mod banner;
 mod client;
 mod ha;

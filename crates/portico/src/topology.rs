@@ -14,7 +14,6 @@ use portico_invoke::Invoker;
 use portico_lambda::Isolation;
 use portico_lambda::{FunctionSpec, launch};
 use portico_sandbox::{Sandboxes, Scratch};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -370,63 +369,54 @@ pub(crate) fn certificates(
     Ok(Some(Arc::new(Certificates::load(&sources, http2)?)))
 }
 
-/// Every target group of `config`, as the load balancers run them. HTTP groups start
-/// checking their targets, and Lambda groups with health checks on start invoking their
-/// function for them; `shutdown` stops both.
-pub(crate) fn target_groups(
-    config: &Config,
+/// Target group `name` as the load balancers run it. An HTTP group starts checking its
+/// targets, and a Lambda group with health checks on starts invoking its function for
+/// them; `stop` stops both.
+pub(crate) fn target_group(
+    name: &str,
+    tg: &portico_config::TargetGroup,
     invoker: &Arc<dyn Invoker>,
     tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> BTreeMap<String, TargetGroup> {
-    config
-        .target_groups
-        .iter()
-        .map(|(name, tg)| {
-            let arn =
-                portico_alb::target_group::arn_for(REGION, portico_lambda::spec::ACCOUNT_ID, name);
-            let health = tg.health_check.resolve(tg.target_type);
-            let group = match tg.target_type {
-                TargetType::Lambda => {
-                    let function = tg.function.clone().unwrap_or_default();
-                    let mut group = LambdaTargetGroup {
-                        name: name.clone(),
-                        arn,
-                        function_arn: portico_lambda::spec::function_arn(REGION, &function),
-                        function,
-                        multi_value_headers: tg.multi_value_headers_enabled,
-                        health_check: health.clone(),
-                        health: None,
-                    };
-                    if health.enabled {
-                        group.health = Some(LambdaProbe::start(
-                            &group, invoker, &health, tasks, shutdown,
-                        ));
-                    }
-                    TargetGroup::Lambda(group)
-                }
-                TargetType::Instance | TargetType::Ip => {
-                    let spec = HttpGroupSpec {
-                        name: name.clone(),
-                        arn,
-                        target_type: tg.target_type,
-                        targets: tg.targets.clone(),
-                        algorithm: tg.load_balancing_algorithm,
-                        slow_start: Duration::from_secs(u64::from(tg.slow_start_seconds)),
-                        deregistration_delay: Duration::from_secs(u64::from(
-                            tg.deregistration_delay_seconds,
-                        )),
-                        stickiness: tg
-                            .stickiness_duration_seconds
-                            .map(|s| Duration::from_secs(u64::from(s))),
-                        health,
-                    };
-                    TargetGroup::Http(HttpTargetGroup::start(spec, tasks, shutdown))
-                }
+    stop: &CancellationToken,
+) -> TargetGroup {
+    let arn = portico_alb::target_group::arn_for(REGION, portico_lambda::spec::ACCOUNT_ID, name);
+    let health = tg.health_check.resolve(tg.target_type);
+    match tg.target_type {
+        TargetType::Lambda => {
+            let function = tg.function.clone().unwrap_or_default();
+            let mut group = LambdaTargetGroup {
+                name: name.to_owned(),
+                arn,
+                function_arn: portico_lambda::spec::function_arn(REGION, &function),
+                function,
+                multi_value_headers: tg.multi_value_headers_enabled,
+                health_check: health.clone(),
+                health: None,
             };
-            (name.clone(), group)
-        })
-        .collect()
+            if health.enabled {
+                group.health = Some(LambdaProbe::start(&group, invoker, &health, tasks, stop));
+            }
+            TargetGroup::Lambda(group)
+        }
+        TargetType::Instance | TargetType::Ip => {
+            let spec = HttpGroupSpec {
+                name: name.to_owned(),
+                arn,
+                target_type: tg.target_type,
+                targets: tg.targets.clone(),
+                algorithm: tg.load_balancing_algorithm,
+                slow_start: Duration::from_secs(u64::from(tg.slow_start_seconds)),
+                deregistration_delay: Duration::from_secs(u64::from(
+                    tg.deregistration_delay_seconds,
+                )),
+                stickiness: tg
+                    .stickiness_duration_seconds
+                    .map(|s| Duration::from_secs(u64::from(s))),
+                health,
+            };
+            TargetGroup::Http(HttpTargetGroup::start(spec, tasks, stop))
+        }
+    }
 }
 
 /// An API's access key as the signature code takes it.

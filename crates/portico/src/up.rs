@@ -8,12 +8,11 @@
 //! their current request (bounded by the drain time) and the edge's copies end with them →
 //! every function process is stopped and reaped.
 
+use crate::balancers::LoadBalancers;
 use crate::banner::Banner;
 use crate::{signals, topology};
 use anyhow::{Context, bail};
-use portico_config::{
-    Action, ClientAffinity, Config, EdgeHealthProtocol, EdgeProtocol, LbListener, TargetType,
-};
+use portico_config::{ClientAffinity, Config, EdgeHealthProtocol, EdgeProtocol};
 use portico_edge::health::{self, HealthCheck};
 use portico_edge::{
     Accelerator, AcceleratorSpec, Affinity, EndpointSpec, GroupSpec, ListenerSpec, Target,
@@ -104,12 +103,6 @@ impl Protection {
     }
 }
 
-/// A bound load balancer listener, as the edge needs to know it.
-struct BoundListener {
-    address: SocketAddr,
-    proxy_protocol: bool,
-}
-
 /// What `portico up` was asked to run.
 pub(crate) struct Options {
     /// The file, when not the embedded default (SIGHUP re-reads it).
@@ -128,10 +121,10 @@ struct Started {
     accelerator: Option<Arc<Accelerator>>,
     /// The daemon holding or announcing the static IPs, on a node of several.
     ha: Option<Arc<portico_ha::Ha>>,
-    bound: BTreeMap<String, Vec<BoundListener>>,
+    balancers: Option<LoadBalancers>,
 }
 
-/// Runs `config` until SIGINT or SIGTERM; SIGHUP reloads the accelerator from the file.
+/// Runs `config` until SIGINT or SIGTERM; SIGHUP moves everything to the file, in place.
 pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     let Options {
         file,
@@ -173,7 +166,6 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
         ..Banner::default()
     };
 
-    let mut log_writers = Vec::new();
     let mut started = Started::default();
     let result = start(
         (&config, &full),
@@ -181,7 +173,6 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
         runtime.clone(),
         (&shutdown, &tasks),
         (&mut banner, &mut started),
-        &mut log_writers,
         ha_spec,
     )
     .await;
@@ -198,20 +189,18 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
     print!("{}", banner.render());
 
     let mut signals = signals::Signals::install().context("installing signal handlers")?;
+    let mut running = full;
     let signal = loop {
         match signals.next().await {
             signals::Signal::Reload => match &file {
                 Some(file) => {
                     tracing::info!(file = %file.display(), "SIGHUP: reloading");
-                    match reload(
-                        file,
-                        node.as_deref(),
-                        &full,
-                        started.accelerator.as_ref(),
-                        &started.bound,
-                    )
-                    .await
-                    {
+                    let live = Live {
+                        node: node.as_deref(),
+                        base: &base,
+                        runtime: &runtime,
+                    };
+                    match reload(file, &live, &mut running, &mut started).await {
                         Ok(Reloaded::Applied) => {}
                         Ok(Reloaded::NodeRemoved) => {
                             break "SIGHUP (this node left the accelerator)";
@@ -243,6 +232,11 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
         ha.stop().await;
     }
     // Every listener is gone, so every access log's writer has its last line and ends.
+    let log_writers = started
+        .balancers
+        .as_mut()
+        .map(LoadBalancers::take_writers)
+        .unwrap_or_default();
     let _ = tokio::task::spawn_blocking(move || {
         for writer in log_writers {
             let _ = writer.join();
@@ -260,7 +254,6 @@ async fn start(
     runtime: Arc<Runtime>,
     (shutdown, tasks): (&CancellationToken, &TaskTracker),
     (banner, started): (&mut Banner, &mut Started),
-    writers: &mut Vec<std::thread::JoinHandle<()>>,
     ha_spec: Option<portico_ha::HaSpec>,
 ) -> anyhow::Result<()> {
     let invoker: Arc<dyn Invoker> = runtime.clone();
@@ -285,90 +278,19 @@ async fn start(
             shutdown.clone(),
         ));
     }
-    let groups = topology::target_groups(config, &invoker, tasks, shutdown);
-    let gateway = portico_gateway::Gateway::start(config, base, tasks, shutdown).await?;
-    let bound = &mut started.bound;
-    for (name, lb) in &config.load_balancers {
-        let access_log = match &lb.access_logs {
-            logs if logs.enabled => {
-                let destination = match logs.destination.as_deref() {
-                    None | Some("stdout") => "stdout".to_owned(),
-                    Some(path) => base.join(path).display().to_string(),
-                };
-                let (log, writer) = portico_alb::access_log::AccessLog::open(&destination)
-                    .with_context(|| format!("load_balancers.{name}.access_logs"))?;
-                writers.push(writer);
-                Some(log)
-            }
-            _ => None,
-        };
-        let elb = format!(
-            "app/{name}/{:016x}",
-            portico_alb::target_group::stable_hash(name.as_bytes())
-        );
-        for (i, l) in lb.listeners.iter().enumerate() {
-            let tls = topology::certificates(l, lb.http2, base)
-                .with_context(|| format!("load_balancers.{name}.listeners[{i}].certificates"))?;
-            let listener = TcpListener::bind((l.address, l.port.0))
-                .await
-                .with_context(|| {
-                    format!(
-                        "load_balancers.{name}.listeners[{i}]: cannot bind {}:{}",
-                        l.address, l.port
-                    )
-                })?;
-            let address = listener.local_addr()?;
-            let path = format!("load_balancers.{name}.listeners[{i}]");
-            let router = portico_alb::Router::compile(l, &groups, &mut |spec, rule| {
-                let path = match rule {
-                    Some(r) => format!("{path}.rules[{r}].gateway"),
-                    None => format!("{path}.gateway"),
-                };
-                gateway.policy(spec, &path, base)
-            })
-            .with_context(|| path.clone())?;
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            banner.load_balancers.push((name.clone(), scheme, address));
-            banner.routes.push(format!(
-                "load balancer {name} {address}{}: {}",
-                if l.proxy_protocol_v2 {
-                    " (PROXY v2)"
-                } else {
-                    ""
-                },
-                describe_routes(l, config),
-            ));
-            let spec = portico_alb::ListenerSpec {
-                load_balancer: name.clone(),
-                proxy_protocol: l.proxy_protocol_v2,
-                proxy_sources: full.proxy_protocol_sources(l),
-                idle_timeout: Duration::from_secs(u64::from(lb.idle_timeout_seconds)),
-                limits: LISTENER_LIMITS,
-                admission: protection.load_balancer(),
-                router,
-                elb: elb.clone(),
-                access_log: access_log.clone(),
-                tls,
-                http2: lb.http2,
-                forwarding: portico_alb::forwarded::Forwarding {
-                    xff: lb.xff_header_processing_mode,
-                    xff_client_port: lb.xff_client_port,
-                    preserve_host_header: lb.preserve_host_header,
-                },
-                desync: lb.desync_mitigation_mode,
-            };
-            tasks.spawn(portico_alb::serve(
-                listener,
-                spec,
-                invoker.clone(),
-                shutdown.clone(),
-            ));
-            bound.entry(name.clone()).or_default().push(BoundListener {
-                address,
-                proxy_protocol: l.proxy_protocol_v2,
-            });
-        }
-    }
+    let mut balancers = LoadBalancers::new(
+        base,
+        invoker.clone(),
+        (protection.load_balancer(), LISTENER_LIMITS),
+        (shutdown, tasks),
+    )
+    .await?;
+    let prepared = balancers.prepare(config, full).await?;
+    let bound = prepared.bound();
+    balancers.commit(prepared, Some(banner));
+    let shown = balancers.shown();
+    started.balancers = Some(balancers);
+    let bound = &bound;
     let accelerator = match &config.accelerator {
         Some(acc) => {
             let local = acc
@@ -420,10 +342,9 @@ async fn start(
             .chain(banner.admin_api)
             .collect();
         let admin = Arc::new(portico_admin::Admin {
-            target_groups: groups,
+            balancers: shown,
             accelerator,
             ha: started.ha.clone(),
-            gateway,
             descriptors: protection.descriptors.clone(),
             per_client: protection.per_client.clone(),
             keys: topology::access_keys(&api.access_keys),
@@ -445,7 +366,7 @@ async fn start(
 fn edge_spec(
     acc: &portico_config::Accelerator,
     config: &Config,
-    bound: &BTreeMap<String, Vec<BoundListener>>,
+    bound: &BTreeMap<String, Vec<crate::balancers::BoundListener>>,
     routes: &mut Vec<String>,
 ) -> anyhow::Result<AcceleratorSpec> {
     let mut listeners = Vec::new();
@@ -552,7 +473,7 @@ fn edge_spec(
 async fn start_edge(
     acc: &portico_config::Accelerator,
     config: &Config,
-    bound: &BTreeMap<String, Vec<BoundListener>>,
+    bound: &BTreeMap<String, Vec<crate::balancers::BoundListener>>,
     (admission, shutdown, tasks): (portico_accept::Admission, &CancellationToken, &TaskTracker),
     banner: &mut Banner,
 ) -> anyhow::Result<Arc<Accelerator>> {
@@ -593,29 +514,41 @@ async fn start_edge(
 
 /// What a reload did.
 enum Reloaded {
-    /// The running accelerator moved to the file.
+    /// Everything moved to the file.
     Applied,
     /// The file no longer lists this node among the accelerator's: it leaves, gracefully.
     NodeRemoved,
 }
 
-/// Re-reads `file` and moves the running accelerator to it (SIGHUP). Load balancers,
-/// target groups and functions keep running as they started; changes to them are named in
-/// a warning and need a restart.
+/// What a reload reads of the running node.
+struct Live<'a> {
+    /// This node's name, on an accelerator of several.
+    node: Option<&'a str>,
+    /// The directory relative paths are resolved against.
+    base: &'a Path,
+    runtime: &'a Arc<Runtime>,
+}
+
+/// Re-reads `file` and moves everything to it, in place (SIGHUP): functions, load balancer
+/// listeners, rules, target groups, gateway policies, certificates (read again even when
+/// the file names the same ones), and the accelerator. Everything the new configuration
+/// needs is made first; on any error nothing changes. The APIs, the runtime's own
+/// settings, the limits and the nodes of an accelerator of several need a restart, which a
+/// warning says.
 async fn reload(
     file: &Path,
-    node: Option<&str>,
-    running: &Config,
-    accelerator: Option<&Arc<Accelerator>>,
-    bound: &BTreeMap<String, Vec<BoundListener>>,
+    live: &Live<'_>,
+    running: &mut Config,
+    started: &mut Started,
 ) -> anyhow::Result<Reloaded> {
-    let config = portico_config::load_file(file)?;
+    let full = portico_config::load_file(file)?;
+    let node = live.node;
     let several = |c: &Config| c.accelerator.as_ref().is_some_and(|a| a.ha.is_some());
-    if several(running) && accelerator.is_some() {
-        if !config.accelerator.as_ref().is_some_and(|a| a.runs_on(node)) {
+    if several(running) && started.accelerator.is_some() {
+        if !full.accelerator.as_ref().is_some_and(|a| a.runs_on(node)) {
             return Ok(Reloaded::NodeRemoved);
         }
-        let (old, new) = (running.accelerator.as_ref(), config.accelerator.as_ref());
+        let (old, new) = (running.accelerator.as_ref(), full.accelerator.as_ref());
         let ha_of = |a: Option<&portico_config::Accelerator>| {
             a.map(|a| (a.static_ips.clone(), a.nodes.clone(), a.ha.clone()))
         };
@@ -627,18 +560,10 @@ async fn reload(
         }
     }
     for (what, same) in [
-        (
-            "load_balancers",
-            config.load_balancers == running.load_balancers,
-        ),
-        (
-            "target_groups",
-            config.target_groups == running.target_groups,
-        ),
-        ("functions", config.functions == running.functions),
-        ("invoke_api", config.invoke_api == running.invoke_api),
-        ("admin_api", config.admin_api == running.admin_api),
-        ("runtime", config.runtime == running.runtime),
+        ("invoke_api", full.invoke_api == running.invoke_api),
+        ("admin_api", full.admin_api == running.admin_api),
+        ("runtime", full.runtime == running.runtime),
+        ("limits", full.limits == running.limits),
     ] {
         if !same {
             tracing::warn!(
@@ -647,16 +572,52 @@ async fn reload(
             );
         }
     }
-    let acc = config.accelerator.as_ref().filter(|a| a.runs_on(node));
-    match (acc, accelerator) {
-        (Some(acc), Some(running)) => {
-            let spec = edge_spec(acc, &config, bound, &mut Vec::new())?;
-            let changed = running.apply(&spec).await?;
-            tracing::info!(static_ips_changed = changed, "reload: accelerator updated");
+    let config = topology::for_node(full.clone(), node);
+    // Made first, all of it: an error here changes nothing.
+    if !running.runtime.sandbox {
+        if let Some(name) = config
+            .functions
+            .iter()
+            .find_map(|(n, f)| f.image.as_ref().map(|_| n))
+        {
+            bail!(
+                "functions.{name}: a container image runs only in a sandbox, and [runtime] sandbox = false"
+            );
         }
-        (None, None) => tracing::info!("reload: no accelerator on this node"),
-        _ => tracing::warn!("reload: adding or removing the accelerator needs a restart"),
     }
+    let functions = topology::function_specs(&config, live.base)?;
+    let Some(balancers) = started.balancers.as_mut() else {
+        bail!("reload before the load balancers started");
+    };
+    let prepared = balancers.prepare(&config, &full).await?;
+    let acc = config.accelerator.as_ref().filter(|a| a.runs_on(node));
+    let edge = match (acc, &started.accelerator) {
+        (Some(acc), Some(_)) => Some(edge_spec(acc, &full, &prepared.bound(), &mut Vec::new())?),
+        (None, None) => None,
+        _ => {
+            tracing::warn!("reload: adding or removing the accelerator needs a restart");
+            None
+        }
+    };
+    // Then switched: functions first, so that what the new rules name is there.
+    let applied = live.runtime.apply(functions).await;
+    let changes = balancers.commit(prepared, None);
+    tracing::info!(
+        functions_added = ?applied.added,
+        functions_replaced = ?applied.replaced,
+        functions_removed = ?applied.removed,
+        listeners_started = ?changes.started,
+        listeners_stopped = ?changes.stopped,
+        listeners_kept = changes.kept,
+        target_groups_made = ?changes.groups_made,
+        target_groups_stopped = ?changes.groups_stopped,
+        "reload: load balancers and functions updated"
+    );
+    if let (Some(spec), Some(accelerator)) = (edge, &started.accelerator) {
+        let changed = accelerator.apply(&spec).await?;
+        tracing::info!(static_ips_changed = changed, "reload: accelerator updated");
+    }
+    *running = full;
     Ok(Reloaded::Applied)
 }
 
@@ -670,31 +631,5 @@ fn raise_file_limit() {
         if let Err(error) = setrlimit(Resource::Nofile, limit) {
             tracing::debug!(%error, "could not raise the open-file limit");
         }
-    }
-}
-
-/// One line on what a listener does: its rules' count and where its default action goes.
-fn describe_routes(listener: &LbListener, config: &Config) -> String {
-    let default = match &listener.default_action {
-        Action::Forward { .. } => listener
-            .default_action
-            .forward_targets()
-            .iter()
-            .map(|(tg, _)| match config.target_groups.get(*tg) {
-                Some(group) if group.target_type == TargetType::Lambda => format!(
-                    "target group {tg} (lambda) -> function {}",
-                    group.function.as_deref().unwrap_or("?")
-                ),
-                Some(group) => format!("target group {tg} ({} targets)", group.targets.len()),
-                None => format!("target group {tg}"),
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        Action::Redirect(_) => "redirect".to_owned(),
-        Action::FixedResponse(f) => format!("fixed response {}", f.status_code),
-    };
-    match listener.rules.len() {
-        0 => format!("-> {default}"),
-        n => format!("{n} rule(s), default -> {default}"),
     }
 }

@@ -33,6 +33,8 @@ pub struct Outcome {
     pub keep_alive: bool,
     /// The error, if it failed.
     pub error: Option<String>,
+    /// The response's body, when it was answered.
+    pub body: Option<String>,
 }
 
 /// The running load.
@@ -116,7 +118,7 @@ impl Load {
                     let target = i % targets.len();
                     let started = Instant::now();
                     let result = fresh_request(targets[target], request);
-                    record(&log, target, started, false, result.err());
+                    record(&log, target, started, false, result);
                     i += 1;
                     std::thread::sleep(pause);
                 }
@@ -129,7 +131,7 @@ impl Load {
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
                     let result = keep_alive_request(&mut conn, address, request);
-                    record(&log, target, started, true, result.err());
+                    record(&log, target, started, true, result);
                     std::thread::sleep(pause * 2);
                 }
             }));
@@ -197,6 +199,11 @@ impl Load {
         }
     }
 
+    /// Every request recorded so far, in the order they ended.
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.log.lock().unwrap().clone()
+    }
+
     /// Stops every thread, once each has finished its request.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -217,14 +224,19 @@ fn record(
     target: usize,
     started: Instant,
     keep_alive: bool,
-    error: Option<String>,
+    result: Result<String, String>,
 ) {
+    let (body, error) = match result {
+        Ok(body) => (Some(body), None),
+        Err(error) => (None, Some(error)),
+    };
     log.lock().unwrap().push(Outcome {
         target,
         started,
         ended: Instant::now(),
         keep_alive,
         error,
+        body,
     });
 }
 
@@ -239,7 +251,7 @@ fn connect(address: SocketAddr) -> Result<TcpStream, String> {
 
 /// One request on a new connection, closed after the response. The response is read as
 /// curl reads it: up to the end of its `Content-Length` body, not to the connection's end.
-fn fresh_request(address: SocketAddr, request: &str) -> Result<(), String> {
+fn fresh_request(address: SocketAddr, request: &str) -> Result<String, String> {
     let mut s = connect(address)?;
     s.write_all(format!("{request}Connection: close\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
@@ -274,10 +286,10 @@ fn keep_alive_request(
     conn: &mut Option<Conn>,
     address: SocketAddr,
     request: &str,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let reused = conn.is_some();
     match exchange(conn, address, request) {
-        Ok(()) => Ok(()),
+        Ok(body) => Ok(body),
         Err(Failure::BeforeResponse(error)) if reused => {
             *conn = None;
             exchange(conn, address, request).map_err(|f| match f {
@@ -291,7 +303,11 @@ fn keep_alive_request(
     }
 }
 
-fn exchange(conn: &mut Option<Conn>, address: SocketAddr, request: &str) -> Result<(), Failure> {
+fn exchange(
+    conn: &mut Option<Conn>,
+    address: SocketAddr,
+    request: &str,
+) -> Result<String, Failure> {
     if conn.is_none() {
         let s = connect(address).map_err(Failure::Other)?;
         *conn = Some(Conn {
@@ -323,8 +339,8 @@ fn exchange(conn: &mut Option<Conn>, address: SocketAddr, request: &str) -> Resu
 }
 
 /// The rest of a response whose status line is `status`: headers, then a body of its
-/// `Content-Length`.
-fn read_rest(reader: &mut BufReader<TcpStream>, status: &str) -> Result<(), String> {
+/// `Content-Length`, returned.
+fn read_rest(reader: &mut BufReader<TcpStream>, status: &str) -> Result<String, String> {
     let mut length = 0usize;
     loop {
         let mut line = String::new();
@@ -351,7 +367,7 @@ fn read_rest(reader: &mut BufReader<TcpStream>, status: &str) -> Result<(), Stri
     if !status.starts_with("HTTP/1.1 200") {
         return Err(format!("answer: {}", status.trim()));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// What must hold for a stretch of the load.
