@@ -402,6 +402,7 @@ impl LoadBalancers {
         }
         self.groups = groups;
         self.logs = std::mem::take(&mut prepared.logs);
+        self.writers.retain(|w| !w.is_finished());
         self.writers.append(&mut prepared.writers);
         self.shown.store(Arc::new(portico_admin::Balancers {
             target_groups: self
@@ -422,8 +423,9 @@ impl LoadBalancers {
         changes
     }
 
-    /// The access logs' writer threads: each ends once its listeners are gone.
-    pub(crate) fn take_writers(&mut self) -> Vec<std::thread::JoinHandle<()>> {
+    /// The access logs' writer threads, once the load balancers have stopped: each ends
+    /// when the last holder of its log (a listener's settings, a request) is gone.
+    pub(crate) fn into_writers(mut self) -> Vec<std::thread::JoinHandle<()>> {
         std::mem::take(&mut self.writers)
     }
 }

@@ -232,10 +232,11 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
         ha.stop().await;
     }
     // Every listener is gone, so every access log's writer has its last line and ends.
+    // (Dropped here with what holds their logs: the listeners' settings.)
     let log_writers = started
         .balancers
-        .as_mut()
-        .map(LoadBalancers::take_writers)
+        .take()
+        .map(LoadBalancers::into_writers)
         .unwrap_or_default();
     let _ = tokio::task::spawn_blocking(move || {
         for writer in log_writers {
