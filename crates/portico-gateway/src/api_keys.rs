@@ -82,17 +82,29 @@ pub struct KeyStore {
 
 impl KeyStore {
     /// The store of `keys` (validated: values unique, plans exist), counting against
-    /// `plans`.
-    pub fn new(keys: &[ApiKey], plans: &BTreeMap<String, UsagePlan>) -> Self {
+    /// `plans`; a plan of `previous` with the same name and quota goes on counting.
+    pub fn new(
+        keys: &[ApiKey],
+        plans: &BTreeMap<String, UsagePlan>,
+        previous: Option<&KeyStore>,
+    ) -> Self {
         let plans: BTreeMap<&str, Arc<Plan>> = plans
             .iter()
             .map(|(name, plan)| {
-                let plan = Plan {
-                    name: name.as_str().into(),
-                    quota: plan.quota.as_ref().map(|q| (q.limit, q.period)),
-                    used: Mutex::default(),
-                };
-                (name.as_str(), Arc::new(plan))
+                let quota = plan.quota.as_ref().map(|q| (q.limit, q.period));
+                let same = previous.and_then(|p| {
+                    p.plans
+                        .iter()
+                        .find(|old| &*old.name == name.as_str() && old.quota == quota)
+                });
+                let plan = same.cloned().unwrap_or_else(|| {
+                    Arc::new(Plan {
+                        name: name.as_str().into(),
+                        quota,
+                        used: Mutex::default(),
+                    })
+                });
+                (name.as_str(), plan)
             })
             .collect();
         let by_value = keys
@@ -229,7 +241,7 @@ mod tests {
                 quota: Some(Quota { limit, period }),
             },
         )]);
-        KeyStore::new(&keys, &plans)
+        KeyStore::new(&keys, &plans, None)
     }
 
     #[test]

@@ -100,9 +100,15 @@ pub enum GatewayError {
 pub struct Gateway {
     authorizers: HashMap<String, Arc<Authorizer>>,
     keys: Arc<KeyStore>,
-    metrics: Metrics,
-    limiters: Mutex<Vec<(Labels, Arc<RateLimiter>)>>,
+    metrics: Arc<Metrics>,
+    /// Each policy's rate limiter, with its labels and settings.
+    limiters: Mutex<Vec<Limiter>>,
+    /// The limiters of the gateway this one follows, for policies that did not change.
+    inherited: Vec<Limiter>,
 }
+
+/// A policy's rate limiter, with its metric labels and the settings it was made with.
+type Limiter = (Labels, portico_config::gateway::RateLimit, Arc<RateLimiter>);
 
 /// Unix time now, in seconds.
 fn unix_now() -> u64 {
@@ -114,12 +120,15 @@ fn unix_now() -> u64 {
 impl Gateway {
     /// Loads the authorizers `config`'s load balancers use (JWKS files read, URLs fetched),
     /// the API keys (inline and from their file) and usage plans, and starts pruning rate
-    /// limit buckets until `shutdown`. Paths are relative to `base`.
+    /// limit buckets until `shutdown`. Paths are relative to `base`. A gateway that
+    /// follows `previous` (a configuration reloaded) keeps its metrics, the counts of its
+    /// usage plans whose quota did not change, and the buckets of its rate limits whose
+    /// policy did not change.
     pub async fn start(
         config: &Config,
         base: &Path,
-        tasks: &TaskTracker,
-        shutdown: &CancellationToken,
+        (tasks, shutdown): (&TaskTracker, &CancellationToken),
+        previous: Option<&Gateway>,
     ) -> Result<Arc<Self>, GatewayError> {
         let used: std::collections::BTreeSet<&str> = config
             .load_balancers
@@ -166,9 +175,19 @@ impl Gateway {
         }
         let gateway = Arc::new(Self {
             authorizers,
-            keys: Arc::new(KeyStore::new(&keys, &config.usage_plans)),
-            metrics: Metrics::default(),
+            keys: Arc::new(KeyStore::new(
+                &keys,
+                &config.usage_plans,
+                previous.map(|p| &*p.keys),
+            )),
+            metrics: previous.map_or_else(Default::default, |p| p.metrics.clone()),
             limiters: Mutex::default(),
+            inherited: previous.map_or_else(Vec::new, |p| {
+                p.limiters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            }),
         });
         tasks.spawn(gateway.clone().prune(shutdown.clone()));
         Ok(gateway)
@@ -222,8 +241,12 @@ impl Gateway {
             })
             .transpose()?;
         let limiter = spec.rate_limit.as_ref().map(|spec| {
-            let limiter = Arc::new(RateLimiter::new(spec));
             let labels: Labels = vec![("policy", path.to_owned()), ("key", spec.key.to_string())];
+            let limiter = self
+                .inherited
+                .iter()
+                .find(|(l, s, _)| *l == labels && s == spec)
+                .map_or_else(|| Arc::new(RateLimiter::new(spec)), |(_, _, l)| l.clone());
             self.metrics
                 .rate_limit_burst
                 .get_or_create(&labels)
@@ -235,7 +258,7 @@ impl Gateway {
             self.limiters
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push((labels, limiter.clone()));
+                .push((labels, spec.clone(), limiter.clone()));
             limiter
         });
         let counter = |outcome: &'static str| {
@@ -292,7 +315,7 @@ impl Gateway {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
-            for (labels, limiter) in limiters {
+            for (labels, _, limiter) in limiters {
                 let held = limiter.prune();
                 self.metrics
                     .rate_limit_buckets

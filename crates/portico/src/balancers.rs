@@ -85,6 +85,8 @@ pub(crate) struct LoadBalancers {
     logs: BTreeMap<String, Log>,
     /// The access logs' writer threads, joined at shutdown.
     writers: Vec<std::thread::JoinHandle<()>>,
+    /// Stops the gateway's task.
+    gateway_stop: CancellationToken,
     shown: Shown,
 }
 
@@ -97,16 +99,19 @@ pub(crate) struct Prepared {
     logs: BTreeMap<String, Log>,
     writers: Vec<std::thread::JoinHandle<()>>,
     gateway: Arc<Gateway>,
+    /// Stops its gateway's task (if it is dropped uncommitted, or replaced).
+    gateway_stop: CancellationToken,
     /// One line per listener, for the banner.
     routes: Vec<String>,
 }
 
 impl Drop for Prepared {
     fn drop(&mut self) {
-        // Not committed (a commit takes the groups).
+        // Not committed (a commit takes the groups, and the gateway's token).
         for group in self.groups.values().filter(|g| g.fresh) {
             group.stop.cancel();
         }
+        self.gateway_stop.cancel();
     }
 }
 
@@ -158,8 +163,11 @@ impl LoadBalancers {
         (admission, limits): (portico_accept::Admission, portico_accept::Limits),
         (shutdown, tasks): (&CancellationToken, &TaskTracker),
     ) -> anyhow::Result<Self> {
-        let gateway = Gateway::start(&Config::default(), base, tasks, shutdown).await?;
+        let gateway_stop = shutdown.child_token();
+        let gateway =
+            Gateway::start(&Config::default(), base, (tasks, &gateway_stop), None).await?;
         Ok(Self {
+            gateway_stop,
             base: base.to_owned(),
             invoker,
             admission,
@@ -185,8 +193,17 @@ impl LoadBalancers {
     /// Makes ready everything `config` (this node's part of `full`) needs, without changing
     /// what serves. Refused whole on the first error.
     pub(crate) async fn prepare(&self, config: &Config, full: &Config) -> anyhow::Result<Prepared> {
-        let gateway = Gateway::start(config, &self.base, &self.tasks, &self.shutdown).await?;
+        let gateway_stop = self.shutdown.child_token();
+        let previous = self.shown.load().gateway.clone();
+        let gateway = Gateway::start(
+            config,
+            &self.base,
+            (&self.tasks, &gateway_stop),
+            Some(&previous),
+        )
+        .await?;
         let mut prepared = Prepared {
+            gateway_stop,
             listeners: Vec::new(),
             groups: BTreeMap::new(),
             logs: BTreeMap::new(),
@@ -402,6 +419,8 @@ impl LoadBalancers {
         }
         self.groups = groups;
         self.logs = std::mem::take(&mut prepared.logs);
+        let gateway_stop = std::mem::replace(&mut prepared.gateway_stop, CancellationToken::new());
+        std::mem::replace(&mut self.gateway_stop, gateway_stop).cancel();
         self.writers.retain(|w| !w.is_finished());
         self.writers.append(&mut prepared.writers);
         self.shown.store(Arc::new(portico_admin::Balancers {
