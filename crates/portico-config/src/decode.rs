@@ -52,7 +52,17 @@ fn parse_table(text: &str, origin: &str) -> Result<toml::Table, LoadError> {
 
 /// Decodes and validates `text`; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Config, LoadError> {
-    let table = parse_table(text, origin)?;
+    from_table(parse_table(text, origin)?, origin)
+}
+
+/// The file at `path` as a TOML table, before decoding (its size and syntax checked): what
+/// changes made through the APIs are laid over.
+pub fn load_table(path: &Path) -> Result<toml::Table, LoadError> {
+    parse_table(&read_text(path)?, &path.display().to_string())
+}
+
+/// Decodes and validates `table`; `origin` names it in errors.
+pub fn from_table(table: toml::Table, origin: &str) -> Result<Config, LoadError> {
     let mut errors = Vec::new();
     let config = decode_table(table, &mut errors);
     errors.extend(validate(&config));

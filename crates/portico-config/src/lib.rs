@@ -22,7 +22,7 @@ pub mod model;
 pub mod routing;
 pub mod validate;
 
-pub use decode::{load_api_key_file, load_file, parse};
+pub use decode::{from_table, load_api_key_file, load_file, load_table, parse};
 pub use error::{ConfigError, LoadError};
 pub use gateway::*;
 pub use ha::*;

@@ -13,6 +13,13 @@
 //!   GetFunction; `GET /2015-03-31/functions/{name}/configuration`: GetFunctionConfiguration
 //!   (what the AWS CLI's `function-updated` waiter polls).
 //! - `GET /2016-08-19/account-settings/`: GetAccountSettings, the runtime's limits.
+//! - With a control plane ([`crate::admin::FunctionAdmin`]): `POST /2015-03-31/functions`
+//!   (CreateFunction, 201), `PUT …/{name}/code` (UpdateFunctionCode), `PUT
+//!   …/{name}/configuration` (UpdateFunctionConfiguration), `DELETE …/{name}`
+//!   (DeleteFunction, 204), `PUT`/`DELETE /2017-10-31/functions/{name}/concurrency`
+//!   (PutFunctionConcurrency, DeleteFunctionConcurrency) and `GET
+//!   /2019-09-30/functions/{name}/concurrency` (GetFunctionConcurrency). One change at a
+//!   time reads its body (up to [`MAX_CHANGE_BYTES`]: a 50 MB package, base64).
 //! - `GET /portico/v1/functions/{name}/logs[?follow=true]`: portico's own route, the
 //!   function's recent log as text, one `TIMESTAMP<TAB>LINE` per line; with `follow`, the
 //!   response stays open and new lines are streamed (`portico logs`).
@@ -26,6 +33,7 @@
 //! the qualifier may come as `?Qualifier=`, as Lambda allows. A function here has one version,
 //! `$LATEST`, and no alias: any other qualifier is `ResourceNotFoundException`.
 
+use crate::admin::{FunctionAdmin, FunctionChange};
 use crate::logs::{Followed, LogBook, LogLine};
 use crate::runtime::{MAX_SYNC_PAYLOAD_BYTES, Runtime};
 use crate::spec::FunctionSpec;
@@ -64,6 +72,16 @@ const LEGACY_ASYNC_PREFIX: &str = "/2014-11-13/functions";
 /// InvokeAsync's payload limit: 256 KB (Invoke's `Event` type takes up to 1 MB).
 pub const MAX_LEGACY_ASYNC_PAYLOAD_BYTES: usize = 256 * 1024;
 
+/// PutFunctionConcurrency's and DeleteFunctionConcurrency's prefix.
+const CONCURRENCY_PREFIX: &str = "/2017-10-31/functions";
+
+/// GetFunctionConcurrency's prefix.
+const GET_CONCURRENCY_PREFIX: &str = "/2019-09-30/functions";
+
+/// Largest body of a change (CreateFunction, UpdateFunctionCode): Lambda's 50 MB package,
+/// base64-encoded, in its JSON request.
+pub const MAX_CHANGE_BYTES: usize = 70 * 1024 * 1024;
+
 /// portico's own routes, beside the AWS ones.
 const PORTICO_PREFIX: &str = "/portico/v1/functions";
 
@@ -73,6 +91,10 @@ const MAX_CLIENT_CONTEXT_BYTES: usize = 3583;
 /// What every request needs.
 struct Api {
     runtime: Arc<Runtime>,
+    /// What carries out changes of functions, when there is a control plane.
+    admin: Option<Arc<dyn FunctionAdmin>>,
+    /// One change's body read at a time (they are large).
+    changing: tokio::sync::Semaphore,
     /// The keys whose signatures are accepted; none: requests are not checked.
     keys: portico_sigv4::AccessKeys,
     /// How long a request's body may take.
@@ -94,15 +116,18 @@ pub struct Timeouts {
 }
 
 /// Serves the Invoke API for `runtime` on `listener` until `shutdown` fires. With `keys`,
-/// every request must be signed with one of them (AWS Signature Version 4).
+/// every request must be signed with one of them (AWS Signature Version 4). With `admin`,
+/// the operations that change functions are served too.
 pub async fn serve(
     listener: TcpListener,
-    runtime: Arc<Runtime>,
+    (runtime, admin): (Arc<Runtime>, Option<Arc<dyn FunctionAdmin>>),
     (limits, timeouts, keys): (portico_accept::Limits, Timeouts, portico_sigv4::AccessKeys),
     shutdown: CancellationToken,
 ) {
     let api = Arc::new(Api {
         runtime,
+        admin,
+        changing: tokio::sync::Semaphore::new(1),
         keys,
         body_timeout: timeouts.body,
         shutdown: shutdown.clone(),
@@ -123,11 +148,35 @@ pub async fn serve(
 
 type ApiResponse = Response<BoxBody<Bytes, Infallible>>;
 
+/// Whether `req` changes functions (its body may be large).
+fn is_change(req: &Request<Incoming>) -> bool {
+    let path = req.uri().path();
+    let method = req.method();
+    (path.starts_with(PREFIX) || path.starts_with(CONCURRENCY_PREFIX))
+        && (method == Method::PUT
+            || method == Method::DELETE
+            || (method == Method::POST && path.trim_end_matches('/') == PREFIX))
+}
+
 async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
-    let req = match authenticate(&api.keys, req, api.body_timeout).await {
+    let change = is_change(&req);
+    // One change at a time reads its (large) body; the others wait their turn.
+    let _turn = match change {
+        true => api.changing.acquire().await.ok(),
+        false => None,
+    };
+    let limit = if change {
+        MAX_CHANGE_BYTES
+    } else {
+        MAX_SYNC_PAYLOAD_BYTES
+    };
+    let req = match authenticate(&api.keys, req, limit, api.body_timeout).await {
         Ok(req) => req,
         Err(response) => return response,
     };
+    if change {
+        return change_function(api, req).await;
+    }
     let rt = &*api.runtime;
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix(PORTICO_PREFIX) {
@@ -145,6 +194,18 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
             (&Method::POST, Some((name, "invoke-async"))) => {
                 invoke_async(api, &function_name(name).0, req).await
             }
+            _ => unknown_operation(),
+        };
+    }
+    if let Some(rest) = path.strip_prefix(GET_CONCURRENCY_PREFIX) {
+        return match (req.method(), rest.trim_matches('/').split_once('/')) {
+            (&Method::GET, Some((name, "concurrency"))) => match find(rt, name, &req) {
+                Ok(spec) => ok_json(match spec.reserved_concurrency {
+                    Some(n) => json!({ "ReservedConcurrentExecutions": n }),
+                    None => json!({}),
+                }),
+                Err(response) => *response,
+            },
             _ => unknown_operation(),
         };
     }
@@ -337,18 +398,14 @@ async fn read_body(
 async fn authenticate(
     keys: &portico_sigv4::AccessKeys,
     req: Request<Incoming>,
+    limit: usize,
     deadline: std::time::Duration,
 ) -> Result<Request<ReqBody>, ApiResponse> {
     if keys.is_empty() {
         return Ok(req.map(|body| body.map_err(io_error).boxed()));
     }
     let (parts, body) = req.into_parts();
-    let body = read_body(
-        body.map_err(io_error).boxed(),
-        MAX_SYNC_PAYLOAD_BYTES,
-        deadline,
-    )
-    .await?;
+    let body = read_body(body.map_err(io_error).boxed(), limit, deadline).await?;
     let signable = portico_sigv4::Signable::of(&parts, &body);
     if let Err(refusal) = portico_sigv4::verify(signable, keys, "lambda", SystemTime::now()) {
         tracing::debug!(path = %parts.uri.path(), %refusal, "invoke API: request refused");
@@ -531,6 +588,107 @@ fn full(body: Bytes) -> BoxBody<Bytes, Infallible> {
     Full::new(body).boxed()
 }
 
+/// A change of functions: read, handed to the control plane, answered with the function as
+/// it then runs.
+async fn change_function(api: &Api, req: Request<ReqBody>) -> ApiResponse {
+    let Some(admin) = &api.admin else {
+        return unknown_operation();
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let (concurrency, rest) = match path.strip_prefix(CONCURRENCY_PREFIX) {
+        Some(rest) if !path.starts_with(PREFIX) => (true, rest),
+        _ => (false, path.strip_prefix(PREFIX).unwrap_or_default()),
+    };
+    let segments: Vec<String> = rest
+        .trim_matches('/')
+        .split('/')
+        .map(|s| function_name(s).0)
+        .collect();
+    let body = match read_payload(req, MAX_CHANGE_BYTES, api.body_timeout).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let (change, answer) = match (concurrency, &method, segments.as_slice()) {
+        (false, &Method::POST, [""]) => (FunctionChange::Create(request), Answer::Created),
+        (false, &Method::PUT, [name, "code"]) => (
+            FunctionChange::UpdateCode {
+                name: (*name).to_owned(),
+                request,
+            },
+            Answer::Configuration,
+        ),
+        (false, &Method::PUT, [name, "configuration"]) => (
+            FunctionChange::UpdateConfiguration {
+                name: (*name).to_owned(),
+                request,
+            },
+            Answer::Configuration,
+        ),
+        (false, &Method::DELETE, [name]) => (
+            FunctionChange::Delete {
+                name: (*name).to_owned(),
+            },
+            Answer::Empty,
+        ),
+        (true, &Method::PUT, [name, "concurrency"]) => (
+            FunctionChange::PutConcurrency {
+                name: (*name).to_owned(),
+                request,
+            },
+            Answer::Concurrency,
+        ),
+        (true, &Method::DELETE, [name, "concurrency"]) => (
+            FunctionChange::DeleteConcurrency {
+                name: (*name).to_owned(),
+            },
+            Answer::Empty,
+        ),
+        _ => return unknown_operation(),
+    };
+    let name = match admin.change(change).await {
+        Ok(name) => name,
+        Err(refused) => {
+            return error(
+                StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST),
+                &refused.error_type,
+                &refused.message,
+            );
+        }
+    };
+    let spec = api.runtime.spec(&name);
+    match (answer, spec) {
+        (Answer::Empty, _) => Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(full(Bytes::new()))
+            .unwrap_or_else(|_| internal()),
+        (Answer::Concurrency, Some(spec)) => ok_json(json!({
+            "ReservedConcurrentExecutions": spec.reserved_concurrency.unwrap_or(0),
+        })),
+        (Answer::Created, Some(spec)) => {
+            let mut response = ok_json(configuration(&spec));
+            *response.status_mut() = StatusCode::CREATED;
+            response
+        }
+        (Answer::Configuration, Some(spec)) => ok_json(configuration(&spec)),
+        (_, None) => not_found(&name, &api.runtime),
+    }
+}
+
+/// How a change is answered.
+enum Answer {
+    /// 201 and the new function's configuration.
+    Created,
+    /// 200 and the function's configuration.
+    Configuration,
+    /// 200 and its reserved concurrency.
+    Concurrency,
+    /// 204.
+    Empty,
+}
+
 fn list_functions(rt: &Runtime) -> ApiResponse {
     let mut functions = rt.functions();
     functions.sort_by(|a, b| a.name.cmp(&b.name));
@@ -575,13 +733,21 @@ fn configuration(spec: &FunctionSpec) -> Value {
         "LastUpdateStatus": "Successful",
         "PackageType": "Zip",
         "Architectures": [std::env::consts::ARCH.replace("aarch64", "arm64")],
-        "EphemeralStorage": { "Size": 512 },
+        "EphemeralStorage": { "Size": spec.ephemeral_storage_mb },
         "SnapStart": { "ApplyOn": "None", "OptimizationStatus": "Off" },
         "LoggingConfig": {
-            "LogFormat": "Text",
+            "LogFormat": if spec.logging.json { "JSON" } else { "Text" },
             "LogGroup": format!("/aws/lambda/{}", spec.name),
         },
     });
+    if spec.logging.json {
+        // Lambda shows the levels of JSON logs only.
+        let level = |l: Option<crate::spec::Level>| l.map(|l| format!("{l:?}").to_uppercase());
+        config["LoggingConfig"]["ApplicationLogLevel"] =
+            json!(level(spec.logging.application_level).unwrap_or_else(|| "INFO".into()));
+        config["LoggingConfig"]["SystemLogLevel"] =
+            json!(level(spec.logging.system_level).unwrap_or_else(|| "INFO".into()));
+    }
     // Lambda leaves `Environment` out when a function has no variables.
     if !spec.environment.is_empty() {
         config["Environment"] = json!({ "Variables": spec.environment });

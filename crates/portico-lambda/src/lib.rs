@@ -28,6 +28,7 @@
 //! - [`logs`]: capturing function output, Lambda's START/END/REPORT lines, each function's
 //!   recent log and its followers.
 
+pub mod admin;
 pub mod credentials;
 mod environment;
 mod exchange;

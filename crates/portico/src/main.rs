@@ -43,8 +43,8 @@ struct Cli {
 enum Command {
     /// Run the topology in FILE (or the embedded demo) until SIGINT or SIGTERM.
     ///
-    /// SIGHUP re-reads FILE and moves the accelerator to it without dropping the static
-    /// addresses that stay.
+    /// SIGHUP re-reads FILE and moves everything to it in place (changes made through the
+    /// APIs stay laid over it): listeners keep their sockets, functions drain.
     Up {
         /// The topology file; without it, the embedded demo topology runs.
         file: Option<PathBuf>,
@@ -52,6 +52,12 @@ enum Command {
         /// with `node = "NAME"`, and whatever has no node).
         #[arg(long, value_name = "NAME")]
         node: Option<String>,
+    },
+    /// Print the topology a node started from FILE runs: FILE with the changes made through
+    /// the APIs (kept beside it, in NAME.state/) laid over it, as TOML.
+    Export {
+        /// The topology file.
+        file: PathBuf,
     },
     /// Check FILE and print every error, each with its key path.
     Validate {
@@ -188,16 +194,38 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
-        Command::Up { file, node } => {
-            let loaded = match &file {
-                Some(path) => {
-                    portico_config::load_file(path).map(|c| (c, topology::base_dir(path)))
+        Command::Export { file } => {
+            match portico_control::export(&file, &portico_control::DirStore::beside(&file)) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
                 }
-                None => portico_config::parse(topology::DEFAULT_CONFIG, "embedded default")
-                    .map(|c| (c, PathBuf::from("."))),
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+            }
+        }
+        Command::Up { file, node } => {
+            // The file with the changes made through the APIs over it.
+            let (store, base_dir): (Box<dyn portico_control::Store>, PathBuf) = match &file {
+                Some(path) => (
+                    Box::new(portico_control::DirStore::beside(path)),
+                    topology::base_dir(path),
+                ),
+                None => (
+                    Box::new(portico_control::MemoryStore::new(
+                        &portico_lambda::package::default_cache_dir().join("packages"),
+                    )),
+                    PathBuf::from("."),
+                ),
             };
-            let (config, base_dir) = match loaded {
-                Ok(loaded) => loaded,
+            let (control, config) = match portico_control::Control::open(
+                file.as_deref(),
+                topology::DEFAULT_CONFIG,
+                store,
+            ) {
+                Ok(opened) => opened,
                 Err(error) => {
                     eprintln!("{error}");
                     return ExitCode::from(EXIT_BAD_CONFIG);
@@ -221,6 +249,7 @@ fn main() -> ExitCode {
                     base: base_dir,
                     node,
                     ha,
+                    control: std::sync::Arc::new(control),
                 },
             ))
         }

@@ -113,6 +113,8 @@ pub(crate) struct Options {
     pub(crate) node: Option<String>,
     /// This node's part of a multi-node accelerator, its host checked.
     pub(crate) ha: Option<portico_ha::HaSpec>,
+    /// The control plane: the file with the changes made through the APIs over it.
+    pub(crate) control: Arc<portico_control::Control>,
 }
 
 /// What `start` leaves running that a reload needs.
@@ -131,6 +133,7 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
         base,
         node,
         ha: ha_spec,
+        control,
     } = options;
     raise_file_limit();
     let full = config.clone();
@@ -167,10 +170,13 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
     };
 
     let mut started = Started::default();
+    let admin: Arc<dyn portico_lambda::admin::FunctionAdmin> = Arc::new(
+        portico_control::lambda::LambdaControl::new(control.clone(), topology::REGION),
+    );
     let result = start(
         (&config, &full),
         &base,
-        runtime.clone(),
+        (runtime.clone(), admin),
         (&shutdown, &tasks),
         (&mut banner, &mut started),
         ha_spec,
@@ -188,26 +194,27 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
     }
     print!("{}", banner.render());
 
+    // From now on, what changes the node (a reload, the APIs) goes through the control plane.
+    let node = Arc::new(Node {
+        name: node,
+        base: base.clone(),
+        runtime: runtime.clone(),
+        running: tokio::sync::Mutex::new((full, started)),
+        left: CancellationToken::new(),
+    });
+    control.set_apply(node.clone());
     let mut signals = signals::Signals::install().context("installing signal handlers")?;
-    let mut running = full;
     let signal = loop {
-        match signals.next().await {
+        let signal = tokio::select! {
+            signal = signals.next() => signal,
+            () = node.left.cancelled() => break "SIGHUP (this node left the accelerator)",
+        };
+        match signal {
             signals::Signal::Reload => match &file {
                 Some(file) => {
                     tracing::info!(file = %file.display(), "SIGHUP: reloading");
-                    let live = Live {
-                        node: node.as_deref(),
-                        base: &base,
-                        runtime: &runtime,
-                    };
-                    match reload(file, &live, &mut running, &mut started).await {
-                        Ok(Reloaded::Applied) => {}
-                        Ok(Reloaded::NodeRemoved) => {
-                            break "SIGHUP (this node left the accelerator)";
-                        }
-                        Err(error) => {
-                            tracing::error!("reload refused, nothing changed: {error:#}")
-                        }
+                    if let Err(error) = control.reload().await {
+                        tracing::error!("reload refused, nothing changed: {error}")
                     }
                 }
                 None => tracing::info!("SIGHUP: the embedded default has nothing to reload"),
@@ -215,6 +222,7 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
             signals::Signal::Shutdown(name) => break name,
         }
     };
+    let (_, mut started) = std::mem::take(&mut *node.running.lock().await);
     if let (Some(ha), Some(accelerator)) = (&started.ha, &started.accelerator) {
         tracing::info!(signal, "shutting down: giving up the static IPs");
         crate::ha::give_up(ha, accelerator).await;
@@ -252,7 +260,7 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
 async fn start(
     (config, full): (&Config, &Config),
     base: &Path,
-    runtime: Arc<Runtime>,
+    (runtime, admin): (Arc<Runtime>, Arc<dyn portico_lambda::admin::FunctionAdmin>),
     (shutdown, tasks): (&CancellationToken, &TaskTracker),
     (banner, started): (&mut Banner, &mut Started),
     ha_spec: Option<portico_ha::HaSpec>,
@@ -267,7 +275,7 @@ async fn start(
         banner.invoke_api = Some(listener.local_addr()?);
         tasks.spawn(portico_lambda::invoke_api::serve(
             listener,
-            runtime,
+            (runtime, Some(admin)),
             (
                 LISTENER_LIMITS,
                 portico_lambda::invoke_api::Timeouts {
@@ -521,29 +529,49 @@ enum Reloaded {
     NodeRemoved,
 }
 
-/// What a reload reads of the running node.
-struct Live<'a> {
+/// The running node: what a reload or a change made through the APIs moves.
+struct Node {
     /// This node's name, on an accelerator of several.
-    node: Option<&'a str>,
+    name: Option<String>,
     /// The directory relative paths are resolved against.
-    base: &'a Path,
-    runtime: &'a Arc<Runtime>,
+    base: PathBuf,
+    runtime: Arc<Runtime>,
+    /// The whole configuration running now, and what runs it.
+    running: tokio::sync::Mutex<(Config, Started)>,
+    /// Fires when a reload removed this node from the accelerator: it leaves, gracefully.
+    left: CancellationToken,
 }
 
-/// Re-reads `file` and moves everything to it, in place (SIGHUP): functions, load balancer
-/// listeners, rules, target groups, gateway policies, certificates (read again even when
-/// the file names the same ones), and the accelerator. Everything the new configuration
-/// needs is made first; on any error nothing changes. The APIs, the runtime's own
-/// settings, the limits and the nodes of an accelerator of several need a restart, which a
-/// warning says.
+impl portico_control::Apply for Node {
+    fn apply(&self, config: Config) -> portico_invoke::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut running = self.running.lock().await;
+            let (config_now, started) = &mut *running;
+            match reload(config, self, config_now, started).await {
+                Ok(Reloaded::Applied) => Ok(()),
+                Ok(Reloaded::NodeRemoved) => {
+                    self.left.cancel();
+                    Ok(())
+                }
+                Err(error) => Err(format!("{error:#}")),
+            }
+        })
+    }
+}
+
+/// Moves everything to `full` (the file with the changes made through the APIs over it),
+/// in place: functions, load balancer listeners, rules, target groups, gateway policies,
+/// certificates (read again even when the file names the same ones), and the accelerator.
+/// Everything the new configuration needs is made first; on any error nothing changes.
+/// The APIs, the runtime's own settings, the limits and the nodes of an accelerator of
+/// several need a restart, which a warning says.
 async fn reload(
-    file: &Path,
-    live: &Live<'_>,
+    full: Config,
+    live: &Node,
     running: &mut Config,
     started: &mut Started,
 ) -> anyhow::Result<Reloaded> {
-    let full = portico_config::load_file(file)?;
-    let node = live.node;
+    let node = live.name.as_deref();
     let several = |c: &Config| c.accelerator.as_ref().is_some_and(|a| a.ha.is_some());
     if several(running) && started.accelerator.is_some() {
         if !full.accelerator.as_ref().is_some_and(|a| a.runs_on(node)) {
@@ -586,7 +614,7 @@ async fn reload(
             );
         }
     }
-    let functions = topology::function_specs(&config, live.base)?;
+    let functions = topology::function_specs(&config, &live.base)?;
     let Some(balancers) = started.balancers.as_mut() else {
         bail!("reload before the load balancers started");
     };

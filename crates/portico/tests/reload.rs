@@ -12,25 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::load::Load;
-use support::{Portico, Scratch, curl};
-
-/// The Python function: its code's version, its `GREETING`, and which environment answered;
-/// `?sleep=S` holds the request S seconds.
-fn function_code(version: &str) -> String {
-    format!(
-        r#"import os, time, uuid
-VERSION = "{version}"
-PROCESS = uuid.uuid4().hex[:8]
-
-def handler(event, context):
-    query = event.get("queryStringParameters") or {{}}
-    if "sleep" in query:
-        time.sleep(float(query["sleep"]))
-    body = " ".join([VERSION, os.environ.get("GREETING", "-"), PROCESS])
-    return {{"statusCode": 200, "headers": {{"content-type": "text/plain"}}, "body": body}}
-"#
-    )
-}
+use support::{Portico, Scratch, curl, versioned_function as function_code};
 
 /// What the configuration file says, step by step.
 #[derive(Clone)]

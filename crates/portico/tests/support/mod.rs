@@ -83,6 +83,25 @@ pub fn python() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// A Python function answering the load balancer with its code's version, its `GREETING`
+/// and which environment answered (`VERSION GREETING ID`); `?sleep=S` holds the request S
+/// seconds.
+pub fn versioned_function(version: &str) -> String {
+    format!(
+        r#"import os, time, uuid
+VERSION = "{version}"
+PROCESS = uuid.uuid4().hex[:8]
+
+def handler(event, context):
+    query = event.get("queryStringParameters") or {{}}
+    if "sleep" in query:
+        time.sleep(float(query["sleep"]))
+    body = " ".join([VERSION, os.environ.get("GREETING", "-"), PROCESS])
+    return {{"statusCode": 200, "headers": {{"content-type": "text/plain"}}, "body": body}}
+"#
+    )
+}
+
 /// A scratch directory, removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -118,7 +137,9 @@ pub struct Portico {
     pub admin_api: Option<SocketAddr>,
     /// The file it runs (rewrite it and send SIGHUP to reload).
     pub config_file: PathBuf,
-    _scratch: Scratch,
+    /// How it was started, to start it again.
+    launched: (bool, Vec<(String, String)>),
+    scratch: Option<Scratch>,
 }
 
 impl Portico {
@@ -210,7 +231,13 @@ impl Portico {
             invoke_api: None,
             admin_api: None,
             config_file: file.clone(),
-            _scratch: scratch,
+            launched: (
+                relative,
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            scratch: Some(scratch),
         };
         let stdout = portico.child.stdout.take().unwrap();
         let mut in_routes = false;
@@ -238,6 +265,18 @@ impl Portico {
         }
         assert!(in_routes, "portico did not print its banner");
         portico
+    }
+
+    /// Stops it (SIGTERM) and starts it again in the same directory, on its file as it is
+    /// now.
+    pub fn restart(mut self) -> Self {
+        let status = self.terminate();
+        assert!(status.success(), "{status:?}");
+        let config = std::fs::read_to_string(&self.config_file).unwrap();
+        let scratch = self.scratch.take().unwrap();
+        let (relative, env) = self.launched.clone();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Self::launch_from(scratch, &config, (None, None), &env, relative)
     }
 
     pub fn pid(&self) -> i32 {

@@ -1,0 +1,388 @@
+//! Deploys through the Lambda API with the AWS CLI, as teams make them: new code and
+//! configuration under a steady stream of requests through the load balancer (not one
+//! fails, each change is seen within a second), functions created, limited and deleted,
+//! Lambda's errors, and changes that outlive a restart and show in `portico export`.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::load::Load;
+use support::{Portico, Scratch, aws_cli, curl, portico_bin, versioned_function};
+
+const CONFIG: &str = r#"
+[functions.greet]
+runtime = "python3.11"
+code = "code"
+handler = "app.handler"
+environment = { GREETING = "hello" }
+
+[target_groups.greet]
+target_type = "lambda"
+function = "greet"
+
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = { type = "forward", target_group = "greet" }
+
+[invoke_api]
+port = 0
+
+[admin_api]
+port = 0
+"#;
+
+/// A zip of the function at `version`, written to `path`.
+fn package(path: &Path, version: &str) {
+    let code = path.with_extension("py");
+    std::fs::write(&code, versioned_function(version)).unwrap();
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z: z.write(sys.argv[2], 'app.py')",
+        ])
+        .arg(path)
+        .arg(&code)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `aws lambda ARGS…`: its JSON output when it succeeded, else its error text.
+fn lambda(portico: &Portico, args: &[&str]) -> Result<Value, String> {
+    let endpoint = format!("http://{}", portico.invoke_api.unwrap());
+    let out = aws_cli(&endpoint, "lambda", args);
+    if out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+        })
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The load balancer's answer to `GET /`.
+fn answer(portico: &Portico) -> String {
+    curl(
+        None,
+        &["-s", &format!("http://{}/", portico.load_balancers[0].1)],
+    )
+    .body
+}
+
+/// Waits until the load balancer answers as `seen` says, at most a second.
+fn seen_within_a_second(portico: &Portico, what: &str, seen: impl Fn(&str) -> bool) {
+    let started = Instant::now();
+    loop {
+        let body = answer(portico);
+        if seen(&body) {
+            eprintln!("{what}: seen after {} ms", started.elapsed().as_millis());
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: still {body:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn functions_are_deployed_with_the_aws_cli_under_load_and_the_changes_outlive_a_restart() {
+    let scratch = Scratch::new("deploys");
+    let dir = scratch.0.clone();
+    std::fs::create_dir_all(dir.join("code")).unwrap();
+    std::fs::write(dir.join("code/app.py"), versioned_function("code-1")).unwrap();
+    let v2 = dir.join("v2.zip");
+    package(&v2, "code-2");
+    let portico = Portico::start_here(scratch, CONFIG, &[]);
+    assert!(answer(&portico).starts_with("code-1 hello "));
+    let lb = portico.load_balancers[0].1;
+    let mut load = Load::start(
+        &[lb],
+        2,
+        Duration::from_millis(15),
+        "GET / HTTP/1.1\r\nHost: web\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // New code, as `sam deploy` or a CI job sends it.
+    let zip = format!("fileb://{}", v2.display());
+    let updated = lambda(
+        &portico,
+        &[
+            "update-function-code",
+            "--function-name",
+            "greet",
+            "--zip-file",
+            &zip,
+        ],
+    )
+    .unwrap();
+    let sha = {
+        use base64::Engine;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&v2).unwrap());
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    };
+    assert_eq!(updated["CodeSha256"], sha, "{updated}");
+    assert_eq!(updated["LastUpdateStatus"], "Successful");
+    assert_eq!(updated["State"], "Active");
+    seen_within_a_second(&portico, "new code", |b| b.starts_with("code-2 hello "));
+    // The CLI's waiter is satisfied.
+    lambda(
+        &portico,
+        &["wait", "function-updated", "--function-name", "greet"],
+    )
+    .unwrap();
+
+    // New configuration.
+    let updated = lambda(
+        &portico,
+        &[
+            "update-function-configuration",
+            "--function-name",
+            "greet",
+            "--memory-size",
+            "256",
+            "--environment",
+            "Variables={GREETING=hola}",
+        ],
+    )
+    .unwrap();
+    assert_eq!(updated["MemorySize"], 256, "{updated}");
+    assert_eq!(updated["Environment"]["Variables"]["GREETING"], "hola");
+    seen_within_a_second(&portico, "new configuration", |b| {
+        b.starts_with("code-2 hola ")
+    });
+
+    load.stop();
+    let outcomes = load.outcomes();
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
+    eprintln!(
+        "{} requests during the deploys, {} failed",
+        outcomes.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+
+    // A new function, its concurrency reserved.
+    let created = lambda(
+        &portico,
+        &[
+            "create-function",
+            "--function-name",
+            "extra",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.handler",
+            "--role",
+            "arn:aws:iam::000000000000:role/extra",
+            "--zip-file",
+            &zip,
+            "--timeout",
+            "7",
+        ],
+    )
+    .unwrap();
+    assert_eq!(created["FunctionName"], "extra", "{created}");
+    assert_eq!(created["Timeout"], 7);
+    let out = dir.join("out.json");
+    let invoked = lambda(
+        &portico,
+        &["invoke", "--function-name", "extra", out.to_str().unwrap()],
+    )
+    .unwrap();
+    assert_eq!(invoked["StatusCode"], 200, "{invoked}");
+    let reply: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(
+        reply["body"].as_str().unwrap().starts_with("code-2 - "),
+        "{reply}"
+    );
+    let limited = lambda(
+        &portico,
+        &[
+            "put-function-concurrency",
+            "--function-name",
+            "extra",
+            "--reserved-concurrent-executions",
+            "5",
+        ],
+    )
+    .unwrap();
+    assert_eq!(limited["ReservedConcurrentExecutions"], 5);
+    let got = lambda(
+        &portico,
+        &["get-function-concurrency", "--function-name", "extra"],
+    )
+    .unwrap();
+    assert_eq!(got["ReservedConcurrentExecutions"], 5);
+
+    // Lambda's errors; none of them changes anything.
+    let error = lambda(
+        &portico,
+        &[
+            "update-function-code",
+            "--function-name",
+            "nope",
+            "--zip-file",
+            &zip,
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("ResourceNotFoundException") && error.contains("function:nope"),
+        "{error}"
+    );
+    let error = lambda(
+        &portico,
+        &[
+            "create-function",
+            "--function-name",
+            "extra",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.handler",
+            "--role",
+            "r",
+            "--zip-file",
+            &zip,
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("ResourceConflictException")
+            && error.contains("Function already exist: extra"),
+        "{error}"
+    );
+    let error = lambda(
+        &portico,
+        &[
+            "update-function-configuration",
+            "--function-name",
+            "greet",
+            "--memory-size",
+            "20000",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("InvalidParameterValueException") && error.contains("memory_size_mb"),
+        "{error}"
+    );
+    // (The CLI checks that a file is a zip itself: sent as an SDK would send any bytes.)
+    let not_zip = curl(
+        None,
+        &[
+            "-s",
+            "-X",
+            "PUT",
+            "-d",
+            r#"{"ZipFile": "cGxhaW4gdGV4dA=="}"#,
+            &format!(
+                "http://{}/2015-03-31/functions/greet/code",
+                portico.invoke_api.unwrap()
+            ),
+        ],
+    );
+    assert_eq!(not_zip.status, 400, "{not_zip:?}");
+    assert!(
+        not_zip.body.contains("Could not unzip uploaded file"),
+        "{not_zip:?}"
+    );
+    let error = lambda(
+        &portico,
+        &[
+            "update-function-code",
+            "--function-name",
+            "greet",
+            "--s3-bucket",
+            "portico-local",
+            "--s3-key",
+            "/etc",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("relative to the configuration file"),
+        "{error}"
+    );
+    assert!(answer(&portico).starts_with("code-2 hola "));
+
+    // Code from a directory beside the configuration file.
+    std::fs::create_dir_all(dir.join("build")).unwrap();
+    std::fs::write(dir.join("build/app.py"), versioned_function("code-3")).unwrap();
+    lambda(
+        &portico,
+        &[
+            "update-function-code",
+            "--function-name",
+            "greet",
+            "--s3-bucket",
+            "portico-local",
+            "--s3-key",
+            "build",
+        ],
+    )
+    .unwrap();
+    seen_within_a_second(&portico, "code from a directory", |b| {
+        b.starts_with("code-3 hola ")
+    });
+
+    // The changes outlive a restart, and `portico export` prints them with the file.
+    let portico = portico.restart();
+    assert!(answer(&portico).starts_with("code-3 hola "));
+    let function = lambda(
+        &portico,
+        &["get-function-configuration", "--function-name", "greet"],
+    )
+    .unwrap();
+    assert_eq!(function["MemorySize"], 256, "{function}");
+    let got = lambda(
+        &portico,
+        &["get-function-concurrency", "--function-name", "extra"],
+    )
+    .unwrap();
+    assert_eq!(got["ReservedConcurrentExecutions"], 5);
+    let export = Command::new(portico_bin())
+        .arg("export")
+        .arg(&portico.config_file)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{export:?}");
+    let exported: toml::Table = String::from_utf8_lossy(&export.stdout).parse().unwrap();
+    assert_eq!(
+        exported["functions"]["greet"]["memory_size_mb"].as_integer(),
+        Some(256)
+    );
+    assert_eq!(
+        exported["functions"]["greet"]["code"].as_str(),
+        Some("build")
+    );
+    assert_eq!(
+        exported["functions"]["extra"]["reserved_concurrency"].as_integer(),
+        Some(5)
+    );
+
+    // Deleted: gone, and gone after a restart too.
+    // (The CLI shows DeleteFunction's status code, Lambda's 204.)
+    let deleted = lambda(&portico, &["delete-function", "--function-name", "extra"]).unwrap();
+    assert!(
+        deleted.is_null() || deleted["StatusCode"] == 204,
+        "{deleted}"
+    );
+    let error = lambda(&portico, &["get-function", "--function-name", "extra"]).unwrap_err();
+    assert!(error.contains("ResourceNotFoundException"), "{error}");
+    let portico = portico.restart();
+    assert!(lambda(&portico, &["get-function", "--function-name", "extra"]).is_err());
+    assert!(answer(&portico).starts_with("code-3 hola "));
+}
