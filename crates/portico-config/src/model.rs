@@ -1008,6 +1008,30 @@ pub struct Function {
     /// function gets.
     #[serde(default)]
     pub profile: Option<String>,
+    /// Published versions, by number: immutable snapshots of the function's code and
+    /// configuration (`PublishVersion` writes them; each is a function table of its own,
+    /// without versions, aliases or reserved concurrency).
+    #[serde(default)]
+    pub versions: BTreeMap<String, Function>,
+    /// Aliases, by name: a version each, and optionally a share of its invocations for a
+    /// second one (`fn:ALIAS` in invocations and target groups).
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Alias>,
+}
+
+/// A function's alias.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Alias {
+    /// The version it names: `$LATEST` or a published version's number.
+    pub function_version: String,
+    /// A second version and the share of the alias's invocations it gets, 0 to 1
+    /// (`RoutingConfig.AdditionalVersionWeights`: at most one).
+    #[serde(default)]
+    pub routing_config: BTreeMap<String, f64>,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
 }
 
 fn default_memory() -> u32 {
@@ -1024,6 +1048,14 @@ impl Function {
     /// `_HANDLER`: the configured one, or `bootstrap` for `provided`.
     pub fn handler(&self) -> &str {
         self.handler.as_deref().unwrap_or("bootstrap")
+    }
+
+    /// Whether `qualifier` names one of its versions or aliases (`$LATEST`, a published
+    /// version's number, an alias's name).
+    pub fn has_qualifier(&self, qualifier: &str) -> bool {
+        qualifier == "$LATEST"
+            || self.versions.contains_key(qualifier)
+            || self.aliases.contains_key(qualifier)
     }
 }
 

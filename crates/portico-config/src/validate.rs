@@ -508,6 +508,76 @@ impl Validator {
         {
             self.err(&path, "a function name is 1-64 letters, digits, `-` or `_`");
         }
+        self.function_settings(&path, f);
+        for (version, snapshot) in &f.versions {
+            let at = format!("{path}.versions.{version}");
+            let numbered = !version.is_empty()
+                && version.len() <= 10
+                && version.bytes().all(|b| b.is_ascii_digit())
+                && !version.starts_with('0');
+            if !numbered {
+                self.err(&at, "a version is a number from 1");
+            }
+            if !snapshot.versions.is_empty() || !snapshot.aliases.is_empty() {
+                self.err(&at, "a version has no versions or aliases of its own");
+            }
+            if snapshot.reserved_concurrency.is_some() {
+                self.err(
+                    format!("{at}.reserved_concurrency"),
+                    "is the function's, for all its versions",
+                );
+            }
+            self.function_settings(&at, snapshot);
+        }
+        for (alias, a) in &f.aliases {
+            let at = format!("functions.{name}.aliases.{alias}");
+            let named = (1..=128).contains(&alias.len())
+                && alias
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !alias.bytes().all(|b| b.is_ascii_digit());
+            if !named {
+                self.err(
+                    &at,
+                    "an alias name is 1-128 letters, digits, `-` or `_`, and not only digits",
+                );
+            }
+            let exists = |v: &str| v == "$LATEST" || f.versions.contains_key(v);
+            if !exists(&a.function_version) {
+                self.err(
+                    format!("{at}.function_version"),
+                    format!("no version {:?} of function {name}", a.function_version),
+                );
+            }
+            if a.routing_config.len() > 1 {
+                self.err(
+                    format!("{at}.routing_config"),
+                    "routes to one additional version at most",
+                );
+            }
+            for (version, weight) in &a.routing_config {
+                let key = format!("{at}.routing_config.{version}");
+                if !f.versions.contains_key(version) {
+                    self.err(&key, "an additional version is a published one");
+                } else if *version == a.function_version {
+                    self.err(&key, "is the alias's own version");
+                }
+                if a.function_version == "$LATEST" {
+                    self.err(
+                        &key,
+                        "a weighted alias names a published version, not $LATEST",
+                    );
+                }
+                if !(0.0..=1.0).contains(weight) {
+                    self.err(&key, "a weight is from 0 to 1");
+                }
+            }
+        }
+    }
+
+    /// Checks the settings of function (or version) `path`.
+    fn function_settings(&mut self, path: &str, f: &Function) {
+        let path = path.to_owned();
         if f.image_config.is_some() && f.image.is_none() {
             self.err(
                 format!("{path}.image_config"),

@@ -232,11 +232,10 @@ impl Environment {
         ));
         let ctx = Arc::new(ApiContext {
             exchange: exchange.clone(),
-            function_arn: spec.arn(),
             extensions: registry.clone(),
             function: extensions::FunctionInfo {
                 name: spec.name.clone(),
-                version: "$LATEST".into(),
+                version: spec.version.clone(),
                 handler: spec.handler.clone(),
                 account_id: crate::spec::ACCOUNT_ID.into(),
             },
@@ -482,10 +481,13 @@ impl Environment {
             self.sink.begin(&request_id, invocation.tail_logs);
         }
         self.sink.system(
-            &format!("START RequestId: {request_id} Version: $LATEST"),
+            &format!(
+                "START RequestId: {request_id} Version: {}",
+                self.spec.version
+            ),
             Some((
                 "platform.start",
-                json!({"requestId": request_id, "version": "$LATEST"}),
+                json!({"requestId": request_id, "version": self.spec.version}),
             )),
             Level::Info,
         );
@@ -495,10 +497,17 @@ impl Environment {
         let tracing = json!({"type": "X-Amzn-Trace-Id", "value": trace_id});
         self.telemetry.platform(
             "platform.start",
-            json!({"requestId": request_id, "version": "$LATEST", "tracing": tracing}),
+            json!({"requestId": request_id, "version": self.spec.version, "tracing": tracing}),
         );
-        // Extensions get the event as the runtime does.
-        let arn = self.spec.arn();
+        // Extensions get the event as the runtime does: with the ARN it was invoked by (an
+        // alias's, a version's).
+        let arn = match invocation.function.split_once(':') {
+            Some((_, qualifier)) if !qualifier.is_empty() => crate::spec::function_arn(
+                &self.spec.region,
+                &format!("{}:{qualifier}", self.spec.name),
+            ),
+            _ => self.spec.arn(),
+        };
         self.extensions.dispatch(&extensions::Event::Invoke {
             request_id: &request_id,
             deadline_ms: deadline,
@@ -512,6 +521,7 @@ impl Environment {
             trace_id: Some(trace_id),
             client_context: invocation.client_context,
             cognito_identity: invocation.cognito_identity,
+            invoked_arn: arn,
             reply,
         };
         let mut ended = self.run(pending, outcome).await;

@@ -36,6 +36,8 @@ pub(crate) struct Pending {
     pub(crate) trace_id: Option<String>,
     pub(crate) client_context: Option<String>,
     pub(crate) cognito_identity: Option<String>,
+    /// The ARN the function was invoked by (an alias's or a version's, when named).
+    pub(crate) invoked_arn: String,
     pub(crate) reply: oneshot::Sender<Outcome>,
 }
 

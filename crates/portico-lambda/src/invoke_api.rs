@@ -36,7 +36,7 @@
 use crate::admin::{FunctionAdmin, FunctionChange};
 use crate::logs::{Followed, LogBook, LogLine};
 use crate::runtime::{MAX_SYNC_PAYLOAD_BYTES, Runtime};
-use crate::spec::FunctionSpec;
+use crate::spec::{FunctionSpec, LATEST};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
@@ -200,7 +200,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
     if let Some(rest) = path.strip_prefix(GET_CONCURRENCY_PREFIX) {
         return match (req.method(), rest.trim_matches('/').split_once('/')) {
             (&Method::GET, Some((name, "concurrency"))) => match find(rt, name, &req) {
-                Ok(spec) => ok_json(match spec.reserved_concurrency {
+                Ok(Found { spec, .. }) => ok_json(match spec.reserved_concurrency {
                     Some(n) => json!({ "ReservedConcurrentExecutions": n }),
                     None => json!({}),
                 }),
@@ -222,15 +222,15 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
     match (req.method(), segments.as_slice()) {
         (&Method::GET, [""]) => list_functions(rt),
         (&Method::GET, [name]) => match find(rt, name, &req) {
-            Ok(spec) => get_function(&spec),
+            Ok(found) => get_function(&found.spec),
             Err(response) => *response,
         },
         (&Method::GET, [name, "configuration"]) => match find(rt, name, &req) {
-            Ok(spec) => ok_json(configuration(&spec)),
+            Ok(found) => ok_json(configuration(&found.spec)),
             Err(response) => *response,
         },
         (&Method::POST, [name, "invocations"]) => match find(rt, name, &req) {
-            Ok(spec) => invoke(api, &spec, req).await,
+            Ok(found) => invoke(api, &found, req).await,
             Err(response) => *response,
         },
         _ => unknown_operation(),
@@ -256,13 +256,9 @@ fn function_name(segment: &str) -> (String, Option<String>) {
 /// The function a request names in `segment` (and `?Qualifier=`), or Lambda's answer when
 /// there is none: a qualifier other than `$LATEST` names a version or alias that does not
 /// exist here.
-fn find(
-    rt: &Runtime,
-    segment: &str,
-    req: &Request<ReqBody>,
-) -> Result<Arc<FunctionSpec>, Box<ApiResponse>> {
+fn find(rt: &Runtime, segment: &str, req: &Request<ReqBody>) -> Result<Found, Box<ApiResponse>> {
     let (name, derived) = function_name(segment);
-    let Some(spec) = rt.spec(&name) else {
+    let Some(latest) = rt.spec(&name) else {
         return Err(Box::new(not_found(&name, rt)));
     };
     let given = query_param(req, "Qualifier");
@@ -275,17 +271,35 @@ fn find(
             )));
         }
     }
-    match derived.or(given).filter(|q| q != "$LATEST") {
-        Some(qualifier) => Err(Box::new(error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            &format!("Function not found: {}:{qualifier}", spec.arn()),
-        ))),
-        None => Ok(spec),
+    match derived.or(given).filter(|q| q != LATEST) {
+        Some(qualifier) => rt
+            .spec(&format!("{name}:{qualifier}"))
+            .map(|spec| Found {
+                spec,
+                invoked: format!("{name}:{qualifier}"),
+            })
+            .ok_or_else(|| {
+                Box::new(error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFoundException",
+                    &format!("Function not found: {}:{qualifier}", latest.arn()),
+                ))
+            }),
+        None => Ok(Found {
+            spec: latest,
+            invoked: name,
+        }),
     }
 }
 
-async fn invoke(api: &Api, spec: &FunctionSpec, req: Request<ReqBody>) -> ApiResponse {
+/// The function a request names: the version it runs (an alias's own), and how it was
+/// named (`NAME`, `NAME:VERSION`, `NAME:ALIAS`: an alias's invocations are weighted).
+struct Found {
+    spec: Arc<FunctionSpec>,
+    invoked: String,
+}
+
+async fn invoke(api: &Api, found: &Found, req: Request<ReqBody>) -> ApiResponse {
     let rt = &*api.runtime;
     let invocation_type = header_str(&req, "x-amz-invocation-type")
         .unwrap_or("RequestResponse")
@@ -319,7 +333,7 @@ async fn invoke(api: &Api, spec: &FunctionSpec, req: Request<ReqBody>) -> ApiRes
         Err(response) => return response,
     };
     let invocation = Invocation {
-        function: spec.name.clone(),
+        function: found.invoked.clone(),
         payload,
         trace_id,
         // Lambda passes the client context and the log tail for synchronous invocations only.

@@ -498,7 +498,7 @@ pub(crate) fn init_start_record(
         "runtimeVersion": version,
         "runtimeVersionArn": arn,
         "functionName": spec.name,
-        "functionVersion": "$LATEST",
+        "functionVersion": spec.version,
     })
 }
 

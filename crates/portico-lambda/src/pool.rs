@@ -186,9 +186,9 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// The pool of `spec`, whose asynchronous invocations run `event_lanes` at a time.
-    pub(crate) fn new(spec: FunctionSpec, event_lanes: usize) -> Self {
-        let reserved = spec.reserved_concurrency.map(Limit::new);
+    /// The pool of `spec`, whose asynchronous invocations run `event_lanes` at a time,
+    /// within the function's `reserved` concurrency (shared by its versions) when it has one.
+    pub(crate) fn new(spec: FunctionSpec, event_lanes: usize, reserved: Option<Limit>) -> Self {
         Self {
             book: Arc::new(LogBook::new(&spec.name)),
             spec: Arc::new(spec),
@@ -201,16 +201,30 @@ impl Pool {
         }
     }
 
-    /// The pool of a new version of `self`'s function: its log goes on, and so does its
-    /// reserved concurrency when unchanged (the invocations still running on `self` count
-    /// against it).
-    pub(crate) fn succeed(&self, spec: FunctionSpec, event_lanes: usize) -> Self {
-        let mut next = Self::new(spec, event_lanes);
+    /// The pool of `self`'s function changed: its log goes on.
+    pub(crate) fn succeed(
+        &self,
+        spec: FunctionSpec,
+        event_lanes: usize,
+        reserved: Option<Limit>,
+    ) -> Self {
+        let mut next = Self::new(spec, event_lanes, reserved);
         next.book = self.book.clone();
-        if next.spec.reserved_concurrency == self.spec.reserved_concurrency {
-            next.reserved = self.reserved.clone();
-        }
         next
+    }
+
+    /// Its function's reserved concurrency, when it has one.
+    pub(crate) fn reserved(&self) -> Option<&Limit> {
+        self.reserved.as_ref()
+    }
+
+    /// Whether it counts against `reserved` (the same limit, or none for none).
+    pub(crate) fn shares(&self, reserved: Option<&Limit>) -> bool {
+        match (&self.reserved, reserved) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.permits, &b.permits),
+            _ => false,
+        }
     }
 
     /// Retires the pool: its warm environments and its spare are stopped now, the busy

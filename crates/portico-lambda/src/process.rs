@@ -346,7 +346,7 @@ fn lambda_environment(
         ("AWS_LAMBDA_RUNTIME_API", api.to_string()),
         ("_HANDLER", spec.handler.clone()),
         ("AWS_LAMBDA_FUNCTION_NAME", spec.name.clone()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", spec.version.clone()),
         (
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
             spec.memory_size_mb.to_string(),
@@ -355,7 +355,7 @@ fn lambda_environment(
             "AWS_LAMBDA_LOG_GROUP_NAME",
             format!("/aws/lambda/{}", spec.name),
         ),
-        ("AWS_LAMBDA_LOG_STREAM_NAME", log_stream_name()),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", log_stream_name(&spec.version)),
         ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
         ("AWS_REGION", spec.region.clone()),
         ("AWS_DEFAULT_REGION", spec.region.clone()),
@@ -397,15 +397,15 @@ fn lambda_environment(
     vars
 }
 
-/// `YYYY/MM/DD/[$LATEST]<32 hex>`, the shape of Lambda's log stream names.
-fn log_stream_name() -> String {
+/// `YYYY/MM/DD/[VERSION]<32 hex>`, the shape of Lambda's log stream names.
+fn log_stream_name(version: &str) -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     format!(
-        "{y:04}/{m:02}/{d:02}/[$LATEST]{}",
+        "{y:04}/{m:02}/{d:02}/[{version}]{}",
         uuid::Uuid::new_v4().simple()
     )
 }

@@ -4,7 +4,7 @@
 use crate::isolation::Isolation;
 use crate::logs::LogBook;
 use crate::pool::{Limit, Memory, Pool, Shared};
-use crate::spec::FunctionSpec;
+use crate::spec::{AliasSpec, FunctionSpec, LATEST, version_key};
 use arc_swap::ArcSwap;
 use portico_invoke::{BoxFuture, Invocation, InvokeError, InvokeOutput, Invoker, ThrottleReason};
 use std::collections::HashMap;
@@ -79,6 +79,8 @@ pub struct Runtime {
     throttle_backoff: (Duration, Duration),
     /// One change of the functions at a time.
     applying: tokio::sync::Mutex<()>,
+    /// Aliases by `NAME:ALIAS`.
+    aliases: ArcSwap<HashMap<String, AliasSpec>>,
 }
 
 /// What [`Runtime::apply`] changed, by function name.
@@ -101,13 +103,35 @@ impl Applied {
     }
 }
 
-/// The account's concurrency less every reservation of `functions`.
+/// The account's concurrency less every reservation of `functions` (a function's, shared
+/// by its versions).
 fn unreserved(max_concurrency: usize, functions: &[FunctionSpec]) -> usize {
     let reserved: usize = functions
         .iter()
+        .filter(|f| f.version == LATEST)
         .filter_map(|f| f.reserved_concurrency)
         .sum();
     max_concurrency.saturating_sub(reserved)
+}
+
+/// Each function's reserved concurrency, shared by its versions: the limit of `before` when
+/// its size did not change (what runs counts against it), else a new one.
+fn reservations(
+    functions: &[FunctionSpec],
+    before: &HashMap<String, Arc<Pool>>,
+) -> HashMap<String, Limit> {
+    functions
+        .iter()
+        .filter(|f| f.version == LATEST)
+        .filter_map(|f| {
+            let size = f.reserved_concurrency?;
+            let kept = before
+                .get(&f.name)
+                .and_then(|p| p.reserved().cloned())
+                .filter(|l| l.size() == size);
+            Some((f.name.clone(), kept.unwrap_or_else(|| Limit::new(size))))
+        })
+        .collect()
 }
 
 /// Half of what `spec` may run at once: its concurrency, and the environments of its size
@@ -123,11 +147,13 @@ impl Runtime {
     /// a tokio runtime, it also starts the task that retires idle environments.
     pub fn new(functions: Vec<FunctionSpec>, options: RuntimeOptions) -> Self {
         let unreserved = unreserved(options.max_concurrency, &functions);
+        let reserved = reservations(&functions, &HashMap::new());
         let pools: HashMap<String, Arc<Pool>> = functions
             .into_iter()
             .map(|spec| {
                 let lanes = event_lanes(&spec, unreserved, options.memory_budget_mb);
-                (spec.name.clone(), Arc::new(Pool::new(spec, lanes)))
+                let limit = reserved.get(&spec.name).cloned();
+                (spec.key(), Arc::new(Pool::new(spec, lanes, limit)))
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -158,7 +184,17 @@ impl Runtime {
             max_event_age: options.max_event_age,
             throttle_backoff: options.throttle_backoff,
             applying: tokio::sync::Mutex::new(()),
+            aliases: ArcSwap::default(),
         }
+    }
+
+    /// Sets the functions' aliases (invocations of `NAME:ALIAS` run the version it names).
+    pub fn set_aliases(&self, aliases: Vec<AliasSpec>) {
+        let by_key = aliases
+            .into_iter()
+            .map(|a| (format!("{}:{}", a.function, a.name), a))
+            .collect();
+        self.aliases.store(Arc::new(by_key));
     }
 
     /// Moves the runtime to `functions`, under traffic: invocations that start from now on
@@ -166,26 +202,28 @@ impl Runtime {
     /// environments; its old ones finish the invocations they are running (never cut) and
     /// are stopped, as are those of a function no longer there. An unchanged function keeps
     /// its warm environments.
-    pub async fn apply(&self, functions: Vec<FunctionSpec>) -> Applied {
+    pub async fn apply(&self, functions: Vec<FunctionSpec>, aliases: Vec<AliasSpec>) -> Applied {
         let _one = self.applying.lock().await;
         let unreserved = unreserved(self.max_concurrency, &functions);
         let before = self.shared.pools.load_full();
+        let reserved = reservations(&functions, &before);
         let mut applied = Applied::default();
         let mut retiring = Vec::new();
         let mut pools = HashMap::new();
         for spec in functions {
-            let name = spec.name.clone();
+            let name = spec.key();
             let lanes = event_lanes(&spec, unreserved, self.memory_budget_mb);
+            let limit = reserved.get(&spec.name).cloned();
             let pool = match before.get(&name) {
-                Some(old) if old.spec().same_as(&spec) => old.clone(),
+                Some(old) if old.spec().same_as(&spec) && old.shares(limit.as_ref()) => old.clone(),
                 Some(old) => {
                     applied.replaced.push(name.clone());
                     retiring.push(old.clone());
-                    Arc::new(old.succeed(spec, lanes))
+                    Arc::new(old.succeed(spec, lanes, limit))
                 }
                 None => {
                     applied.added.push(name.clone());
-                    Arc::new(Pool::new(spec, lanes))
+                    Arc::new(Pool::new(spec, lanes, limit))
                 }
             };
             pools.insert(name, pool);
@@ -203,6 +241,7 @@ impl Runtime {
                 .store(Arc::new(Limit::new(unreserved)));
         }
         self.shared.pools.store(Arc::new(pools));
+        self.set_aliases(aliases);
         for pool in retiring {
             self.shared
                 .tracker
@@ -246,28 +285,83 @@ impl Runtime {
             .sum()
     }
 
-    /// The functions this runtime runs now.
+    /// The functions this runtime runs now (their `$LATEST`).
     pub fn functions(&self) -> Vec<Arc<FunctionSpec>> {
         self.shared
             .pools
             .load()
             .values()
+            .filter(|p| p.spec().version == LATEST)
             .map(|p| p.spec_arc())
             .collect()
     }
 
-    /// The function named `name`, as it is now.
-    pub fn spec(&self, name: &str) -> Option<Arc<FunctionSpec>> {
-        self.pool(name).map(|p| p.spec_arc())
+    /// Every version of function `name` (`$LATEST` first, then by number).
+    pub fn versions(&self, name: &str) -> Vec<Arc<FunctionSpec>> {
+        let mut versions: Vec<Arc<FunctionSpec>> = self
+            .shared
+            .pools
+            .load()
+            .values()
+            .filter(|p| p.spec().name == name)
+            .map(|p| p.spec_arc())
+            .collect();
+        versions.sort_by_key(|v| (v.version != LATEST, v.version.parse::<u64>().unwrap_or(0)));
+        versions
+    }
+
+    /// The aliases of function `name`, by name.
+    pub fn aliases(&self, name: &str) -> Vec<AliasSpec> {
+        let mut aliases: Vec<AliasSpec> = self
+            .aliases
+            .load()
+            .values()
+            .filter(|a| a.function == name)
+            .cloned()
+            .collect();
+        aliases.sort_by(|a, b| a.name.cmp(&b.name));
+        aliases
+    }
+
+    /// The alias `alias` of function `name`.
+    pub fn alias(&self, name: &str, alias: &str) -> Option<AliasSpec> {
+        self.aliases.load().get(&format!("{name}:{alias}")).cloned()
+    }
+
+    /// The function `function` names (`NAME`, `NAME:VERSION` or `NAME:ALIAS`; an alias's own
+    /// version, not its additional one), as it is now.
+    pub fn spec(&self, function: &str) -> Option<Arc<FunctionSpec>> {
+        self.pool_for(function, false).map(|p| p.spec_arc())
     }
 
     /// The log of function `name`.
     pub fn logs(&self, name: &str) -> Option<Arc<LogBook>> {
-        self.pool(name).map(|p| p.logs().clone())
+        self.pool_for(name, false).map(|p| p.logs().clone())
     }
 
-    fn pool(&self, name: &str) -> Option<Arc<Pool>> {
-        self.shared.pools.load().get(name).cloned()
+    /// The pool that runs an invocation of `function` (`NAME`, `NAME:$LATEST`,
+    /// `NAME:VERSION`, `NAME:ALIAS`); `weighted`: an alias picks its additional version for
+    /// its share of invocations.
+    fn pool_for(&self, function: &str, weighted: bool) -> Option<Arc<Pool>> {
+        let pools = self.shared.pools.load();
+        let key = match function.split_once(':') {
+            None => return pools.get(function).cloned(),
+            Some((name, LATEST)) => name.to_owned(),
+            Some((name, version)) if version.bytes().all(|b| b.is_ascii_digit()) => {
+                version_key(name, version)
+            }
+            Some((name, _)) => {
+                let aliases = self.aliases.load();
+                let alias = aliases.get(function)?;
+                let version = if weighted {
+                    alias.pick()
+                } else {
+                    &alias.version
+                };
+                version_key(name, version)
+            }
+        };
+        pools.get(&key).cloned()
     }
 
     /// The ARN function `name` has, or would have, in this runtime.
@@ -288,7 +382,7 @@ impl Runtime {
             return Err(InvokeError::ShuttingDown);
         }
         let pool = self
-            .pool(&invocation.function)
+            .pool_for(&invocation.function, true)
             .ok_or_else(|| InvokeError::NotFound(invocation.function.clone()))?;
         if invocation.payload.len() > MAX_SYNC_PAYLOAD_BYTES {
             return Err(InvokeError::RequestTooLarge {
@@ -322,7 +416,7 @@ impl Runtime {
             return Err(InvokeError::ShuttingDown);
         }
         let pool = self
-            .pool(&invocation.function)
+            .pool_for(&invocation.function, true)
             .ok_or_else(|| InvokeError::NotFound(invocation.function.clone()))?;
         if invocation.payload.len() > MAX_ASYNC_PAYLOAD_BYTES {
             return Err(InvokeError::RequestTooLarge {

@@ -37,7 +37,6 @@ const MAX_API_CONNECTIONS: usize = 16;
 /// What the API needs besides the exchange.
 pub(crate) struct ApiContext {
     pub(crate) exchange: Arc<Exchange>,
-    pub(crate) function_arn: String,
     /// The environment's extensions (the Extensions API).
     pub(crate) extensions: Arc<crate::extensions::Extensions>,
     /// What an extension's registration is told of the function.
@@ -161,7 +160,7 @@ async fn next(ctx: &ApiContext) -> ApiResponse {
         .header(header::CONTENT_TYPE, "application/json")
         .header("Lambda-Runtime-Aws-Request-Id", &pending.request_id)
         .header("Lambda-Runtime-Deadline-Ms", pending.deadline_ms)
-        .header("Lambda-Runtime-Invoked-Function-Arn", &ctx.function_arn);
+        .header("Lambda-Runtime-Invoked-Function-Arn", &pending.invoked_arn);
     let optional = [
         ("Lambda-Runtime-Trace-Id", &pending.trace_id),
         ("Lambda-Runtime-Client-Context", &pending.client_context),

@@ -18,6 +18,9 @@ pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct FunctionSpec {
     /// The function's name.
     pub name: String,
+    /// Which version of it: `$LATEST`, or a published version's number (an immutable
+    /// snapshot of its code and configuration).
+    pub version: String,
     /// The program started for each execution environment (`bootstrap`).
     pub program: PathBuf,
     /// Its arguments.
@@ -134,15 +137,71 @@ impl Level {
     }
 }
 
-/// The ARN of function `name` in `region`, as Lambda forms it.
+/// An alias of a function: a name for one of its versions, and optionally a share of its
+/// invocations for a second version (a weighted alias, as canaries use).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AliasSpec {
+    /// The function.
+    pub function: String,
+    /// The alias's name.
+    pub name: String,
+    /// The version it names (`$LATEST` or a number).
+    pub version: String,
+    /// A second version and the share of invocations it gets (0 to 1).
+    pub additional: Option<(String, f64)>,
+    /// Its description.
+    pub description: String,
+    /// `AWS_REGION`, for its ARN.
+    pub region: String,
+}
+
+impl AliasSpec {
+    /// The version one invocation runs: the additional one for its share of them.
+    pub fn pick(&self) -> &str {
+        match &self.additional {
+            Some((version, weight)) if fastrand::f64() < *weight => version,
+            _ => &self.version,
+        }
+    }
+
+    /// Its ARN: the function's, qualified with the alias's name.
+    pub fn arn(&self) -> String {
+        function_arn(&self.region, &format!("{}:{}", self.function, self.name))
+    }
+}
+
+/// The version every function has: its code and configuration as they are now.
+pub const LATEST: &str = "$LATEST";
+
+/// How the runtime knows version `version` of function `name`.
+pub fn version_key(name: &str, version: &str) -> String {
+    if version == LATEST {
+        name.to_owned()
+    } else {
+        format!("{name}:{version}")
+    }
+}
+
+/// The ARN of function `name` (with a `:QUALIFIER` when it has one) in `region`, as
+/// Lambda forms it.
 pub fn function_arn(region: &str, name: &str) -> String {
     format!("arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{name}")
 }
 
 impl FunctionSpec {
-    /// The function's ARN.
+    /// The function's ARN (unqualified for `$LATEST`, with the version's number else).
     pub fn arn(&self) -> String {
-        function_arn(&self.region, &self.name)
+        if self.version == LATEST {
+            function_arn(&self.region, &self.name)
+        } else {
+            function_arn(&self.region, &format!("{}:{}", self.name, self.version))
+        }
+    }
+
+    /// How the runtime knows this version: the name for `$LATEST`, `NAME:N` for a
+    /// published version.
+    pub fn key(&self) -> String {
+        version_key(&self.name, &self.version)
     }
 
     /// Whether `other` is the same code and configuration (when each was set up aside):

@@ -24,6 +24,7 @@ fn prober(name: &str, env: &[(&str, &str)], reserved: Option<usize>) -> Function
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/functions"));
     FunctionSpec {
         name: name.into(),
+        version: "$LATEST".into(),
         program: python(),
         args: vec![dir.join("prober.py").display().to_string()],
         task_root: dir,
@@ -1024,11 +1025,10 @@ async fn a_changed_function_gets_new_environments_and_its_old_ones_finish_their_
     let mut changed = prober("live", &[("VERSION", "2")], None);
     changed.memory_size_mb = 512;
     let applied = rt
-        .apply(vec![
-            changed,
-            prober("same", &[], None),
-            prober("new", &[], None),
-        ])
+        .apply(
+            vec![changed, prober("same", &[], None), prober("new", &[], None)],
+            Vec::new(),
+        )
         .await;
     assert_eq!(
         applied,
@@ -1076,16 +1076,112 @@ async fn a_changed_function_gets_new_environments_and_its_old_ones_finish_their_
 
     // Applying the same functions again changes nothing.
     let again = rt
-        .apply(vec![
-            {
-                let mut c = prober("live", &[("VERSION", "2")], None);
-                c.memory_size_mb = 512;
-                c
-            },
-            prober("same", &[], None),
-            prober("new", &[], None),
-        ])
+        .apply(
+            vec![
+                {
+                    let mut c = prober("live", &[("VERSION", "2")], None);
+                    c.memory_size_mb = 512;
+                    c
+                },
+                prober("same", &[], None),
+                prober("new", &[], None),
+            ],
+            Vec::new(),
+        )
         .await;
     assert!(again.is_empty(), "{again:?}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_and_weighted_aliases_route_invocations() {
+    let version = |n: &str, tag: &str| {
+        let mut spec = prober("f", &[("TAG", tag)], Some(4));
+        spec.version = n.into();
+        spec
+    };
+    let rt = Runtime::new(
+        vec![
+            version("$LATEST", "latest"),
+            version("1", "one"),
+            version("2", "two"),
+        ],
+        RuntimeOptions::default(),
+    );
+    rt.set_aliases(vec![portico_lambda::spec::AliasSpec {
+        function: "f".into(),
+        name: "live".into(),
+        version: "1".into(),
+        additional: Some(("2".into(), 0.5)),
+        description: String::new(),
+        region: "eu-west-1".into(),
+    }]);
+    let probe = |function: &'static str| {
+        let rt = &rt;
+        async move {
+            let out = invoke(rt, function, json!({"action": "probe"}))
+                .await
+                .unwrap();
+            json_of(&out)
+        }
+    };
+    // Each version is its own environment, with its own version in its variables.
+    let latest = probe("f").await;
+    assert_eq!(
+        latest["env"]["AWS_LAMBDA_FUNCTION_VERSION"], "$LATEST",
+        "{latest}"
+    );
+    let one = probe("f:1").await;
+    assert_eq!(one["env"]["AWS_LAMBDA_FUNCTION_VERSION"], "1");
+    assert_eq!(
+        one["headers"]["lambda-runtime-invoked-function-arn"],
+        "arn:aws:lambda:eu-west-1:000000000000:function:f:1"
+    );
+    assert_eq!(
+        probe("f:$LATEST").await["env"]["AWS_LAMBDA_FUNCTION_VERSION"],
+        "$LATEST"
+    );
+    // The alias shares its invocations between its two versions, by weight; the function is
+    // invoked by the alias's ARN.
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..200 {
+        let reply = probe("f:live").await;
+        assert_eq!(
+            reply["headers"]["lambda-runtime-invoked-function-arn"],
+            "arn:aws:lambda:eu-west-1:000000000000:function:f:live"
+        );
+        let version = reply["env"]["AWS_LAMBDA_FUNCTION_VERSION"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        *seen.entry(version).or_default() += 1;
+    }
+    let (one, two) = (
+        seen.get("1").copied().unwrap_or(0),
+        seen.get("2").copied().unwrap_or(0),
+    );
+    assert_eq!(one + two, 200, "{seen:?}");
+    assert!((60..=140).contains(&two), "half to version 2: {seen:?}");
+    // Lookups: an alias shows its own version; what does not exist is not found.
+    assert_eq!(rt.spec("f:live").unwrap().version, "1");
+    assert_eq!(
+        rt.versions("f")
+            .iter()
+            .map(|v| v.version.as_str())
+            .collect::<Vec<_>>(),
+        ["$LATEST", "1", "2"]
+    );
+    assert_eq!(rt.functions().len(), 1);
+    for missing in ["f:3", "f:nope", "g"] {
+        assert!(
+            matches!(
+                invoke(&rt, missing, json!({})).await,
+                Err(InvokeError::NotFound(_))
+            ),
+            "{missing}"
+        );
+    }
+    // The function's reserved concurrency (4) is shared by its versions.
+    assert_eq!(rt.unreserved_concurrency(), 1000 - 4);
     rt.shutdown().await;
 }

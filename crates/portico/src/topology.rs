@@ -117,14 +117,42 @@ pub(crate) async fn isolation(
     Ok(Isolation::Sandbox { sandboxes, hidden })
 }
 
-/// Every function of `config`, ready for the runtime.
+/// Every function of `config` and each of its published versions, ready for the
+/// runtime. A version shares its function's reserved concurrency.
 pub(crate) fn function_specs(config: &Config, base: &Path) -> anyhow::Result<Vec<FunctionSpec>> {
     let cache = portico_lambda::package::default_cache_dir();
+    let mut specs = Vec::new();
+    for (name, f) in &config.functions {
+        specs.push(
+            function_spec(name, f, base, &cache).with_context(|| format!("function {name}"))?,
+        );
+        for (version, snapshot) in &f.versions {
+            let mut spec = function_spec(name, snapshot, base, &cache)
+                .with_context(|| format!("function {name} version {version}"))?;
+            spec.version = version.clone();
+            spec.reserved_concurrency = f.reserved_concurrency.map(|n| n as usize);
+            specs.push(spec);
+        }
+    }
+    Ok(specs)
+}
+
+/// Every alias of `config`'s functions, as the runtime resolves them.
+pub(crate) fn aliases(config: &Config) -> Vec<portico_lambda::spec::AliasSpec> {
     config
         .functions
         .iter()
-        .map(|(name, f)| {
-            function_spec(name, f, base, &cache).with_context(|| format!("function {name}"))
+        .flat_map(|(name, f)| {
+            f.aliases
+                .iter()
+                .map(|(alias, a)| portico_lambda::spec::AliasSpec {
+                    function: name.clone(),
+                    name: alias.clone(),
+                    version: a.function_version.clone(),
+                    additional: a.routing_config.iter().next().map(|(v, w)| (v.clone(), *w)),
+                    description: a.description.clone(),
+                    region: REGION.to_owned(),
+                })
         })
         .collect()
 }
@@ -183,6 +211,7 @@ fn function_spec(
     };
     Ok(FunctionSpec {
         name: name.to_owned(),
+        version: portico_lambda::spec::LATEST.to_owned(),
         program: launch.program,
         args: launch.args,
         task_root,
@@ -235,6 +264,7 @@ fn image_spec(
     };
     Ok(FunctionSpec {
         name: name.to_owned(),
+        version: portico_lambda::spec::LATEST.to_owned(),
         program: PathBuf::from(program),
         args: argv.collect(),
         task_root,

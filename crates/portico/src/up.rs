@@ -156,6 +156,7 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
             ..RuntimeOptions::default()
         },
     ));
+    runtime.set_aliases(topology::aliases(&config));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut banner = Banner {
@@ -629,7 +630,10 @@ async fn reload(
         }
     };
     // Then switched: functions first, so that what the new rules name is there.
-    let applied = live.runtime.apply(functions).await;
+    let applied = live
+        .runtime
+        .apply(functions, topology::aliases(&config))
+        .await;
     let changes = balancers.commit(prepared, None);
     tracing::info!(
         functions_added = ?applied.added,

@@ -348,9 +348,28 @@ impl Validator {
         match tg.target_type {
             TargetType::Lambda => {
                 match &tg.function {
-                    Some(f) => {
-                        self.reference(format!("{path}.function"), "function", f, &config.functions)
-                    }
+                    // `NAME`, or `NAME:QUALIFIER` (a version or an alias).
+                    Some(f) => match f.split_once(':') {
+                        None => self.reference(
+                            format!("{path}.function"),
+                            "function",
+                            f,
+                            &config.functions,
+                        ),
+                        Some((name, qualifier)) => match config.functions.get(name) {
+                            Some(function) if function.has_qualifier(qualifier) => {}
+                            Some(_) => self.err(
+                                format!("{path}.function"),
+                                format!("function {name} has no version or alias {qualifier:?}"),
+                            ),
+                            None => self.reference(
+                                format!("{path}.function"),
+                                "function",
+                                name,
+                                &config.functions,
+                            ),
+                        },
+                    },
                     None => self.err(
                         format!("{path}.function"),
                         "a lambda target group needs a function",
