@@ -65,18 +65,24 @@ impl LambdaControl {
             }
             FunctionChange::UpdateCode { name, .. }
             | FunctionChange::UpdateConfiguration { name, .. }
-            | FunctionChange::Delete { name }
+            | FunctionChange::Delete { name, .. }
             | FunctionChange::PutConcurrency { name, .. }
-            | FunctionChange::DeleteConcurrency { name } => name.clone(),
+            | FunctionChange::DeleteConcurrency { name }
+            | FunctionChange::PublishVersion { name, .. }
+            | FunctionChange::CreateAlias { name, .. }
+            | FunctionChange::UpdateAlias { name, .. }
+            | FunctionChange::DeleteAlias { name, .. } => name.clone(),
         };
         check_name(&name)?;
         let _busy = self.begin(&name)?;
         let config = self.control.config();
-        let exists = config.functions.contains_key(&name);
+        let function = config.functions.get(&name);
         let at = |key: &'static str| ["functions", name.as_str(), key];
+        // What the answer shows: the function, or one of its versions or aliases.
+        let mut changed = name.clone();
         let edits = match change {
             FunctionChange::Create(request) => {
-                if exists {
+                if function.is_some() {
                     return Err(AdminError::new(
                         409,
                         "ResourceConflictException",
@@ -94,7 +100,7 @@ impl LambdaControl {
                 }
                 vec![Edit::set(&["functions", &name], table)]
             }
-            _ if !exists => return Err(self.not_found(&name)),
+            _ if function.is_none() => return Err(self.not_found(&name)),
             FunctionChange::UpdateCode { request, .. } => code(&request, self)?
                 .into_iter()
                 .map(|e| under(&name, e))
@@ -103,7 +109,36 @@ impl LambdaControl {
                 .into_iter()
                 .map(|e| under(&name, e))
                 .collect(),
-            FunctionChange::Delete { .. } => vec![Edit::remove(&["functions", &name])],
+            FunctionChange::Delete {
+                qualifier: None, ..
+            } => vec![Edit::remove(&["functions", &name])],
+            FunctionChange::Delete {
+                qualifier: Some(version),
+                ..
+            } => {
+                let function = function.ok_or_else(|| self.not_found(&name))?;
+                if !function.versions.contains_key(&version) {
+                    return Err(self.version_not_found(&name, &version));
+                }
+                let users: Vec<&str> = function
+                    .aliases
+                    .iter()
+                    .filter(|(_, a)| {
+                        a.function_version == version || a.routing_config.contains_key(&version)
+                    })
+                    .map(|(alias, _)| alias.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(AdminError::new(
+                        409,
+                        "ResourceConflictException",
+                        format!(
+                            "Unable to delete version because the following aliases reference it: {users:?}"
+                        ),
+                    ));
+                }
+                vec![Edit::remove(&["functions", &name, "versions", &version])]
+            }
             FunctionChange::PutConcurrency { request, .. } => {
                 let reserved = request
                     .get("ReservedConcurrentExecutions")
@@ -118,10 +153,139 @@ impl LambdaControl {
             FunctionChange::DeleteConcurrency { .. } => {
                 vec![Edit::remove(&at("reserved_concurrency"))]
             }
+            FunctionChange::PublishVersion { .. } => {
+                let (version, edits) = self.publish(&name).await?;
+                changed = format!("{name}:{version}");
+                edits
+            }
+            FunctionChange::CreateAlias { request, .. } => {
+                let alias = request
+                    .get("Name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| AdminError::invalid("Name is required"))?
+                    .to_owned();
+                if function.is_some_and(|f| f.aliases.contains_key(&alias)) {
+                    return Err(AdminError::new(
+                        409,
+                        "ResourceConflictException",
+                        format!(
+                            "Alias already exists: {}",
+                            self.arn(&format!("{name}:{alias}"))
+                        ),
+                    ));
+                }
+                if request
+                    .get("FunctionVersion")
+                    .and_then(Value::as_str)
+                    .is_none()
+                {
+                    return Err(AdminError::invalid("FunctionVersion is required"));
+                }
+                changed = format!("{name}:{alias}");
+                alias_edits(&request)?
+                    .into_iter()
+                    .map(|e| under(&name, under_alias(&alias, e)))
+                    .collect()
+            }
+            FunctionChange::UpdateAlias { alias, request, .. } => {
+                if !function.is_some_and(|f| f.aliases.contains_key(&alias)) {
+                    return Err(self.alias_not_found(&name, &alias));
+                }
+                changed = format!("{name}:{alias}");
+                alias_edits(&request)?
+                    .into_iter()
+                    .map(|e| under(&name, under_alias(&alias, e)))
+                    .collect()
+            }
+            FunctionChange::DeleteAlias { alias, .. } => {
+                if !function.is_some_and(|f| f.aliases.contains_key(&alias)) {
+                    return Err(self.alias_not_found(&name, &alias));
+                }
+                vec![Edit::remove(&["functions", &name, "aliases", &alias])]
+            }
         };
-        self.control.change(edits).await.map_err(refused)?;
-        tracing::info!(function = name, "function changed through the Lambda API");
-        Ok(name)
+        if !edits.is_empty() {
+            self.control.change(edits).await.map_err(refused)?;
+            tracing::info!(
+                function = changed,
+                "function changed through the Lambda API"
+            );
+        }
+        Ok(changed)
+    }
+
+    /// `PublishVersion`: the version's number, and the edits that make it (none when
+    /// `$LATEST` is the last version published, as Lambda answers with that one). A
+    /// version's code is copied into the store, so that it does not change with the
+    /// directory or file `$LATEST` names.
+    async fn publish(&self, name: &str) -> Result<(String, Vec<Edit>), AdminError> {
+        let table = self.control.table().await;
+        let latest = table
+            .get("functions")
+            .and_then(|f| f.get(name))
+            .and_then(toml::Value::as_table)
+            .ok_or_else(|| self.not_found(name))?;
+        let mut snapshot = latest.clone();
+        for key in ["versions", "aliases", "reserved_concurrency"] {
+            snapshot.remove(key);
+        }
+        if let Some(code) = snapshot.get("code").and_then(toml::Value::as_str) {
+            let path = self.control.base().join(code);
+            let store = self.control.store();
+            let kept = if path.is_dir() {
+                store.put_tree(&path)
+            } else {
+                std::fs::read(&path)
+                    .map_err(|source| crate::StoreError::Io {
+                        what: "reading",
+                        path: path.clone(),
+                        source,
+                    })
+                    .and_then(|bytes| store.put_package(&bytes))
+            };
+            let kept = kept.map_err(|e| AdminError::new(500, "ServiceException", e.to_string()))?;
+            snapshot.insert("code".into(), kept.display().to_string().into());
+        }
+        let versions = latest.get("versions").and_then(toml::Value::as_table);
+        let numbers = versions
+            .map(|v| {
+                v.keys()
+                    .filter_map(|k| k.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let last = numbers.iter().max().copied();
+        if let Some(last) = last {
+            let same = versions
+                .and_then(|v| v.get(&last.to_string()))
+                .and_then(toml::Value::as_table)
+                .is_some_and(|previous| *previous == snapshot);
+            if same {
+                return Ok((last.to_string(), Vec::new()));
+            }
+        }
+        let version = (last.unwrap_or(0) + 1).to_string();
+        let edit = Edit::set(&["functions", name, "versions", &version], snapshot);
+        Ok((version, vec![edit]))
+    }
+
+    fn version_not_found(&self, name: &str, version: &str) -> AdminError {
+        AdminError::new(
+            404,
+            "ResourceNotFoundException",
+            format!(
+                "Function not found: {}",
+                self.arn(&format!("{name}:{version}"))
+            ),
+        )
+    }
+
+    fn alias_not_found(&self, name: &str, alias: &str) -> AdminError {
+        AdminError::new(
+            404,
+            "ResourceNotFoundException",
+            format!("Alias not found: {}", self.arn(&format!("{name}:{alias}"))),
+        )
     }
 
     /// Marks `name` as being changed, until the guard is dropped; a conflict if it is.
@@ -187,6 +351,49 @@ fn refused(error: ChangeError) -> AdminError {
             AdminError::new(503, "ServiceException", ChangeError::Starting.to_string())
         }
     }
+}
+
+/// `edit`'s path under `aliases.ALIAS` (of a function).
+fn under_alias(alias: &str, mut edit: Edit) -> Edit {
+    let mut path = vec!["aliases".to_owned(), alias.to_owned()];
+    path.append(&mut edit.path);
+    edit.path = path;
+    edit
+}
+
+/// The edits (relative to the alias) that `CreateAlias`'s or `UpdateAlias`'s body makes.
+fn alias_edits(request: &Value) -> Result<Vec<Edit>, AdminError> {
+    let mut edits = Vec::new();
+    if let Some(version) = request.get("FunctionVersion").filter(|v| !v.is_null()) {
+        let version = version
+            .as_str()
+            .ok_or_else(|| AdminError::invalid("FunctionVersion: a string"))?;
+        edits.push(Edit::set(&["function_version"], version));
+    }
+    if let Some(description) = request.get("Description").and_then(Value::as_str) {
+        edits.push(Edit::set(&["description"], description));
+    }
+    if let Some(routing) = request.get("RoutingConfig").filter(|v| !v.is_null()) {
+        let mut weights = toml::Table::new();
+        if let Some(given) = routing
+            .get("AdditionalVersionWeights")
+            .filter(|v| !v.is_null())
+        {
+            let given = given.as_object().ok_or_else(|| {
+                AdminError::invalid("RoutingConfig.AdditionalVersionWeights: a map of weights")
+            })?;
+            for (version, weight) in given {
+                let weight = weight.as_f64().ok_or_else(|| {
+                    AdminError::invalid(format!(
+                        "RoutingConfig.AdditionalVersionWeights.{version}: a number from 0 to 1"
+                    ))
+                })?;
+                weights.insert(version.clone(), weight.into());
+            }
+        }
+        edits.push(Edit::set(&["routing_config"], weights));
+    }
+    Ok(edits)
 }
 
 /// `edit`'s path under `functions.NAME`.

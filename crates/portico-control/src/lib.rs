@@ -185,6 +185,22 @@ impl Control {
         toml::to_string_pretty(&table).unwrap_or_default()
     }
 
+    /// The configuration's TOML as it runs: the file with the changes over it.
+    pub async fn table(&self) -> toml::Table {
+        let state = self.state.lock().await;
+        let mut table = state.file.clone();
+        state.overlay.apply(&mut table);
+        table
+    }
+
+    /// The directory relative paths are resolved against: the configuration file's.
+    pub fn base(&self) -> PathBuf {
+        self.file
+            .as_deref()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+
     /// The changes recorded.
     pub async fn changes(&self) -> Overlay {
         self.state.lock().await.overlay.clone()

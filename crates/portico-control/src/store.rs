@@ -41,6 +41,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Keeps a code package (a zip file's bytes) and says where it is; the same bytes give
     /// the same path.
     fn put_package(&self, bytes: &[u8]) -> Result<PathBuf, StoreError>;
+    /// Keeps a copy of the directory `dir` (a function's code, published as a version,
+    /// which must not change with the directory) and says where it is; the same contents
+    /// give the same path.
+    fn put_tree(&self, dir: &Path) -> Result<PathBuf, StoreError>;
     /// Where it is, for logs and `portico status`.
     fn describe(&self) -> String;
 }
@@ -153,7 +157,10 @@ impl Store for DirStore {
             for entry in entries.flatten() {
                 let path = entry.path();
                 if !path.to_str().is_some_and(|p| named.contains(p)) {
-                    let _ = std::fs::remove_file(&path);
+                    let _ = match path.is_dir() {
+                        true => std::fs::remove_dir_all(&path),
+                        false => std::fs::remove_file(&path),
+                    };
                 }
             }
         }
@@ -171,8 +178,111 @@ impl Store for DirStore {
         Ok(path)
     }
 
+    fn put_tree(&self, dir: &Path) -> Result<PathBuf, StoreError> {
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { what, path, source }
+        };
+        let files = tree::files(dir).map_err(io("reading", dir))?;
+        let name = tree::digest(dir, &files).map_err(io("reading", dir))?;
+        let target = self.packages().join(&name);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        // Copied aside, then renamed into place: a copy is whole or absent.
+        let partial = self
+            .packages()
+            .join(format!("{name}.partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&partial);
+        tree::copy(dir, &files, &partial).map_err(io("copying into", &partial))?;
+        std::fs::rename(&partial, &target).map_err(io("renaming into", &target))?;
+        Ok(target)
+    }
+
     fn describe(&self) -> String {
         self.dir.display().to_string()
+    }
+}
+
+/// Copies of directories, named by their contents.
+mod tree {
+    use std::path::{Path, PathBuf};
+
+    /// Lambda's limit on code unzipped: what a copy may hold.
+    const MAX_BYTES: u64 = 250 * 1024 * 1024;
+
+    /// The files and links under `dir`, relative, sorted.
+    pub(super) fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        let mut stack = vec![PathBuf::new()];
+        while let Some(relative) = stack.pop() {
+            for entry in std::fs::read_dir(dir.join(&relative))? {
+                let entry = entry?;
+                let path = relative.join(entry.file_name());
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    stack.push(path.clone());
+                } else {
+                    total += entry.metadata()?.len();
+                }
+                out.push(path);
+            }
+        }
+        if total > MAX_BYTES {
+            return Err(std::io::Error::other(format!(
+                "{total} bytes, over Lambda's limit of {MAX_BYTES} for code unzipped"
+            )));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A name for the contents of `files` under `dir`: the hex SHA-256 of each one's path,
+    /// kind and bytes (a link's target).
+    pub(super) fn digest(dir: &Path, files: &[PathBuf]) -> std::io::Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for relative in files {
+            let path = dir.join(relative);
+            let kind = std::fs::symlink_metadata(&path)?.file_type();
+            hasher.update(relative.as_os_str().as_encoded_bytes());
+            if kind.is_symlink() {
+                hasher.update(b"\0link\0");
+                hasher.update(std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
+            } else if kind.is_dir() {
+                hasher.update(b"\0dir\0");
+            } else {
+                hasher.update(b"\0file\0");
+                hasher.update(std::fs::read(&path)?);
+            }
+            hasher.update([0]);
+        }
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+
+    /// Copies `files` of `dir` into `target`, with their permissions.
+    pub(super) fn copy(dir: &Path, files: &[PathBuf], target: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(target)?;
+        for relative in files {
+            let (from, to) = (dir.join(relative), target.join(relative));
+            let kind = std::fs::symlink_metadata(&from)?.file_type();
+            if kind.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            } else if kind.is_dir() {
+                std::fs::create_dir_all(&to)?;
+            } else {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::copy(&from, &to)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -213,6 +323,10 @@ impl Store for MemoryStore {
 
     fn put_package(&self, bytes: &[u8]) -> Result<PathBuf, StoreError> {
         DirStore::at(&self.packages).put_package(bytes)
+    }
+
+    fn put_tree(&self, dir: &Path) -> Result<PathBuf, StoreError> {
+        DirStore::at(&self.packages).put_tree(dir)
     }
 
     fn describe(&self) -> String {

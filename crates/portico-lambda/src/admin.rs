@@ -25,10 +25,42 @@ pub enum FunctionChange {
         /// The request.
         request: Value,
     },
-    /// `DeleteFunction`.
+    /// `DeleteFunction`: the function, or one of its published versions.
     Delete {
         /// The function.
         name: String,
+        /// The version (`?Qualifier=`), when only it goes.
+        qualifier: Option<String>,
+    },
+    /// `PublishVersion`.
+    PublishVersion {
+        /// The function.
+        name: String,
+        /// The request.
+        request: Value,
+    },
+    /// `CreateAlias`.
+    CreateAlias {
+        /// The function.
+        name: String,
+        /// The request (its `Name` is the alias's).
+        request: Value,
+    },
+    /// `UpdateAlias`.
+    UpdateAlias {
+        /// The function.
+        name: String,
+        /// The alias.
+        alias: String,
+        /// The request.
+        request: Value,
+    },
+    /// `DeleteAlias`.
+    DeleteAlias {
+        /// The function.
+        name: String,
+        /// The alias.
+        alias: String,
     },
     /// `PutFunctionConcurrency`.
     PutConcurrency {
@@ -74,7 +106,7 @@ impl AdminError {
 
 /// Carries out changes of functions.
 pub trait FunctionAdmin: Send + Sync {
-    /// Carries out `change` (the function runs as changed when it returns): the name of the
-    /// function it changed.
+    /// Carries out `change` (the function runs as changed when it returns): what it changed,
+    /// `NAME` or `NAME:QUALIFIER` (a version published, an alias made or changed).
     fn change(&self, change: FunctionChange) -> BoxFuture<'_, Result<String, AdminError>>;
 }

@@ -150,12 +150,13 @@ type ApiResponse = Response<BoxBody<Bytes, Infallible>>;
 
 /// Whether `req` changes functions (its body may be large).
 fn is_change(req: &Request<Incoming>) -> bool {
-    let path = req.uri().path();
+    let path = req.uri().path().trim_end_matches('/');
     let method = req.method();
     (path.starts_with(PREFIX) || path.starts_with(CONCURRENCY_PREFIX))
         && (method == Method::PUT
             || method == Method::DELETE
-            || (method == Method::POST && path.trim_end_matches('/') == PREFIX))
+            || (method == Method::POST
+                && (path == PREFIX || path.ends_with("/versions") || path.ends_with("/aliases"))))
 }
 
 async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
@@ -233,6 +234,39 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
             Ok(found) => invoke(api, &found, req).await,
             Err(response) => *response,
         },
+        (&Method::GET, [name, "versions"]) => {
+            let name = function_name(name).0;
+            match rt.versions(&name) {
+                versions if versions.is_empty() => not_found(&name, rt),
+                versions => ok_json(json!({
+                    "Versions": versions.iter().map(|v| configuration(v)).collect::<Vec<_>>(),
+                })),
+            }
+        }
+        (&Method::GET, [name, "aliases"]) => {
+            let name = function_name(name).0;
+            match rt.spec(&name) {
+                Some(_) => ok_json(json!({
+                    "Aliases": rt.aliases(&name).iter().map(alias_configuration).collect::<Vec<_>>(),
+                })),
+                None => not_found(&name, rt),
+            }
+        }
+        (&Method::GET, [name, "aliases", alias]) => {
+            let name = function_name(name).0;
+            match rt.alias(&name, alias) {
+                Some(found) => ok_json(alias_configuration(&found)),
+                None if rt.spec(&name).is_none() => not_found(&name, rt),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFoundException",
+                    &format!(
+                        "Alias not found: {}",
+                        rt.arn_for(&format!("{name}:{alias}"))
+                    ),
+                ),
+            }
+        }
         _ => unknown_operation(),
     }
 }
@@ -610,6 +644,7 @@ async fn change_function(api: &Api, req: Request<ReqBody>) -> ApiResponse {
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let qualifier = query_param(&req, "Qualifier");
     let (concurrency, rest) = match path.strip_prefix(CONCURRENCY_PREFIX) {
         Some(rest) if !path.starts_with(PREFIX) => (true, rest),
         _ => (false, path.strip_prefix(PREFIX).unwrap_or_default()),
@@ -624,6 +659,7 @@ async fn change_function(api: &Api, req: Request<ReqBody>) -> ApiResponse {
         Err(response) => return response,
     };
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let owned = |s: &str| s.to_owned();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let (change, answer) = match (concurrency, &method, segments.as_slice()) {
         (false, &Method::POST, [""]) => (FunctionChange::Create(request), Answer::Created),
@@ -643,7 +679,37 @@ async fn change_function(api: &Api, req: Request<ReqBody>) -> ApiResponse {
         ),
         (false, &Method::DELETE, [name]) => (
             FunctionChange::Delete {
-                name: (*name).to_owned(),
+                name: owned(name),
+                qualifier: qualifier.filter(|q| q != LATEST),
+            },
+            Answer::Empty,
+        ),
+        (false, &Method::POST, [name, "versions"]) => (
+            FunctionChange::PublishVersion {
+                name: owned(name),
+                request,
+            },
+            Answer::Created,
+        ),
+        (false, &Method::POST, [name, "aliases"]) => (
+            FunctionChange::CreateAlias {
+                name: owned(name),
+                request,
+            },
+            Answer::Alias(StatusCode::CREATED),
+        ),
+        (false, &Method::PUT, [name, "aliases", alias]) => (
+            FunctionChange::UpdateAlias {
+                name: owned(name),
+                alias: owned(alias),
+                request,
+            },
+            Answer::Alias(StatusCode::OK),
+        ),
+        (false, &Method::DELETE, [name, "aliases", alias]) => (
+            FunctionChange::DeleteAlias {
+                name: owned(name),
+                alias: owned(alias),
             },
             Answer::Empty,
         ),
@@ -662,6 +728,7 @@ async fn change_function(api: &Api, req: Request<ReqBody>) -> ApiResponse {
         ),
         _ => return unknown_operation(),
     };
+    // The function (or version, or alias) changed: `NAME` or `NAME:QUALIFIER`.
     let name = match admin.change(change).await {
         Ok(name) => name,
         Err(refused) => {
@@ -674,6 +741,19 @@ async fn change_function(api: &Api, req: Request<ReqBody>) -> ApiResponse {
     };
     let spec = api.runtime.spec(&name);
     match (answer, spec) {
+        (Answer::Alias(status), _) => {
+            let alias = name
+                .split_once(':')
+                .and_then(|(function, alias)| api.runtime.alias(function, alias));
+            match alias {
+                Some(alias) => {
+                    let mut response = ok_json(alias_configuration(&alias));
+                    *response.status_mut() = status;
+                    response
+                }
+                None => not_found(&name, &api.runtime),
+            }
+        }
         (Answer::Empty, _) => Response::builder()
             .status(StatusCode::NO_CONTENT)
             .body(full(Bytes::new()))
@@ -699,6 +779,8 @@ enum Answer {
     Configuration,
     /// 200 and its reserved concurrency.
     Concurrency,
+    /// This status and the alias's configuration.
+    Alias(StatusCode),
     /// 204.
     Empty,
 }
@@ -740,7 +822,7 @@ fn configuration(spec: &FunctionSpec) -> Value {
         "MemorySize": spec.memory_size_mb,
         "LastModified": last_modified(spec.last_modified),
         "CodeSha256": spec.code.sha256,
-        "Version": "$LATEST",
+        "Version": spec.version,
         "TracingConfig": { "Mode": "PassThrough" },
         "RevisionId": revision_id(spec),
         "State": "Active",
@@ -769,6 +851,43 @@ fn configuration(spec: &FunctionSpec) -> Value {
     config
 }
 
+/// Lambda's `AliasConfiguration`.
+fn alias_configuration(alias: &crate::spec::AliasSpec) -> Value {
+    let mut config = json!({
+        "AliasArn": alias.arn(),
+        "Name": alias.name,
+        "FunctionVersion": alias.version,
+        "Description": alias.description,
+        "RevisionId": uuid_of(&[
+            alias.function.as_bytes(),
+            alias.name.as_bytes(),
+            alias.version.as_bytes(),
+            format!("{:?}", alias.additional).as_bytes(),
+            alias.description.as_bytes(),
+        ]),
+    });
+    if let Some((version, weight)) = &alias.additional {
+        config["RoutingConfig"] = json!({ "AdditionalVersionWeights": { version: weight } });
+    }
+    config
+}
+
+/// A UUID-shaped digest of `parts`: a revision id that changes when they do.
+fn uuid_of(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
 /// Lambda's `LastModified`: `2026-12-03T10:00:00.000+0000`.
 fn last_modified(time: std::time::SystemTime) -> String {
     let text = crate::process::rfc3339(time);
@@ -778,30 +897,23 @@ fn last_modified(time: std::time::SystemTime) -> String {
 /// A revision id that changes when the function does: a UUID-shaped digest of its code and
 /// configuration.
 fn revision_id(spec: &FunctionSpec) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    for part in [
-        spec.code.sha256.as_str(),
-        spec.runtime.as_str(),
-        spec.handler.as_str(),
-    ] {
-        hasher.update(part.as_bytes());
-        hasher.update([0]);
-    }
-    hasher.update(spec.memory_size_mb.to_le_bytes());
-    hasher.update(spec.timeout.as_secs().to_le_bytes());
-    for (key, value) in &spec.environment {
-        hasher.update(key.as_bytes());
-        hasher.update([b'=']);
-        hasher.update(value.as_bytes());
-        hasher.update([0]);
-    }
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .to_string()
+    let numbers = [
+        spec.memory_size_mb.to_string(),
+        spec.timeout.as_secs().to_string(),
+    ];
+    let variables: Vec<String> = spec
+        .environment
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let mut parts: Vec<&[u8]> = vec![
+        spec.code.sha256.as_bytes(),
+        spec.runtime.as_bytes(),
+        spec.handler.as_bytes(),
+        spec.version.as_bytes(),
+    ];
+    parts.extend(numbers.iter().chain(&variables).map(|p| p.as_bytes()));
+    uuid_of(&parts)
 }
 
 /// GetAccountSettings: the runtime's concurrency and Lambda's code-size limits.

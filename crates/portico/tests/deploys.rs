@@ -386,3 +386,304 @@ fn functions_are_deployed_with_the_aws_cli_under_load_and_the_changes_outlive_a_
     assert!(lambda(&portico, &["get-function", "--function-name", "extra"]).is_err());
     assert!(answer(&portico).starts_with("code-3 hola "));
 }
+
+const CANARY: &str = r#"
+[functions.greet]
+runtime = "python3.11"
+code = "code"
+handler = "app.handler"
+
+[functions.greet.versions.1]
+runtime = "python3.11"
+code = "v1"
+handler = "app.handler"
+
+[functions.greet.aliases.live]
+function_version = "1"
+
+[target_groups.greet]
+target_type = "lambda"
+function = "greet:live"
+
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = { type = "forward", target_group = "greet" }
+
+[invoke_api]
+port = 0
+
+[admin_api]
+port = 0
+"#;
+
+#[test]
+fn a_weighted_alias_moves_load_balancer_traffic_to_a_new_version_step_by_step() {
+    let scratch = Scratch::new("canary");
+    let dir = scratch.0.clone();
+    for (code, version) in [("v1", "code-1"), ("code", "code-2")] {
+        std::fs::create_dir_all(dir.join(code)).unwrap();
+        std::fs::write(dir.join(code).join("app.py"), versioned_function(version)).unwrap();
+    }
+    let portico = Portico::start_here(scratch, CANARY, &[]);
+    assert!(answer(&portico).starts_with("code-1 "));
+
+    // $LATEST published as version 2 (its code copied: it stays when the directory changes);
+    // publishing again with nothing changed answers with the same version.
+    let published = lambda(&portico, &["publish-version", "--function-name", "greet"]).unwrap();
+    assert_eq!(published["Version"], "2", "{published}");
+    assert!(
+        published["FunctionArn"]
+            .as_str()
+            .unwrap()
+            .ends_with(":function:greet:2")
+    );
+    let again = lambda(&portico, &["publish-version", "--function-name", "greet"]).unwrap();
+    assert_eq!(again["Version"], "2");
+    std::fs::write(dir.join("code/app.py"), versioned_function("code-3")).unwrap();
+    let versions = lambda(
+        &portico,
+        &["list-versions-by-function", "--function-name", "greet"],
+    )
+    .unwrap();
+    let listed: Vec<&str> = versions["Versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Version"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["$LATEST", "1", "2"]);
+
+    // The canary: the alias's traffic shifts to version 2 in steps, under load.
+    let lb = portico.load_balancers[0].1;
+    let mut load = Load::start(
+        &[lb],
+        3,
+        Duration::from_millis(5),
+        "GET / HTTP/1.1\r\nHost: web\r\n",
+    );
+    let mut steps = Vec::new();
+    for weight in ["0.0", "0.25", "0.5", "0.75"] {
+        let routing = format!("AdditionalVersionWeights={{2={weight}}}");
+        // Asked for, then answered: the alias is changed by the answer.
+        let asked = Instant::now();
+        let alias = lambda(
+            &portico,
+            &[
+                "update-alias",
+                "--function-name",
+                "greet",
+                "--name",
+                "live",
+                "--routing-config",
+                &routing,
+            ],
+        )
+        .unwrap();
+        assert_eq!(alias["FunctionVersion"], "1", "{alias}");
+        steps.push((weight.parse::<f64>().unwrap(), asked, Instant::now()));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let asked = Instant::now();
+    let alias = lambda(
+        &portico,
+        &[
+            "update-alias",
+            "--function-name",
+            "greet",
+            "--name",
+            "live",
+            "--function-version",
+            "2",
+            "--routing-config",
+            "AdditionalVersionWeights={}",
+        ],
+    )
+    .unwrap();
+    assert_eq!(alias["FunctionVersion"], "2", "{alias}");
+    assert!(
+        alias
+            .get("RoutingConfig")
+            .is_none_or(|r| r["AdditionalVersionWeights"]
+                .as_object()
+                .is_none_or(|w| w.is_empty())),
+        "{alias}"
+    );
+    steps.push((1.0, asked, Instant::now()));
+    std::thread::sleep(Duration::from_millis(1500));
+    load.stop();
+
+    let outcomes = load.outcomes();
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    for (i, (weight, _, answered)) in steps.iter().enumerate() {
+        // What started once the step was answered, until the next was asked for: the step's
+        // weights only.
+        let from = *answered;
+        let to = steps
+            .get(i + 1)
+            .map_or(Instant::now(), |(_, next_asked, _)| *next_asked);
+        let bodies: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| o.started >= from && o.started < to)
+            .filter_map(|o| o.body.as_deref())
+            .collect();
+        let new = bodies.iter().filter(|b| b.starts_with("code-2 ")).count();
+        let old = bodies.iter().filter(|b| b.starts_with("code-1 ")).count();
+        assert_eq!(
+            new + old,
+            bodies.len(),
+            "only the alias's versions answer: {bodies:?}"
+        );
+        let share = new as f64 / bodies.len().max(1) as f64;
+        eprintln!(
+            "weight {weight}: {} requests, {:.2} to version 2",
+            bodies.len(),
+            share
+        );
+        assert!(
+            bodies.len() >= 10,
+            "weight {weight}: {} requests",
+            bodies.len()
+        );
+        assert!(
+            (share - weight).abs() <= 0.15,
+            "weight {weight}: share {share:.2}"
+        );
+    }
+
+    // Lambda's errors for aliases and versions.
+    let error = lambda(
+        &portico,
+        &[
+            "create-alias",
+            "--function-name",
+            "greet",
+            "--name",
+            "live",
+            "--function-version",
+            "1",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("ResourceConflictException") && error.contains("Alias already exists"),
+        "{error}"
+    );
+    let error = lambda(
+        &portico,
+        &["get-alias", "--function-name", "greet", "--name", "nope"],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("ResourceNotFoundException") && error.contains("Alias not found"),
+        "{error}"
+    );
+    let error = lambda(
+        &portico,
+        &[
+            "create-alias",
+            "--function-name",
+            "greet",
+            "--name",
+            "bad",
+            "--function-version",
+            "9",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("InvalidParameterValueException") && error.contains("no version \"9\""),
+        "{error}"
+    );
+    let error = lambda(
+        &portico,
+        &[
+            "delete-function",
+            "--function-name",
+            "greet",
+            "--qualifier",
+            "2",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("ResourceConflictException") && error.contains("live"),
+        "{error}"
+    );
+
+    // A second alias, listed, invoked by its qualifier, deleted.
+    lambda(
+        &portico,
+        &[
+            "create-alias",
+            "--function-name",
+            "greet",
+            "--name",
+            "old",
+            "--function-version",
+            "1",
+        ],
+    )
+    .unwrap();
+    let aliases = lambda(&portico, &["list-aliases", "--function-name", "greet"]).unwrap();
+    let names: Vec<&str> = aliases["Aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["live", "old"]);
+    let out = dir.join("out.json");
+    lambda(
+        &portico,
+        &[
+            "invoke",
+            "--function-name",
+            "greet",
+            "--qualifier",
+            "old",
+            out.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let reply: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(
+        reply["body"].as_str().unwrap().starts_with("code-1 "),
+        "{reply}"
+    );
+    lambda(
+        &portico,
+        &["delete-alias", "--function-name", "greet", "--name", "old"],
+    )
+    .unwrap();
+    assert!(
+        lambda(
+            &portico,
+            &["get-alias", "--function-name", "greet", "--name", "old"]
+        )
+        .is_err()
+    );
+    // The version no alias names can go.
+    lambda(
+        &portico,
+        &[
+            "delete-function",
+            "--function-name",
+            "greet",
+            "--qualifier",
+            "1",
+        ],
+    )
+    .unwrap();
+    let versions = lambda(
+        &portico,
+        &["list-versions-by-function", "--function-name", "greet"],
+    )
+    .unwrap();
+    assert_eq!(
+        versions["Versions"].as_array().unwrap().len(),
+        2,
+        "{versions}"
+    );
+}
