@@ -687,3 +687,59 @@ fn a_weighted_alias_moves_load_balancer_traffic_to_a_new_version_step_by_step() 
         "{versions}"
     );
 }
+
+#[test]
+fn change_requests_that_are_malformed_or_too_large_are_refused_and_change_nothing() {
+    let scratch = Scratch::new("deploy-limits");
+    let dir = scratch.0.clone();
+    std::fs::create_dir_all(dir.join("code")).unwrap();
+    std::fs::write(dir.join("code/app.py"), versioned_function("code-1")).unwrap();
+    let portico = Portico::start_here(scratch, CONFIG, &[]);
+    let api = portico.invoke_api.unwrap();
+    let put = |body_file: &Path| {
+        curl(
+            None,
+            &[
+                "-s",
+                "-H",
+                "Expect:",
+                "-X",
+                "PUT",
+                "--data-binary",
+                &format!("@{}", body_file.display()),
+                &format!("http://{api}/2015-03-31/functions/greet/code"),
+            ],
+        )
+    };
+    // A package over Lambda's 50 MB (zipped): its header is a zip's.
+    let mut package = b"PK\x03\x04".to_vec();
+    package.resize(51 * 1024 * 1024, 0);
+    let body = dir.join("big.json");
+    {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&package);
+        std::fs::write(&body, format!(r#"{{"ZipFile": "{encoded}"}}"#)).unwrap();
+    }
+    let reply = put(&body);
+    assert_eq!(reply.status, 413, "{:?}", reply.headers);
+    assert!(
+        reply.body.contains("RequestEntityTooLargeException")
+            || reply.header("x-amzn-errortype") == Some("RequestEntityTooLargeException"),
+        "{reply:?}"
+    );
+    // A body over what any change takes is not even read whole.
+    let huge = dir.join("huge.json");
+    std::fs::write(&huge, vec![b' '; 71 * 1024 * 1024]).unwrap();
+    let reply = put(&huge);
+    assert_eq!(reply.status, 413);
+    // Not JSON; JSON of the wrong shape.
+    let text = dir.join("text.json");
+    std::fs::write(&text, "ZipFile=abc").unwrap();
+    assert_eq!(put(&text).status, 400);
+    std::fs::write(&text, r#"{"ZipFile": 42}"#).unwrap();
+    let reply = put(&text);
+    assert_eq!(reply.status, 400, "{reply:?}");
+    // Nothing changed.
+    assert!(answer(&portico).starts_with("code-1 "));
+    assert!(!dir.join("portico.state/changes.json").exists());
+}
