@@ -2,7 +2,10 @@
 //! portico.
 //!
 //! - `POST /` speaks AWS's Query protocol: the Elastic Load Balancing v2 target group
-//!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`);
+//!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`); with an
+//!   `X-Amz-Target: GlobalAccelerator_V20180706.…` header, the JSON protocol of Global
+//!   Accelerator's operations in [`globalaccelerator`] (`aws globalaccelerator
+//!   update-endpoint-group --endpoint-url …`);
 //! - `GET /status` is [`status`]: endpoint groups with health, RTT and share of
 //!   connections, the node's hold on the static IPs (VRRP or BGP), and target health (what
 //!   `portico status` prints);
@@ -14,10 +17,11 @@
 //!
 //! Like the Invoke API it listens on loopback unless configured otherwise; with access keys
 //! (required beyond loopback) every request must carry an AWS Signature Version 4 of one of
-//! them (`elasticloadbalancing` scope), else 403 with the Query protocol's error
+//! them (`elasticloadbalancing` scope; `globalaccelerator` for its operations), else 403 with the Query protocol's error
 //! (`MissingAuthenticationToken`, `InvalidClientTokenId`, `SignatureDoesNotMatch`).
 
 pub mod elbv2;
+pub mod globalaccelerator;
 pub mod status;
 mod xml;
 
@@ -55,6 +59,8 @@ pub struct Admin {
     pub own_listeners: Vec<std::net::SocketAddr>,
     /// How long a request's body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// The control plane, through which the Global Accelerator API changes the accelerator.
+    pub control: Option<Arc<portico_control::Control>>,
 }
 
 /// What the load balancers run now.
@@ -112,12 +118,29 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
         }
     };
+    // Global Accelerator's operations name themselves in a header (the JSON protocol).
+    let ga_operation = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.strip_prefix(globalaccelerator::TARGET_PREFIX))
+        .map(str::to_owned);
     if !admin.keys.is_empty() {
         let signable = portico_sigv4::Signable::of(&parts, &body);
         let now = std::time::SystemTime::now();
-        if let Err(refusal) =
-            portico_sigv4::verify(signable, &admin.keys, "elasticloadbalancing", now)
-        {
+        let service = match ga_operation {
+            Some(_) => "globalaccelerator",
+            None => "elasticloadbalancing",
+        };
+        if let Err(refusal) = portico_sigv4::verify(signable, &admin.keys, service, now) {
+            if ga_operation.is_some() {
+                let error = globalaccelerator::GaError {
+                    status: 403,
+                    kind: refusal.json_error_type(),
+                    message: refusal.to_string(),
+                };
+                return respond(StatusCode::FORBIDDEN, JSON_1_1, error.document());
+            }
             tracing::debug!(path = %parts.uri.path(), %refusal, "admin API: request refused");
             let xml = elbv2::error_document(refusal.query_code(), &refusal.to_string());
             return respond(StatusCode::FORBIDDEN, "text/xml", xml);
@@ -151,6 +174,23 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "not found\n".to_owned(),
         );
     }
+    if let Some(operation) = ga_operation {
+        let answer = globalaccelerator::handle(
+            admin.control.as_ref(),
+            admin.accelerator.as_ref(),
+            &operation,
+            &body,
+        )
+        .await;
+        return match answer {
+            Ok(document) => respond(StatusCode::OK, JSON_1_1, document.to_string()),
+            Err(error) => respond(
+                StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST),
+                JSON_1_1,
+                error.document(),
+            ),
+        };
+    }
     let (status, xml) = elbv2::handle(
         &admin.balancers.load().target_groups,
         &admin.own_listeners,
@@ -158,6 +198,9 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     );
     respond(status, "text/xml", xml)
 }
+
+/// The JSON protocol's content type.
+const JSON_1_1: &str = "application/x-amz-json-1.1";
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -177,7 +177,7 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
     let result = start(
         (&config, &full),
         &base,
-        (runtime.clone(), admin),
+        (runtime.clone(), admin, &control),
         (&shutdown, &tasks),
         (&mut banner, &mut started),
         ha_spec,
@@ -261,7 +261,11 @@ pub(crate) async fn run(config: Config, options: Options) -> anyhow::Result<()> 
 async fn start(
     (config, full): (&Config, &Config),
     base: &Path,
-    (runtime, admin): (Arc<Runtime>, Arc<dyn portico_lambda::admin::FunctionAdmin>),
+    (runtime, admin, control): (
+        Arc<Runtime>,
+        Arc<dyn portico_lambda::admin::FunctionAdmin>,
+        &Arc<portico_control::Control>,
+    ),
     (shutdown, tasks): (&CancellationToken, &TaskTracker),
     (banner, started): (&mut Banner, &mut Started),
     ha_spec: Option<portico_ha::HaSpec>,
@@ -360,6 +364,7 @@ async fn start(
             keys: topology::access_keys(&api.access_keys),
             own_listeners,
             body_timeout: api.body_timeout(),
+            control: Some(control.clone()),
         });
         tasks.spawn(portico_admin::serve(
             listener,
