@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// The API version and XML namespace of Elastic Load Balancing v2.
 pub const VERSION: &str = "2015-12-01";
-const NAMESPACE: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/";
+pub(crate) const NAMESPACE: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/";
 
 /// Most targets one request may name.
 pub const MAX_TARGETS_PER_REQUEST: usize = 1000;
@@ -46,6 +46,28 @@ pub enum Elbv2Error {
     /// More targets than a group may have.
     #[error("You've reached the limit on the number of targets: a target group has at most {0}")]
     TooManyTargets(usize),
+    /// No such listener.
+    #[error("One or more listeners not found: {0}")]
+    ListenerNotFound(String),
+    /// No such load balancer.
+    #[error("One or more load balancers not found: {0}")]
+    LoadBalancerNotFound(String),
+    /// No such rule.
+    #[error("One or more rules not found: {0}")]
+    RuleNotFound(String),
+    /// Another rule of the listener has the priority.
+    #[error("Priority '{0}' is currently in use")]
+    PriorityInUse(u32),
+    /// A default rule cannot be changed so.
+    #[error("{0}")]
+    OperationNotPermitted(String),
+    /// The change is not a valid configuration (its key paths and what is wrong), or the
+    /// node could not make it.
+    #[error("{0}")]
+    Refused(String),
+    /// The change could not be made at all (portico is starting, or it could not be kept).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Elbv2Error {
@@ -57,15 +79,22 @@ impl Elbv2Error {
             Self::Validation(_) => "ValidationError",
             Self::InvalidAction(_) => "InvalidAction",
             Self::TooManyTargets(_) => "TooManyTargets",
+            Self::ListenerNotFound(_) => "ListenerNotFound",
+            Self::LoadBalancerNotFound(_) => "LoadBalancerNotFound",
+            Self::RuleNotFound(_) => "RuleNotFound",
+            Self::PriorityInUse(_) => "PriorityInUse",
+            Self::OperationNotPermitted(_) => "OperationNotPermitted",
+            Self::Refused(_) => "ValidationError",
+            Self::Internal(_) => "InternalFailure",
         }
     }
 }
 
 /// The form parameters of one request.
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn parse(body: &[u8]) -> Self {
+    pub(crate) fn parse(body: &[u8]) -> Self {
         Self(
             form_urlencoded::parse(body)
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -73,21 +102,21 @@ impl Params {
         )
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
 
-    fn require(&self, name: &str) -> Result<&str, Elbv2Error> {
+    pub(crate) fn require(&self, name: &str) -> Result<&str, Elbv2Error> {
         self.get(name)
             .filter(|v| !v.is_empty())
             .ok_or_else(|| Elbv2Error::Validation(format!("{name} is required")))
     }
 
     /// `PREFIX.member.N[.FIELD]` values by N, in N's order.
-    fn members(&self, prefix: &str, field: Option<&str>) -> BTreeMap<u32, &str> {
+    pub(crate) fn members(&self, prefix: &str, field: Option<&str>) -> BTreeMap<u32, &str> {
         let head = format!("{prefix}.member.");
         self.0
             .iter()

@@ -84,10 +84,10 @@ fn endpoint_group_arn(acc: &Accelerator, index: usize, region: &str) -> String {
 
 /// A load balancer's ARN, as an endpoint's id.
 fn load_balancer_arn(name: &str) -> String {
-    format!(
-        "arn:aws:elasticloadbalancing:us-east-1:{}:loadbalancer/app/{name}/{:016x}",
+    portico_alb::target_group::load_balancer_arn(
+        crate::REGION,
         portico_lambda::spec::ACCOUNT_ID,
-        stable_hash(name.as_bytes())
+        name,
     )
 }
 

@@ -2,7 +2,8 @@
 //! portico.
 //!
 //! - `POST /` speaks AWS's Query protocol: the Elastic Load Balancing v2 target group
-//!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`); with an
+//!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`), the
+//!   listener and rule actions in [`listener_rules`] (`aws elbv2 create-rule …`); with an
 //!   `X-Amz-Target: GlobalAccelerator_V20180706.…` header, the JSON protocol of Global
 //!   Accelerator's operations in [`globalaccelerator`] (`aws globalaccelerator
 //!   update-endpoint-group --endpoint-url …`);
@@ -22,6 +23,7 @@
 
 pub mod elbv2;
 pub mod globalaccelerator;
+pub mod listener_rules;
 pub mod status;
 mod xml;
 
@@ -191,6 +193,14 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             ),
         };
     }
+    let params = elbv2::Params::parse(&body);
+    if let Some(action) = params
+        .get("Action")
+        .filter(|a| listener_rules::ACTIONS.contains(a))
+    {
+        let (status, xml) = listener_rules::handle(admin.control.as_ref(), action, &params).await;
+        return respond(status, "text/xml", xml);
+    }
     let (status, xml) = elbv2::handle(
         &admin.balancers.load().target_groups,
         &admin.own_listeners,
@@ -198,6 +208,9 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     );
     respond(status, "text/xml", xml)
 }
+
+/// The region portico's ARNs name.
+pub(crate) const REGION: &str = "us-east-1";
 
 /// The JSON protocol's content type.
 const JSON_1_1: &str = "application/x-amz-json-1.1";

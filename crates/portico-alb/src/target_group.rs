@@ -59,6 +59,40 @@ pub fn arn_for(region: &str, account: &str, name: &str) -> String {
     )
 }
 
+/// A load balancer's ARN: `…:loadbalancer/app/NAME/ID`, the id derived from the name.
+pub fn load_balancer_arn(region: &str, account: &str, name: &str) -> String {
+    format!(
+        "arn:aws:elasticloadbalancing:{region}:{account}:loadbalancer/app/{name}/{:016x}",
+        stable_hash(name.as_bytes())
+    )
+}
+
+/// The ARN of load balancer `name`'s listener `index` (in the configuration's order).
+pub fn listener_arn(region: &str, account: &str, name: &str, index: usize) -> String {
+    let lb = load_balancer_arn(region, account, name);
+    let id = stable_hash(format!("{lb}/{index}").as_bytes());
+    format!(
+        "{}/{id:016x}",
+        lb.replacen(":loadbalancer/", ":listener/", 1)
+    )
+}
+
+/// The ARN of a rule of the listener `listener` (an ARN), with rule id `id`.
+pub fn rule_arn(listener: &str, id: &str) -> String {
+    format!(
+        "{}/{id}",
+        listener.replacen(":listener/", ":listener-rule/", 1)
+    )
+}
+
+/// The id of a rule the configuration gives none: made from its listener and priority.
+pub fn rule_id(listener: &str, priority: u32) -> String {
+    format!(
+        "{:016x}",
+        stable_hash(format!("{listener}/{priority}").as_bytes())
+    )
+}
+
 /// FNV-1a: a stable 64-bit hash for ids and cookie values (not for secrets).
 pub fn stable_hash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {

@@ -26,6 +26,10 @@ pub struct Rule {
     /// Gateway checks on the requests this rule matches, after the listener's. Default none.
     #[serde(default)]
     pub gateway: crate::gateway::Gateway,
+    /// The rule's id, the end of its ARN (`aws elbv2 create-rule` sets it, so that its ARN
+    /// stays when its priority changes). Default: one made from the priority.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// A rule condition; its values are OR'ed.

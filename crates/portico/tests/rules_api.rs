@@ -1,0 +1,260 @@
+//! A running listener's rules changed with `aws elbv2`, as on AWS: rules created, modified,
+//! reordered and deleted under a steady stream of requests (not one fails; each change is
+//! seen within a second; a rule's ARN stays when its priority changes), ELBv2's errors, and
+//! the rules kept across a restart.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::load::Load;
+use support::{Backend, Portico, Scratch, aws_cli, curl};
+
+/// `aws elbv2 ARGS…` against the admin API: its JSON, or its error text.
+fn elbv2(portico: &Portico, args: &[&str]) -> Result<serde_json::Value, String> {
+    let endpoint = format!("http://{}", portico.admin_api.unwrap());
+    let out = aws_cli(&endpoint, "elbv2", args);
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn get(portico: &Portico, path: &str) -> String {
+    curl(
+        None,
+        &[
+            "-s",
+            &format!("http://{}{path}", portico.load_balancers[0].1),
+        ],
+    )
+    .body
+}
+
+/// Waits until `GET path` answers `body`, at most a second.
+fn seen_within_a_second(portico: &Portico, path: &str, body: &str) {
+    let started = Instant::now();
+    while get(portico, path) != body {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{path}: not {body:?} within a second"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "{path} -> {body:?}: seen after {} ms",
+        started.elapsed().as_millis()
+    );
+}
+
+#[test]
+fn rules_change_with_the_aws_cli_under_load_and_stay_after_a_restart() {
+    let backend = Backend::start("api", 0);
+    let config = format!(
+        r#"
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = {{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "default" }}
+
+[target_groups.api]
+target_type = "ip"
+targets = ["{backend}"]
+
+[admin_api]
+port = 0
+"#,
+        backend = backend.address()
+    );
+    let portico = Portico::start_here(Scratch::new("rules"), &config, &[]);
+    let lbs = elbv2(&portico, &["describe-load-balancers", "--names", "web"]).unwrap();
+    let lb = lbs["LoadBalancers"][0]["LoadBalancerArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listeners = elbv2(
+        &portico,
+        &["describe-listeners", "--load-balancer-arn", &lb],
+    )
+    .unwrap();
+    let listener = listeners["Listeners"][0]["ListenerArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(listeners["Listeners"][0]["Protocol"], "HTTP");
+    let groups = elbv2(&portico, &["describe-target-groups", "--names", "api"]).unwrap();
+    let group = groups["TargetGroups"][0]["TargetGroupArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rules = elbv2(&portico, &["describe-rules", "--listener-arn", &listener]).unwrap();
+    assert_eq!(rules["Rules"].as_array().unwrap().len(), 1, "{rules}");
+    assert_eq!(rules["Rules"][0]["IsDefault"], true);
+
+    let mut load = Load::start(
+        &[portico.load_balancers[0].1],
+        2,
+        Duration::from_millis(10),
+        "GET /a HTTP/1.1\r\nHost: web\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Created: a fixed response for /a, a forward for /b.
+    let created = elbv2(&portico, &[
+        "create-rule", "--listener-arn", &listener, "--priority", "10",
+        "--conditions", "Field=path-pattern,Values=/a",
+        "--actions", "Type=fixed-response,FixedResponseConfig={StatusCode=200,ContentType=text/plain,MessageBody=rule-a}",
+    ]).unwrap();
+    let rule_a = created["Rules"][0]["RuleArn"].as_str().unwrap().to_owned();
+    assert!(rule_a.contains(":listener-rule/app/web/"), "{rule_a}");
+    seen_within_a_second(&portico, "/a", "rule-a");
+    let forward = format!("Type=forward,TargetGroupArn={group}");
+    let created = elbv2(
+        &portico,
+        &[
+            "create-rule",
+            "--listener-arn",
+            &listener,
+            "--priority",
+            "20",
+            "--conditions",
+            r#"[{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/b", "/a"]}}]"#,
+            "--actions",
+            &forward,
+        ],
+    )
+    .unwrap();
+    let rule_b = created["Rules"][0]["RuleArn"].as_str().unwrap().to_owned();
+    assert!(get(&portico, "/b").contains("\"backend\": \"api\""));
+
+    // Modified.
+    elbv2(&portico, &[
+        "modify-rule", "--rule-arn", &rule_a,
+        "--actions", "Type=fixed-response,FixedResponseConfig={StatusCode=200,ContentType=text/plain,MessageBody=rule-a2}",
+    ]).unwrap();
+    seen_within_a_second(&portico, "/a", "rule-a2");
+
+    // Reordered: /a now goes to the backend (rule b first); the ARNs stay.
+    elbv2(
+        &portico,
+        &[
+            "set-rule-priorities",
+            "--rule-priorities",
+            &format!("RuleArn={rule_a},Priority=30"),
+            &format!("RuleArn={rule_b},Priority=5"),
+        ],
+    )
+    .unwrap();
+    let started = Instant::now();
+    while !get(&portico, "/a").contains("\"backend\": \"api\"") {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "reordered rules not seen"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rules = elbv2(&portico, &["describe-rules", "--listener-arn", &listener]).unwrap();
+    let listed: Vec<(String, String)> = rules["Rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["RuleArn"].as_str().unwrap().to_owned(),
+                r["Priority"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(listed[0], (rule_b.clone(), "5".to_owned()), "{rules}");
+    assert_eq!(listed[1], (rule_a.clone(), "30".to_owned()));
+    assert_eq!(listed[2].1, "default");
+
+    // ELBv2's errors; none changes anything.
+    let error = elbv2(
+        &portico,
+        &[
+            "create-rule",
+            "--listener-arn",
+            &listener,
+            "--priority",
+            "5",
+            "--conditions",
+            "Field=path-pattern,Values=/c",
+            "--actions",
+            "Type=fixed-response,FixedResponseConfig={StatusCode=200}",
+        ],
+    )
+    .unwrap_err();
+    assert!(error.contains("PriorityInUse"), "{error}");
+    let error = elbv2(
+        &portico,
+        &[
+            "modify-rule",
+            "--rule-arn",
+            &format!("{rule_a}0"),
+            "--actions",
+            &forward,
+        ],
+    )
+    .unwrap_err();
+    assert!(error.contains("RuleNotFound"), "{error}");
+    let error = elbv2(
+        &portico,
+        &[
+            "create-rule",
+            "--listener-arn",
+            &listener,
+            "--priority",
+            "7",
+            "--conditions",
+            "Field=path-pattern,Values=/c",
+            "--actions",
+            &format!("Type=forward,TargetGroupArn={group}x"),
+        ],
+    )
+    .unwrap_err();
+    assert!(error.contains("TargetGroupNotFound"), "{error}");
+    let error = elbv2(
+        &portico,
+        &[
+            "create-rule",
+            "--listener-arn",
+            &listener,
+            "--priority",
+            "7",
+            "--conditions",
+            "Field=path-pattern,Values=/c",
+            "--actions",
+            "Type=fixed-response,FixedResponseConfig={StatusCode=99}",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("ValidationError") && error.contains("rules"),
+        "{error}"
+    );
+    let default = listed[2].0.clone();
+    let error = elbv2(&portico, &["delete-rule", "--rule-arn", &default]).unwrap_err();
+    assert!(error.contains("OperationNotPermitted"), "{error}");
+
+    // Deleted: /a back to what rule b and the default say.
+    elbv2(&portico, &["delete-rule", "--rule-arn", &rule_b]).unwrap();
+    seen_within_a_second(&portico, "/a", "rule-a2");
+    load.stop();
+    let outcomes = load.outcomes();
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
+    eprintln!(
+        "{} requests during the changes, {} failed",
+        outcomes.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+
+    // Kept across a restart, with their ARNs.
+    let portico = portico.restart();
+    assert_eq!(get(&portico, "/a"), "rule-a2");
+    let rules = elbv2(&portico, &["describe-rules", "--rule-arns", &rule_a]).unwrap();
+    assert_eq!(rules["Rules"][0]["Priority"], "30", "{rules}");
+}
