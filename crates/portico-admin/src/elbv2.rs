@@ -55,6 +55,15 @@ pub enum Elbv2Error {
     /// No such rule.
     #[error("One or more rules not found: {0}")]
     RuleNotFound(String),
+    /// No such certificate.
+    #[error("Certificate '{0}' not found")]
+    CertificateNotFound(String),
+    /// The target group is in use by a listener or a rule.
+    #[error("Target group '{0}' is currently in use by a listener or a rule")]
+    ResourceInUse(String),
+    /// A target group of the name exists.
+    #[error("A target group with the same name '{0}' exists, but with different settings")]
+    DuplicateTargetGroupName(String),
     /// Another rule of the listener has the priority.
     #[error("Priority '{0}' is currently in use")]
     PriorityInUse(u32),
@@ -82,6 +91,9 @@ impl Elbv2Error {
             Self::ListenerNotFound(_) => "ListenerNotFound",
             Self::LoadBalancerNotFound(_) => "LoadBalancerNotFound",
             Self::RuleNotFound(_) => "RuleNotFound",
+            Self::CertificateNotFound(_) => "CertificateNotFound",
+            Self::ResourceInUse(_) => "ResourceInUse",
+            Self::DuplicateTargetGroupName(_) => "DuplicateTargetGroupName",
             Self::PriorityInUse(_) => "PriorityInUse",
             Self::OperationNotPermitted(_) => "OperationNotPermitted",
             Self::Refused(_) => "ValidationError",
@@ -94,6 +106,16 @@ impl Elbv2Error {
 pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
+    /// Parameters given as pairs.
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Self(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
     pub(crate) fn parse(body: &[u8]) -> Self {
         Self(
             form_urlencoded::parse(body)
@@ -360,7 +382,7 @@ fn addresses(params: &Params) -> Result<Vec<SocketAddr>, Elbv2Error> {
     targets.iter().map(TargetRef::address).collect()
 }
 
-fn describe_target_groups(
+pub(crate) fn describe_target_groups(
     groups: &BTreeMap<String, TargetGroup>,
     params: &Params,
     xml: &mut Xml,

@@ -3,7 +3,8 @@
 //!
 //! - `POST /` speaks AWS's Query protocol: the Elastic Load Balancing v2 target group
 //!   actions in [`elbv2`] (`aws elbv2 describe-target-health --endpoint-url …`), the
-//!   listener and rule actions in [`listener_rules`] (`aws elbv2 create-rule …`); with an
+//!   listener and rule actions in [`listener_rules`] (`aws elbv2 create-rule …`), those
+//!   that make and change target groups in [`group_changes`]; with an
 //!   `X-Amz-Target: GlobalAccelerator_V20180706.…` header, the JSON protocol of Global
 //!   Accelerator's operations in [`globalaccelerator`] (`aws globalaccelerator
 //!   update-endpoint-group --endpoint-url …`);
@@ -23,6 +24,7 @@
 
 pub mod elbv2;
 pub mod globalaccelerator;
+pub mod group_changes;
 pub mod listener_rules;
 pub mod status;
 mod xml;
@@ -199,6 +201,13 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         .filter(|a| listener_rules::ACTIONS.contains(a))
     {
         let (status, xml) = listener_rules::handle(admin.control.as_ref(), action, &params).await;
+        return respond(status, "text/xml", xml);
+    }
+    if let Some(action) = params
+        .get("Action")
+        .filter(|a| group_changes::ACTIONS.contains(a))
+    {
+        let (status, xml) = group_changes::handle(admin, action, &params).await;
         return respond(status, "text/xml", xml);
     }
     let (status, xml) = elbv2::handle(

@@ -1,5 +1,6 @@
 //! The Elastic Load Balancing v2 actions on listeners and their rules, in the Query protocol:
-//! `DescribeLoadBalancers` (to find the ARNs), `DescribeListeners`, `DescribeRules`, `CreateRule`, `ModifyRule`, `DeleteRule` and
+//! `DescribeLoadBalancers` (to find the ARNs), `DescribeListeners`, `ModifyListener` (its
+//! default action, port, and certificates among those portico's listeners have), `DescribeRules`, `CreateRule`, `ModifyRule`, `DeleteRule` and
 //! `SetRulePriorities`, so that `aws elbv2 create-rule …` changes a running listener's rules.
 //!
 //! A change is an edit of the load balancer's `listeners` in the configuration, made through
@@ -21,9 +22,10 @@ use portico_control::{ChangeError, Control, Edit};
 use std::sync::Arc;
 
 /// The actions this module answers.
-pub const ACTIONS: [&str; 7] = [
+pub const ACTIONS: [&str; 8] = [
     "DescribeLoadBalancers",
     "DescribeListeners",
+    "ModifyListener",
     "DescribeRules",
     "CreateRule",
     "ModifyRule",
@@ -100,6 +102,69 @@ async fn carry_out(
     match action {
         "DescribeLoadBalancers" => describe_load_balancers(&config, params, xml),
         "DescribeListeners" => describe_listeners(&config, params, xml),
+        "ModifyListener" => {
+            let arn = params.require("ListenerArn")?.to_owned();
+            let (lb, index) = find_listener(&config, &arn)?;
+            let default = params
+                .get("DefaultActions.member.1.Type")
+                .map(|_| action_table(&config, params, "DefaultActions"))
+                .transpose()?;
+            let port = params
+                .get("Port")
+                .map(|p| {
+                    p.parse::<i64>()
+                        .ok()
+                        .filter(|p| (1..=65_535).contains(p))
+                        .ok_or_else(|| {
+                            Elbv2Error::Validation(format!("Port '{p}' is not in 1-65535"))
+                        })
+                })
+                .transpose()?;
+            // Certificates, by the ARNs portico gives the files of its listeners.
+            let wanted: Vec<&str> = params
+                .members("Certificates", Some("CertificateArn"))
+                .into_values()
+                .collect();
+            let mut certificates = Vec::new();
+            for arn in &wanted {
+                let known = config
+                    .load_balancers
+                    .values()
+                    .flat_map(|lb| &lb.listeners)
+                    .flat_map(|l| &l.certificates)
+                    .find(|c| certificate_arn(&c.certificate) == *arn)
+                    .ok_or_else(|| Elbv2Error::CertificateNotFound((*arn).to_owned()))?;
+                let mut table = toml::Table::new();
+                table.insert("certificate".into(), known.certificate.clone().into());
+                table.insert("private_key".into(), known.private_key.clone().into());
+                certificates.push(toml::Value::Table(table));
+            }
+            let table = control.table().await;
+            let mut listeners = table
+                .get("load_balancers")
+                .and_then(|l| l.get(lb.as_str()))
+                .and_then(|l| l.get("listeners"))
+                .and_then(toml::Value::as_array)
+                .cloned()
+                .ok_or_else(|| Elbv2Error::LoadBalancerNotFound(lb.clone()))?;
+            let listener_table = listeners
+                .get_mut(index)
+                .and_then(toml::Value::as_table_mut)
+                .ok_or_else(|| Elbv2Error::ListenerNotFound(arn.clone()))?;
+            if let Some(default) = default {
+                listener_table.insert("default_action".into(), default.into());
+            }
+            if let Some(port) = port {
+                listener_table.insert("port".into(), port.into());
+            }
+            if !certificates.is_empty() {
+                listener_table.insert("certificates".into(), certificates.into());
+            }
+            let edit = Edit::set(&["load_balancers", &lb, "listeners"], listeners);
+            let config = change(control, vec![edit]).await?;
+            let arns = [("ListenerArns.member.1", arn.as_str())];
+            describe_listeners(&config, &Params::from_pairs(&arns), xml)
+        }
         "DescribeRules" => {
             let (lb, index) = match params.get("ListenerArn") {
                 Some(arn) => find_listener(&config, arn)?,
@@ -134,14 +199,17 @@ async fn carry_out(
             let mut rule = toml::Table::new();
             rule.insert("priority".into(), i64::from(priority).into());
             rule.insert("conditions".into(), conditions(params)?.into());
-            rule.insert("action".into(), action_table(&config, params)?.into());
+            rule.insert(
+                "action".into(),
+                action_table(&config, params, "Actions")?.into(),
+            );
             rule.insert("id".into(), id.clone().into());
             let edit = edit_rules(control, &lb, index, |rules| {
                 rules.push(toml::Value::Table(rule));
                 Ok(())
             })
             .await?;
-            let config = change(control, edit).await?;
+            let config = change(control, vec![edit]).await?;
             let created = config.load_balancers[&lb].listeners[index]
                 .rules
                 .iter()
@@ -167,7 +235,7 @@ async fn carry_out(
                 .transpose()?;
             let new_action = params
                 .get("Actions.member.1.Type")
-                .map(|_| action_table(&config, params))
+                .map(|_| action_table(&config, params, "Actions"))
                 .transpose()?;
             let listener_arn = listener(&lb, index);
             let edit = edit_rules(control, &lb, index, |rules| {
@@ -183,7 +251,7 @@ async fn carry_out(
                 Ok(())
             })
             .await?;
-            let config = change(control, edit).await?;
+            let config = change(control, vec![edit]).await?;
             let rule = config.load_balancers[&lb].listeners[index]
                 .rules
                 .iter()
@@ -213,7 +281,7 @@ async fn carry_out(
                 Ok(())
             })
             .await?;
-            change(control, edit).await?;
+            change(control, vec![edit]).await?;
             Ok(())
         }
         "SetRulePriorities" => {
@@ -264,7 +332,7 @@ async fn carry_out(
                 Ok(())
             })
             .await?;
-            let config = change(control, edit).await?;
+            let config = change(control, vec![edit]).await?;
             let l = &config.load_balancers[&lb].listeners[index];
             xml.open("Rules");
             for (id, _) in &changes {
@@ -285,25 +353,22 @@ async fn carry_out(
     }
 }
 
-/// Moves to the configuration `edit` makes.
-async fn change(control: &Control, edit: Edit) -> Result<Arc<Config>, Elbv2Error> {
-    control
-        .change(vec![edit])
-        .await
-        .map_err(|error| match error {
-            ChangeError::Invalid(portico_config::LoadError::Invalid { errors, .. }) => {
-                Elbv2Error::Refused(
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )
-            }
-            ChangeError::Invalid(other) => Elbv2Error::Refused(other.to_string()),
-            ChangeError::Refused(reason) => Elbv2Error::Refused(reason),
-            other => Elbv2Error::Internal(other.to_string()),
-        })
+/// Moves to the configuration `edits` make: ELBv2's errors when it is refused.
+pub(crate) async fn change(control: &Control, edits: Vec<Edit>) -> Result<Arc<Config>, Elbv2Error> {
+    control.change(edits).await.map_err(|error| match error {
+        ChangeError::Invalid(portico_config::LoadError::Invalid { errors, .. }) => {
+            Elbv2Error::Refused(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        }
+        ChangeError::Invalid(other) => Elbv2Error::Refused(other.to_string()),
+        ChangeError::Refused(reason) => Elbv2Error::Refused(reason),
+        other => Elbv2Error::Internal(other.to_string()),
+    })
 }
 
 /// The edit that sets load balancer `lb`'s listeners, listener `index`'s rules changed by
@@ -362,6 +427,15 @@ fn find_rule_table<'a>(
         .find(|r| rule_is(r, listener_arn, id))
         .and_then(toml::Value::as_table_mut)
         .ok_or_else(|| Elbv2Error::RuleNotFound(rule_arn(listener_arn, id)))
+}
+
+/// The ARN portico gives the certificate in the file `certificate` (as the listener's TLS
+/// facts name it).
+fn certificate_arn(certificate: &str) -> String {
+    let stem = std::path::Path::new(certificate)
+        .file_stem()
+        .map_or_else(|| "certificate".into(), |s| s.to_string_lossy());
+    format!("arn:aws:iam::{}:server-certificate/{stem}", account())
 }
 
 /// The load balancer and listener index an ARN names.
@@ -484,16 +558,16 @@ fn group_name(config: &Config, arn: &str) -> Result<String, Elbv2Error> {
         .ok_or_else(|| Elbv2Error::TargetGroupNotFound(arn.to_owned()))
 }
 
-/// The rule action of a request (ELBv2's `Actions`, one of them), as the configuration's
-/// table.
-fn action_table(config: &Config, params: &Params) -> Result<toml::Table, Elbv2Error> {
-    let types = params.members("Actions", Some("Type"));
+/// The action of a request (ELBv2's `Actions` or `DefaultActions`, named by `list`: one of
+/// them), as the configuration's table.
+fn action_table(config: &Config, params: &Params, list: &str) -> Result<toml::Table, Elbv2Error> {
+    let types = params.members(list, Some("Type"));
     if types.len() != 1 {
         return Err(Elbv2Error::Validation(
             "One action per rule: forward, fixed-response or redirect".into(),
         ));
     }
-    let at = "Actions.member.1";
+    let at = &format!("{list}.member.1");
     let get = |key: &str| params.get(&format!("{at}.{key}"));
     let mut table = toml::Table::new();
     let kind = types.values().next().copied().unwrap_or_default();
@@ -681,14 +755,8 @@ fn describe_listeners(config: &Config, params: &Params, xml: &mut Xml) -> Result
             xml.leaf("SslPolicy", "ELBSecurityPolicy-TLS13-1-2-2021-06")
                 .open("Certificates");
             for c in &l.certificates {
-                let stem = std::path::Path::new(&c.certificate)
-                    .file_stem()
-                    .map_or_else(|| "certificate".into(), |s| s.to_string_lossy());
                 xml.open("member")
-                    .leaf(
-                        "CertificateArn",
-                        format!("arn:aws:iam::{}:server-certificate/{stem}", account()),
-                    )
+                    .leaf("CertificateArn", certificate_arn(&c.certificate))
                     .close("member");
             }
             xml.close("Certificates");

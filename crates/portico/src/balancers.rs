@@ -219,11 +219,25 @@ impl LoadBalancers {
                     stop: running.stop.clone(),
                     fresh: false,
                 },
-                _ => {
+                running => {
                     let stop = self.shutdown.child_token();
+                    let group = topology::target_group(name, tg, &self.invoker, &self.tasks, &stop);
+                    // Targets registered through the API (not in the file) stay registered
+                    // when the group's settings change.
+                    if let (Some(running), TargetGroup::Http(new)) = (running, &group) {
+                        if let TargetGroup::Http(old) = &running.group {
+                            for target in old.targets() {
+                                let registered_here =
+                                    !running.config.targets.contains(&target.address);
+                                if registered_here && !target.is_draining() {
+                                    new.register(target.address);
+                                }
+                            }
+                        }
+                    }
                     Group {
                         config: tg.clone(),
-                        group: topology::target_group(name, tg, &self.invoker, &self.tasks, &stop),
+                        group,
                         stop,
                         fresh: true,
                     }

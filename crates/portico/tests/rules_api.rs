@@ -258,3 +258,201 @@ port = 0
     let rules = elbv2(&portico, &["describe-rules", "--rule-arns", &rule_a]).unwrap();
     assert_eq!(rules["Rules"][0]["Priority"], "30", "{rules}");
 }
+
+#[test]
+fn target_groups_are_made_changed_and_deleted_and_a_listener_moved_to_one_with_the_aws_cli() {
+    let backend = Backend::start("fresh", 0);
+    let config = r#"
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = { type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "default" }
+
+[admin_api]
+port = 0
+"#;
+    let portico = Portico::start_here(Scratch::new("groups"), config, &[]);
+    let lbs = elbv2(&portico, &["describe-load-balancers"]).unwrap();
+    let lb = lbs["LoadBalancers"][0]["LoadBalancerArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listeners = elbv2(
+        &portico,
+        &["describe-listeners", "--load-balancer-arn", &lb],
+    )
+    .unwrap();
+    let listener = listeners["Listeners"][0]["ListenerArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Made, its target registered, and the listener's default action moved to it.
+    let created = elbv2(
+        &portico,
+        &[
+            "create-target-group",
+            "--name",
+            "fresh",
+            "--target-type",
+            "ip",
+            "--protocol",
+            "HTTP",
+            "--port",
+            "80",
+            "--vpc-id",
+            "vpc-0",
+            "--health-check-path",
+            "/health",
+            "--health-check-interval-seconds",
+            "5",
+        ],
+    )
+    .unwrap();
+    let group = created["TargetGroups"][0]["TargetGroupArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        created["TargetGroups"][0]["TargetGroupName"], "fresh",
+        "{created}"
+    );
+    let error = elbv2(
+        &portico,
+        &[
+            "create-target-group",
+            "--name",
+            "fresh",
+            "--target-type",
+            "ip",
+            "--protocol",
+            "HTTP",
+            "--port",
+            "80",
+            "--vpc-id",
+            "vpc-0",
+        ],
+    )
+    .unwrap_err();
+    assert!(error.contains("DuplicateTargetGroupName"), "{error}");
+    let target = format!("Id=127.0.0.1,Port={}", backend.port);
+    elbv2(
+        &portico,
+        &[
+            "register-targets",
+            "--target-group-arn",
+            &group,
+            "--targets",
+            &target,
+        ],
+    )
+    .unwrap();
+    let forward = format!("Type=forward,TargetGroupArn={group}");
+    let modified = elbv2(
+        &portico,
+        &[
+            "modify-listener",
+            "--listener-arn",
+            &listener,
+            "--default-actions",
+            &forward,
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        modified["Listeners"][0]["DefaultActions"][0]["TargetGroupArn"],
+        group.as_str(),
+        "{modified}"
+    );
+    let started = Instant::now();
+    while !get(&portico, "/").contains("\"backend\": \"fresh\"") {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the new default action is not seen"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Its attributes and health check changed: its registered target stays.
+    let attributes = elbv2(
+        &portico,
+        &[
+            "modify-target-group-attributes",
+            "--target-group-arn",
+            &group,
+            "--attributes",
+            "Key=deregistration_delay.timeout_seconds,Value=5",
+            "Key=load_balancing.algorithm.type,Value=least_outstanding_requests",
+        ],
+    )
+    .unwrap();
+    let value = |key: &str| {
+        attributes["Attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["Key"] == key)
+            .unwrap()["Value"]
+            .clone()
+    };
+    assert_eq!(
+        value("deregistration_delay.timeout_seconds"),
+        "5",
+        "{attributes}"
+    );
+    assert_eq!(
+        value("load_balancing.algorithm.type"),
+        "least_outstanding_requests"
+    );
+    elbv2(
+        &portico,
+        &[
+            "modify-target-group",
+            "--target-group-arn",
+            &group,
+            "--health-check-path",
+            "/count",
+        ],
+    )
+    .unwrap();
+    let health = elbv2(
+        &portico,
+        &["describe-target-health", "--target-group-arn", &group],
+    )
+    .unwrap();
+    assert_eq!(
+        health["TargetHealthDescriptions"].as_array().unwrap().len(),
+        1,
+        "{health}"
+    );
+    assert!(get(&portico, "/").contains("\"backend\": \"fresh\""));
+    let error = elbv2(
+        &portico,
+        &[
+            "modify-target-group-attributes",
+            "--target-group-arn",
+            &group,
+            "--attributes",
+            "Key=no.such.attribute,Value=1",
+        ],
+    )
+    .unwrap_err();
+    assert!(error.contains("ValidationError"), "{error}");
+
+    // In use, it cannot go; once the listener leaves it, it can.
+    let error = elbv2(
+        &portico,
+        &["delete-target-group", "--target-group-arn", &group],
+    )
+    .unwrap_err();
+    assert!(error.contains("ResourceInUse"), "{error}");
+    elbv2(&portico, &["modify-listener", "--listener-arn", &listener, "--default-actions", "Type=fixed-response,FixedResponseConfig={StatusCode=200,ContentType=text/plain,MessageBody=back}"]).unwrap();
+    assert_eq!(get(&portico, "/"), "back");
+    elbv2(
+        &portico,
+        &["delete-target-group", "--target-group-arn", &group],
+    )
+    .unwrap();
+    let error = elbv2(&portico, &["describe-target-groups", "--names", "fresh"]).unwrap_err();
+    assert!(error.contains("TargetGroupNotFound"), "{error}");
+}
