@@ -11,17 +11,15 @@ mod support;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::load::Load;
-use support::{Backend, Portico, Scratch, aws_cli};
+use support::{Backend, Portico, Scratch, aws_json};
 
 /// `aws globalaccelerator ARGS…` against the admin API: its JSON, or its error text.
 fn ga(portico: &Portico, args: &[&str]) -> Result<Value, String> {
-    let endpoint = format!("http://{}", portico.admin_api.unwrap());
-    let out = aws_cli(&endpoint, "globalaccelerator", args);
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    aws_json(
+        &format!("http://{}", portico.admin_api.unwrap()),
+        "globalaccelerator",
+        args,
+    )
 }
 
 /// Which backend answered a response body (`backend.py` names itself first).

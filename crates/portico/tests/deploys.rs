@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::load::Load;
-use support::{Portico, Scratch, aws_cli, curl, portico_bin, versioned_function};
+use support::{Portico, Scratch, aws_json, curl, package, portico_bin, versioned_function};
 
 const CONFIG: &str = r#"
 [functions.greet]
@@ -37,36 +37,13 @@ port = 0
 port = 0
 "#;
 
-/// A zip of the function at `version`, written to `path`.
-fn package(path: &Path, version: &str) {
-    let code = path.with_extension("py");
-    std::fs::write(&code, versioned_function(version)).unwrap();
-    let status = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z: z.write(sys.argv[2], 'app.py')",
-        ])
-        .arg(path)
-        .arg(&code)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// `aws lambda ARGS…`: its JSON output when it succeeded, else its error text.
 fn lambda(portico: &Portico, args: &[&str]) -> Result<Value, String> {
-    let endpoint = format!("http://{}", portico.invoke_api.unwrap());
-    let out = aws_cli(&endpoint, "lambda", args);
-    if out.status.success() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-        })
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    aws_json(
+        &format!("http://{}", portico.invoke_api.unwrap()),
+        "lambda",
+        args,
+    )
 }
 
 /// The load balancer's answer to `GET /`.

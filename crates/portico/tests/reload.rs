@@ -8,11 +8,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::load::Load;
-use support::{Portico, Scratch, curl, versioned_function as function_code};
+use support::{
+    Portico, Scratch, certificate, curl, presented, versioned_function as function_code,
+};
 
 /// What the configuration file says, step by step.
 #[derive(Clone)]
@@ -109,46 +109,6 @@ port = 0
         greeting = state.greeting,
         rule_body = state.rule_body,
     )
-}
-
-/// A self-signed certificate for `name`, written over `server.crt` and `server.key` in `dir`.
-fn certificate(dir: &Path, name: &str) {
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-        ])
-        .arg(format!("/CN={name}"))
-        .args(["-keyout", "server.key.new", "-out", "server.crt.new"])
-        .current_dir(dir)
-        .output()
-        .expect("openssl is on the machine (Debian's openssl package)");
-    assert!(out.status.success(), "{out:?}");
-    for file in ["server.key", "server.crt"] {
-        std::fs::rename(dir.join(format!("{file}.new")), dir.join(file)).unwrap();
-    }
-}
-
-/// The subject of the certificate a new TLS handshake with `address` is shown.
-fn presented(address: SocketAddr) -> String {
-    let out = Command::new("curl")
-        .args(["-sk", "-o", "/dev/null", "-w", "%{certs}"])
-        .arg(format!("https://{address}/"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("Subject:"))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// A port free now, for a listener the file will add.

@@ -9,17 +9,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::load::Load;
-use support::{Backend, Portico, Scratch, aws_cli, curl};
+use support::{Backend, Portico, Scratch, aws_json, curl};
 
 /// `aws elbv2 ARGS…` against the admin API: its JSON, or its error text.
 fn elbv2(portico: &Portico, args: &[&str]) -> Result<serde_json::Value, String> {
-    let endpoint = format!("http://{}", portico.admin_api.unwrap());
-    let out = aws_cli(&endpoint, "elbv2", args);
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    aws_json(
+        &format!("http://{}", portico.admin_api.unwrap()),
+        "elbv2",
+        args,
+    )
 }
 
 fn get(portico: &Portico, path: &str) -> String {

@@ -102,6 +102,62 @@ def handler(event, context):
     )
 }
 
+/// A zip of the function at `version`, written to `path`.
+pub fn package(path: &Path, version: &str) {
+    let code = path.with_extension("py");
+    std::fs::write(&code, versioned_function(version)).unwrap();
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z: z.write(sys.argv[2], 'app.py')",
+        ])
+        .arg(path)
+        .arg(&code)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A self-signed certificate for `name`, written over `server.crt` and `server.key` in `dir`.
+pub fn certificate(dir: &Path, name: &str) {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+        ])
+        .arg(format!("/CN={name}"))
+        .args(["-keyout", "server.key.new", "-out", "server.crt.new"])
+        .current_dir(dir)
+        .output()
+        .expect("openssl is on the machine (Debian's openssl package)");
+    assert!(out.status.success(), "{out:?}");
+    for file in ["server.key", "server.crt"] {
+        std::fs::rename(dir.join(format!("{file}.new")), dir.join(file)).unwrap();
+    }
+}
+
+/// The subject of the certificate a new TLS handshake with `address` is shown.
+pub fn presented(address: SocketAddr) -> String {
+    let out = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{certs}"])
+        .arg(format!("https://{address}/"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Subject:"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// A scratch directory, removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -611,6 +667,20 @@ pub fn aws_env(cmd: &mut Command) -> &mut Command {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+}
+
+/// `aws SERVICE ARGS…` against `endpoint`: its JSON output when it succeeded (null when it
+/// printed nothing), else its error text.
+pub fn aws_json(endpoint: &str, service: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = aws_cli(endpoint, service, args);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
 }
 
 /// `aws SERVICE ARGS…` (awscli from PyPI) against `endpoint`, signing with the test key
