@@ -215,32 +215,61 @@ pub fn handle(
     body: &[u8],
 ) -> (StatusCode, String) {
     let params = Params::parse(body);
-    let request_id = uuid::Uuid::new_v4().to_string();
     let action = params.get("Action").unwrap_or_default().to_owned();
-    let root = format!("{action}Response");
-    let mut xml = Xml::with_root(&root, NAMESPACE);
-    xml.open(&format!("{action}Result"));
+    let mut answer = Answer::new(&action);
+    let xml = answer.xml();
     let result = match action.as_str() {
-        "DescribeTargetGroups" => describe_target_groups(groups, &params, &mut xml),
-        "DescribeTargetHealth" => describe_target_health(groups, &params, &mut xml),
+        "DescribeTargetGroups" => describe_target_groups(groups, &params, xml),
+        "DescribeTargetHealth" => describe_target_health(groups, &params, xml),
         "RegisterTargets" => register_targets(groups, own, &params),
         "DeregisterTargets" => deregister_targets(groups, &params),
         _ => Err(Elbv2Error::InvalidAction(action.clone())),
     };
-    match result {
-        Ok(()) => {
-            xml.close(&format!("{action}Result"))
-                .open("ResponseMetadata")
-                .leaf("RequestId", &request_id)
-                .close("ResponseMetadata");
-            (StatusCode::OK, xml.finish(&root))
+    answer.finish(result)
+}
+
+/// The answer to one action, being written: `<ActionResponse><ActionResult>…`.
+pub(crate) struct Answer {
+    action: String,
+    xml: Xml,
+}
+
+impl Answer {
+    /// The answer to `action`, its result element open.
+    pub(crate) fn new(action: &str) -> Self {
+        let mut xml = Xml::with_root(&format!("{action}Response"), NAMESPACE);
+        xml.open(&format!("{action}Result"));
+        Self {
+            action: action.to_owned(),
+            xml,
         }
-        Err(error) => {
-            tracing::debug!(%action, code = error.code(), %error, "elbv2 request refused");
-            (
-                StatusCode::BAD_REQUEST,
-                error_document(error.code(), &error.to_string()),
-            )
+    }
+
+    /// Where the result is written.
+    pub(crate) fn xml(&mut self) -> &mut Xml {
+        &mut self.xml
+    }
+
+    /// The HTTP status and body: the result written, or the error document (400 for the
+    /// caller's errors, 500 for portico's).
+    pub(crate) fn finish(self, result: Result<(), Elbv2Error>) -> (StatusCode, String) {
+        let Self { action, mut xml } = self;
+        match result {
+            Ok(()) => {
+                xml.close(&format!("{action}Result"))
+                    .open("ResponseMetadata")
+                    .leaf("RequestId", uuid::Uuid::new_v4())
+                    .close("ResponseMetadata");
+                (StatusCode::OK, xml.finish(&format!("{action}Response")))
+            }
+            Err(error) => {
+                tracing::debug!(%action, code = error.code(), %error, "elbv2 request refused");
+                let status = match error {
+                    Elbv2Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (status, error_document(error.code(), &error.to_string()))
+            }
         }
     }
 }

@@ -191,19 +191,10 @@ pub async fn handle(
 }
 
 fn refused(error: ChangeError) -> GaError {
-    match error {
-        ChangeError::Invalid(portico_config::LoadError::Invalid { errors, .. }) => {
-            GaError::invalid(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        }
-        ChangeError::Invalid(other) => GaError::invalid(other.to_string()),
-        ChangeError::Refused(reason) => GaError::invalid(reason),
-        other => GaError::new(500, "InternalServiceErrorException", other.to_string()),
+    if error.is_refusal() {
+        GaError::invalid(error.reason())
+    } else {
+        GaError::new(500, "InternalServiceErrorException", error.reason())
     }
 }
 

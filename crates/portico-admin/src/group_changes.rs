@@ -8,7 +8,7 @@
 //! file is, applied as a reload, kept). A group whose settings change is made anew: its
 //! health checks start again.
 
-use crate::elbv2::{Elbv2Error, NAMESPACE, Params, describe_target_groups};
+use crate::elbv2::{Answer, Elbv2Error, Params, describe_target_groups};
 use crate::xml::Xml;
 use crate::{Admin, listener_rules};
 use portico_config::{Action, Config};
@@ -29,33 +29,12 @@ pub(crate) async fn handle(
     action: &str,
     params: &Params,
 ) -> (http::StatusCode, String) {
-    let root = format!("{action}Response");
-    let mut xml = Xml::with_root(&root, NAMESPACE);
-    xml.open(&format!("{action}Result"));
+    let mut answer = Answer::new(action);
     let result = match &admin.control {
         None => Err(Elbv2Error::Internal("portico is starting".into())),
-        Some(control) => carry_out(admin, control, action, params, &mut xml).await,
+        Some(control) => carry_out(admin, control, action, params, answer.xml()).await,
     };
-    match result {
-        Ok(()) => {
-            xml.close(&format!("{action}Result"))
-                .open("ResponseMetadata")
-                .leaf("RequestId", uuid::Uuid::new_v4())
-                .close("ResponseMetadata");
-            (http::StatusCode::OK, xml.finish(&root))
-        }
-        Err(error) => {
-            tracing::debug!(%action, code = error.code(), %error, "elbv2 request refused");
-            let status = match error {
-                Elbv2Error::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
-                _ => http::StatusCode::BAD_REQUEST,
-            };
-            (
-                status,
-                crate::elbv2::error_document(error.code(), &error.to_string()),
-            )
-        }
-    }
+    answer.finish(result)
 }
 
 /// The name of the target group `arn` names.

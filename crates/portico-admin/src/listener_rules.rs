@@ -14,11 +14,11 @@
 //! the like); one action per rule (`forward` to one group or weighted groups,
 //! `fixed-response`, `redirect`).
 
-use crate::elbv2::{Elbv2Error, NAMESPACE, Params};
+use crate::elbv2::{Answer, Elbv2Error, Params};
 use crate::xml::Xml;
 use portico_alb::target_group::{arn_for, listener_arn, load_balancer_arn, rule_arn, rule_id};
 use portico_config::{Action, Config, LbProtocol, RuleCondition};
-use portico_control::{ChangeError, Control, Edit};
+use portico_control::{Control, Edit};
 use std::sync::Arc;
 
 /// The actions this module answers.
@@ -63,33 +63,12 @@ pub(crate) async fn handle(
     action: &str,
     params: &Params,
 ) -> (http::StatusCode, String) {
-    let root = format!("{action}Response");
-    let mut xml = Xml::with_root(&root, NAMESPACE);
-    xml.open(&format!("{action}Result"));
+    let mut answer = Answer::new(action);
     let result = match control {
         None => Err(Elbv2Error::Internal("portico is starting".into())),
-        Some(control) => carry_out(control, action, params, &mut xml).await,
+        Some(control) => carry_out(control, action, params, answer.xml()).await,
     };
-    match result {
-        Ok(()) => {
-            xml.close(&format!("{action}Result"))
-                .open("ResponseMetadata")
-                .leaf("RequestId", uuid::Uuid::new_v4())
-                .close("ResponseMetadata");
-            (http::StatusCode::OK, xml.finish(&root))
-        }
-        Err(error) => {
-            tracing::debug!(%action, code = error.code(), %error, "elbv2 request refused");
-            let status = match error {
-                Elbv2Error::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
-                _ => http::StatusCode::BAD_REQUEST,
-            };
-            (
-                status,
-                crate::elbv2::error_document(error.code(), &error.to_string()),
-            )
-        }
-    }
+    answer.finish(result)
 }
 
 async fn carry_out(
@@ -139,28 +118,19 @@ async fn carry_out(
                 table.insert("private_key".into(), known.private_key.clone().into());
                 certificates.push(toml::Value::Table(table));
             }
-            let table = control.table().await;
-            let mut listeners = table
-                .get("load_balancers")
-                .and_then(|l| l.get(lb.as_str()))
-                .and_then(|l| l.get("listeners"))
-                .and_then(toml::Value::as_array)
-                .cloned()
-                .ok_or_else(|| Elbv2Error::LoadBalancerNotFound(lb.clone()))?;
-            let listener_table = listeners
-                .get_mut(index)
-                .and_then(toml::Value::as_table_mut)
-                .ok_or_else(|| Elbv2Error::ListenerNotFound(arn.clone()))?;
-            if let Some(default) = default {
-                listener_table.insert("default_action".into(), default.into());
-            }
-            if let Some(port) = port {
-                listener_table.insert("port".into(), port.into());
-            }
-            if !certificates.is_empty() {
-                listener_table.insert("certificates".into(), certificates.into());
-            }
-            let edit = Edit::set(&["load_balancers", &lb, "listeners"], listeners);
+            let edit = edit_listener(control, &lb, index, |listener| {
+                if let Some(default) = default {
+                    listener.insert("default_action".into(), default.into());
+                }
+                if let Some(port) = port {
+                    listener.insert("port".into(), port.into());
+                }
+                if !certificates.is_empty() {
+                    listener.insert("certificates".into(), certificates.into());
+                }
+                Ok(())
+            })
+            .await?;
             let config = change(control, vec![edit]).await?;
             let arns = [("ListenerArns.member.1", arn.as_str())];
             describe_listeners(&config, &Params::from_pairs(&arns), xml)
@@ -355,19 +325,12 @@ async fn carry_out(
 
 /// Moves to the configuration `edits` make: ELBv2's errors when it is refused.
 pub(crate) async fn change(control: &Control, edits: Vec<Edit>) -> Result<Arc<Config>, Elbv2Error> {
-    control.change(edits).await.map_err(|error| match error {
-        ChangeError::Invalid(portico_config::LoadError::Invalid { errors, .. }) => {
-            Elbv2Error::Refused(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
+    control.change(edits).await.map_err(|error| {
+        if error.is_refusal() {
+            Elbv2Error::Refused(error.reason())
+        } else {
+            Elbv2Error::Internal(error.reason())
         }
-        ChangeError::Invalid(other) => Elbv2Error::Refused(other.to_string()),
-        ChangeError::Refused(reason) => Elbv2Error::Refused(reason),
-        other => Elbv2Error::Internal(other.to_string()),
     })
 }
 
@@ -379,6 +342,27 @@ async fn edit_rules(
     index: usize,
     change: impl FnOnce(&mut Vec<toml::Value>) -> Result<(), Elbv2Error>,
 ) -> Result<Edit, Elbv2Error> {
+    edit_listener(control, lb, index, |listener| {
+        let mut rules = listener
+            .get("rules")
+            .and_then(toml::Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        change(&mut rules)?;
+        listener.insert("rules".into(), rules.into());
+        Ok(())
+    })
+    .await
+}
+
+/// The edit that sets load balancer `lb`'s listeners, listener `index`'s table changed by
+/// `change` (the listeners are an array in the configuration: set whole).
+async fn edit_listener(
+    control: &Control,
+    lb: &str,
+    index: usize,
+    change: impl FnOnce(&mut toml::Table) -> Result<(), Elbv2Error>,
+) -> Result<Edit, Elbv2Error> {
     let table = control.table().await;
     let mut listeners = table
         .get("load_balancers")
@@ -387,22 +371,12 @@ async fn edit_rules(
         .and_then(toml::Value::as_array)
         .cloned()
         .ok_or_else(|| Elbv2Error::LoadBalancerNotFound(lb.to_owned()))?;
-    let listener = listeners
+    let listener_table = listeners
         .get_mut(index)
         .and_then(toml::Value::as_table_mut)
-        .ok_or_else(|| Elbv2Error::ListenerNotFound(listener_arn_of(lb, index)))?;
-    let mut rules = listener
-        .get("rules")
-        .and_then(toml::Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    change(&mut rules)?;
-    listener.insert("rules".into(), rules.into());
+        .ok_or_else(|| Elbv2Error::ListenerNotFound(listener(lb, index)))?;
+    change(listener_table)?;
     Ok(Edit::set(&["load_balancers", lb, "listeners"], listeners))
-}
-
-fn listener_arn_of(lb: &str, index: usize) -> String {
-    listener(lb, index)
 }
 
 /// Whether the rule table `rule` is the rule `id` of the listener `listener_arn`.

@@ -335,21 +335,9 @@ impl Drop for InProgress<'_> {
 /// Lambda's answer to a change the control plane did not make.
 fn refused(error: ChangeError) -> AdminError {
     match error {
-        ChangeError::Invalid(portico_config::LoadError::Invalid { errors, .. }) => {
-            AdminError::invalid(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        }
-        ChangeError::Invalid(other) => AdminError::invalid(other.to_string()),
-        ChangeError::Refused(reason) => AdminError::invalid(reason),
-        ChangeError::Store(error) => AdminError::new(500, "ServiceException", error.to_string()),
-        ChangeError::Starting => {
-            AdminError::new(503, "ServiceException", ChangeError::Starting.to_string())
-        }
+        ChangeError::Starting => AdminError::new(503, "ServiceException", error.reason()),
+        error if error.is_refusal() => AdminError::invalid(error.reason()),
+        error => AdminError::new(500, "ServiceException", error.reason()),
     }
 }
 

@@ -52,6 +52,26 @@ pub enum ChangeError {
     Starting,
 }
 
+impl ChangeError {
+    /// Whether the change itself was refused (invalid, or not possible on this node), as
+    /// opposed to the control plane failing: an API answers the first as the caller's error.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Invalid(_) | Self::Refused(_))
+    }
+
+    /// What to tell the caller: every configuration error with its key path, or the reason.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Invalid(LoadError::Invalid { errors, .. }) => errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// The file and the changes over it.
 struct State {
     /// The file's table as last read (at start or reload): changes are laid over it.

@@ -46,6 +46,9 @@ region = "local"
 health_check_interval_seconds = 0.5
 endpoints = [{{ address = "{blue}", weight = 255 }}, {{ address = "{green}", weight = 0 }}]
 
+[invoke_api]
+port = 0
+
 [admin_api]
 port = 0
 "#,

@@ -61,6 +61,9 @@ default_action = {{ type = "fixed-response", status_code = 200, content_type = "
 target_type = "ip"
 targets = ["{backend}"]
 
+[invoke_api]
+port = 0
+
 [admin_api]
 port = 0
 "#,
@@ -265,6 +268,9 @@ fn target_groups_are_made_changed_and_deleted_and_a_listener_moved_to_one_with_t
 [[load_balancers.web.listeners]]
 port = 0
 default_action = { type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "default" }
+
+[invoke_api]
+port = 0
 
 [admin_api]
 port = 0
