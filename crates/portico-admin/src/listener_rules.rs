@@ -180,21 +180,7 @@ async fn carry_out(
             })
             .await?;
             let config = change(control, vec![edit]).await?;
-            let created = config.load_balancers[&lb].listeners[index]
-                .rules
-                .iter()
-                .find(|r| r.id.as_deref() == Some(id.as_str()))
-                .ok_or_else(|| Elbv2Error::Internal("the rule made is not there".into()))?;
-            xml.open("Rules");
-            write_rule(
-                xml,
-                arn,
-                Some(created),
-                &created.action,
-                &created.conditions,
-            );
-            xml.close("Rules");
-            Ok(())
+            write_rules(xml, &config, (&lb, index), &[id])
         }
         "ModifyRule" => {
             let arn = params.require("RuleArn")?.to_owned();
@@ -222,21 +208,7 @@ async fn carry_out(
             })
             .await?;
             let config = change(control, vec![edit]).await?;
-            let rule = config.load_balancers[&lb].listeners[index]
-                .rules
-                .iter()
-                .find(|r| id_of(&listener_arn, r) == id)
-                .ok_or_else(|| Elbv2Error::RuleNotFound(arn.clone()))?;
-            xml.open("Rules");
-            write_rule(
-                xml,
-                &listener_arn,
-                Some(rule),
-                &rule.action,
-                &rule.conditions,
-            );
-            xml.close("Rules");
-            Ok(())
+            write_rules(xml, &config, (&lb, index), &[id])
         }
         "DeleteRule" => {
             let arn = params.require("RuleArn")?.to_owned();
@@ -303,21 +275,8 @@ async fn carry_out(
             })
             .await?;
             let config = change(control, vec![edit]).await?;
-            let l = &config.load_balancers[&lb].listeners[index];
-            xml.open("Rules");
-            for (id, _) in &changes {
-                if let Some(rule) = l.rules.iter().find(|r| id_of(&listener_arn, r) == *id) {
-                    write_rule(
-                        xml,
-                        &listener_arn,
-                        Some(rule),
-                        &rule.action,
-                        &rule.conditions,
-                    );
-                }
-            }
-            xml.close("Rules");
-            Ok(())
+            let ids: Vec<String> = changes.into_iter().map(|(id, _)| id).collect();
+            write_rules(xml, &config, (&lb, index), &ids)
         }
         other => Err(Elbv2Error::InvalidAction(other.to_owned())),
     }
@@ -758,20 +717,40 @@ fn describe_rules_by_arn(
     xml.open("Rules");
     for arn in wanted {
         let (lb, index, id) = find_rule(config, arn)?;
-        let listener_arn = listener(&lb, index);
-        let l = &config.load_balancers[&lb].listeners[index];
-        if let Some(rule) = l.rules.iter().find(|r| id_of(&listener_arn, r) == id) {
-            write_rule(
-                xml,
-                &listener_arn,
-                Some(rule),
-                &rule.action,
-                &rule.conditions,
-            );
-        }
+        write_rule_of(xml, config, (&lb, index), &id);
     }
     xml.close("Rules");
     Ok(())
+}
+
+/// `<Rules>` with the rules `ids` of load balancer `lb`'s listener `index`.
+fn write_rules(
+    xml: &mut Xml,
+    config: &Config,
+    at: (&str, usize),
+    ids: &[String],
+) -> Result<(), Elbv2Error> {
+    xml.open("Rules");
+    for id in ids {
+        write_rule_of(xml, config, at, id);
+    }
+    xml.close("Rules");
+    Ok(())
+}
+
+/// The rule `id` of load balancer `lb`'s listener `index`, if it is there.
+fn write_rule_of(xml: &mut Xml, config: &Config, (lb, index): (&str, usize), id: &str) {
+    let listener_arn = listener(lb, index);
+    let rules = &config.load_balancers[lb].listeners[index].rules;
+    if let Some(rule) = rules.iter().find(|r| id_of(&listener_arn, r) == id) {
+        write_rule(
+            xml,
+            &listener_arn,
+            Some(rule),
+            &rule.action,
+            &rule.conditions,
+        );
+    }
 }
 
 /// One rule (`None`: the listener's default one) as ELBv2 describes it.
