@@ -3,10 +3,11 @@
 //!
 //! - `DescribeTargetGroups` (all, or by `Names` / `TargetGroupArns`);
 //! - `DescribeTargetHealth`, with ALB's states and reason codes;
-//! - `RegisterTargets` and `DeregisterTargets` on `ip` and `instance` groups (a target's
-//!   `Id` is its IP address; portico has no instances). Deregistering drains: the target
-//!   takes no new requests and is removed when its requests are done or the group's
-//!   deregistration delay is over, and reads `draining` until then.
+//! - the checks of `RegisterTargets` and `DeregisterTargets` on `ip` and `instance` groups
+//!   (a target's `Id` is its IP address; portico has no instances), which the control plane
+//!   then makes as changes of the group's `targets` (`group_changes`). Deregistering drains:
+//!   the target takes no new requests and is removed when its requests are done or the
+//!   group's deregistration delay is over, and reads `draining` until then.
 //!
 //! Requests are form-encoded (`Action=…&Version=2015-12-01&…`, lists as
 //! `Targets.member.N.Id`); answers are XML in the 2015-12-01 namespace, errors in the
@@ -207,13 +208,9 @@ impl TargetRef {
     }
 }
 
-/// Answers one Query request: the HTTP status and the XML body. `own` are portico's own
-/// listening sockets, which may not become targets.
-pub fn handle(
-    groups: &BTreeMap<String, TargetGroup>,
-    own: &[SocketAddr],
-    body: &[u8],
-) -> (StatusCode, String) {
+/// Answers one Query request that reads target groups: the HTTP status and the XML body.
+/// (Those that change them are the control plane's: see `group_changes`.)
+pub fn handle(groups: &BTreeMap<String, TargetGroup>, body: &[u8]) -> (StatusCode, String) {
     let params = Params::parse(body);
     let action = params.get("Action").unwrap_or_default().to_owned();
     let mut answer = Answer::new(&action);
@@ -221,8 +218,6 @@ pub fn handle(
     let result = match action.as_str() {
         "DescribeTargetGroups" => describe_target_groups(groups, &params, xml),
         "DescribeTargetHealth" => describe_target_health(groups, &params, xml),
-        "RegisterTargets" => register_targets(groups, own, &params),
-        "DeregisterTargets" => deregister_targets(groups, &params),
         _ => Err(Elbv2Error::InvalidAction(action.clone())),
     };
     answer.finish(result)
@@ -312,11 +307,13 @@ fn http_group<'a>(
 /// ALB's quota of targets in one target group.
 pub const MAX_TARGETS_PER_GROUP: usize = 1000;
 
-fn register_targets(
+/// The targets `RegisterTargets` asks to add to its group, checked: the group's name and the
+/// addresses.
+pub(crate) fn registration(
     groups: &BTreeMap<String, TargetGroup>,
     own: &[SocketAddr],
     params: &Params,
-) -> Result<(), Elbv2Error> {
+) -> Result<(String, Vec<SocketAddr>), Elbv2Error> {
     let group = http_group(groups, params)?;
     let addresses = addresses(params)?;
     // Nor at portico itself: its load balancers (a loop), its APIs, its static IPs.
@@ -343,10 +340,7 @@ fn register_targets(
     if known.len() > MAX_TARGETS_PER_GROUP {
         return Err(Elbv2Error::TooManyTargets(MAX_TARGETS_PER_GROUP));
     }
-    for address in addresses {
-        group.register(address);
-    }
-    Ok(())
+    Ok((group.name().to_owned(), addresses))
 }
 
 /// Whether `target` reaches one of the sockets `own`: the same address and port, or the
@@ -372,10 +366,12 @@ fn link_local(ip: std::net::IpAddr) -> bool {
     }
 }
 
-fn deregister_targets(
+/// The targets `DeregisterTargets` asks to remove from its group, checked (each is
+/// registered and not draining): the group's name and the addresses.
+pub(crate) fn deregistration(
     groups: &BTreeMap<String, TargetGroup>,
     params: &Params,
-) -> Result<(), Elbv2Error> {
+) -> Result<(String, Vec<SocketAddr>), Elbv2Error> {
     let group = http_group(groups, params)?;
     let addresses = addresses(params)?;
     let live: Vec<SocketAddr> = group
@@ -396,10 +392,7 @@ fn deregister_targets(
             missing.join(", ")
         )));
     }
-    for address in addresses {
-        group.deregister(address);
-    }
-    Ok(())
+    Ok((group.name().to_owned(), addresses))
 }
 
 /// The targets a request names, as addresses; at least one.
@@ -602,14 +595,18 @@ fn describe_target_health(
 
 #[cfg(test)]
 mod fuzz {
-    /// Any Query request body, against no target groups: an answer, never a panic.
+    /// Any Query request body, against no target groups: an answer (or, for what would
+    /// change targets, a refusal), never a panic.
     #[test]
     fn fuzz_elbv2_query() {
         let groups = std::collections::BTreeMap::new();
         let own = ["127.0.0.1:9002".parse().expect("an address")];
         portico_fuzz::check!("elbv2_query", |data: &[u8]| {
-            let (_, xml) = super::handle(&groups, &own, data);
+            let (_, xml) = super::handle(&groups, data);
             assert!(xml.starts_with("<"));
+            let params = super::Params::parse(data);
+            assert!(super::registration(&groups, &own, &params).is_err());
+            assert!(super::deregistration(&groups, &params).is_err());
         });
     }
 }

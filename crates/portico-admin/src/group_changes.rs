@@ -1,5 +1,6 @@
-//! The Elastic Load Balancing v2 actions that make, change and delete target groups:
-//! `CreateTargetGroup` (`ip` and `instance` groups; their targets then come with
+//! The Elastic Load Balancing v2 actions that make, change and delete target groups and
+//! their targets: `RegisterTargets` and `DeregisterTargets` (a group's targets change in
+//! place: its state is kept, the targets that leave drain), `CreateTargetGroup` (`ip` and `instance` groups; their targets then come with
 //! `RegisterTargets`), `ModifyTargetGroup` (health checks), `ModifyTargetGroupAttributes` and
 //! `DescribeTargetGroupAttributes` (ALB's attribute keys), `DeleteTargetGroup` (refused while
 //! a listener or rule forwards to it).
@@ -8,14 +9,18 @@
 //! file is, applied as a reload, kept). A group whose settings change is made anew: its
 //! health checks start again.
 
-use crate::elbv2::{Answer, Elbv2Error, Params, describe_target_groups};
+use crate::elbv2::{
+    Answer, Elbv2Error, Params, deregistration, describe_target_groups, registration,
+};
 use crate::xml::Xml;
 use crate::{Admin, listener_rules};
 use portico_config::{Action, Config};
 use portico_control::Edit;
 
 /// The actions this module answers.
-pub const ACTIONS: [&str; 5] = [
+pub const ACTIONS: [&str; 7] = [
+    "RegisterTargets",
+    "DeregisterTargets",
     "CreateTargetGroup",
     "ModifyTargetGroup",
     "ModifyTargetGroupAttributes",
@@ -62,6 +67,40 @@ async fn carry_out(
 ) -> Result<(), Elbv2Error> {
     let config = control.config();
     match action {
+        "RegisterTargets" | "DeregisterTargets" => {
+            let (name, addresses) = {
+                let balancers = admin.balancers.load();
+                match action {
+                    "RegisterTargets" => {
+                        registration(&balancers.target_groups, &admin.own_listeners, params)?
+                    }
+                    _ => deregistration(&balancers.target_groups, params)?,
+                }
+            };
+            let current = config
+                .target_groups
+                .get(&name)
+                .map(|tg| tg.targets.clone())
+                .unwrap_or_default();
+            let next: Vec<std::net::SocketAddr> = match action {
+                "RegisterTargets" => current
+                    .iter()
+                    .copied()
+                    .chain(addresses.iter().copied().filter(|a| !current.contains(a)))
+                    .collect(),
+                _ => current
+                    .into_iter()
+                    .filter(|a| !addresses.contains(a))
+                    .collect(),
+            };
+            let value: Vec<toml::Value> = next.iter().map(|a| a.to_string().into()).collect();
+            listener_rules::change(
+                control,
+                vec![Edit::set(&["target_groups", &name, "targets"], value)],
+            )
+            .await?;
+            Ok(())
+        }
         "CreateTargetGroup" => {
             let name = params.require("Name")?.to_owned();
             let kind = params.get("TargetType").unwrap_or("instance");

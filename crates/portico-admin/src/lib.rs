@@ -210,11 +210,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (status, xml) = group_changes::handle(admin, action, &params).await;
         return respond(status, "text/xml", xml);
     }
-    let (status, xml) = elbv2::handle(
-        &admin.balancers.load().target_groups,
-        &admin.own_listeners,
-        &body,
-    );
+    let (status, xml) = elbv2::handle(&admin.balancers.load().target_groups, &body);
     respond(status, "text/xml", xml)
 }
 

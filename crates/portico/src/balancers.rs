@@ -56,6 +56,16 @@ struct Group {
     stop: CancellationToken,
     /// Made for the configuration being prepared (not the running one's).
     fresh: bool,
+    /// The running group, whose targets alone changed: the addresses to register and to
+    /// deregister (draining) at the commit.
+    retarget: Option<(Vec<SocketAddr>, Vec<SocketAddr>)>,
+}
+
+/// Whether `a` and `b` are the same target group but for their targets.
+fn only_targets_differ(a: &portico_config::TargetGroup, b: &portico_config::TargetGroup) -> bool {
+    let mut same = a.clone();
+    same.targets = b.targets.clone();
+    same == *b
 }
 
 /// A load balancer's access log, with the settings it was opened with.
@@ -153,6 +163,8 @@ pub(crate) struct Changes {
     pub(crate) groups_made: Vec<String>,
     /// Target groups gone (removed or changed).
     pub(crate) groups_stopped: Vec<String>,
+    /// Target groups whose targets alone changed.
+    pub(crate) groups_retargeted: Vec<String>,
 }
 
 impl LoadBalancers {
@@ -218,28 +230,34 @@ impl LoadBalancers {
                     group: running.group.clone(),
                     stop: running.stop.clone(),
                     fresh: false,
+                    retarget: None,
                 },
-                running => {
-                    let stop = self.shutdown.child_token();
-                    let group = topology::target_group(name, tg, &self.invoker, &self.tasks, &stop);
-                    // Targets registered through the API (not in the file) stay registered
-                    // when the group's settings change.
-                    if let (Some(running), TargetGroup::Http(new)) = (running, &group) {
-                        if let TargetGroup::Http(old) = &running.group {
-                            for target in old.targets() {
-                                let registered_here =
-                                    !running.config.targets.contains(&target.address);
-                                if registered_here && !target.is_draining() {
-                                    new.register(target.address);
-                                }
-                            }
-                        }
-                    }
+                // Only its targets changed (`RegisterTargets`, a file listing others): the
+                // group goes on, its state kept, and the targets that leave drain.
+                Some(running)
+                    if matches!(running.group, TargetGroup::Http(_))
+                        && only_targets_differ(&running.config, tg) =>
+                {
+                    let (old, new) = (&running.config.targets, &tg.targets);
                     Group {
                         config: tg.clone(),
-                        group,
+                        group: running.group.clone(),
+                        stop: running.stop.clone(),
+                        fresh: false,
+                        retarget: Some((
+                            new.iter().filter(|a| !old.contains(a)).copied().collect(),
+                            old.iter().filter(|a| !new.contains(a)).copied().collect(),
+                        )),
+                    }
+                }
+                _ => {
+                    let stop = self.shutdown.child_token();
+                    Group {
+                        config: tg.clone(),
+                        group: topology::target_group(name, tg, &self.invoker, &self.tasks, &stop),
                         stop,
                         fresh: true,
+                        retarget: None,
                     }
                 }
             };
@@ -429,6 +447,17 @@ impl LoadBalancers {
         for (name, group) in &mut groups {
             if std::mem::take(&mut group.fresh) {
                 changes.groups_made.push(name.clone());
+            }
+            if let (Some((register, deregister)), TargetGroup::Http(http)) =
+                (group.retarget.take(), &group.group)
+            {
+                for address in register {
+                    http.register(address);
+                }
+                for address in deregister {
+                    http.deregister(address);
+                }
+                changes.groups_retargeted.push(name.clone());
             }
         }
         self.groups = groups;

@@ -649,6 +649,7 @@ async fn reload(
         listeners_kept = changes.kept,
         target_groups_made = ?changes.groups_made,
         target_groups_stopped = ?changes.groups_stopped,
+        target_groups_retargeted = ?changes.groups_retargeted,
         "reload: load balancers and functions updated"
     );
     if let (Some(spec), Some(accelerator)) = (edge, &started.accelerator) {

@@ -443,6 +443,45 @@ port = 0
     .unwrap_err();
     assert!(error.contains("ValidationError"), "{error}");
 
+    // Kept across a restart: the group, its registered target, the listener's action.
+    let portico = portico.restart();
+    let health = elbv2(
+        &portico,
+        &["describe-target-health", "--target-group-arn", &group],
+    )
+    .unwrap();
+    assert_eq!(
+        health["TargetHealthDescriptions"][0]["Target"]["Port"], backend.port,
+        "{health}"
+    );
+    assert!(get(&portico, "/").contains("\"backend\": \"fresh\""));
+    // Deregistered: it drains, the group going on.
+    elbv2(
+        &portico,
+        &[
+            "deregister-targets",
+            "--target-group-arn",
+            &group,
+            "--targets",
+            &target,
+        ],
+    )
+    .unwrap();
+    let health = elbv2(
+        &portico,
+        &["describe-target-health", "--target-group-arn", &group],
+    )
+    .unwrap();
+    let state = &health["TargetHealthDescriptions"][0]["TargetHealth"]["State"];
+    assert!(
+        state == "draining"
+            || health["TargetHealthDescriptions"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+        "{health}"
+    );
+
     // In use, it cannot go; once the listener leaves it, it can.
     let error = elbv2(
         &portico,
