@@ -541,6 +541,8 @@ fn describe_target_health(
     let asked = params.targets()?;
     xml.open("TargetHealthDescriptions");
     match group {
+        // A Lambda group whose function is not registered yet has no target.
+        TargetGroup::Lambda(g) if g.function.is_empty() => {}
         TargetGroup::Lambda(g) => {
             xml.open("member")
                 .open("Target")

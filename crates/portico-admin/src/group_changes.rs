@@ -1,9 +1,10 @@
 //! The Elastic Load Balancing v2 actions that make, change and delete target groups and
 //! their targets: `RegisterTargets` and `DeregisterTargets` (a group's targets change in
-//! place: its state is kept, the targets that leave drain), `CreateTargetGroup` (`ip` and `instance` groups; their targets then come with
-//! `RegisterTargets`), `ModifyTargetGroup` (health checks), `ModifyTargetGroupAttributes` and
-//! `DescribeTargetGroupAttributes` (ALB's attribute keys), `DeleteTargetGroup` (refused while
-//! a listener or rule forwards to it).
+//! place: its state is kept, the targets that leave drain; a Lambda group's one target is its
+//! function), `CreateTargetGroup` (a group made empty; its targets, or its function, then
+//! come with `RegisterTargets`: until then it answers 503, as ALB does), `ModifyTargetGroup`
+//! (health checks), `ModifyTargetGroupAttributes` and `DescribeTargetGroupAttributes` (ALB's
+//! attribute keys), `DeleteTargetGroup` (refused while a listener or rule forwards to it).
 //!
 //! Each is an edit of `target_groups.NAME` made through the control plane (validated as the
 //! file is, applied as a reload, kept). A group whose settings change is made anew: its
@@ -67,6 +68,18 @@ async fn carry_out(
 ) -> Result<(), Elbv2Error> {
     let config = control.config();
     match action {
+        "RegisterTargets" | "DeregisterTargets"
+            if params.get("TargetGroupArn").is_some_and(|arn| {
+                name_of(&config, arn).is_ok_and(|name| {
+                    config.target_groups[&name].target_type == portico_config::TargetType::Lambda
+                })
+            }) =>
+        {
+            let name = name_of(&config, params.require("TargetGroupArn")?)?;
+            let edit = lambda_target(&config, &name, action, params)?;
+            listener_rules::change(control, vec![edit]).await?;
+            Ok(())
+        }
         "RegisterTargets" | "DeregisterTargets" => {
             let (name, addresses) = {
                 let balancers = admin.balancers.load();
@@ -104,11 +117,6 @@ async fn carry_out(
         "CreateTargetGroup" => {
             let name = params.require("Name")?.to_owned();
             let kind = params.get("TargetType").unwrap_or("instance");
-            if kind == "lambda" {
-                return Err(Elbv2Error::Validation(
-                    "portico makes lambda target groups from its configuration file (function = NAME); ip and instance groups are made here".into(),
-                ));
-            }
             if config.target_groups.contains_key(&name) {
                 return Err(Elbv2Error::DuplicateTargetGroupName(name));
             }
@@ -179,6 +187,46 @@ async fn carry_out(
         }
         other => Err(Elbv2Error::InvalidAction(other.to_owned())),
     }
+}
+
+/// The edit `RegisterTargets` or `DeregisterTargets` makes to the Lambda group `name`: its one
+/// target is a function (`Id` its ARN, with a qualifier if any, or its name).
+fn lambda_target(
+    config: &Config,
+    name: &str,
+    action: &str,
+    params: &Params,
+) -> Result<Edit, Elbv2Error> {
+    let ids = params.members("Targets", Some("Id"));
+    if ids.len() != 1 {
+        return Err(Elbv2Error::Validation(
+            "A Lambda target group has one target: its function".into(),
+        ));
+    }
+    let id = ids.values().next().copied().unwrap_or_default();
+    let function = match id.split_once(":function:") {
+        Some((_, rest)) => rest,
+        None => id,
+    };
+    let current = config.target_groups[name].function.as_deref();
+    if action == "DeregisterTargets" {
+        if current != Some(function) {
+            return Err(Elbv2Error::InvalidTarget(format!(
+                "The following targets are not registered in target group '{name}': {id}"
+            )));
+        }
+        return Ok(Edit::remove(&["target_groups", name, "function"]));
+    }
+    if current.is_some_and(|c| c != function) {
+        return Err(Elbv2Error::TooManyTargets(1));
+    }
+    let base = function.split(':').next().unwrap_or_default();
+    if !config.functions.contains_key(base) {
+        return Err(Elbv2Error::InvalidTarget(format!(
+            "The function '{id}' is not a function of this portico"
+        )));
+    }
+    Ok(Edit::set(&["target_groups", name, "function"], function))
 }
 
 /// The group as `DescribeTargetGroups` shows it, once the change runs.

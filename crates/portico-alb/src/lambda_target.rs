@@ -26,6 +26,10 @@ pub async fn forward(
     if req.headers().contains_key(header::UPGRADE) {
         return Err(LbError::UpgradeRefused);
     }
+    // A group whose function is not registered yet has no target, as ALB says it.
+    if tg.function.is_empty() {
+        return Err(LbError::NoTargets);
+    }
     let (mut parts, body) = req.into_parts();
     let body = crate::handler::read_body(
         &parts.headers,

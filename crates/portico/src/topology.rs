@@ -423,7 +423,7 @@ pub(crate) fn target_group(
                 health_check: health.clone(),
                 health: None,
             };
-            if health.enabled {
+            if health.enabled && !group.function.is_empty() {
                 group.health = Some(LambdaProbe::start(&group, invoker, &health, tasks, stop));
             }
             TargetGroup::Lambda(group)

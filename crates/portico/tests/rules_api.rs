@@ -499,3 +499,165 @@ port = 0
     let error = elbv2(&portico, &["describe-target-groups", "--names", "fresh"]).unwrap_err();
     assert!(error.contains("TargetGroupNotFound"), "{error}");
 }
+
+#[test]
+fn a_lambda_target_group_is_made_and_its_function_registered_with_the_aws_cli() {
+    let scratch = Scratch::new("lambda-group");
+    std::fs::create_dir_all(scratch.0.join("code")).unwrap();
+    std::fs::write(
+        scratch.0.join("code/app.py"),
+        support::versioned_function("code-1"),
+    )
+    .unwrap();
+    let config = r#"
+[functions.greet]
+runtime = "python3.11"
+code = "code"
+handler = "app.handler"
+
+[load_balancers.web]
+[[load_balancers.web.listeners]]
+port = 0
+default_action = { type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "default" }
+
+[invoke_api]
+port = 0
+
+[admin_api]
+port = 0
+"#;
+    let portico = Portico::start_here(scratch, config, &[]);
+    let created = elbv2(
+        &portico,
+        &[
+            "create-target-group",
+            "--name",
+            "fn",
+            "--target-type",
+            "lambda",
+        ],
+    )
+    .unwrap();
+    let group = created["TargetGroups"][0]["TargetGroupArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let health = elbv2(
+        &portico,
+        &["describe-target-health", "--target-group-arn", &group],
+    )
+    .unwrap();
+    assert_eq!(
+        health["TargetHealthDescriptions"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0),
+        0,
+        "{health}"
+    );
+    let lbs = elbv2(&portico, &["describe-load-balancers"]).unwrap();
+    let lb = lbs["LoadBalancers"][0]["LoadBalancerArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listeners = elbv2(
+        &portico,
+        &["describe-listeners", "--load-balancer-arn", &lb],
+    )
+    .unwrap();
+    let listener = listeners["Listeners"][0]["ListenerArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    elbv2(
+        &portico,
+        &[
+            "create-rule",
+            "--listener-arn",
+            &listener,
+            "--priority",
+            "1",
+            "--conditions",
+            "Field=path-pattern,Values=/fn",
+            "--actions",
+            &format!("Type=forward,TargetGroupArn={group}"),
+        ],
+    )
+    .unwrap();
+    // No function yet: ALB's 503.
+    let reply = curl(
+        None,
+        &["-s", &format!("http://{}/fn", portico.load_balancers[0].1)],
+    );
+    assert_eq!(reply.status, 503, "{reply:?}");
+
+    // Its function registered: it answers.
+    let function = "Id=arn:aws:lambda:us-east-1:000000000000:function:greet";
+    elbv2(
+        &portico,
+        &[
+            "register-targets",
+            "--target-group-arn",
+            &group,
+            "--targets",
+            function,
+        ],
+    )
+    .unwrap();
+    assert!(get(&portico, "/fn").starts_with("code-1 "));
+    let health = elbv2(
+        &portico,
+        &["describe-target-health", "--target-group-arn", &group],
+    )
+    .unwrap();
+    assert!(
+        health["TargetHealthDescriptions"][0]["Target"]["Id"]
+            .as_str()
+            .unwrap()
+            .ends_with(":function:greet"),
+        "{health}"
+    );
+    // One function per group; only functions portico has.
+    let error = elbv2(
+        &portico,
+        &[
+            "register-targets",
+            "--target-group-arn",
+            &group,
+            "--targets",
+            "Id=arn:aws:lambda:us-east-1:000000000000:function:other",
+        ],
+    )
+    .unwrap_err();
+    assert!(error.contains("TooManyTargets"), "{error}");
+    let error = elbv2(
+        &portico,
+        &[
+            "deregister-targets",
+            "--target-group-arn",
+            &group,
+            "--targets",
+            "Id=other",
+        ],
+    )
+    .unwrap_err();
+    assert!(error.contains("InvalidTarget"), "{error}");
+
+    // Deregistered: no target again.
+    elbv2(
+        &portico,
+        &[
+            "deregister-targets",
+            "--target-group-arn",
+            &group,
+            "--targets",
+            function,
+        ],
+    )
+    .unwrap();
+    let reply = curl(
+        None,
+        &["-s", &format!("http://{}/fn", portico.load_balancers[0].1)],
+    );
+    assert_eq!(reply.status, 503, "{reply:?}");
+}

@@ -347,9 +347,11 @@ impl Validator {
     pub(super) fn target_group_settings(&mut self, path: &str, tg: &TargetGroup, config: &Config) {
         match tg.target_type {
             TargetType::Lambda => {
-                match &tg.function {
-                    // `NAME`, or `NAME:QUALIFIER` (a version or an alias).
-                    Some(f) => match f.split_once(':') {
+                // `NAME`, or `NAME:QUALIFIER` (a version or an alias). None: made empty, as
+                // ALB makes one (`create-target-group`), its function registered afterwards;
+                // until then it answers 503.
+                if let Some(f) = &tg.function {
+                    match f.split_once(':') {
                         None => self.reference(
                             format!("{path}.function"),
                             "function",
@@ -369,11 +371,7 @@ impl Validator {
                                 &config.functions,
                             ),
                         },
-                    },
-                    None => self.err(
-                        format!("{path}.function"),
-                        "a lambda target group needs a function",
-                    ),
+                    }
                 }
                 if !tg.targets.is_empty() {
                     self.err(
