@@ -171,6 +171,14 @@ impl Control {
             ));
         };
         let mut state = self.state.lock().await;
+        // An empty file is one being written (truncated, not yet filled) far more often than
+        // a node meant to serve nothing: taken, it would stop everything.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(ChangeError::Refused(format!(
+                "{} is empty (being written?); write it whole, then send SIGHUP",
+                path.display()
+            )));
+        }
         let table = portico_config::load_table(path)?;
         let config = decode(&table, &state.overlay, &self.origin)?;
         self.move_to(config.clone()).await?;

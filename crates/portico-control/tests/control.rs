@@ -97,6 +97,12 @@ async fn changes_are_validated_applied_recorded_and_outlive_the_control_plane() 
     let (_, config) = Control::open(Some(&file), "", Box::new(DirStore::beside(&file))).unwrap();
     assert_eq!(config.functions["f"].memory_size_mb, 256);
     assert_eq!(config.functions["f"].timeout_seconds, 3);
+    // A file caught empty (being written) is not taken.
+    std::fs::write(&file, "").unwrap();
+    let error = control.reload().await.unwrap_err();
+    assert!(error.to_string().contains("is empty"), "{error}");
+    assert_eq!(control.config().functions["f"].memory_size_mb, 256);
+    std::fs::write(&file, FILE).unwrap();
     // A damaged record is refused at start, with what to do.
     std::fs::write(dir.join("edge.state/changes.json"), "{").unwrap();
     let error = Control::open(Some(&file), "", Box::new(DirStore::beside(&file))).unwrap_err();

@@ -634,7 +634,15 @@ async fn reload(
             None
         }
     };
-    // Then switched: functions first, so that what the new rules name is there.
+    // The accelerator first: it binds its new static addresses before it switches, and
+    // refuses the whole reload when one cannot be bound, before anything else changed. (A
+    // connection it sends to a load balancer listener bound for this reload waits in that
+    // socket's backlog until the listener serves, a moment later.)
+    if let (Some(spec), Some(accelerator)) = (edge, &started.accelerator) {
+        let changed = accelerator.apply(&spec).await?;
+        tracing::info!(static_ips_changed = changed, "reload: accelerator updated");
+    }
+    // Then functions, so that what the new rules name is there, then the load balancers.
     let applied = live
         .runtime
         .apply(functions, topology::aliases(&config))
@@ -652,10 +660,6 @@ async fn reload(
         target_groups_retargeted = ?changes.groups_retargeted,
         "reload: load balancers and functions updated"
     );
-    if let (Some(spec), Some(accelerator)) = (edge, &started.accelerator) {
-        let changed = accelerator.apply(&spec).await?;
-        tracing::info!(static_ips_changed = changed, "reload: accelerator updated");
-    }
     *running = full;
     Ok(Reloaded::Applied)
 }
