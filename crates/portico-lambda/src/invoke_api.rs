@@ -728,6 +728,9 @@ async fn change_function(api: &Api, req: Request<ReqBody>) -> ApiResponse {
         ),
         _ => return unknown_operation(),
     };
+    if let Err(refused) = revision_holds(&api.runtime, &change) {
+        return *refused;
+    }
     // The function (or version, or alias) changed: `NAME` or `NAME:QUALIFIER`.
     let name = match admin.change(change).await {
         Ok(name) => name,
@@ -768,6 +771,40 @@ async fn change_function(api: &Api, req: Request<ReqBody>) -> ApiResponse {
         }
         (Answer::Configuration, Some(spec)) => ok_json(configuration(&spec)),
         (_, None) => not_found(&name, &api.runtime),
+    }
+}
+
+/// A change that names the `RevisionId` it was made against is refused when the function
+/// (or alias) changed since, as Lambda refuses it.
+fn revision_holds(rt: &Runtime, change: &FunctionChange) -> Result<(), Box<ApiResponse>> {
+    let (current, given) = match change {
+        FunctionChange::UpdateCode { name, request }
+        | FunctionChange::UpdateConfiguration { name, request }
+        | FunctionChange::PublishVersion { name, request } => (
+            rt.spec(name).map(|spec| revision_id(&spec)),
+            request.get("RevisionId"),
+        ),
+        FunctionChange::UpdateAlias {
+            name,
+            alias,
+            request,
+        } => (
+            rt.alias(name, alias).and_then(|a| {
+                alias_configuration(&a)["RevisionId"]
+                    .as_str()
+                    .map(str::to_owned)
+            }),
+            request.get("RevisionId"),
+        ),
+        _ => return Ok(()),
+    };
+    match (current, given.and_then(Value::as_str)) {
+        (Some(current), Some(given)) if current != given => Err(Box::new(error(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailedException",
+            "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id",
+        ))),
+        _ => Ok(()),
     }
 }
 

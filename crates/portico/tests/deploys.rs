@@ -121,6 +121,14 @@ fn functions_are_deployed_with_the_aws_cli_under_load_and_the_changes_outlive_a_
     .unwrap();
 
     // New configuration.
+    let stale_revision = lambda(
+        &portico,
+        &["get-function-configuration", "--function-name", "greet"],
+    )
+    .unwrap()["RevisionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let updated = lambda(
         &portico,
         &[
@@ -139,6 +147,38 @@ fn functions_are_deployed_with_the_aws_cli_under_load_and_the_changes_outlive_a_
     seen_within_a_second(&portico, "new configuration", |b| {
         b.starts_with("code-2 hola ")
     });
+    // A change made against a revision that is no longer the function's is refused.
+    let stale = stale_revision.as_str();
+    let error = lambda(
+        &portico,
+        &[
+            "update-function-configuration",
+            "--function-name",
+            "greet",
+            "--timeout",
+            "9",
+            "--revision-id",
+            stale,
+        ],
+    )
+    .unwrap_err();
+    assert!(error.contains("PreconditionFailedException"), "{error}");
+    let current = updated["RevisionId"].as_str().unwrap();
+    assert_ne!(current, stale);
+    let updated = lambda(
+        &portico,
+        &[
+            "update-function-configuration",
+            "--function-name",
+            "greet",
+            "--timeout",
+            "9",
+            "--revision-id",
+            current,
+        ],
+    )
+    .unwrap();
+    assert_eq!(updated["Timeout"], 9, "{updated}");
 
     load.stop();
     let outcomes = load.outcomes();
