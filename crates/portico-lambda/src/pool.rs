@@ -174,8 +174,9 @@ pub(crate) struct Pool {
     spare: Mutex<Option<Prepared>>,
     /// A spare is being made.
     preparing: std::sync::atomic::AtomicBool,
-    /// The function's reserved concurrency, when it has one.
-    reserved: Option<Limit>,
+    /// The function's reserved concurrency, when it has one (changed in place: what runs
+    /// keeps the permits it took).
+    reserved: arc_swap::ArcSwapOption<Limit>,
     /// The lanes of its asynchronous invocations.
     events: Limit,
     /// The function's log, written by all its environments.
@@ -195,7 +196,7 @@ impl Pool {
             envs: Mutex::new(Vec::new()),
             spare: Mutex::new(None),
             preparing: std::sync::atomic::AtomicBool::new(false),
-            reserved,
+            reserved: arc_swap::ArcSwapOption::from(reserved.map(Arc::new)),
             events: Limit::new(event_lanes.max(1)),
             retired: std::sync::atomic::AtomicBool::new(false),
         }
@@ -214,17 +215,14 @@ impl Pool {
     }
 
     /// Its function's reserved concurrency, when it has one.
-    pub(crate) fn reserved(&self) -> Option<&Limit> {
-        self.reserved.as_ref()
+    pub(crate) fn reserved(&self) -> Option<Limit> {
+        self.reserved.load().as_deref().cloned()
     }
 
-    /// Whether it counts against `reserved` (the same limit, or none for none).
-    pub(crate) fn shares(&self, reserved: Option<&Limit>) -> bool {
-        match (&self.reserved, reserved) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(&a.permits, &b.permits),
-            _ => false,
-        }
+    /// Counts its invocations against `reserved` from now on (the function's reservation
+    /// changed); those running keep what they took.
+    pub(crate) fn set_reserved(&self, reserved: Option<Limit>) {
+        self.reserved.store(reserved.map(Arc::new));
     }
 
     /// Retires the pool: its warm environments and its spare are stopped now, the busy
@@ -257,8 +255,15 @@ impl Pool {
         &self.spec
     }
 
+    /// Its function as it runs now: with its reserved concurrency as it is now.
     pub(crate) fn spec_arc(&self) -> Arc<FunctionSpec> {
-        self.spec.clone()
+        let reserved = self.reserved().map(|l| l.size());
+        if reserved == self.spec.reserved_concurrency {
+            return self.spec.clone();
+        }
+        let mut spec = FunctionSpec::clone(&self.spec);
+        spec.reserved_concurrency = reserved;
+        Arc::new(spec)
     }
 
     pub(crate) fn logs(&self) -> &Arc<LogBook> {
@@ -275,8 +280,8 @@ impl Pool {
         shared: &Shared,
         wait_until: Option<tokio::time::Instant>,
     ) -> Result<InvokeOutput, InvokeError> {
-        let (limit, reason) = match &self.reserved {
-            Some(limit) => (limit.clone(), ThrottleReason::ReservedConcurrency),
+        let (limit, reason) = match self.reserved() {
+            Some(limit) => (limit, ThrottleReason::ReservedConcurrency),
             None => (
                 Limit::clone(&shared.unreserved.load()),
                 ThrottleReason::AccountConcurrency,

@@ -127,7 +127,7 @@ fn reservations(
             let size = f.reserved_concurrency?;
             let kept = before
                 .get(&f.name)
-                .and_then(|p| p.reserved().cloned())
+                .and_then(|p| p.reserved())
                 .filter(|l| l.size() == size);
             Some((f.name.clone(), kept.unwrap_or_else(|| Limit::new(size))))
         })
@@ -215,7 +215,11 @@ impl Runtime {
             let lanes = event_lanes(&spec, unreserved, self.memory_budget_mb);
             let limit = reserved.get(&spec.name).cloned();
             let pool = match before.get(&name) {
-                Some(old) if old.spec().same_as(&spec) && old.shares(limit.as_ref()) => old.clone(),
+                // Its reservation alone changed, or nothing: it goes on, its environments warm.
+                Some(old) if old.spec().same_as(&spec) => {
+                    old.set_reserved(limit);
+                    old.clone()
+                }
                 Some(old) => {
                     applied.replaced.push(name.clone());
                     retiring.push(old.clone());

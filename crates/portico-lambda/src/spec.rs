@@ -204,11 +204,13 @@ impl FunctionSpec {
         version_key(&self.name, &self.version)
     }
 
-    /// Whether `other` is the same code and configuration (when each was set up aside):
-    /// an environment of one would be one of the other.
+    /// Whether `other` is the same code and configuration (when each was set up and its
+    /// reserved concurrency aside, which is the function's and not its environments'): an
+    /// environment of one would be one of the other.
     pub fn same_as(&self, other: &FunctionSpec) -> bool {
         let mut aligned = other.clone();
         aligned.last_modified = self.last_modified;
+        aligned.reserved_concurrency = self.reserved_concurrency;
         *self == aligned
     }
 }

@@ -1185,3 +1185,38 @@ async fn versions_and_weighted_aliases_route_invocations() {
     assert_eq!(rt.unreserved_concurrency(), 1000 - 4);
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_reservation_changes_the_limit_in_place_and_keeps_the_environments_warm() {
+    let rt = Runtime::new(vec![prober("r", &[], Some(2))], RuntimeOptions::default());
+    let pid = |out: InvokeOutput| json_of(&out)["pid"].as_u64().unwrap();
+    let before = pid(invoke(&rt, "r", json!({"action": "report"})).await.unwrap());
+    assert_eq!(rt.unreserved_concurrency(), 1000 - 2);
+
+    let applied = rt.apply(vec![prober("r", &[], Some(5))], Vec::new()).await;
+    assert!(applied.is_empty(), "{applied:?}");
+    assert_eq!(rt.spec("r").unwrap().reserved_concurrency, Some(5));
+    assert_eq!(rt.unreserved_concurrency(), 1000 - 5);
+    // The same environment answers.
+    assert_eq!(
+        pid(invoke(&rt, "r", json!({"action": "report"})).await.unwrap()),
+        before
+    );
+
+    // The new limit holds: five at once, the sixth throttled.
+    let rt = Arc::new(rt);
+    let busy: Vec<_> = (0..5).map(|_| sleep_one_second(&rt, "r")).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(
+        invoke(&rt, "r", json!({"action": "report"})).await,
+        Err(InvokeError::Throttled {
+            limit: 5,
+            reason: ThrottleReason::ReservedConcurrency,
+            ..
+        })
+    ));
+    for task in busy {
+        assert!(task.await.unwrap().is_ok());
+    }
+    rt.shutdown().await;
+}
