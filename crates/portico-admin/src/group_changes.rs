@@ -43,22 +43,6 @@ pub(crate) async fn handle(
     answer.finish(result)
 }
 
-/// The name of the target group `arn` names.
-fn name_of(config: &Config, arn: &str) -> Result<String, Elbv2Error> {
-    config
-        .target_groups
-        .keys()
-        .find(|name| {
-            portico_alb::target_group::arn_for(
-                crate::REGION,
-                portico_lambda::spec::ACCOUNT_ID,
-                name,
-            ) == arn
-        })
-        .cloned()
-        .ok_or_else(|| Elbv2Error::TargetGroupNotFound(arn.to_owned()))
-}
-
 async fn carry_out(
     admin: &Admin,
     control: &portico_control::Control,
@@ -70,12 +54,12 @@ async fn carry_out(
     match action {
         "RegisterTargets" | "DeregisterTargets"
             if params.get("TargetGroupArn").is_some_and(|arn| {
-                name_of(&config, arn).is_ok_and(|name| {
+                listener_rules::group_name(&config, arn).is_ok_and(|name| {
                     config.target_groups[&name].target_type == portico_config::TargetType::Lambda
                 })
             }) =>
         {
-            let name = name_of(&config, params.require("TargetGroupArn")?)?;
+            let name = listener_rules::group_name(&config, params.require("TargetGroupArn")?)?;
             let edit = lambda_target(&config, &name, action, params)?;
             listener_rules::change(control, vec![edit]).await?;
             Ok(())
@@ -132,7 +116,7 @@ async fn carry_out(
             describe(admin, &name, xml)
         }
         "ModifyTargetGroup" => {
-            let name = name_of(&config, params.require("TargetGroupArn")?)?;
+            let name = listener_rules::group_name(&config, params.require("TargetGroupArn")?)?;
             let edits: Vec<Edit> = health_check(params)?
                 .into_iter()
                 .map(|(key, value)| {
@@ -148,7 +132,7 @@ async fn carry_out(
             describe(admin, &name, xml)
         }
         "ModifyTargetGroupAttributes" => {
-            let name = name_of(&config, params.require("TargetGroupArn")?)?;
+            let name = listener_rules::group_name(&config, params.require("TargetGroupArn")?)?;
             let keys = params.members("Attributes", Some("Key"));
             let values = params.members("Attributes", Some("Value"));
             let mut edits = Vec::new();
@@ -165,12 +149,12 @@ async fn carry_out(
             attributes(&control.config(), &name, xml)
         }
         "DescribeTargetGroupAttributes" => {
-            let name = name_of(&config, params.require("TargetGroupArn")?)?;
+            let name = listener_rules::group_name(&config, params.require("TargetGroupArn")?)?;
             attributes(&config, &name, xml)
         }
         "DeleteTargetGroup" => {
             let arn = params.require("TargetGroupArn")?;
-            let name = name_of(&config, arn)?;
+            let name = listener_rules::group_name(&config, arn)?;
             let in_use = config
                 .load_balancers
                 .values()

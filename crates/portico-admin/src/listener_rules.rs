@@ -482,7 +482,7 @@ fn conditions(params: &Params) -> Result<Vec<toml::Value>, Elbv2Error> {
 }
 
 /// The target group name a target group ARN names, when it exists.
-fn group_name(config: &Config, arn: &str) -> Result<String, Elbv2Error> {
+pub(crate) fn group_name(config: &Config, arn: &str) -> Result<String, Elbv2Error> {
     config
         .target_groups
         .keys()

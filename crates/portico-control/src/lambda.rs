@@ -61,7 +61,7 @@ impl LambdaControl {
                     .get("FunctionName")
                     .and_then(Value::as_str)
                     .ok_or_else(|| AdminError::invalid("FunctionName is required"))?;
-                short_name(name)
+                portico_lambda::spec::split_function_name(name).0
             }
             FunctionChange::UpdateCode { name, .. }
             | FunctionChange::UpdateConfiguration { name, .. }
@@ -236,11 +236,7 @@ impl LambdaControl {
                 store.put_tree(&path)
             } else {
                 std::fs::read(&path)
-                    .map_err(|source| crate::StoreError::Io {
-                        what: "reading",
-                        path: path.clone(),
-                        source,
-                    })
+                    .map_err(crate::store::io("reading", &path))
                     .and_then(|bytes| store.put_package(&bytes))
             };
             let kept = kept.map_err(|e| AdminError::new(500, "ServiceException", e.to_string()))?;
@@ -390,15 +386,6 @@ fn under(name: &str, mut edit: Edit) -> Edit {
     path.append(&mut edit.path);
     edit.path = path;
     edit
-}
-
-/// The name in `NAME`, `ACCOUNT:function:NAME` or an ARN (with or without a qualifier).
-fn short_name(given: &str) -> String {
-    let parts: Vec<&str> = given.split(':').collect();
-    match parts.iter().position(|p| *p == "function") {
-        Some(i) => parts.get(i + 1).copied().unwrap_or_default().to_owned(),
-        None => parts.first().copied().unwrap_or_default().to_owned(),
-    }
 }
 
 /// Lambda's rule for a function name: 1 to 64 letters, digits, `-` and `_`.
@@ -580,12 +567,13 @@ mod tests {
 
     #[test]
     fn names_are_lambda_s() {
-        assert_eq!(short_name("orders"), "orders");
+        let short = |given: &str| portico_lambda::spec::split_function_name(given).0;
+        assert_eq!(short("orders"), "orders");
         assert_eq!(
-            short_name("arn:aws:lambda:us-east-1:000000000000:function:orders:live"),
+            short("arn:aws:lambda:us-east-1:000000000000:function:orders:live"),
             "orders"
         );
-        assert_eq!(short_name("000000000000:function:orders"), "orders");
+        assert_eq!(short("000000000000:function:orders"), "orders");
         assert!(check_name("orders-v2_x").is_ok());
         for bad in ["", "a b", "a/b", &"x".repeat(65)] {
             assert_eq!(

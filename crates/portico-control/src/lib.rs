@@ -205,14 +205,6 @@ impl Control {
         Ok(self.set_current(config))
     }
 
-    /// The file with the changes over it, as TOML (`portico export`).
-    pub async fn export(&self) -> String {
-        let state = self.state.lock().await;
-        let mut table = state.file.clone();
-        state.overlay.apply(&mut table);
-        toml::to_string_pretty(&table).unwrap_or_default()
-    }
-
     /// The configuration's TOML as it runs: the file with the changes over it.
     pub async fn table(&self) -> toml::Table {
         let state = self.state.lock().await;
@@ -227,11 +219,6 @@ impl Control {
             .as_deref()
             .and_then(Path::parent)
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-    }
-
-    /// The changes recorded.
-    pub async fn changes(&self) -> Overlay {
-        self.state.lock().await.overlay.clone()
     }
 
     async fn move_to(&self, config: Config) -> Result<(), ChangeError> {

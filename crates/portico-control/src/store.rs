@@ -49,6 +49,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 }
 
+/// A failed `what` on `path`, for `map_err`.
+pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Io { what, path, source }
+}
+
 /// The record's format version.
 const VERSION: u32 = 1;
 
@@ -94,10 +100,6 @@ impl DirStore {
     /// Writes `bytes` to `path` through a temporary file, synced, renamed into place, and
     /// the directory synced.
     fn write_durably(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        let io = |what, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { what, path, source }
-        };
         let dir = path.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(dir).map_err(io("making", dir))?;
         let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
@@ -117,13 +119,7 @@ impl Store for DirStore {
         let text = match std::fs::read(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Overlay::default()),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    what: "reading",
-                    path,
-                    source,
-                });
-            }
+            Err(source) => return Err(io("reading", &path)(source)),
         };
         let record: Record = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
@@ -179,10 +175,6 @@ impl Store for DirStore {
     }
 
     fn put_tree(&self, dir: &Path) -> Result<PathBuf, StoreError> {
-        let io = |what, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { what, path, source }
-        };
         let files = tree::files(dir).map_err(io("reading", dir))?;
         let name = tree::digest(dir, &files).map_err(io("reading", dir))?;
         let target = self.packages().join(&name);

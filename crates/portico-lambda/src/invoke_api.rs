@@ -276,15 +276,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> ApiResponse {
 /// a `:QUALIFIER`.
 fn function_name(segment: &str) -> (String, Option<String>) {
     let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-    let parts: Vec<&str> = decoded.split(':').collect();
-    let (name, qualifier) = match parts.iter().position(|p| *p == "function") {
-        Some(i) => (parts.get(i + 1), parts.get(i + 2)),
-        None => (parts.first(), parts.get(1)),
-    };
-    (
-        name.copied().unwrap_or_default().to_owned(),
-        qualifier.map(|q| (*q).to_owned()),
-    )
+    crate::spec::split_function_name(&decoded)
 }
 
 /// The function a request names in `segment` (and `?Qualifier=`), or Lambda's answer when

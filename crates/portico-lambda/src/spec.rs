@@ -170,6 +170,21 @@ impl AliasSpec {
     }
 }
 
+/// The name and qualifier in `NAME`, `NAME:QUALIFIER`, `ACCOUNT:function:NAME[:QUALIFIER]`
+/// or an ARN `arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`, as Lambda's APIs take
+/// a function's name.
+pub fn split_function_name(given: &str) -> (String, Option<String>) {
+    let parts: Vec<&str> = given.split(':').collect();
+    let (name, qualifier) = match parts.iter().position(|p| *p == "function") {
+        Some(i) => (parts.get(i + 1), parts.get(i + 2)),
+        None => (parts.first(), parts.get(1)),
+    };
+    (
+        name.copied().unwrap_or_default().to_owned(),
+        qualifier.map(|q| (*q).to_owned()),
+    )
+}
+
 /// The version every function has: its code and configuration as they are now.
 pub const LATEST: &str = "$LATEST";
 

@@ -111,8 +111,6 @@ pub(crate) struct Prepared {
     gateway: Arc<Gateway>,
     /// Stops its gateway's task (if it is dropped uncommitted, or replaced).
     gateway_stop: CancellationToken,
-    /// One line per listener, for the banner.
-    routes: Vec<String>,
 }
 
 impl Drop for Prepared {
@@ -131,6 +129,8 @@ struct NewListener {
     spec: portico_alb::ListenerSpec,
     address: SocketAddr,
     socket: Option<TcpListener>,
+    /// What it does, in one line, for the banner.
+    route: String,
 }
 
 impl Prepared {
@@ -221,7 +221,6 @@ impl LoadBalancers {
             logs: BTreeMap::new(),
             writers: Vec::new(),
             gateway,
-            routes: Vec::new(),
         };
         for (name, tg) in &config.target_groups {
             let group = match self.groups.get(name) {
@@ -306,7 +305,7 @@ impl LoadBalancers {
                         (socket.local_addr()?, Some(socket))
                     }
                 };
-                prepared.routes.push(format!(
+                let route = format!(
                     "{}: {}",
                     if l.proxy_protocol_v2 {
                         " (PROXY v2)"
@@ -314,7 +313,7 @@ impl LoadBalancers {
                         ""
                     },
                     describe_routes(l, config)
-                ));
+                );
                 let spec = portico_alb::ListenerSpec {
                     load_balancer: name.clone(),
                     proxy_protocol: l.proxy_protocol_v2,
@@ -340,6 +339,7 @@ impl LoadBalancers {
                         spec,
                         address,
                         socket,
+                        route,
                     },
                 ));
             }
@@ -391,7 +391,7 @@ impl LoadBalancers {
         let mut changes = Changes::default();
         let mut listeners = BTreeMap::new();
         let mut lines = Vec::new();
-        for ((key, new), route) in prepared.listeners.drain(..).zip(&prepared.routes) {
+        for (key, new) in prepared.listeners.drain(..) {
             let scheme = if new.spec.tls.is_some() {
                 "https"
             } else {
@@ -400,9 +400,10 @@ impl LoadBalancers {
             let running = match (self.listeners.remove(&key), new.socket) {
                 (Some(running), _) => {
                     changes.kept += 1;
-                    running.listening.update(new.spec.clone());
+                    let load_balancer = new.spec.load_balancer.clone();
+                    running.listening.update(new.spec);
                     Running {
-                        load_balancer: new.spec.load_balancer.clone(),
+                        load_balancer,
                         ..running
                     }
                 }
@@ -428,7 +429,7 @@ impl LoadBalancers {
                 running.load_balancer.clone(),
                 scheme,
                 running.address,
-                route.clone(),
+                new.route,
             ));
             listeners.insert(key, running);
         }

@@ -143,24 +143,13 @@ fn everything_changes_under_a_steady_stream_through_the_static_ip_and_not_one_re
     let https = portico.load_balancers[1].1;
     // When the last API call was answered.
     let answered = std::cell::Cell::new(Instant::now());
-    let lambda = |args: &[&str]| {
-        let out = aws_json(
-            &format!("http://{}", portico.invoke_api.unwrap()),
-            "lambda",
-            args,
-        );
+    let call = |api: Option<SocketAddr>, service: &str, args: &[&str]| {
+        let out = aws_json(&format!("http://{}", api.unwrap()), service, args);
         answered.set(Instant::now());
         out
     };
-    let elbv2 = |args: &[&str]| {
-        let out = aws_json(
-            &format!("http://{}", portico.admin_api.unwrap()),
-            "elbv2",
-            args,
-        );
-        answered.set(Instant::now());
-        out
-    };
+    let lambda = |args: &[&str]| call(portico.invoke_api, "lambda", args);
+    let elbv2 = |args: &[&str]| call(portico.admin_api, "elbv2", args);
     // The streams: the function's $LATEST, the alias, and a path the rules change.
     let request = |path: &str| -> &'static str {
         Box::leak(format!("GET {path} HTTP/1.1\r\nHost: web\r\n").into_boxed_str())

@@ -93,28 +93,7 @@ fn layers(scratch: &Scratch) -> (PathBuf, PathBuf) {
 fn a_function_sees_lambda_s_layout_and_none_of_the_host_s_secrets() {
     let scratch = scratch_outside_tmp("layout");
     // A self-signed certificate for the HTTPS listener, its key beside the configuration.
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=sandbox.test",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.crt",
-        ])
-        .current_dir(&scratch.0)
-        .output()
-        .expect("openssl is on the machine (Debian's openssl package)");
-    assert!(status.status.success(), "{status:?}");
+    certificate(&scratch.0, "sandbox.test");
     let key = scratch.0.join("server.key");
     let (older, newer) = layers(&scratch);
     let config = format!(
