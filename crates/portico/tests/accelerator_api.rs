@@ -163,7 +163,29 @@ port = 0
     );
     assert!(first_green - asked < Duration::from_secs(1));
 
-    // Global Accelerator's errors; nothing changes.
+    // Global Accelerator's errors; nothing changes. A body that is not JSON, and an
+    // operation portico does not have, as an SDK could send them:
+    let admin = format!("http://{}/", portico.admin_api.unwrap());
+    for (operation, body, expected) in [
+        ("UpdateEndpointGroup", "{not json", "SerializationException"),
+        (
+            "UpdateEndpointGroup",
+            r#"{"EndpointGroupArn": 7}"#,
+            "InvalidArgumentException",
+        ),
+        ("DeleteAccelerator", "{}", "UnknownOperationException"),
+    ] {
+        let target = format!("X-Amz-Target: GlobalAccelerator_V20180706.{operation}");
+        let reply = support::curl(
+            None,
+            &["-s", "-X", "POST", "-H", &target, "-d", body, &admin],
+        );
+        assert_eq!(reply.status, 400, "{operation} {body}: {reply:?}");
+        assert!(
+            reply.body.contains(expected),
+            "{operation} {body}: {reply:?}"
+        );
+    }
     let error = ga(
         &portico,
         &[
