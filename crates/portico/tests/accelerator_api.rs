@@ -157,11 +157,15 @@ port = 0
         .map(|o| o.ended)
         .min()
         .unwrap();
+    // Timed from the API's answer, as `live_changes.rs` times every change: from the ask, the
+    // AWS CLI's own start (about a second of Python) would be counted too.
+    let visible = first_green.saturating_duration_since(answered);
     eprintln!(
-        "weights moved: seen after {} ms",
+        "weights moved: seen {} ms after the answer ({} ms after the ask)",
+        visible.as_millis(),
         (first_green - asked).as_millis()
     );
-    assert!(first_green - asked < Duration::from_secs(1));
+    assert!(visible < Duration::from_secs(1));
 
     // Global Accelerator's errors; nothing changes. A body that is not JSON, and an
     // operation portico does not have, as an SDK could send them:
